@@ -1,0 +1,433 @@
+//! The store on disk: lookup, locking, atomic commit, listing and collection.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use rayon::prelude::*;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::{FileEntry, Key, KeySpec, Manifest, SAELAB_VERSION};
+
+pub const MANIFEST: &str = "manifest.json";
+const STAGING_PREFIX: &str = ".staging-";
+const TRASH_PREFIX: &str = ".trash-";
+const LOCKS: &str = ".locks";
+const LATEST: &str = ".latest";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path}: manifest is not valid JSON: {source}")]
+    BadJson {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("stage {stage} failed: {source}")]
+    Stage {
+        stage: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What is on disk for one key.
+#[derive(Debug, Clone)]
+pub enum Check {
+    Fresh(Box<Manifest>),
+    Missing,
+    /// The folder exists but does not count, and why.
+    Invalid(String),
+}
+
+/// How hard [`Store::check`] looks at the files a manifest lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verify {
+    Sizes,
+    Digests,
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+/// Holds the per-key lock until dropped.
+pub struct KeyLock {
+    _file: File,
+}
+
+impl Store {
+    pub fn open(root: impl Into<PathBuf>) -> Result<Store, StoreError> {
+        let root = root.into();
+        fs::create_dir_all(&root).map_err(io_err(&root))?;
+        Ok(Store { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn artifact_dir(&self, stage: &str, key: &Key) -> PathBuf {
+        self.root.join(stage).join(key.as_str())
+    }
+
+    pub fn check(&self, stage: &str, key: &Key) -> Check {
+        self.check_with(stage, key, Verify::Sizes)
+    }
+
+    pub fn check_with(&self, stage: &str, key: &Key, verify: Verify) -> Check {
+        let dir = self.artifact_dir(stage, key);
+        if !dir.exists() {
+            return Check::Missing;
+        }
+        let manifest = match read_manifest(&dir) {
+            Ok(m) => m,
+            Err(e) => return Check::Invalid(e),
+        };
+        if &manifest.key != key {
+            return Check::Invalid(format!(
+                "{}: manifest names key {}",
+                dir.display(),
+                manifest.key
+            ));
+        }
+        for file in &manifest.files {
+            let path = dir.join(&file.path);
+            match fs::metadata(&path) {
+                Err(_) => return Check::Invalid(format!("{} is missing", path.display())),
+                Ok(meta) if meta.len() != file.size => {
+                    return Check::Invalid(format!(
+                        "{} has {} bytes, manifest says {}",
+                        path.display(),
+                        meta.len(),
+                        file.size
+                    ))
+                }
+                Ok(_) => {}
+            }
+            if verify == Verify::Digests {
+                match sha256_file(&path) {
+                    Ok(d) if d == file.sha256 => {}
+                    Ok(_) => {
+                        return Check::Invalid(format!(
+                            "{}: SHA-256 does not match the manifest",
+                            path.display()
+                        ))
+                    }
+                    Err(e) => return Check::Invalid(e.to_string()),
+                }
+            }
+        }
+        Check::Fresh(Box::new(manifest))
+    }
+
+    /// Blocks until this process is the only one working on `key`. `on_wait` is
+    /// called once if another process holds it.
+    pub fn lock(
+        &self,
+        stage: &str,
+        key: &Key,
+        on_wait: impl FnOnce(),
+    ) -> Result<KeyLock, StoreError> {
+        let dir = self.root.join(LOCKS);
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let path = dir.join(format!("{stage}-{key}.lock"));
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                on_wait();
+                file.lock().map_err(io_err(&path))?;
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io_err(&path)(e)),
+        }
+        Ok(KeyLock { _file: file })
+    }
+
+    /// Builds an artifact in a staging folder and renames it into place. The
+    /// caller holds the key's lock. `build` writes its files into the folder it
+    /// is given and returns the stage's metrics; the manifest is written last.
+    pub fn commit(
+        &self,
+        spec: &KeySpec,
+        build: impl FnOnce(&Path) -> Result<Value, Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Result<Manifest, StoreError> {
+        let key = spec.key();
+        let stage_dir = self.root.join(&spec.stage);
+        fs::create_dir_all(&stage_dir).map_err(io_err(&stage_dir))?;
+        let staging = stage_dir.join(format!(
+            "{STAGING_PREFIX}{key}-{}-{}",
+            std::process::id(),
+            unique_suffix()
+        ));
+        fs::create_dir(&staging).map_err(io_err(&staging))?;
+        let started = Instant::now();
+        let metrics = match build(&staging) {
+            Ok(m) => m,
+            Err(source) => {
+                let _ = fs::remove_dir_all(&staging);
+                return Err(StoreError::Stage {
+                    stage: spec.stage.clone(),
+                    source,
+                });
+            }
+        };
+        let wall_time_s = started.elapsed().as_secs_f64();
+        let result = self.seal(spec, &key, &staging, metrics, wall_time_s);
+        if result.is_err() {
+            let _ = fs::remove_dir_all(&staging);
+        }
+        result
+    }
+
+    fn seal(
+        &self,
+        spec: &KeySpec,
+        key: &Key,
+        staging: &Path,
+        metrics: Value,
+        wall_time_s: f64,
+    ) -> Result<Manifest, StoreError> {
+        let files = describe_files(staging)?;
+        let manifest = Manifest {
+            saelab_version: SAELAB_VERSION.to_string(),
+            stage: spec.stage.clone(),
+            key: key.clone(),
+            fingerprint: spec.fingerprint.clone(),
+            params: spec.params.clone(),
+            inputs: spec.inputs.clone(),
+            files,
+            metrics,
+            wall_time_s,
+            created_unix_s: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        };
+        let text = serde_json::to_string_pretty(&manifest).expect("a manifest always serialises");
+        write_durably(&staging.join(MANIFEST), text.as_bytes())?;
+        let target = self.artifact_dir(&spec.stage, key);
+        if target.exists() {
+            // An invalid leftover: move it aside first so the rename below is atomic.
+            let trash = target.with_file_name(format!("{TRASH_PREFIX}{key}-{}", unique_suffix()));
+            fs::rename(&target, &trash).map_err(io_err(&target))?;
+            let _ = fs::remove_dir_all(&trash);
+        }
+        fs::rename(staging, &target).map_err(io_err(&target))?;
+        sync_dir(target.parent().expect("an artifact folder has a parent"));
+        Ok(manifest)
+    }
+
+    /// Every artifact folder on disk, with its state.
+    pub fn list(&self) -> Result<Vec<(String, Key, Check)>, StoreError> {
+        let mut out = Vec::new();
+        for stage in sorted_entries(&self.root)? {
+            let name = file_name(&stage);
+            if name.starts_with('.') || !stage.is_dir() {
+                continue;
+            }
+            for entry in sorted_entries(&stage)? {
+                if let Some(key) = Key::parse(&file_name(&entry)) {
+                    let check = self.check(&name, &key);
+                    out.push((name.clone(), key, check));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes every artifact not in `keep`, and leftovers of killed runs.
+    /// Returns what was (or, with `dry_run`, would be) removed.
+    pub fn gc(
+        &self,
+        keep: &BTreeSet<(String, Key)>,
+        dry_run: bool,
+    ) -> Result<Vec<PathBuf>, StoreError> {
+        let mut doomed = Vec::new();
+        for stage in sorted_entries(&self.root)? {
+            let stage_name = file_name(&stage);
+            if stage_name.starts_with('.') || !stage.is_dir() {
+                continue;
+            }
+            for entry in sorted_entries(&stage)? {
+                let name = file_name(&entry);
+                let unreached =
+                    Key::parse(&name).is_some_and(|k| !keep.contains(&(stage_name.clone(), k)));
+                let leftover =
+                    name.starts_with(TRASH_PREFIX) || self.is_abandoned_staging(&stage_name, &name);
+                if unreached || leftover {
+                    doomed.push(entry);
+                }
+            }
+        }
+        if !dry_run {
+            for path in &doomed {
+                fs::remove_dir_all(path).map_err(io_err(path))?;
+            }
+        }
+        Ok(doomed)
+    }
+
+    /// A staging folder whose key nobody holds the lock for belongs to a dead process.
+    fn is_abandoned_staging(&self, stage: &str, name: &str) -> bool {
+        let Some(rest) = name.strip_prefix(STAGING_PREFIX) else {
+            return false;
+        };
+        let Some(key) = rest.get(..16).and_then(Key::parse) else {
+            return true;
+        };
+        let path = self.root.join(LOCKS).join(format!("{stage}-{key}.lock"));
+        match File::options().write(true).open(&path) {
+            Ok(file) => file.try_lock().is_ok(),
+            Err(_) => true,
+        }
+    }
+
+    /// Remembers the spec last built for a named stage instance, for `explain`.
+    pub fn record_latest(&self, instance: &str, spec: &KeySpec) -> Result<(), StoreError> {
+        let dir = self.root.join(LATEST);
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let text = serde_json::to_string_pretty(spec).expect("a KeySpec always serialises");
+        write_durably(
+            &dir.join(format!("{}.json", safe_name(instance))),
+            text.as_bytes(),
+        )
+    }
+
+    pub fn latest(&self, instance: &str) -> Option<KeySpec> {
+        let path = self
+            .root
+            .join(LATEST)
+            .join(format!("{}.json", safe_name(instance)));
+        serde_json::from_slice(&fs::read(path).ok()?).ok()
+    }
+}
+
+fn read_manifest(dir: &Path) -> Result<Manifest, String> {
+    let path = dir.join(MANIFEST);
+    let bytes = fs::read(&path).map_err(|_| {
+        format!(
+            "{} has no {MANIFEST} (unfinished or damaged)",
+            dir.display()
+        )
+    })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| format!("{}: not a valid manifest: {e}", path.display()))
+}
+
+fn describe_files(dir: &Path) -> Result<Vec<FileEntry>, StoreError> {
+    let mut paths = Vec::new();
+    collect_files(dir, dir, &mut paths)?;
+    paths.sort();
+    paths
+        .par_iter()
+        .map(|rel| {
+            let path = dir.join(rel);
+            let size = fs::metadata(&path).map_err(io_err(&path))?.len();
+            let sha256 = sha256_file(&path)?;
+            Ok(FileEntry {
+                path: rel.clone(),
+                size,
+                sha256,
+            })
+        })
+        .collect()
+}
+
+fn collect_files(base: &Path, dir: &Path, out: &mut Vec<String>) -> Result<(), StoreError> {
+    for entry in sorted_entries(dir)? {
+        if entry.is_dir() {
+            collect_files(base, &entry, out)?;
+        } else {
+            let rel = entry.strip_prefix(base).expect("walked from base");
+            out.push(
+                rel.components()
+                    .map(|c| c.as_os_str().to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join("/"),
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn sha256_file(path: &Path) -> Result<String, StoreError> {
+    let mut file = File::open(path).map_err(io_err(path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(io_err(path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Writes through a temporary name and fsyncs, so readers see all or nothing.
+pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let tmp = path.with_extension(format!("tmp-{}", unique_suffix()));
+    let mut file = File::create(&tmp).map_err(io_err(&tmp))?;
+    file.write_all(bytes).map_err(io_err(&tmp))?;
+    file.sync_all().map_err(io_err(&tmp))?;
+    fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    let mut entries: Vec<PathBuf> = match fs::read_dir(dir) {
+        Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(io_err(dir)(e)),
+    };
+    entries.sort();
+    Ok(entries)
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn safe_name(instance: &str) -> String {
+    instance
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._=-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn unique_suffix() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}

@@ -1,0 +1,335 @@
+//! The store and the runner with toy stages: what reruns, what a killed or
+//! concurrent writer leaves behind, and what gc removes.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use artifacts::{
+    Check, Graph, KeySpec, Outcome, RunOptions, Stage, StageError, StageInputs, Store,
+};
+use serde_json::{json, Value};
+
+/// A stage that writes `out.txt` = its param plus the sum of its inputs' values,
+/// and counts how often it ran.
+struct Toy {
+    name: &'static str,
+    param: i64,
+    inputs: Vec<&'static str>,
+    fail: bool,
+    runs: Mutex<u32>,
+}
+
+fn toy(name: &'static str, param: i64, inputs: &[&'static str]) -> Toy {
+    Toy {
+        name,
+        param,
+        inputs: inputs.to_vec(),
+        fail: false,
+        runs: Mutex::new(0),
+    }
+}
+
+impl Stage for Toy {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn kind(&self) -> &str {
+        self.name
+    }
+    fn fingerprint(&self) -> String {
+        "toy-v1".into()
+    }
+    fn params(&self) -> Value {
+        json!({ "param": self.param })
+    }
+    fn inputs(&self) -> Vec<(String, String)> {
+        self.inputs
+            .iter()
+            .map(|i| (i.to_string(), i.to_string()))
+            .collect()
+    }
+    fn run(&self, inputs: &StageInputs, out: &Path) -> Result<Value, StageError> {
+        *self.runs.lock().unwrap() += 1;
+        if self.fail {
+            return Err(format!("{} refuses", self.name).into());
+        }
+        let mut total = self.param;
+        for i in &self.inputs {
+            total += fs::read_to_string(inputs.dir(i).join("out.txt"))?
+                .trim()
+                .parse::<i64>()?;
+        }
+        fs::write(out.join("out.txt"), total.to_string())?;
+        Ok(json!({ "headline": total }))
+    }
+}
+
+fn runs(stage: &Toy) -> u32 {
+    *stage.runs.lock().unwrap()
+}
+
+fn run_all(store: &Store, stages: &[&dyn Stage]) -> Vec<Outcome> {
+    Graph::new(stages)
+        .unwrap()
+        .run(store, &RunOptions::default(), &|_| {})
+        .unwrap()
+}
+
+fn ran(outcomes: &[Outcome]) -> Vec<&str> {
+    outcomes
+        .iter()
+        .filter(|o| matches!(o, Outcome::Ran { .. }))
+        .map(|o| o.name())
+        .collect()
+}
+
+#[test]
+fn a_param_change_reruns_exactly_the_stages_downstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (a, b, c, d) = (
+        toy("a", 1, &[]),
+        toy("b", 10, &["a"]),
+        toy("c", 100, &["b"]),
+        toy("d", 1000, &["a"]),
+    );
+    assert_eq!(
+        ran(&run_all(&store, &[&a, &b, &c, &d])),
+        vec!["a", "b", "d", "c"]
+    );
+    assert!(
+        ran(&run_all(&store, &[&a, &b, &c, &d])).is_empty(),
+        "a second run must be all cached"
+    );
+
+    let b2 = toy("b", 20, &["a"]);
+    let plan = Graph::new(&[&a, &b2, &c, &d]).unwrap().plan(&store);
+    let states: Vec<String> = plan.iter().map(|p| p.state.label()).collect();
+    assert_eq!(states[0], "fresh");
+    assert_eq!(states[1], "stale: param param: 10 -> 20");
+    assert!(
+        states[3].starts_with("stale: input b changed"),
+        "{}",
+        states[3]
+    );
+    let outcomes = run_all(&store, &[&a, &b2, &c, &d]);
+    assert_eq!(ran(&outcomes), vec!["b", "c"]);
+    let c_out = outcomes
+        .iter()
+        .find(|o| o.name() == "c")
+        .unwrap()
+        .manifest()
+        .unwrap();
+    assert_eq!(c_out.headline(), "121");
+    assert_eq!((runs(&a), runs(&c), runs(&d)), (1, 2, 1));
+}
+
+#[test]
+fn targets_run_only_what_they_need_and_force_rebuilds() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (a, b, c) = (toy("a", 1, &[]), toy("b", 2, &["a"]), toy("c", 3, &["b"]));
+    let graph = Graph::new(&[&a, &b, &c]).unwrap();
+    let only_b = RunOptions {
+        targets: ["b".to_string()].into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        ran(&graph.run(&store, &only_b, &|_| {}).unwrap()),
+        vec!["a", "b"]
+    );
+    let force_b = RunOptions {
+        force: ["b".to_string()].into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        ran(&graph.run(&store, &force_b, &|_| {}).unwrap()),
+        vec!["b", "c"]
+    );
+}
+
+#[test]
+fn a_failed_stage_skips_its_dependants_only_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut b = toy("b", 2, &["a"]);
+    b.fail = true;
+    let (a, c, d) = (toy("a", 1, &[]), toy("c", 3, &["b"]), toy("d", 4, &["a"]));
+    let outcomes = run_all(&store, &[&a, &b, &c, &d]);
+    assert!(matches!(&outcomes[1], Outcome::Failed { error, .. } if error == "b refuses"));
+    assert!(matches!(&outcomes[3], Outcome::Skipped { name, .. } if name == "c"));
+    assert_eq!(ran(&outcomes), vec!["a", "d"]);
+    assert!(
+        fs::read_dir(dir.path().join("b")).unwrap().next().is_none(),
+        "no staging left behind"
+    );
+}
+
+#[test]
+fn a_damaged_artifact_is_stale_and_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let a = toy("a", 1, &[]);
+    run_all(&store, &[&a]);
+    let key = Graph::new(&[&a]).unwrap().plan(&store)[0].key.clone();
+    fs::write(store.artifact_dir("a", &key).join("out.txt"), "12345").unwrap();
+    let plan = Graph::new(&[&a]).unwrap().plan(&store);
+    assert!(
+        plan[0]
+            .state
+            .label()
+            .contains("out.txt has 5 bytes, manifest says 1"),
+        "{}",
+        plan[0].state.label()
+    );
+    assert_eq!(ran(&run_all(&store, &[&a])), vec!["a"]);
+    fs::remove_file(store.artifact_dir("a", &key).join("manifest.json")).unwrap();
+    assert!(
+        matches!(store.check("a", &key), Check::Invalid(why) if why.contains("no manifest.json"))
+    );
+    assert_eq!(ran(&run_all(&store, &[&a])), vec!["a"]);
+    assert_eq!(
+        fs::read_to_string(store.artifact_dir("a", &key).join("out.txt")).unwrap(),
+        "1"
+    );
+}
+
+#[test]
+fn gc_removes_what_no_config_reaches() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (a1, a2) = (toy("a", 1, &[]), toy("a", 2, &[]));
+    run_all(&store, &[&a1]);
+    run_all(&store, &[&a2]);
+    let keep: BTreeSet<_> = Graph::new(&[&a2])
+        .unwrap()
+        .plan(&store)
+        .into_iter()
+        .map(|p| (p.kind, p.key))
+        .collect();
+    let old = Graph::new(&[&a1]).unwrap().plan(&store)[0].key.clone();
+    let doomed = store.gc(&keep, true).unwrap();
+    assert_eq!(doomed, vec![store.artifact_dir("a", &old)]);
+    assert!(
+        store.artifact_dir("a", &old).exists(),
+        "a dry run removes nothing"
+    );
+    store.gc(&keep, false).unwrap();
+    assert!(!store.artifact_dir("a", &old).exists());
+    assert_eq!(store.list().unwrap().len(), 1);
+}
+
+// ---- Processes: a writer killed mid-write, and two writers racing. ----
+
+/// Re-runs this test binary as a child that executes one named test with `role` set.
+fn spawn_child(test: &str, store: &Path, role: &str) -> std::process::Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env("ARTIFACTS_CHILD_STORE", store)
+        .env("ARTIFACTS_CHILD_ROLE", role)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn slow_spec() -> KeySpec {
+    KeySpec {
+        stage: "slow".into(),
+        fingerprint: "v1".into(),
+        params: json!({}),
+        inputs: Default::default(),
+    }
+}
+
+/// In a child: takes the key's lock and commits an artifact whose build writes
+/// slowly and appends to `builds.log`, so the parent can count builds.
+#[test]
+fn child_slow_writer() {
+    let (Ok(root), Ok(role)) = (
+        std::env::var("ARTIFACTS_CHILD_STORE"),
+        std::env::var("ARTIFACTS_CHILD_ROLE"),
+    ) else {
+        return;
+    };
+    let store = Store::open(&root).unwrap();
+    let spec = slow_spec();
+    let _lock = store.lock("slow", &spec.key(), || {}).unwrap();
+    if let Check::Fresh(_) = store.check("slow", &spec.key()) {
+        return;
+    }
+    store
+        .commit(&spec, |out| {
+            let log = Path::new(&root).join("builds.log");
+            let mut line = fs::read_to_string(&log).unwrap_or_default();
+            line.push_str(&role);
+            line.push('\n');
+            fs::write(&log, line)?;
+            for i in 0..20 {
+                fs::write(out.join(format!("part{i}")), vec![7u8; 1000])?;
+                std::thread::sleep(Duration::from_millis(if role == "killed" {
+                    200
+                } else {
+                    50
+                }));
+            }
+            Ok(json!({}))
+        })
+        .unwrap();
+}
+
+#[test]
+fn a_writer_killed_mid_write_leaves_nothing_that_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = spawn_child("child_slow_writer", dir.path(), "killed");
+    // Wait until it is writing, then kill it.
+    let log = dir.path().join("builds.log");
+    while !log.exists() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    assert!(matches!(
+        store.check("slow", &slow_spec().key()),
+        Check::Missing
+    ));
+    // The next run redoes it, and gc clears the dead process's staging folder.
+    let status = spawn_child("child_slow_writer", dir.path(), "redo")
+        .wait()
+        .unwrap();
+    assert!(status.success());
+    assert!(matches!(
+        store.check("slow", &slow_spec().key()),
+        Check::Fresh(_)
+    ));
+    let keep = [("slow".to_string(), slow_spec().key())].into();
+    let leftovers = store.gc(&keep, false).unwrap();
+    assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+    assert!(leftovers[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .starts_with(".staging-"));
+}
+
+#[test]
+fn two_writers_at_once_build_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = spawn_child("child_slow_writer", dir.path(), "first");
+    let mut second = spawn_child("child_slow_writer", dir.path(), "second");
+    assert!(first.wait().unwrap().success());
+    assert!(second.wait().unwrap().success());
+    let builds = fs::read_to_string(dir.path().join("builds.log")).unwrap();
+    assert_eq!(builds.lines().count(), 1, "built more than once: {builds}");
+    let store = Store::open(dir.path()).unwrap();
+    let Check::Fresh(m) = store.check_with("slow", &slow_spec().key(), artifacts::Verify::Digests)
+    else {
+        panic!("not fresh")
+    };
+    assert_eq!(m.files.len(), 20);
+}

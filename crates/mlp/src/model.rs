@@ -1,0 +1,123 @@
+//! The model in candle-nn: forward passes for evaluation, extraction and splicing.
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::{Linear, Module};
+
+use crate::{Examples, MlpError, Weights, CLASSES, INPUT, LAYER_NAMES};
+
+pub struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+    fc3: Linear,
+    device: Device,
+}
+
+/// Every intermediate of a forward pass, by layer name (`fc1.pre` ... `logits`).
+pub type Layers = BTreeMap<&'static str, Tensor>;
+
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Evaluation {
+    pub loss: f64,
+    pub accuracy: f64,
+}
+
+impl Mlp {
+    pub fn new(weights: &Weights, device: &Device) -> Result<Mlp, MlpError> {
+        let tensors = weights.to_tensors(device)?;
+        Ok(Mlp::from_tensors(|name| tensors[name].clone(), device))
+    }
+
+    /// Builds from tensors named as in PyTorch's state dict (`fc1.weight`, ...).
+    pub fn from_tensors(tensor: impl Fn(&str) -> Tensor, device: &Device) -> Mlp {
+        let linear = |name: &str| {
+            Linear::new(
+                tensor(&format!("{name}.weight")),
+                Some(tensor(&format!("{name}.bias"))),
+            )
+        };
+        Mlp {
+            fc1: linear("fc1"),
+            fc2: linear("fc2"),
+            fc3: linear("fc3"),
+            device: device.clone(),
+        }
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Normalises raw pixels as the notebook does: `[rows, 784]` f32.
+    pub fn input(&self, pixels: &[u8]) -> Result<Tensor, MlpError> {
+        let rows = pixels.len() / INPUT;
+        Ok(Tensor::from_vec(
+            mnist::normalise(pixels),
+            (rows, INPUT),
+            &self.device,
+        )?)
+    }
+
+    pub fn logits(&self, x: &Tensor) -> Result<Tensor, MlpError> {
+        Ok(self
+            .fc3
+            .forward(&self.fc2.forward(&self.fc1.forward(x)?.relu()?)?.relu()?)?)
+    }
+
+    /// The forward pass, keeping every named intermediate.
+    pub fn forward_all(&self, x: &Tensor) -> Result<Layers, MlpError> {
+        let fc1_pre = self.fc1.forward(x)?;
+        let fc1_post = fc1_pre.relu()?;
+        let fc2_pre = self.fc2.forward(&fc1_post)?;
+        let fc2_post = fc2_pre.relu()?;
+        let logits = self.fc3.forward(&fc2_post)?;
+        Ok([fc1_pre, fc1_post, fc2_pre, fc2_post, logits]
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| (LAYER_NAMES[i], t))
+            .collect())
+    }
+
+    /// Logits computed from a replacement for layer `name` (e.g. an SAE's
+    /// reconstruction spliced in place of `fc2.pre`).
+    pub fn logits_from(&self, name: &str, value: &Tensor) -> Result<Tensor, MlpError> {
+        let out = match name {
+            "fc1.pre" => self.logits_from("fc1.post", &value.relu()?)?,
+            "fc1.post" => self.logits_from("fc2.pre", &self.fc2.forward(value)?)?,
+            "fc2.pre" => self.logits_from("fc2.post", &value.relu()?)?,
+            "fc2.post" => self.fc3.forward(value)?,
+            "logits" => value.clone(),
+            other => {
+                return Err(MlpError::Config(format!(
+                    "unknown layer {other}; layers are {}",
+                    LAYER_NAMES.join(", ")
+                )))
+            }
+        };
+        Ok(out)
+    }
+
+    /// Mean cross-entropy and accuracy of `logits` [rows, 10] against `labels`.
+    pub fn score(logits: &Tensor, labels: &[u8]) -> Result<Evaluation, MlpError> {
+        let device = logits.device();
+        let targets = Tensor::from_iter(labels.iter().map(|&l| l as u32), device)?;
+        let loss = candle_nn::loss::cross_entropy(logits, &targets)?.to_scalar::<f32>()? as f64;
+        let hits = logits
+            .argmax(D::Minus1)?
+            .eq(&targets)?
+            .to_dtype(DType::F32)?
+            .sum_all()?
+            .to_scalar::<f32>()? as f64;
+        Ok(Evaluation {
+            loss,
+            accuracy: hits / labels.len().max(1) as f64,
+        })
+    }
+
+    pub fn evaluate(&self, data: Examples<'_>) -> Result<Evaluation, MlpError> {
+        let logits = self.logits(&self.input(data.pixels)?)?;
+        debug_assert_eq!(logits.dims(), &[data.len(), CLASSES]);
+        Mlp::score(&logits, data.labels)
+    }
+}
