@@ -1,0 +1,302 @@
+//! `saelab.toml`: the config file, its presets and `--set` overrides.
+//!
+//! Every key is checked against the defaults before anything runs: an unknown
+//! key, a wrong type or an out-of-range value stops with one sentence that names
+//! the key and where it came from.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use toml::{Table, Value};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub mnist: MnistConfig,
+    pub mlp: mlp::TrainConfig,
+    pub extract: ExtractConfig,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MnistConfig {
+    /// A folder holding the four MNIST files, raw or .gz; "" means not set.
+    pub dir: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExtractConfig {
+    pub layers: Vec<String>,
+    pub rows_per_shard: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            mnist: MnistConfig::default(),
+            mlp: mlp::TrainConfig::default(),
+            extract: ExtractConfig::default(),
+        }
+    }
+}
+
+impl Default for ExtractConfig {
+    fn default() -> Self {
+        ExtractConfig {
+            layers: mlp::LAYER_NAMES.iter().map(|s| s.to_string()).collect(),
+            rows_per_shard: 16384,
+        }
+    }
+}
+
+impl ExtractConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.layers.is_empty() {
+            bail!(
+                "extract.layers is empty: name at least one of {}",
+                mlp::LAYER_NAMES.join(", ")
+            );
+        }
+        for layer in &self.layers {
+            if mlp::layer_width(layer).is_none() {
+                bail!(
+                    "extract.layers names {layer:?}, which is not a layer; layers are {}",
+                    mlp::LAYER_NAMES.join(", ")
+                );
+            }
+        }
+        if self.rows_per_shard == 0 || self.rows_per_shard > 1 << 20 {
+            bail!(
+                "extract.rows_per_shard = {} is out of range: it must be in 1..=1048576",
+                self.rows_per_shard
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Where the config comes from: the file, a preset in it, and `--set` overrides.
+#[derive(Clone, Debug, Default)]
+pub struct ConfigSources {
+    pub preset: Option<String>,
+    pub overrides: Vec<String>,
+}
+
+/// The config a run uses, and the file's presets (gc keeps what any of them reaches).
+pub struct Loaded {
+    pub config: Config,
+    pub presets: BTreeMap<String, Config>,
+}
+
+pub fn load(path: &Path, sources: &ConfigSources) -> Result<Loaded> {
+    let name = path.display().to_string();
+    let mut table = if path.exists() {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{name}: cannot read the config file"))?;
+        text.parse::<Table>()
+            .map_err(|e| anyhow::anyhow!("{name}: not valid TOML: {}", e.message()))?
+    } else {
+        Table::new()
+    };
+    let presets_table = match table.remove("presets") {
+        None => Table::new(),
+        Some(Value::Table(t)) => t,
+        Some(_) => bail!("{name}: presets must be a table of tables, as [presets.NAME]"),
+    };
+    let defaults = Value::try_from(Config::default()).expect("the default config serialises");
+    check_against(&defaults, &table, "", &name)?;
+    let mut presets = BTreeMap::new();
+    for (preset, body) in &presets_table {
+        let Value::Table(body) = body else {
+            bail!("{name}: presets.{preset} must be a table")
+        };
+        let source = format!("{name} [presets.{preset}]");
+        check_against(&defaults, body, "", &source)?;
+        let mut merged = table.clone();
+        merge(&mut merged, body);
+        presets.insert(preset.clone(), finish(merged, &source)?);
+    }
+    if let Some(preset) = &sources.preset {
+        let Some(Value::Table(body)) = presets_table.get(preset) else {
+            let known: Vec<&String> = presets_table.keys().collect();
+            bail!("--preset {preset}: {name} has no preset of that name; it has {known:?}");
+        };
+        merge(&mut table, body);
+    }
+    for assignment in &sources.overrides {
+        let source = format!("--set {assignment}");
+        let (key, text) = assignment
+            .split_once('=')
+            .with_context(|| format!("{source}: expected KEY=VALUE, e.g. mlp.lr=0.01"))?;
+        let value = parse_value(text.trim());
+        let mut patch = Table::new();
+        insert_path(&mut patch, key.trim(), value);
+        check_against(&defaults, &patch, "", &source)?;
+        merge(&mut table, &patch);
+    }
+    let config = finish(table, &name)?;
+    Ok(Loaded { config, presets })
+}
+
+/// Turns a checked table into a validated config.
+fn finish(mut table: Table, source: &str) -> Result<Config> {
+    let defaults = Value::try_from(Config::default()).expect("the default config serialises");
+    widen_integers(&defaults, &mut table);
+    let config: Config = Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| anyhow::anyhow!("{source}: {}", e.message()))?;
+    config
+        .mlp
+        .validate()
+        .map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
+    config
+        .extract
+        .validate()
+        .map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
+    Ok(config)
+}
+
+/// A TOML literal if it parses as one (`0.01`, `true`, `[1, 2]`, `"x"`), else a bare string.
+fn parse_value(text: &str) -> Value {
+    format!("v = {text}")
+        .parse::<Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| Value::String(text.to_string()))
+}
+
+fn insert_path(table: &mut Table, dotted: &str, value: Value) {
+    match dotted.split_once('.') {
+        None => {
+            table.insert(dotted.to_string(), value);
+        }
+        Some((head, rest)) => {
+            let sub = table
+                .entry(head.to_string())
+                .or_insert_with(|| Value::Table(Table::new()));
+            if let Value::Table(sub) = sub {
+                insert_path(sub, rest, value);
+            }
+        }
+    }
+}
+
+fn merge(base: &mut Table, patch: &Table) {
+    for (key, value) in patch {
+        match (base.get_mut(key), value) {
+            (Some(Value::Table(b)), Value::Table(p)) => merge(b, p),
+            _ => {
+                base.insert(key.clone(), value.clone());
+            }
+        }
+    }
+}
+
+/// Every key must exist in the defaults with a compatible type.
+fn check_against(defaults: &Value, table: &Table, prefix: &str, source: &str) -> Result<()> {
+    let Value::Table(known) = defaults else {
+        unreachable!("checked tables only")
+    };
+    for (key, value) in table {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        let Some(default) = known.get(key) else {
+            let names: Vec<&String> = known.keys().collect();
+            let place = if prefix.is_empty() {
+                "at the top level".to_string()
+            } else {
+                format!("in [{prefix}]")
+            };
+            bail!(
+                "{source}: unknown key {path}; the keys {place} are {}",
+                names
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        };
+        match (default, value) {
+            (Value::Table(_), Value::Table(sub)) => check_against(default, sub, &path, source)?,
+            (Value::Array(d), Value::Array(v)) => {
+                if let Some(first) = d.first() {
+                    if let Some(bad) = v.iter().find(|item| !same_type(first, item)) {
+                        bail!(
+                            "{source}: {path} must be a list of {}s, but holds {bad}",
+                            first.type_str()
+                        );
+                    }
+                }
+            }
+            (d, v) if !same_type(d, v) => {
+                bail!("{source}: {path} must be a {}, got {v}", d.type_str())
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn same_type(default: &Value, value: &Value) -> bool {
+    matches!((default, value), (Value::Float(_), Value::Integer(_)))
+        || default.type_str() == value.type_str()
+}
+
+/// `lr = 1` means 1.0 where the default is a float.
+fn widen_integers(defaults: &Value, table: &mut Table) {
+    let Value::Table(known) = defaults else {
+        return;
+    };
+    for (key, value) in table.iter_mut() {
+        match (known.get(key), value) {
+            (Some(d @ Value::Table(_)), Value::Table(sub)) => widen_integers(d, sub),
+            (Some(Value::Float(_)), v @ Value::Integer(_)) => {
+                *v = Value::Float(v.as_integer().unwrap() as f64)
+            }
+            (Some(Value::Array(d)), Value::Array(items))
+                if matches!(d.first(), Some(Value::Float(_))) =>
+            {
+                for item in items.iter_mut() {
+                    if let Value::Integer(i) = item {
+                        *item = Value::Float(*i as f64);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Params of `actual` that differ from `default`, as `key=value` strings.
+pub fn differences(
+    default: &serde_json::Value,
+    actual: &serde_json::Value,
+    prefix: &str,
+    out: &mut Vec<String>,
+) {
+    match (default, actual) {
+        (serde_json::Value::Object(d), serde_json::Value::Object(a)) => {
+            for (key, value) in a {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                differences(
+                    d.get(key).unwrap_or(&serde_json::Value::Null),
+                    value,
+                    &path,
+                    out,
+                );
+            }
+        }
+        (d, a) if d != a => out.push(format!("{prefix}={a}")),
+        _ => {}
+    }
+}

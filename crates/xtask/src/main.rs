@@ -1,0 +1,375 @@
+//! `cargo xtask`: saelab's one binary. It owns the command line, the config
+//! file, the stage graph built from it, progress output and the
+//! status/explain/gc views of the artifact store. It holds no stage logic: each
+//! stage's `run` calls into that stage's crate.
+
+mod bench;
+mod config;
+mod progress;
+mod stages;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context as _, Result};
+use artifacts::{Event, Graph, Outcome, RunOptions, Stage, State, Store};
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, ConfigSources};
+use crate::stages::Context;
+
+/// The repository root, where `saelab.toml` and `artifacts/` live by default.
+fn repo_root() -> PathBuf {
+    let xtask = Path::new(env!("CARGO_MANIFEST_DIR"));
+    xtask
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(xtask)
+        .to_path_buf()
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cargo xtask",
+    about = "Train SAEs on an MNIST MLP's activations and find out what their features mean."
+)]
+struct Cli {
+    /// Config file [default: saelab.toml at the repository root].
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Override one key, e.g. --set mlp.lr=0.01 (repeatable).
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Apply a [presets.NAME] table of the config file.
+    #[arg(long, global = true, value_name = "NAME")]
+    preset: Option<String>,
+    /// Folder holding the four MNIST files (raw or .gz) [env: SAELAB_MNIST_DIR].
+    #[arg(long, global = true, value_name = "DIR")]
+    mnist_dir: Option<PathBuf>,
+    /// Artifact store [env: SAELAB_ARTIFACTS; default: artifacts/ at the repository root].
+    #[arg(long, global = true, value_name = "DIR")]
+    artifacts: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run every stage that is not up to date, then print a summary.
+    All {
+        /// Rebuild this stage (name or kind) even if fresh; repeatable.
+        #[arg(long, value_name = "STAGE")]
+        force: Vec<String>,
+    },
+    /// Run one stage and what it needs.
+    Run {
+        stage: String,
+        #[arg(long)]
+        force: bool,
+    },
+    /// One table of every stage: key, changed params, state, headline metric, wall time.
+    Status,
+    /// Why a stage would run or not.
+    Explain { stage: String },
+    /// Remove artifacts that neither the config nor any of its presets reaches.
+    Gc {
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Measure a stage's speed: mlp or sae.
+    Bench { target: bench::Target },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Session {
+    config: Config,
+    presets: std::collections::BTreeMap<String, Config>,
+    ctx: Context,
+    store: Store,
+}
+
+fn open(cli: &Cli) -> Result<Session> {
+    let config_path = cli
+        .config
+        .clone()
+        .unwrap_or_else(|| repo_root().join("saelab.toml"));
+    if cli.config.is_some() && !config_path.exists() {
+        bail!("{}: no such config file", config_path.display());
+    }
+    let sources = ConfigSources {
+        preset: cli.preset.clone(),
+        overrides: cli.overrides.clone(),
+    };
+    let loaded = config::load(&config_path, &sources)?;
+    let store_root = cli
+        .artifacts
+        .clone()
+        .or_else(|| std::env::var_os("SAELAB_ARTIFACTS").map(PathBuf::from))
+        .unwrap_or_else(|| repo_root().join("artifacts"));
+    let mnist_dir = cli
+        .mnist_dir
+        .clone()
+        .or_else(|| std::env::var_os(mnist::MNIST_DIR_ENV).map(PathBuf::from))
+        .or_else(|| {
+            (!loaded.config.mnist.dir.is_empty()).then(|| {
+                config_path
+                    .parent()
+                    .unwrap_or(Path::new("."))
+                    .join(&loaded.config.mnist.dir)
+            })
+        });
+    let store = Store::open(&store_root)?;
+    Ok(Session {
+        config: loaded.config,
+        presets: loaded.presets,
+        ctx: Context {
+            mnist_dir,
+            store_root,
+        },
+        store,
+    })
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let session = open(&cli)?;
+    let stages = stages::build(&session.config, &session.ctx);
+    let refs: Vec<&dyn Stage> = stages.iter().map(|s| s.as_ref()).collect();
+    let graph = Graph::new(&refs).map_err(anyhow::Error::msg)?;
+    match cli.command {
+        Command::All { force } => {
+            check_stage_names(&graph, &force)?;
+            execute(
+                &session,
+                &graph,
+                RunOptions {
+                    force: force.into_iter().collect(),
+                    targets: BTreeSet::new(),
+                },
+            )
+        }
+        Command::Run { stage, force } => {
+            check_stage_names(&graph, std::slice::from_ref(&stage))?;
+            let force = if force {
+                [stage.clone()].into()
+            } else {
+                BTreeSet::new()
+            };
+            execute(
+                &session,
+                &graph,
+                RunOptions {
+                    force,
+                    targets: [stage].into(),
+                },
+            )
+        }
+        Command::Status => {
+            status(&session, &graph);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Explain { stage } => {
+            check_stage_names(&graph, std::slice::from_ref(&stage))?;
+            explain(&session, &graph, &stage);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Gc { dry_run } => gc(&session, &graph, dry_run),
+        Command::Bench { target } => {
+            bench::run(target, &session.config, &session.ctx, &session.store)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn check_stage_names(graph: &Graph<'_>, names: &[String]) -> Result<()> {
+    for name in names {
+        if !graph.stages().any(|s| s.name() == name || s.kind() == name) {
+            let known: Vec<&str> = graph.stages().map(|s| s.name()).collect();
+            bail!(
+                "there is no stage named {name}; the stages are {}",
+                known.join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
+fn execute(session: &Session, graph: &Graph<'_>, options: RunOptions) -> Result<ExitCode> {
+    let outcomes = graph.run(&session.store, &options, &|event| match event {
+        Event::Running(p) => {
+            let why = match &p.state {
+                State::Fresh(_) => "forced".to_string(),
+                other => other.label(),
+            };
+            eprintln!("{:<10} running ({why})", p.name);
+        }
+        Event::Waiting(p) => eprintln!("{:<10} waiting: another saelab run is building it", p.name),
+        Event::Finished(outcome) => println!("{}", outcome_line(outcome)),
+    })?;
+    let failed = outcomes
+        .iter()
+        .filter(|o| matches!(o, Outcome::Failed { .. }))
+        .count();
+    summary(session, &outcomes);
+    Ok(if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn outcome_line(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Ran { name, manifest } => format!(
+            "{name:<10} ran      {:>7.2} s  {}",
+            manifest.wall_time_s,
+            manifest.headline()
+        ),
+        Outcome::Cached { name, manifest } => {
+            format!("{name:<10} cached   {:>9}  {}", "", manifest.headline())
+        }
+        Outcome::Failed { name, error } => format!("{name:<10} FAILED   {error}"),
+        Outcome::Skipped { name, because } => format!("{name:<10} skipped  {because}"),
+    }
+}
+
+fn summary(session: &Session, outcomes: &[Outcome]) {
+    let find = |name: &str| {
+        outcomes
+            .iter()
+            .find(|o| o.name() == name)
+            .and_then(|o| o.manifest())
+    };
+    if let Some(m) = find("mlp") {
+        if let Some(acc) = m.metrics.get("test_accuracy").and_then(|v| v.as_f64()) {
+            println!(
+                "MLP test accuracy: {:.2}% ({})",
+                100.0 * acc,
+                session.store.artifact_dir("mlp", &m.key).display()
+            );
+        }
+    }
+    if let Some(m) = find("extract") {
+        println!(
+            "activations: {}",
+            session.store.artifact_dir("activations", &m.key).display()
+        );
+    }
+    println!("artifacts: {}", session.store.root().display());
+}
+
+fn status(session: &Session, graph: &Graph<'_>) {
+    let default_stages = stages::build(&Config::default(), &session.ctx);
+    let mut rows = vec![[
+        "stage",
+        "key",
+        "params (non-default)",
+        "state",
+        "headline",
+        "wall",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for (stage, planned) in graph.stages().zip(graph.plan(&session.store)) {
+        let default = default_stages
+            .iter()
+            .find(|d| d.name() == stage.name() || d.kind() == stage.kind());
+        let mut changed = Vec::new();
+        if let Some(default) = default {
+            config::differences(&default.params(), &stage.params(), "", &mut changed);
+        }
+        let (headline, wall) = match &planned.state {
+            State::Fresh(m) => (m.headline(), format!("{:.2} s", m.wall_time_s)),
+            _ => (String::new(), String::new()),
+        };
+        rows.push(vec![
+            planned.name.clone(),
+            planned.key.to_string(),
+            changed.join(" "),
+            planned.state.label(),
+            headline,
+            wall,
+        ]);
+    }
+    print_table(&rows);
+}
+
+fn print_table(rows: &[Vec<String>]) {
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        println!("{}", cells.join("  ").trim_end());
+    }
+}
+
+fn explain(session: &Session, graph: &Graph<'_>, name: &str) {
+    for planned in graph
+        .plan(&session.store)
+        .iter()
+        .filter(|p| p.name == name || p.kind == name)
+    {
+        let dir = session.store.artifact_dir(&planned.kind, &planned.key);
+        println!("{} (key {}, {})", planned.name, planned.key, dir.display());
+        match &planned.state {
+            State::Fresh(m) => println!(
+                "  fresh: its manifest matches every file; it would not run (built in {:.2} s)",
+                m.wall_time_s
+            ),
+            State::Missing => {
+                println!("  missing: no artifact was ever built for this stage; it would run")
+            }
+            State::Stale(why) => {
+                println!("  stale; it would run because:");
+                for reason in why.split("; ") {
+                    println!("    - {reason}");
+                }
+            }
+        }
+        println!("  fingerprint {}", planned.spec.fingerprint);
+        for (role, key) in &planned.spec.inputs {
+            println!("  input {role}: {key}");
+        }
+        println!("  params {}", planned.spec.params);
+    }
+}
+
+fn gc(session: &Session, graph: &Graph<'_>, dry_run: bool) -> Result<ExitCode> {
+    let mut keep: BTreeSet<(String, artifacts::Key)> = graph
+        .plan(&session.store)
+        .into_iter()
+        .map(|p| (p.kind, p.key))
+        .collect();
+    for preset in session.presets.values() {
+        let stages = stages::build(preset, &session.ctx);
+        let refs: Vec<&dyn Stage> = stages.iter().map(|s| s.as_ref()).collect();
+        let g = Graph::new(&refs).map_err(anyhow::Error::msg)?;
+        keep.extend(g.plan(&session.store).into_iter().map(|p| (p.kind, p.key)));
+    }
+    let removed = session.store.gc(&keep, dry_run).context("gc")?;
+    let verb = if dry_run { "would remove" } else { "removed" };
+    for path in &removed {
+        println!("{verb} {}", path.display());
+    }
+    println!(
+        "{verb} {} folder(s); kept {} artifact(s) reached by the config and its presets",
+        removed.len(),
+        keep.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,136 @@
+//! `extract`: runs the trained MLP over both splits in dataset order and caches
+//! the configured layers as safetensors shards. Keyed by the MLP and these
+//! params only, so every SAE and analysis reads the same shards.
+
+use std::path::Path;
+use std::time::Instant;
+
+use activations::{ActivationStore, LayerData, ShardConfig, ShardInfo, ShardMeta, VerifyMode};
+use artifacts::{Stage, StageError, StageInputs};
+use mlp::Mlp;
+use rayon::prelude::*;
+use serde_json::{json, Value};
+
+use super::mlp::{load_mnist, load_weights};
+use crate::config::ExtractConfig;
+
+pub struct ExtractStage {
+    pub cfg: ExtractConfig,
+}
+
+pub const SHARDS_FILE: &str = "shards.json";
+pub const SPLITS: [&str; 2] = ["train", "test"];
+
+/// Opens the shards of an `extract` artifact (sizes and headers checked; digests too with `Digests`).
+pub fn open_store(dir: &Path, verify: VerifyMode) -> Result<ActivationStore, StageError> {
+    let text = std::fs::read(dir.join(SHARDS_FILE))
+        .map_err(|e| format!("{}: {e}", dir.join(SHARDS_FILE).display()))?;
+    let shards: Vec<ShardInfo> = serde_json::from_slice(&text)
+        .map_err(|e| format!("{}: {e}", dir.join(SHARDS_FILE).display()))?;
+    Ok(ActivationStore::open(dir, &shards, verify)?)
+}
+
+impl Stage for ExtractStage {
+    fn name(&self) -> &str {
+        "extract"
+    }
+    fn kind(&self) -> &str {
+        "activations"
+    }
+    fn fingerprint(&self) -> String {
+        env!("SAELAB_FP_EXTRACT").into()
+    }
+    fn params(&self) -> Value {
+        serde_json::to_value(&self.cfg).expect("an extract config serialises")
+    }
+    fn inputs(&self) -> Vec<(String, String)> {
+        vec![
+            ("mnist".into(), "mnist".into()),
+            ("mlp".into(), "mlp".into()),
+        ]
+    }
+    fn run(&self, inputs: &StageInputs, out: &Path) -> Result<Value, StageError> {
+        let data = load_mnist(inputs.dir("mnist"))?;
+        let model = Mlp::new(&load_weights(inputs.dir("mlp"))?, &candle_core::Device::Cpu)?;
+        let started = Instant::now();
+        let mut shards = Vec::new();
+        let mut bytes = 0u64;
+        for (name, split) in SPLITS.iter().zip([&data.train, &data.test]) {
+            let layers = forward_in_chunks(&model, &split.images.pixels, &self.cfg.layers)?;
+            let layer_data: Vec<LayerData<'_>> = self
+                .cfg
+                .layers
+                .iter()
+                .zip(&layers)
+                .map(|(layer, values)| LayerData {
+                    name: layer,
+                    width: mlp::layer_width(layer).expect("validated"),
+                    data: values,
+                })
+                .collect();
+            let index: Vec<u32> = (0..split.len() as u32).collect();
+            let meta = ShardMeta {
+                mlp_key: inputs.manifest("mlp").key.to_string(),
+                dataset_digest: dataset_digest(inputs.manifest("mnist"), name),
+            };
+            let written = activations::write_split(
+                out,
+                name,
+                &layer_data,
+                &split.labels.labels,
+                &index,
+                &ShardConfig {
+                    rows_per_shard: self.cfg.rows_per_shard,
+                },
+                &meta,
+            )?;
+            bytes += written.iter().map(|s| s.size_bytes).sum::<u64>();
+            shards.extend(written);
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        super::write_json(out, SHARDS_FILE, &shards)?;
+        Ok(json!({
+            "rows": data.train.len() + data.test.len(),
+            "layers": self.cfg.layers,
+            "shards": shards.len(),
+            "bytes": bytes,
+            "extract_seconds": seconds,
+            "headline": format!("{} rows x {} layers, {:.0} MB in {seconds:.2} s", data.train.len() + data.test.len(), self.cfg.layers.len(), bytes as f64 / 1e6),
+        }))
+    }
+}
+
+/// Forward passes over chunks of rows on every core; returns each requested
+/// layer as one row-major buffer in dataset order.
+fn forward_in_chunks(
+    model: &Mlp,
+    pixels: &[u8],
+    layers: &[String],
+) -> Result<Vec<Vec<f32>>, StageError> {
+    const CHUNK_ROWS: usize = 2048;
+    let chunks: Vec<Vec<Vec<f32>>> = pixels
+        .par_chunks(CHUNK_ROWS * mlp::INPUT)
+        .map(|chunk| -> Result<Vec<Vec<f32>>, StageError> {
+            let all = model.forward_all(&model.input(chunk)?)?;
+            layers
+                .iter()
+                .map(|l| Ok(all[l.as_str()].flatten_all()?.to_vec1::<f32>()?))
+                .collect()
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((0..layers.len())
+        .map(|l| chunks.iter().flat_map(|c| c[l].iter().copied()).collect())
+        .collect())
+}
+
+/// The SHA-256s of a split's two files, as the mnist manifest records them.
+fn dataset_digest(mnist: &artifacts::Manifest, split: &str) -> String {
+    let prefix = if split == "train" { "train-" } else { "t10k-" };
+    mnist
+        .files
+        .iter()
+        .filter(|f| f.path.starts_with(prefix))
+        .map(|f| format!("{}:{}", f.path, f.sha256))
+        .collect::<Vec<_>>()
+        .join(",")
+}

@@ -1,0 +1,79 @@
+//! `mlp`: trains the classifier, evaluates it on the test split, saves it.
+
+use std::path::Path;
+use std::time::Instant;
+
+use artifacts::{Stage, StageError, StageInputs};
+use mlp::{Examples, Mlp, TrainConfig, TrainPath, Weights};
+use serde_json::{json, Value};
+
+use crate::progress::Progress;
+
+pub struct MlpStage {
+    pub cfg: TrainConfig,
+}
+
+pub const MODEL_FILE: &str = "model.safetensors";
+
+/// Loads the verified MNIST files of a `mnist` artifact.
+pub fn load_mnist(dir: &Path) -> Result<mnist::Mnist, StageError> {
+    Ok(mnist::load_verified(dir, &mnist::Pins::canonical())?)
+}
+
+pub fn examples(split: &mnist::Split) -> Examples<'_> {
+    Examples {
+        pixels: &split.images.pixels,
+        labels: &split.labels.labels,
+    }
+}
+
+impl Stage for MlpStage {
+    fn name(&self) -> &str {
+        "mlp"
+    }
+    fn kind(&self) -> &str {
+        "mlp"
+    }
+    fn fingerprint(&self) -> String {
+        env!("SAELAB_FP_MLP").into()
+    }
+    fn params(&self) -> Value {
+        serde_json::to_value(&self.cfg).expect("a train config serialises")
+    }
+    fn inputs(&self) -> Vec<(String, String)> {
+        vec![("mnist".into(), "mnist".into())]
+    }
+    fn run(&self, inputs: &StageInputs, out: &Path) -> Result<Value, StageError> {
+        let data = load_mnist(inputs.dir("mnist"))?;
+        let steps = self.cfg.epochs * data.train.len().div_ceil(self.cfg.batch_size);
+        let progress = Progress::new("mlp", steps as u64, "steps");
+        let started = Instant::now();
+        let (weights, log) = mlp::train(
+            &self.cfg,
+            examples(&data.train),
+            &TrainPath::Fast,
+            &mut |step, loss| progress.set(step as u64, || format!("loss {loss:.4}")),
+        )?;
+        let train_seconds = started.elapsed().as_secs_f64();
+        progress.finish();
+        weights.save(&out.join(MODEL_FILE))?;
+        let test = Mlp::new(&weights, &candle_core::Device::Cpu)?.evaluate(examples(&data.test))?;
+        let metrics = json!({
+            "test_accuracy": test.accuracy,
+            "test_loss": test.loss,
+            "train_seconds": train_seconds,
+            "final_train_loss": log.step_losses.last(),
+            "headline": format!("test accuracy {:.2}%", 100.0 * test.accuracy),
+        });
+        super::write_json(
+            out,
+            "metrics.json",
+            &json!({ "step_losses": log.step_losses, "test": test, "train_seconds": train_seconds }),
+        )?;
+        Ok(metrics)
+    }
+}
+
+pub fn load_weights(dir: &Path) -> Result<Weights, StageError> {
+    Ok(Weights::load(&dir.join(MODEL_FILE))?)
+}
