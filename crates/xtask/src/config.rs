@@ -235,12 +235,24 @@ fn check_against(defaults: &Value, table: &Table, prefix: &str, source: &str) ->
                 }
             }
             (d, v) if !same_type(d, v) => {
-                bail!("{source}: {path} must be a {}, got {v}", d.type_str())
+                bail!(
+                    "{source}: {path} must be {}, got {v}",
+                    with_article(d.type_str())
+                )
             }
             _ => {}
         }
     }
     Ok(())
+}
+
+fn with_article(noun: &str) -> String {
+    let article = if noun.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    };
+    format!("{article} {noun}")
 }
 
 fn same_type(default: &Value, value: &Value) -> bool {

@@ -1,0 +1,295 @@
+//! `cargo xtask` end to end on the real MNIST files, each test in its own store.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+struct Run {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+fn mnist_dir() -> PathBuf {
+    std::env::var_os("SAELAB_MNIST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/mnist"))
+}
+
+/// `xtask` with a store in `store`, one MLP epoch unless `args` set another.
+fn command(store: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    cmd.env("SAELAB_ARTIFACTS", store)
+        .env("SAELAB_MNIST_DIR", mnist_dir())
+        .args(args);
+    if !args.iter().any(|a| a.starts_with("mlp.epochs=")) {
+        cmd.args(["--set", "mlp.epochs=1"]);
+    }
+    cmd
+}
+
+fn xtask(store: &Path, args: &[&str]) -> Run {
+    finished(command(store, args).output().unwrap())
+}
+
+fn finished(out: Output) -> Run {
+    Run {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into(),
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+    }
+}
+
+/// The word after the stage name on the stage's result line: ran, cached, FAILED...
+fn verdict(run: &Run, stage: &str) -> String {
+    run.stdout
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(stage)
+                .filter(|rest| rest.starts_with(' '))
+                .and_then(|rest| rest.split_whitespace().next())
+        })
+        .unwrap_or_else(|| panic!("no line for {stage} in:\n{}\n{}", run.stdout, run.stderr))
+        .to_string()
+}
+
+#[test]
+fn a_second_run_is_all_cached_and_status_explains_it() {
+    let store = tempfile::tempdir().unwrap();
+    let first = xtask(store.path(), &["all"]);
+    assert!(first.ok, "{}\n{}", first.stdout, first.stderr);
+    for stage in ["mnist", "mlp", "extract"] {
+        assert_eq!(verdict(&first, stage), "ran");
+    }
+    assert!(first.stdout.contains("MLP test accuracy: "));
+    let second = xtask(store.path(), &["all"]);
+    for stage in ["mnist", "mlp", "extract"] {
+        assert_eq!(verdict(&second, stage), "cached");
+    }
+    let status = xtask(store.path(), &["status"]);
+    assert!(
+        status.stdout.lines().any(|l| l.starts_with("mlp ")
+            && l.contains("epochs=1")
+            && l.contains("fresh")
+            && l.contains("test accuracy")),
+        "{}",
+        status.stdout
+    );
+    let changed = xtask(store.path(), &["status", "--set", "mlp.lr=0.01"]);
+    assert!(
+        changed
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("mlp ") && l.contains("stale: param lr: 0.001 -> 0.01")),
+        "{}",
+        changed.stdout
+    );
+    let explain = xtask(
+        store.path(),
+        &["explain", "extract", "--set", "mlp.lr=0.01"],
+    );
+    assert!(
+        explain.stdout.contains("input mlp changed"),
+        "{}",
+        explain.stdout
+    );
+}
+
+#[test]
+fn a_param_change_reruns_exactly_what_is_downstream() {
+    let store = tempfile::tempdir().unwrap();
+    assert!(xtask(store.path(), &["all"]).ok);
+    let lr = xtask(store.path(), &["all", "--set", "mlp.lr=0.002"]);
+    assert_eq!(
+        (
+            verdict(&lr, "mnist"),
+            verdict(&lr, "mlp"),
+            verdict(&lr, "extract")
+        ),
+        ("cached".into(), "ran".into(), "ran".into())
+    );
+    let shards = xtask(
+        store.path(),
+        &[
+            "all",
+            "--set",
+            "mlp.lr=0.002",
+            "--set",
+            "extract.rows_per_shard=30000",
+        ],
+    );
+    assert_eq!(
+        (verdict(&shards, "mlp"), verdict(&shards, "extract")),
+        ("cached".into(), "ran".into())
+    );
+    let forced = xtask(
+        store.path(),
+        &["run", "mlp", "--force", "--set", "mlp.lr=0.002"],
+    );
+    assert_eq!(verdict(&forced, "mlp"), "ran");
+    assert!(
+        !forced.stdout.contains("extract"),
+        "run mlp must not run extract:\n{}",
+        forced.stdout
+    );
+
+    // gc keeps what the config reaches and removes the rest.
+    let dry = xtask(store.path(), &["gc", "--dry-run"]);
+    assert!(
+        dry.stdout.contains("would remove 3 folder(s)"),
+        "{}",
+        dry.stdout
+    );
+    let gone = xtask(store.path(), &["gc"]);
+    assert!(
+        gone.stdout.contains("removed 3 folder(s)"),
+        "{}",
+        gone.stdout
+    );
+    let after = xtask(store.path(), &["all"]);
+    assert_eq!(verdict(&after, "extract"), "cached");
+}
+
+#[test]
+fn bad_config_is_refused_in_one_sentence_that_names_the_key() {
+    let store = tempfile::tempdir().unwrap();
+    assert!(xtask(store.path(), &["all"]).ok);
+    let before = std::fs::read_dir(store.path().join("mlp")).unwrap().count();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--set", "mlp.lrr=0.1"],
+            "--set mlp.lrr=0.1: unknown key mlp.lrr; the keys in [mlp] are",
+        ),
+        (
+            &["--set", "mlp.epochs=many"],
+            "--set mlp.epochs=many: mlp.epochs must be an integer, got \"many\"",
+        ),
+        (
+            &["--set", "mlp.lr=-1"],
+            "mlp.lr = -1 is out of range: it must be in (0, 10]",
+        ),
+        (
+            &["--set", "mlp.optimizer=\"rmsprop\""],
+            "unknown variant `rmsprop`, expected `sgd` or `adam`",
+        ),
+        (
+            &["--set", "extract.layers=[\"fc7\"]"],
+            "extract.layers names \"fc7\", which is not a layer",
+        ),
+        (&["--set", "nonsense"], "--set nonsense: expected KEY=VALUE"),
+        (&["--preset", "fast"], "--preset fast: "),
+    ];
+    for (args, message) in cases {
+        let run = xtask(store.path(), &[&["all"], *args].concat());
+        assert!(!run.ok, "{args:?} was accepted");
+        let first = run.stderr.lines().next().unwrap_or_default();
+        assert!(first.contains(message), "{args:?}: {first}");
+        assert_eq!(
+            run.stderr.lines().count(),
+            1,
+            "{args:?}: more than one line:\n{}",
+            run.stderr
+        );
+    }
+    let config = store.path().join("bad.toml");
+    std::fs::write(&config, "[mlp]\nlr = 0.1\n[sea]\nd_sae = 3\n").unwrap();
+    let run = xtask(store.path(), &["all", "--config", config.to_str().unwrap()]);
+    assert!(
+        run.stderr
+            .contains("bad.toml: unknown key sea; the keys at the top level are"),
+        "{}",
+        run.stderr
+    );
+    std::fs::write(&config, "[mlp\n").unwrap();
+    let run = xtask(store.path(), &["all", "--config", config.to_str().unwrap()]);
+    assert!(
+        run.stderr.contains("bad.toml: not valid TOML"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        std::fs::read_dir(store.path().join("mlp")).unwrap().count(),
+        before,
+        "refused runs must not touch the store"
+    );
+    assert_eq!(verdict(&xtask(store.path(), &["all"]), "mlp"), "cached");
+}
+
+#[test]
+fn two_runs_at_once_build_each_stage_once() {
+    let store = tempfile::tempdir().unwrap();
+    let spawn = || {
+        command(store.path(), &["all"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (
+        finished(a.wait_with_output().unwrap()),
+        finished(b.wait_with_output().unwrap()),
+    );
+    assert!(
+        a.ok && b.ok,
+        "{}\n{}\n{}\n{}",
+        a.stdout,
+        a.stderr,
+        b.stdout,
+        b.stderr
+    );
+    for stage in ["mnist", "mlp", "extract"] {
+        let verdicts = [verdict(&a, stage), verdict(&b, stage)];
+        assert_eq!(
+            verdicts.iter().filter(|v| *v == "ran").count(),
+            1,
+            "{stage}: {verdicts:?}"
+        );
+    }
+}
+
+#[test]
+fn a_run_killed_mid_training_leaves_nothing_half_done() {
+    let store = tempfile::tempdir().unwrap();
+    assert!(xtask(store.path(), &["run", "mnist"]).ok);
+    let mut child = command(store.path(), &["all", "--set", "mlp.epochs=20"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    for line in stderr.lines() {
+        if line.unwrap().starts_with("mlp:  10%") {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let status = xtask(store.path(), &["status", "--set", "mlp.epochs=20"]);
+    assert!(
+        status
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("mlp ") && l.contains("missing")),
+        "{}",
+        status.stdout
+    );
+    let staging: Vec<_> = std::fs::read_dir(store.path().join("mlp"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        staging
+            .iter()
+            .all(|n| n.to_string_lossy().starts_with(".staging-")),
+        "{staging:?}"
+    );
+    let gc = xtask(store.path(), &["gc"]);
+    assert!(
+        gc.stdout.contains(".staging-"),
+        "gc must clear the dead run's staging folder: {}",
+        gc.stdout
+    );
+    let again = xtask(store.path(), &["run", "mlp"]);
+    assert_eq!(verdict(&again, "mlp"), "ran");
+}
