@@ -5,8 +5,11 @@
 //! `x = base + delta` with `delta` sparse (about 19% non-zero): fc1's forward
 //! and weight gradient touch only the non-zero pixels plus one dense rank-one
 //! term. And ReLU zeros about half of each hidden layer, so fc2 and fc3 skip
-//! inactive units. Weights are kept transposed (`[in, out]`) so every inner
-//! loop is a contiguous axpy or dot that the compiler vectorises.
+//! inactive units. fc1's weight gradient is summed pixel by pixel in registers
+//! and applied in the same pass, which also yields the column sums the next
+//! forward needs. Inner loops run over fixed 128-float rows, compiled for
+//! AVX2/AVX-512 and chosen at run time; a batch is split over two threads.
+//! The split and every summation order are fixed, so runs are reproducible.
 
 use crate::{
     epoch_order, Examples, MlpError, Optimizer, TrainConfig, TrainLog, Weights, CLASSES, HIDDEN,
@@ -53,41 +56,6 @@ impl SparseImages {
     }
 }
 
-/// One linear layer, weight transposed to `[in, out]`.
-#[derive(Clone)]
-struct Linear {
-    wt: Vec<f32>,
-    b: Vec<f32>,
-    out: usize,
-}
-
-impl Linear {
-    fn from_pytorch(w: &[f32], b: &[f32], out: usize, inp: usize) -> Linear {
-        Linear {
-            wt: transpose(w, out, inp),
-            b: b.to_vec(),
-            out,
-        }
-    }
-    fn zeros_like(&self) -> Linear {
-        Linear {
-            wt: vec![0.0; self.wt.len()],
-            b: vec![0.0; self.b.len()],
-            out: self.out,
-        }
-    }
-    #[inline(always)]
-    fn row(&self, i: usize) -> &[f32] {
-        &self.wt[i * self.out..(i + 1) * self.out]
-    }
-    fn to_pytorch(&self) -> (Vec<f32>, Vec<f32>) {
-        (
-            transpose(&self.wt, self.wt.len() / self.out, self.out),
-            self.b.clone(),
-        )
-    }
-}
-
 fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut t = vec![0.0; m.len()];
     for r in 0..rows {
@@ -105,46 +73,126 @@ fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     }
 }
 
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight partial sums let the compiler vectorise without reassociating.
-    let mut acc = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for k in 0..8 {
-            acc[k] += x[k] * y[k];
+/// How one parameter buffer moves given its gradient.
+#[derive(Clone, Copy)]
+enum Rule {
+    Sgd {
+        lr: f32,
+    },
+    /// PyTorch's Adam with this step's bias corrections folded in.
+    Adam {
+        step_size: f32,
+        bc2_sqrt: f32,
+    },
+}
+
+impl Rule {
+    fn at(optimizer: Optimizer, lr: f32, step: usize) -> Rule {
+        match optimizer {
+            Optimizer::Sgd => Rule::Sgd { lr },
+            Optimizer::Adam => Rule::Adam {
+                step_size: lr / (1.0 - BETA1.powi(step as i32)),
+                bc2_sqrt: (1.0 - BETA2.powi(step as i32)).sqrt(),
+            },
         }
     }
-    acc.iter().sum::<f32>() + ra.iter().zip(rb).map(|(x, y)| x * y).sum::<f32>()
+
+    /// `m` and `v` are Adam's moments for `w` (empty for SGD).
+    #[inline(always)]
+    fn apply(self, w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+        match self {
+            Rule::Sgd { lr } => axpy(w, -lr, g),
+            Rule::Adam {
+                step_size,
+                bc2_sqrt,
+            } => {
+                for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+                    *m = BETA1 * *m + (1.0 - BETA1) * g;
+                    *v = BETA2 * *v + (1.0 - BETA2) * g * g;
+                    *w -= step_size * *m / (v.sqrt() / bc2_sqrt + EPS);
+                }
+            }
+        }
+    }
 }
 
-/// Adam's moments for every parameter buffer.
-struct Moments {
-    m: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+/// A parameter buffer with its Adam moments (empty for SGD).
+struct Param {
+    w: Vec<f32>,
+    m: Vec<f32>,
+    v: Vec<f32>,
 }
 
-fn buffers(layers: &mut [Linear; 3]) -> [&mut Vec<f32>; 6] {
-    let [a, b, c] = layers;
-    [
-        &mut a.wt, &mut a.b, &mut b.wt, &mut b.b, &mut c.wt, &mut c.b,
-    ]
+impl Param {
+    fn new(w: Vec<f32>, optimizer: Optimizer) -> Param {
+        let n = if optimizer == Optimizer::Adam {
+            w.len()
+        } else {
+            0
+        };
+        Param {
+            w,
+            m: vec![0.0; n],
+            v: vec![0.0; n],
+        }
+    }
+    #[inline(always)]
+    fn step(&mut self, rule: Rule, g: &[f32]) {
+        rule.apply(&mut self.w, g, &mut self.m, &mut self.v);
+    }
+}
+
+/// The batch's non-background pixels grouped by pixel: for fc1's weight
+/// gradient, each weight row is then summed in registers and written once.
+#[derive(Default)]
+struct PixelMajor {
+    start: Vec<usize>,
+    row: Vec<usize>,
+    delta: Vec<f32>,
+}
+
+impl PixelMajor {
+    fn fill(&mut self, images: &SparseImages, batch: &[usize]) {
+        self.start.clear();
+        self.start.resize(INPUT + 1, 0);
+        for &i in batch {
+            for (j, _) in images.row(i) {
+                self.start[j + 1] += 1;
+            }
+        }
+        for j in 0..INPUT {
+            self.start[j + 1] += self.start[j];
+        }
+        let total = self.start[INPUT];
+        self.row.resize(total, 0);
+        self.delta.resize(total, 0.0);
+        let mut next = self.start.clone();
+        for (r, &i) in batch.iter().enumerate() {
+            for (j, d) in images.row(i) {
+                self.row[next[j]] = r;
+                self.delta[next[j]] = d;
+                next[j] += 1;
+            }
+        }
+    }
 }
 
 /// Everything one optimiser step reads and writes.
 struct Trainer {
-    net: [Linear; 3],
-    grad: [Linear; 3],
-    moments: Option<Moments>,
-    a1: Vec<f32>,
-    a2: Vec<f32>,
-    z: Vec<f32>,
-    dh1: Vec<f32>,
-    dh2: Vec<f32>,
-    dz: Vec<f32>,
+    /// fc1's weight transposed to `[784, 128]`, and its column sums.
+    w1: Param,
     colsum: Vec<f32>,
+    b1: Param,
+    /// fc2's weight transposed to `[128 in, 128 out]`.
+    w2: Param,
+    b2: Param,
+    /// fc3's weight as PyTorch holds it, `[10, 128]`: every inner loop is 128 wide.
+    w3: Param,
+    b3: Param,
+    dh1: Vec<f32>,
+    pixel_major: PixelMajor,
     base: f32,
+    optimizer: Optimizer,
     lr: f32,
 }
 
@@ -156,36 +204,25 @@ pub(crate) fn train(
 ) -> Result<(Weights, TrainLog), MlpError> {
     let base = mnist::normalise::normalise_byte(0);
     let images = SparseImages::new(data.pixels, base);
-    let net = [
-        Linear::from_pytorch(&init.fc1_weight, &init.fc1_bias, HIDDEN, INPUT),
-        Linear::from_pytorch(&init.fc2_weight, &init.fc2_bias, HIDDEN, HIDDEN),
-        Linear::from_pytorch(&init.fc3_weight, &init.fc3_bias, CLASSES, HIDDEN),
-    ];
-    let mut grad = [
-        net[0].zeros_like(),
-        net[1].zeros_like(),
-        net[2].zeros_like(),
-    ];
-    let moments = (cfg.optimizer == Optimizer::Adam).then(|| {
-        let shapes = buffers(&mut grad).map(|b| b.len());
-        Moments {
-            m: shapes.iter().map(|&n| vec![0.0; n]).collect(),
-            v: shapes.iter().map(|&n| vec![0.0; n]).collect(),
-        }
-    });
+    let opt = cfg.optimizer;
+    let w1 = transpose(&init.fc1_weight, HIDDEN, INPUT);
+    let mut colsum = vec![0.0; HIDDEN];
+    for row in w1.chunks_exact(HIDDEN) {
+        axpy(&mut colsum, 1.0, row);
+    }
     let bs = cfg.batch_size;
     let mut t = Trainer {
-        net,
-        grad,
-        moments,
-        a1: vec![0.0; bs * HIDDEN],
-        a2: vec![0.0; bs * HIDDEN],
-        z: vec![0.0; bs * CLASSES],
+        w1: Param::new(w1, opt),
+        colsum,
+        b1: Param::new(init.fc1_bias, opt),
+        w2: Param::new(transpose(&init.fc2_weight, HIDDEN, HIDDEN), opt),
+        b2: Param::new(init.fc2_bias, opt),
+        w3: Param::new(init.fc3_weight, opt),
+        b3: Param::new(init.fc3_bias, opt),
         dh1: vec![0.0; bs * HIDDEN],
-        dh2: vec![0.0; bs * HIDDEN],
-        dz: vec![0.0; bs * CLASSES],
-        colsum: vec![0.0; HIDDEN],
+        pixel_major: PixelMajor::default(),
         base,
+        optimizer: opt,
         lr: cfg.lr as f32,
     };
     let mut log = TrainLog::default();
@@ -201,27 +238,72 @@ pub(crate) fn train(
             on_step(step, loss);
         }
     }
-    let [(w1, b1), (w2, b2), (w3, b3)] = t.net.each_ref().map(Linear::to_pytorch);
-    Ok((
-        Weights {
-            fc1_weight: w1,
-            fc1_bias: b1,
-            fc2_weight: w2,
-            fc2_bias: b2,
-            fc3_weight: w3,
-            fc3_bias: b3,
-        },
-        log,
-    ))
+    let weights = Weights {
+        fc1_weight: transpose(&t.w1.w, INPUT, HIDDEN),
+        fc1_bias: t.b1.w,
+        fc2_weight: transpose(&t.w2.w, HIDDEN, HIDDEN),
+        fc2_bias: t.b2.w,
+        fc3_weight: t.w3.w,
+        fc3_bias: t.b3.w,
+    };
+    Ok((weights, log))
+}
+
+/// The fixed-size piece of `v` at `start`: fixed sizes let every loop over it
+/// vectorise without bounds checks or remainders.
+#[inline(always)]
+fn part<const N: usize>(v: &[f32], start: usize) -> &[f32; N] {
+    v[start..start + N].try_into().expect("in bounds")
+}
+
+#[inline(always)]
+fn part_mut<const N: usize>(v: &mut [f32], start: usize) -> &mut [f32; N] {
+    (&mut v[start..start + N]).try_into().expect("in bounds")
+}
+
+#[inline(always)]
+fn axpy_n<const N: usize>(y: &mut [f32; N], a: f32, x: &[f32; N]) {
+    // Fused multiply-add: one instruction per vector on the AVX2/AVX-512 builds.
+    for k in 0..N {
+        y[k] = a.mul_add(x[k], y[k]);
+    }
+}
+
+#[inline(always)]
+fn dot_n<const N: usize>(a: &[f32; N], b: &[f32; N]) -> f32 {
+    // Sixteen partial sums let the compiler vectorise without reassociating.
+    let mut acc = [0.0f32; 16];
+    for c in 0..N / 16 {
+        for k in 0..16 {
+            acc[k] = a[c * 16 + k].mul_add(b[c * 16 + k], acc[k]);
+        }
+    }
+    acc.iter().sum()
+}
+
+/// Gradients of fc2, fc3 and the biases from some of a batch's rows.
+struct Partial {
+    loss: f32,
+    g2: Vec<f32>,
+    g3: Vec<f32>,
+    db1: [f32; HIDDEN],
+    db2: [f32; HIDDEN],
+    db3: [f32; CLASSES],
+}
+
+/// Read-only view of the weights for the forward and backward passes.
+struct Net<'a> {
+    w1: &'a [f32],
+    offset: &'a [f32],
+    w2: &'a [f32],
+    b2: &'a [f32],
+    w3: &'a [f32],
+    b3: &'a [f32],
 }
 
 /// One forward, backward and update on `batch`; returns the batch's mean loss.
-/// Compiled for several instruction sets and picked at run time, so the
-/// inlined loops below use AVX2 or AVX-512 where the CPU has them.
-#[multiversion::multiversion(targets(
-    "x86_64+avx512f+avx512bw+avx512dq+avx512vl+avx2+fma",
-    "x86_64+avx2+fma"
-))]
+/// The batch's rows are split over two threads; fc1's fused update is split
+/// by pixel.
 fn train_step(
     t: &mut Trainer,
     images: &SparseImages,
@@ -229,172 +311,182 @@ fn train_step(
     batch: &[usize],
     step: usize,
 ) -> f32 {
+    const H: usize = HIDDEN;
     let n = batch.len();
     let base = t.base;
-    // Forward. fc1: h = b + base * colsum(W) + sum over non-zero pixels of delta * W[j].
-    t.colsum.fill(0.0);
-    for j in 0..INPUT {
-        axpy(&mut t.colsum, 1.0, t.net[0].row(j));
-    }
-    let offset: Vec<f32> = t.net[0]
-        .b
-        .iter()
-        .zip(&t.colsum)
-        .map(|(b, c)| b + base * c)
-        .collect();
-    for (r, &row) in batch.iter().enumerate() {
-        let h = &mut t.a1[r * HIDDEN..(r + 1) * HIDDEN];
-        sparse_row_forward(h, &offset, &t.net[0], images.row(row));
-    }
-    sparse_forward(
-        &t.net[1],
-        &t.a1[..n * HIDDEN],
-        &mut t.a2[..n * HIDDEN],
-        true,
+    let offset: Vec<f32> =
+        t.b1.w
+            .iter()
+            .zip(&t.colsum)
+            .map(|(b, c)| b + base * c)
+            .collect();
+    let net = Net {
+        w1: &t.w1.w,
+        offset: &offset,
+        w2: &t.w2.w,
+        b2: &t.b2.w,
+        w3: &t.w3.w,
+        b3: &t.b3.w,
+    };
+    let split = n / 2;
+    let (dh1_a, dh1_b) = t.dh1[..n * H].split_at_mut(split * H);
+    let (a, b) = rayon::join(
+        || rows_forward_backward(&net, images, labels, &batch[..split], n, dh1_a),
+        || rows_forward_backward(&net, images, labels, &batch[split..], n, dh1_b),
     );
-    sparse_forward(
-        &t.net[2],
-        &t.a2[..n * HIDDEN],
-        &mut t.z[..n * CLASSES],
-        false,
+    let mut g2 = a.g2;
+    axpy(&mut g2, 1.0, &b.g2);
+    let mut g3 = a.g3;
+    axpy(&mut g3, 1.0, &b.g3);
+    let sum = |x: &[f32], y: &[f32]| -> Vec<f32> { x.iter().zip(y).map(|(x, y)| x + y).collect() };
+    let (db1, db2, db3) = (
+        sum(&a.db1, &b.db1),
+        sum(&a.db2, &b.db2),
+        sum(&a.db3, &b.db3),
     );
-    let mut loss = 0.0f32;
-    for (r, &row) in batch.iter().enumerate() {
-        let logits = &t.z[r * CLASSES..(r + 1) * CLASSES];
+
+    let rule = Rule::at(t.optimizer, t.lr, step);
+    t.w3.step(rule, &g3);
+    t.b3.step(rule, &db3);
+    t.w2.step(rule, &g2);
+    t.b2.step(rule, &db2);
+    t.b1.step(rule, &db1);
+
+    t.pixel_major.fill(images, batch);
+    let pm = &t.pixel_major;
+    let half = INPUT / 2;
+    let db1: [f32; H] = db1.try_into().expect("128 biases");
+    let dh1 = &t.dh1[..n * H];
+    let (w_a, w_b) = t.w1.w.split_at_mut(half * H);
+    let moments_at = if t.w1.m.is_empty() { 0 } else { half * H };
+    let (m_a, m_b) = t.w1.m.split_at_mut(moments_at);
+    let (v_a, v_b) = t.w1.v.split_at_mut(moments_at);
+    let (c_a, c_b) = rayon::join(
+        || fc1_update(pm, 0..half, dh1, &db1, base, rule, w_a, m_a, v_a),
+        || fc1_update(pm, half..INPUT, dh1, &db1, base, rule, w_b, m_b, v_b),
+    );
+    for ((c, x), y) in t.colsum.iter_mut().zip(&c_a).zip(&c_b) {
+        *c = x + y;
+    }
+    (a.loss + b.loss) / n as f32
+}
+
+/// Forward and backward through the whole MLP for `rows`, accumulating the
+/// gradients of fc2, fc3 and the biases, and writing each row's fc1
+/// pre-activation gradient into `dh1`. Compiled for several instruction sets
+/// and picked at run time, so the inlined loops use AVX2 or AVX-512.
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512dq+avx512vl+avx2+fma",
+    "x86_64+avx2+fma"
+))]
+fn rows_forward_backward<'a>(
+    net: &Net<'a>,
+    images: &SparseImages,
+    labels: &[u8],
+    rows: &[usize],
+    batch_len: usize,
+    dh1: &mut [f32],
+) -> Partial {
+    const H: usize = HIDDEN;
+    let mut p = Partial {
+        loss: 0.0,
+        g2: vec![0.0; H * H],
+        g3: vec![0.0; CLASSES * H],
+        db1: [0.0; H],
+        db2: [0.0; H],
+        db3: [0.0; CLASSES],
+    };
+    for (r, &row) in rows.iter().enumerate() {
+        // fc1: h = b + base * colsum(W) + sum over non-zero pixels of delta * W[j].
+        let mut a1 = *part::<H>(net.offset, 0);
+        for (j, d) in images.row(row) {
+            axpy_n(&mut a1, d, part(net.w1, j * H));
+        }
+        a1.iter_mut().for_each(|v| *v = v.max(0.0));
+        // fc2, skipping inactive inputs.
+        let mut a2 = *part::<H>(net.b2, 0);
+        for (i, &v) in a1.iter().enumerate() {
+            if v > 0.0 {
+                axpy_n(&mut a2, v, part(net.w2, i * H));
+            }
+        }
+        a2.iter_mut().for_each(|v| *v = v.max(0.0));
+        // fc3 and the softmax cross-entropy, as a mean over the whole batch.
+        let mut logits = [0.0f32; CLASSES];
+        for (c, z) in logits.iter_mut().enumerate() {
+            *z = net.b3[c] + dot_n(part::<H>(net.w3, c * H), &a2);
+        }
         let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
         let lse = max + logits.iter().map(|&v| (v - max).exp()).sum::<f32>().ln();
         let label = labels[row] as usize;
-        loss += lse - logits[label];
-        for (c, d) in t.dz[r * CLASSES..(r + 1) * CLASSES].iter_mut().enumerate() {
-            *d = ((logits[c] - lse).exp() - (c == label) as u8 as f32) / n as f32;
+        p.loss += lse - logits[label];
+        // Backward: only active units carry gradient.
+        let mut da2 = [0.0f32; H];
+        for c in 0..CLASSES {
+            let d = ((logits[c] - lse).exp() - (c == label) as u8 as f32) / batch_len as f32;
+            p.db3[c] += d;
+            axpy_n(part_mut(&mut p.g3, c * H), d, &a2);
+            axpy_n(&mut da2, d, part(net.w3, c * H));
         }
-    }
-
-    // Backward through fc3 and fc2: only active units carry gradient.
-    sparse_backward(
-        &t.net[2],
-        &mut t.grad[2],
-        &t.a2[..n * HIDDEN],
-        &t.dz[..n * CLASSES],
-        &mut t.dh2[..n * HIDDEN],
-    );
-    sparse_backward(
-        &t.net[1],
-        &mut t.grad[1],
-        &t.a1[..n * HIDDEN],
-        &t.dh2[..n * HIDDEN],
-        &mut t.dh1[..n * HIDDEN],
-    );
-    // fc1: dW[j] = base * sum_r dh1[r] + sum over non-zero pixels of delta * dh1[r].
-    let g1 = &mut t.grad[0];
-    g1.b.fill(0.0);
-    for r in 0..n {
-        axpy(&mut g1.b, 1.0, &t.dh1[r * HIDDEN..(r + 1) * HIDDEN]);
-    }
-    let dense: Vec<f32> = g1.b.iter().map(|g| base * g).collect();
-    for j in 0..INPUT {
-        g1.wt[j * HIDDEN..(j + 1) * HIDDEN].copy_from_slice(&dense);
-    }
-    for (r, &row) in batch.iter().enumerate() {
-        let d = &t.dh1[r * HIDDEN..(r + 1) * HIDDEN];
-        for (j, v) in images.row(row) {
-            axpy(&mut g1.wt[j * HIDDEN..(j + 1) * HIDDEN], v, d);
+        let mut dh2 = [0.0f32; H];
+        for k in 0..H {
+            dh2[k] = if a2[k] > 0.0 { da2[k] } else { 0.0 };
         }
-    }
-
-    let params = buffers(&mut t.net);
-    let grads = buffers(&mut t.grad);
-    match &mut t.moments {
-        None => params
-            .into_iter()
-            .zip(grads)
-            .for_each(|(w, g)| axpy(w, -t.lr, g)),
-        Some(mo) => {
-            let bc1 = 1.0 - BETA1.powi(step as i32);
-            let bc2_sqrt = (1.0 - BETA2.powi(step as i32)).sqrt();
-            let step_size = t.lr / bc1;
-            for (((w, g), m), v) in params.into_iter().zip(grads).zip(&mut mo.m).zip(&mut mo.v) {
-                adam(w, g, m, v, step_size, bc2_sqrt);
-            }
-        }
-    }
-    loss / n as f32
-}
-
-/// `h = relu(offset + sum of delta * W[j])`, sixteen outputs at a time so the
-/// accumulators stay in registers across all the row's pixels.
-#[inline(always)]
-fn sparse_row_forward(
-    h: &mut [f32],
-    offset: &[f32],
-    layer: &Linear,
-    pixels: impl Iterator<Item = (usize, f32)> + Clone,
-) {
-    const BLOCK: usize = 16;
-    for (block, (hb, ob)) in h
-        .chunks_exact_mut(BLOCK)
-        .zip(offset.chunks_exact(BLOCK))
-        .enumerate()
-    {
-        let mut acc = [0.0f32; BLOCK];
-        acc.copy_from_slice(ob);
-        for (j, d) in pixels.clone() {
-            let w = &layer.wt[j * layer.out + block * BLOCK..j * layer.out + (block + 1) * BLOCK];
-            for k in 0..BLOCK {
-                acc[k] += d * w[k];
-            }
-        }
-        for k in 0..BLOCK {
-            hb[k] = acc[k].max(0.0);
-        }
-    }
-}
-
-/// `out = b + x W` for a batch of rows, skipping zero inputs; ReLU'd if asked.
-#[inline(always)]
-fn sparse_forward(layer: &Linear, x: &[f32], out: &mut [f32], relu: bool) {
-    let inp = layer.wt.len() / layer.out;
-    for (xr, yr) in x.chunks_exact(inp).zip(out.chunks_exact_mut(layer.out)) {
-        yr.copy_from_slice(&layer.b);
-        for (i, &v) in xr.iter().enumerate() {
-            if v != 0.0 {
-                axpy(yr, v, layer.row(i));
-            }
-        }
-        if relu {
-            yr.iter_mut().for_each(|v| *v = v.max(0.0));
-        }
-    }
-}
-
-/// Gradients of a layer whose inputs `x` are post-ReLU (zero where inactive),
-/// given the output gradient `dy`. Writes the pre-activation gradient of the
-/// layer below into `dx_pre` (zero where its unit was inactive).
-#[inline(always)]
-fn sparse_backward(layer: &Linear, grad: &mut Linear, x: &[f32], dy: &[f32], dx_pre: &mut [f32]) {
-    let (inp, out) = (layer.wt.len() / layer.out, layer.out);
-    grad.wt.fill(0.0);
-    grad.b.fill(0.0);
-    for (r, (xr, dyr)) in x.chunks_exact(inp).zip(dy.chunks_exact(out)).enumerate() {
-        axpy(&mut grad.b, 1.0, dyr);
-        for (i, &v) in xr.iter().enumerate() {
-            let dx = if v > 0.0 {
-                axpy(&mut grad.wt[i * out..(i + 1) * out], v, dyr);
-                dot(layer.row(i), dyr)
+        axpy_n(&mut p.db2, 1.0, &dh2);
+        let dh1 = part_mut::<H>(dh1, r * H);
+        for (i, &v) in a1.iter().enumerate() {
+            dh1[i] = if v > 0.0 {
+                axpy_n(part_mut(&mut p.g2, i * H), v, &dh2);
+                dot_n(part(net.w2, i * H), &dh2)
             } else {
                 0.0
             };
-            dx_pre[r * inp + i] = dx;
         }
+        axpy_n(&mut p.db1, 1.0, dh1);
     }
+    p
 }
 
-/// PyTorch's Adam update, in f32.
-#[inline(always)]
-fn adam(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], step_size: f32, bc2_sqrt: f32) {
-    for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-        *m = BETA1 * *m + (1.0 - BETA1) * g;
-        *v = BETA2 * *v + (1.0 - BETA2) * g * g;
-        *w -= step_size * *m / (v.sqrt() / bc2_sqrt + EPS);
+/// fc1's fused gradient and update for the pixels in `pixels` (whose weight
+/// rows, and moments, are `w`, `m`, `v`): dW[j] = base * db1 + sum over the
+/// batch's rows where pixel j is not background of delta * dh1[r]. Each row is
+/// summed in registers and written once. Returns the new rows' column sums.
+#[allow(clippy::too_many_arguments)]
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512dq+avx512vl+avx2+fma",
+    "x86_64+avx2+fma"
+))]
+fn fc1_update(
+    pm: &PixelMajor,
+    pixels: std::ops::Range<usize>,
+    dh1: &[f32],
+    db1: &[f32; HIDDEN],
+    base: f32,
+    rule: Rule,
+    w: &mut [f32],
+    m: &mut [f32],
+    v: &mut [f32],
+) -> [f32; HIDDEN] {
+    const H: usize = HIDDEN;
+    let mut colsum = [0.0f32; H];
+    for (local, j) in pixels.enumerate() {
+        let entries = pm.start[j]..pm.start[j + 1];
+        let mut g = [0.0f32; H];
+        axpy_n(&mut g, base, db1);
+        for (&r, &d) in pm.row[entries.clone()].iter().zip(&pm.delta[entries]) {
+            axpy_n(&mut g, d, part(dh1, r * H));
+        }
+        let at = local * H;
+        match rule {
+            Rule::Adam { .. } => rule.apply(
+                part_mut::<H>(w, at),
+                &g,
+                part_mut::<H>(m, at),
+                part_mut::<H>(v, at),
+            ),
+            Rule::Sgd { .. } => rule.apply(part_mut::<H>(w, at), &g, &mut [], &mut []),
+        }
+        axpy_n(&mut colsum, 1.0, part(w, at));
     }
+    colsum
 }
