@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use anyhow::{anyhow, Result};
-use artifacts::{Graph, RunOptions, Stage, Store};
+use artifacts::{RunOptions, Store};
 
 use crate::config::Config;
 use crate::stages::{self, Context};
@@ -31,10 +31,8 @@ fn prepare(
     store: &Store,
     target: &str,
 ) -> Result<std::path::PathBuf> {
-    let stages = stages::build(config, ctx);
-    let refs: Vec<&dyn Stage> = stages.iter().map(|s| s.as_ref()).collect();
-    let graph = Graph::new(&refs).map_err(anyhow::Error::msg)?;
-    let outcomes = graph.run(
+    let pipeline = stages::build(config, ctx);
+    let outcomes = pipeline.run(
         store,
         &RunOptions {
             targets: [target.to_string()].into(),

@@ -11,12 +11,15 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use toml::{Table, Value};
 
+use crate::stages::sae::SaeSweep;
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub mnist: MnistConfig,
     pub mlp: mlp::TrainConfig,
     pub extract: ExtractConfig,
+    pub sae: SaeSweep,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -39,6 +42,7 @@ impl Default for Config {
             mnist: MnistConfig::default(),
             mlp: mlp::TrainConfig::default(),
             extract: ExtractConfig::default(),
+            sae: SaeSweep::default(),
         }
     }
 }
@@ -154,6 +158,10 @@ fn finish(mut table: Table, source: &str) -> Result<Config> {
         .map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
     config
         .extract
+        .validate()
+        .map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
+    config
+        .sae
         .validate()
         .map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
     Ok(config)

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _, Result};
-use artifacts::{Event, Graph, Outcome, RunOptions, Stage, State, Store};
+use artifacts::{Event, Graph, Outcome, RunOptions, State, Store};
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, ConfigSources};
@@ -143,15 +143,14 @@ fn open(cli: &Cli) -> Result<Session> {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     let session = open(&cli)?;
-    let stages = stages::build(&session.config, &session.ctx);
-    let refs: Vec<&dyn Stage> = stages.iter().map(|s| s.as_ref()).collect();
-    let graph = Graph::new(&refs).map_err(anyhow::Error::msg)?;
+    let pipeline = stages::build(&session.config, &session.ctx);
+    let graph = pipeline.graph()?;
     match cli.command {
         Command::All { force } => {
             check_stage_names(&graph, &force)?;
             execute(
                 &session,
-                &graph,
+                &pipeline,
                 RunOptions {
                     force: force.into_iter().collect(),
                     targets: BTreeSet::new(),
@@ -167,7 +166,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             execute(
                 &session,
-                &graph,
+                &pipeline,
                 RunOptions {
                     force,
                     targets: [stage].into(),
@@ -204,8 +203,12 @@ fn check_stage_names(graph: &Graph<'_>, names: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn execute(session: &Session, graph: &Graph<'_>, options: RunOptions) -> Result<ExitCode> {
-    let outcomes = graph.run(&session.store, &options, &|event| match event {
+fn execute(
+    session: &Session,
+    pipeline: &stages::Pipeline,
+    options: RunOptions,
+) -> Result<ExitCode> {
+    let outcomes = pipeline.run(&session.store, &options, &|event| match event {
         Event::Running(p) => {
             let why = match &p.state {
                 State::Fresh(_) => "forced".to_string(),
@@ -269,7 +272,8 @@ fn summary(session: &Session, outcomes: &[Outcome]) {
 }
 
 fn status(session: &Session, graph: &Graph<'_>) {
-    let default_stages = stages::build(&Config::default(), &session.ctx);
+    let defaults = stages::build(&Config::default(), &session.ctx);
+    let default_stages = &defaults.stages;
     let mut rows = vec![[
         "stage",
         "key",
@@ -356,10 +360,14 @@ fn gc(session: &Session, graph: &Graph<'_>, dry_run: bool) -> Result<ExitCode> {
         .map(|p| (p.kind, p.key))
         .collect();
     for preset in session.presets.values() {
-        let stages = stages::build(preset, &session.ctx);
-        let refs: Vec<&dyn Stage> = stages.iter().map(|s| s.as_ref()).collect();
-        let g = Graph::new(&refs).map_err(anyhow::Error::msg)?;
-        keep.extend(g.plan(&session.store).into_iter().map(|p| (p.kind, p.key)));
+        let pipeline = stages::build(preset, &session.ctx);
+        keep.extend(
+            pipeline
+                .graph()?
+                .plan(&session.store)
+                .into_iter()
+                .map(|p| (p.kind, p.key)),
+        );
     }
     let removed = session.store.gc(&keep, dry_run).context("gc")?;
     let verb = if dry_run { "would remove" } else { "removed" };

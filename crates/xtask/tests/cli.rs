@@ -4,6 +4,9 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+/// The default config's one SAE.
+const SAE: &str = "sae/fc2.pre/l1-0.003/d1024/s0";
+
 struct Run {
     ok: bool,
     stdout: String,
@@ -16,14 +19,17 @@ fn mnist_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/mnist"))
 }
 
-/// `xtask` with a store in `store`, one MLP epoch unless `args` set another.
+/// `xtask` with a store in `store`, one MLP and one SAE epoch unless `args` set others.
 fn command(store: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
     cmd.env("SAELAB_ARTIFACTS", store)
         .env("SAELAB_MNIST_DIR", mnist_dir())
         .args(args);
-    if !args.iter().any(|a| a.starts_with("mlp.epochs=")) {
-        cmd.args(["--set", "mlp.epochs=1"]);
+    for fast in ["mlp.epochs=1", "sae.epochs=1"] {
+        let key = fast.split('=').next().unwrap();
+        if !args.iter().any(|a| a.starts_with(key)) {
+            cmd.args(["--set", fast]);
+        }
     }
     cmd
 }
@@ -58,12 +64,12 @@ fn a_second_run_is_all_cached_and_status_explains_it() {
     let store = tempfile::tempdir().unwrap();
     let first = xtask(store.path(), &["all"]);
     assert!(first.ok, "{}\n{}", first.stdout, first.stderr);
-    for stage in ["mnist", "mlp", "extract"] {
+    for stage in ["mnist", "mlp", "extract", SAE] {
         assert_eq!(verdict(&first, stage), "ran");
     }
     assert!(first.stdout.contains("MLP test accuracy: "));
     let second = xtask(store.path(), &["all"]);
-    for stage in ["mnist", "mlp", "extract"] {
+    for stage in ["mnist", "mlp", "extract", SAE] {
         assert_eq!(verdict(&second, stage), "cached");
     }
     let status = xtask(store.path(), &["status"]);
@@ -133,16 +139,17 @@ fn a_param_change_reruns_exactly_what_is_downstream() {
         forced.stdout
     );
 
-    // gc keeps what the config reaches and removes the rest.
+    // gc keeps what the config reaches and removes the rest: the lr=0.002 MLP,
+    // its two extractions and their two SAEs.
     let dry = xtask(store.path(), &["gc", "--dry-run"]);
     assert!(
-        dry.stdout.contains("would remove 3 folder(s)"),
+        dry.stdout.contains("would remove 5 folder(s)"),
         "{}",
         dry.stdout
     );
     let gone = xtask(store.path(), &["gc"]);
     assert!(
-        gone.stdout.contains("removed 3 folder(s)"),
+        gone.stdout.contains("removed 5 folder(s)"),
         "{}",
         gone.stdout
     );
@@ -238,7 +245,7 @@ fn two_runs_at_once_build_each_stage_once() {
         b.stdout,
         b.stderr
     );
-    for stage in ["mnist", "mlp", "extract"] {
+    for stage in ["mnist", "mlp", "extract", SAE] {
         let verdicts = [verdict(&a, stage), verdict(&b, stage)];
         assert_eq!(
             verdicts.iter().filter(|v| *v == "ran").count(),
@@ -292,4 +299,63 @@ fn a_run_killed_mid_training_leaves_nothing_half_done() {
     );
     let again = xtask(store.path(), &["run", "mlp"]);
     assert_eq!(verdict(&again, "mlp"), "ran");
+}
+
+#[test]
+fn sae_sweeps_reuse_the_cached_activations_and_a_diverging_point_fails_alone() {
+    let store = tempfile::tempdir().unwrap();
+    assert!(xtask(store.path(), &["all"]).ok);
+    // Two new points: the activations are reused, the old point is untouched.
+    let sweep = xtask(
+        store.path(),
+        &["all", "--set", "sae.l1_coeff=[0.003, 0.01, 1e38]"],
+    );
+    assert!(!sweep.ok, "a diverging point must fail the run");
+    assert_eq!(
+        (
+            verdict(&sweep, "mlp"),
+            verdict(&sweep, "extract"),
+            verdict(&sweep, SAE)
+        ),
+        ("cached".into(), "cached".into(), "cached".into())
+    );
+    assert_eq!(verdict(&sweep, "sae/fc2.pre/l1-0.01/d1024/s0"), "ran");
+    let failed = sweep
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("sae/fc2.pre/l1-100000000000000000000000000000000000000/"))
+        .unwrap_or_default();
+    assert!(
+        failed.contains("FAILED") && failed.contains("step") && failed.contains("loss"),
+        "{}",
+        sweep.stdout
+    );
+    // Retraining the MLP invalidates the activations and every SAE.
+    let retrained = xtask(store.path(), &["all", "--set", "mlp.seed=1"]);
+    assert_eq!(
+        (verdict(&retrained, "extract"), verdict(&retrained, SAE)),
+        ("ran".into(), "ran".into())
+    );
+
+    // The artifact holds the SAELens names and shapes, and metrics for the report.
+    let status = xtask(store.path(), &["status"]);
+    let line = status.stdout.lines().find(|l| l.starts_with(SAE)).unwrap();
+    assert!(
+        line.contains("fresh") && line.contains("CE recovered"),
+        "{line}"
+    );
+    let dir = std::fs::read_dir(store.path().join("sae"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.join("sae.safetensors").exists())
+        .unwrap();
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("metrics.json")).unwrap()).unwrap();
+    let ev = metrics["test"]["explained_variance"].as_f64().unwrap();
+    assert!(ev > 0.5 && ev < 1.0, "explained variance {ev}");
+    let recovered = metrics["downstream"]["ce_recovered_zero"].as_f64().unwrap();
+    assert!(
+        recovered > 0.5 && recovered <= 1.05,
+        "CE recovered {recovered}"
+    );
 }

@@ -5,10 +5,12 @@
 pub mod extract;
 pub mod mlp;
 pub mod mnist;
+pub mod sae;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use artifacts::Stage;
+use artifacts::{Event, Graph, Outcome, RunOptions, Stage, Store};
 
 use crate::config::Config;
 
@@ -20,9 +22,15 @@ pub struct Context {
     pub store_root: PathBuf,
 }
 
-/// Every stage the config asks for, upstream first.
-pub fn build(config: &Config, ctx: &Context) -> Vec<Box<dyn Stage>> {
-    vec![
+/// The stages a config asks for, upstream first, and the trainer its SAE points share.
+pub struct Pipeline {
+    pub stages: Vec<Box<dyn Stage>>,
+    pub sweep: Arc<sae::SweepTrainer>,
+}
+
+pub fn build(config: &Config, ctx: &Context) -> Pipeline {
+    let sweep = sae::SweepTrainer::new(config.sae.points());
+    let mut stages: Vec<Box<dyn Stage>> = vec![
         Box::new(mnist::MnistStage {
             dir: ctx.mnist_dir.clone(),
             store_root: ctx.store_root.clone(),
@@ -33,7 +41,46 @@ pub fn build(config: &Config, ctx: &Context) -> Vec<Box<dyn Stage>> {
         Box::new(extract::ExtractStage {
             cfg: config.extract.clone(),
         }),
-    ]
+    ];
+    for point in config.sae.points() {
+        stages.push(Box::new(sae::SaeStage {
+            point,
+            trainer: sweep.clone(),
+        }));
+    }
+    Pipeline { stages, sweep }
+}
+
+impl Pipeline {
+    pub fn graph(&self) -> anyhow::Result<Graph<'_>> {
+        let refs: Vec<&dyn Stage> = self.stages.iter().map(|s| s.as_ref()).collect();
+        Graph::new(&refs).map_err(anyhow::Error::msg)
+    }
+
+    /// Runs the graph, telling the SAE trainer first which points will be
+    /// built, so that it trains them together.
+    pub fn run(
+        &self,
+        store: &Store,
+        options: &RunOptions,
+        on_event: &dyn Fn(Event<'_>),
+    ) -> anyhow::Result<Vec<Outcome>> {
+        let graph = self.graph()?;
+        let named = |set: &std::collections::BTreeSet<String>, p: &artifacts::Planned| {
+            set.contains(&p.name) || set.contains(&p.kind)
+        };
+        let pending = graph
+            .plan(store)
+            .into_iter()
+            .filter(|p| {
+                p.kind == "sae" && (options.targets.is_empty() || named(&options.targets, p))
+            })
+            .filter(|p| named(&options.force, p) || !matches!(p.state, artifacts::State::Fresh(_)))
+            .map(|p| p.name)
+            .collect();
+        self.sweep.set_pending(pending);
+        Ok(graph.run(store, options, on_event)?)
+    }
 }
 
 /// Writes `value` as pretty JSON into `dir/name`.
