@@ -228,3 +228,50 @@ fn bad_config_and_bad_files_are_refused_by_name() {
         .to_string()
         .ends_with("tensor fc2.bias is missing"));
 }
+
+/// Python with numpy and safetensors, or a skip note (a failure under CI).
+fn python_with_safetensors() -> bool {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", "import numpy, safetensors.numpy"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false");
+    assert!(
+        ok || !ci,
+        "CI is set but python3 lacks numpy or safetensors"
+    );
+    if !ok {
+        eprintln!("skipping: python3 with numpy and safetensors is not available");
+    }
+    ok
+}
+
+#[test]
+fn the_saved_model_loads_with_pytorch_names_and_gives_the_same_logits_in_numpy() {
+    if !python_with_safetensors() {
+        return;
+    }
+    let data = mnist_data();
+    let weights = Weights::init(3);
+    let model = Mlp::new(&weights, &Device::Cpu).unwrap();
+    let x = model.input(&data.test.images.pixels[..8 * 784]).unwrap();
+    let logits = model.logits(&x).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    weights.save(&dir.path().join("model.safetensors")).unwrap();
+    let probe =
+        std::collections::HashMap::from([("x".to_string(), x), ("logits".to_string(), logits)]);
+    candle_core::safetensors::save(&probe, dir.path().join("probe.safetensors")).unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/check_model.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(dir.path().join("model.safetensors"))
+        .arg(dir.path().join("probe.safetensors"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.starts_with("OK 8 rows"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
