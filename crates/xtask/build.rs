@@ -19,6 +19,7 @@ const STAGES: &[(&str, &[&str])] = &[
         ],
     ),
     ("SAE", &["sae", "xtask/src/stages/sae.rs"]),
+    ("ANALYSIS", &["analysis", "xtask/src/stages/analysis.rs"]),
 ];
 
 fn main() {

@@ -12,6 +12,9 @@ use crate::stages::{self, Context};
 pub enum Target {
     /// Train the configured MLP (default: the notebook's, 5 epochs of SGD) on the fast path.
     Mlp,
+    /// Train the notebook's SAE on the cached fc2.pre activations: fast path
+    /// (L1 and TopK), the candle reference for one epoch, and a 4-point sweep.
+    Sae,
 }
 
 /// Peak resident memory of this process so far, in MiB (VmHWM).
@@ -51,6 +54,7 @@ fn prepare(
 pub fn run(target: Target, config: &Config, ctx: &Context, store: &Store) -> Result<()> {
     match target {
         Target::Mlp => bench_mlp(config, ctx, store),
+        Target::Sae => bench_sae(config, ctx, store),
     }
 }
 
@@ -95,5 +99,87 @@ fn bench_mlp(config: &Config, ctx: &Context, store: &Store) -> Result<()> {
         steps as f64 / times[1],
         peak_rss_mib()
     );
+    Ok(())
+}
+
+fn bench_sae(config: &Config, ctx: &Context, store: &Store) -> Result<()> {
+    let dir = prepare(config, ctx, store, "extract")?;
+    let activations = stages::extract::open_store(&dir, activations::VerifyMode::Sizes)
+        .map_err(|e| anyhow!("{e}"))?;
+    let data = activations.layer("train", "fc2.pre")?.to_vec();
+    let notebook = sae::SaeConfig {
+        epochs: 5,
+        ..sae::SaeConfig::default()
+    };
+    let rows = data.len() / notebook.d_in;
+    println!("sae bench: notebook config (d_sae 1024, batch 64, Adam, L1 3e-3) on {rows} cached fc2.pre rows");
+    let point = |name: &str, cfg: sae::SaeConfig| sae::SweepPoint {
+        name: name.into(),
+        cfg,
+    };
+    let topk = sae::SaeConfig {
+        variant: sae::Variant::top_k(32),
+        ..notebook.clone()
+    };
+    let reference = sae::SaeConfig {
+        epochs: 1,
+        ..notebook.clone()
+    };
+    let sweep: Vec<_> = [1e-3, 3e-3, 1e-2, 3e-2]
+        .iter()
+        .map(|&c| {
+            point(
+                &format!("l1={c}"),
+                sae::SaeConfig {
+                    variant: sae::Variant::L1 { l1_coeff: c },
+                    ..notebook.clone()
+                },
+            )
+        })
+        .collect();
+    let runs: [(&str, Vec<sae::SweepPoint>, sae::Path); 4] = [
+        (
+            "fast path, L1",
+            vec![point("l1", notebook.clone())],
+            sae::Path::Fast,
+        ),
+        (
+            "fast path, TopK k=32",
+            vec![point("topk", topk)],
+            sae::Path::Fast,
+        ),
+        (
+            "reference path (candle autograd), L1",
+            vec![point("reference", reference)],
+            sae::Path::Reference {
+                device: candle_core::Device::Cpu,
+            },
+        ),
+        ("fast path, 4-point L1 sweep", sweep, sae::Path::Fast),
+    ];
+    for (label, points, path) in runs {
+        let started = Instant::now();
+        let results = sae::train_sweep_on(&points, &data, notebook.d_in, &path, &|_| {});
+        let seconds = started.elapsed().as_secs_f64();
+        let epochs = points[0].cfg.epochs;
+        let steps: usize = points
+            .iter()
+            .map(|p| p.cfg.epochs * p.cfg.steps_per_epoch(rows))
+            .sum();
+        let last = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .filter_map(|t| t.curve.last())
+            .map(|c| format!("L0 {:.1} EV {:.3}", c.l0, c.explained_variance))
+            .collect::<Vec<_>>();
+        println!(
+            "  {label}: {:.3} s per epoch ({} point(s), {epochs} epoch(s)), {:.0} steps/s, peak RSS {:.0} MiB; last epoch: {}",
+            seconds / epochs as f64,
+            points.len(),
+            steps as f64 / seconds,
+            peak_rss_mib(),
+            last.join(", ")
+        );
+    }
     Ok(())
 }

@@ -20,6 +20,7 @@ pub struct Config {
     pub mlp: mlp::TrainConfig,
     pub extract: ExtractConfig,
     pub sae: SaeSweep,
+    pub analysis: analysis::AnalysisConfig,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -43,6 +44,7 @@ impl Default for Config {
             mlp: mlp::TrainConfig::default(),
             extract: ExtractConfig::default(),
             sae: SaeSweep::default(),
+            analysis: analysis::AnalysisConfig::default(),
         }
     }
 }
@@ -164,6 +166,7 @@ fn finish(mut table: Table, source: &str) -> Result<Config> {
         .sae
         .validate()
         .map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
+    validate_analysis(&config.analysis).map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
     Ok(config)
 }
 
@@ -319,4 +322,27 @@ pub fn differences(
         (d, a) if d != a => out.push(format!("{prefix}={a}")),
         _ => {}
     }
+}
+
+fn validate_analysis(cfg: &analysis::AnalysisConfig) -> Result<()> {
+    let probe = &cfg.probe;
+    if probe.ks.is_empty() || probe.ks.iter().any(|&k| k == 0 || k > 4096) {
+        bail!(
+            "analysis.probe.ks = {:?} is out of range: it must list k values in 1..=4096",
+            probe.ks
+        );
+    }
+    if probe.train_rows < 10 {
+        bail!(
+            "analysis.probe.train_rows = {} is out of range: it must be at least 10",
+            probe.train_rows
+        );
+    }
+    if probe.iterations == 0 || !(probe.learning_rate > 0.0 && probe.learning_rate.is_finite()) {
+        bail!("analysis.probe.iterations and analysis.probe.learning_rate must be positive");
+    }
+    if cfg.dashboards_by_mi + cfg.dashboards_by_frequency > 64 {
+        bail!("analysis.dashboards_by_mi + analysis.dashboards_by_frequency = {} is out of range: at most 64 dashboards", cfg.dashboards_by_mi + cfg.dashboards_by_frequency);
+    }
+    Ok(())
 }

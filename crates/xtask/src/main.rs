@@ -79,6 +79,23 @@ enum Command {
     },
     /// Measure a stage's speed: mlp or sae.
     Bench { target: bench::Target },
+    /// SQL (polars) over the analysis tables (sweep, features, feature_labels,
+    /// feature_acts, neurons, probes) and the cached activations (act_<split>_<layer>).
+    Query {
+        sql: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: QueryFormat,
+        /// Where `--format parquet` writes.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum QueryFormat {
+    Table,
+    Csv,
+    Parquet,
 }
 
 fn main() -> ExitCode {
@@ -183,6 +200,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Gc { dry_run } => gc(&session, &graph, dry_run),
+        Command::Query {
+            sql,
+            format,
+            output,
+        } => query(&session, &graph, &sql, format, output),
         Command::Bench { target } => {
             bench::run(target, &session.config, &session.ctx, &session.store)?;
             Ok(ExitCode::SUCCESS)
@@ -268,7 +290,69 @@ fn summary(session: &Session, outcomes: &[Outcome]) {
             session.store.artifact_dir("activations", &m.key).display()
         );
     }
+    if let Some(m) = find("analysis") {
+        for report in
+            stages::analysis::report_paths(&session.store.artifact_dir("analysis", &m.key), m)
+        {
+            println!("report: {}", report.display());
+        }
+    }
     println!("artifacts: {}", session.store.root().display());
+}
+
+/// The fresh artifact of a stage, or a sentence saying how to get one.
+fn fresh(
+    session: &Session,
+    graph: &Graph<'_>,
+    name: &str,
+) -> Result<(PathBuf, artifacts::Manifest)> {
+    let planned = graph
+        .plan(&session.store)
+        .into_iter()
+        .find(|p| p.name == name)
+        .with_context(|| format!("no stage named {name}"))?;
+    match planned.state {
+        State::Fresh(m) => Ok((session.store.artifact_dir(&planned.kind, &planned.key), *m)),
+        other => bail!("the {name} stage for this config is {}; run `cargo xtask all` (with the same --config/--set/--preset) first", other.label()),
+    }
+}
+
+fn query(
+    session: &Session,
+    graph: &Graph<'_>,
+    sql: &str,
+    format: QueryFormat,
+    output: Option<PathBuf>,
+) -> Result<ExitCode> {
+    let (analysis_dir, manifest) = fresh(session, graph, "analysis")?;
+    let reports = stages::analysis::report_paths(&analysis_dir, &manifest);
+    let mut tables = Vec::new();
+    for report in &reports {
+        let folder = report.parent().unwrap_or(&analysis_dir);
+        let suffix = if reports.len() > 1 {
+            format!(
+                "_{}",
+                folder.file_name().unwrap_or_default().to_string_lossy()
+            )
+        } else {
+            String::new()
+        };
+        for (name, source) in analysis::report_tables(folder)? {
+            tables.push((format!("{name}{suffix}"), source));
+        }
+    }
+    let (extract_dir, _) = fresh(session, graph, "extract")?;
+    let store = stages::extract::open_store(&extract_dir, activations::VerifyMode::Sizes)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    tables.extend(analysis::activation_tables(&store)?);
+    let format = match (format, output) {
+        (QueryFormat::Table, _) => analysis::OutputFormat::Table,
+        (QueryFormat::Csv, _) => analysis::OutputFormat::Csv,
+        (QueryFormat::Parquet, Some(path)) => analysis::OutputFormat::Parquet(path),
+        (QueryFormat::Parquet, None) => bail!("--format parquet needs --output FILE"),
+    };
+    println!("{}", analysis::query(sql, &tables, &format)?.trim_end());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn status(session: &Session, graph: &Graph<'_>) {

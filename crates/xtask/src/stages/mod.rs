@@ -2,6 +2,7 @@
 //! and a `run` that calls the stage crate. No stage logic lives here beyond
 //! reading inputs and writing the artifact's files.
 
+pub mod analysis;
 pub mod extract;
 pub mod mlp;
 pub mod mnist;
@@ -48,6 +49,10 @@ pub fn build(config: &Config, ctx: &Context) -> Pipeline {
             trainer: sweep.clone(),
         }));
     }
+    stages.push(Box::new(analysis::AnalysisStage {
+        points: config.sae.points(),
+        cfg: config.analysis.clone(),
+    }));
     Pipeline { stages, sweep }
 }
 

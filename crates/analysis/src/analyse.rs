@@ -1,0 +1,557 @@
+//! One SAE's analysis: tables, probes, plots and dashboards in one folder.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::dashboard::{self, Dashboard};
+use crate::plots::{self, Figure, Layer, Mark};
+use crate::probe::{self, ProbeConfig, ProbeData, ProbeResult};
+use crate::stats::{self, check_matrix, MiSummary, UnitCounts, UnitStats};
+use crate::tables::{self, SparseActs};
+use crate::AnalysisError;
+
+/// The MLP layer the SAEs read, with everything the analysis needs from it.
+/// Shared by every SAE of a sweep.
+pub struct LayerData<'a> {
+    /// Layer name, e.g. `fc2.pre`.
+    pub layer: &'a str,
+    pub width: usize,
+    /// Row-major `[train rows, width]`, dataset order.
+    pub train: &'a [f32],
+    pub test: &'a [f32],
+    pub train_labels: &'a [u8],
+    pub test_labels: &'a [u8],
+    /// Raw MNIST train pixels `[train rows, 784]`, same order.
+    pub train_pixels: &'a [u8],
+    pub mlp: &'a mlp::Mlp,
+}
+
+impl LayerData<'_> {
+    fn check(&self) -> Result<(), AnalysisError> {
+        check_matrix(
+            &format!("{} train activations", self.layer),
+            self.train,
+            self.width,
+            self.train_labels,
+        )?;
+        check_matrix(
+            &format!("{} test activations", self.layer),
+            self.test,
+            self.width,
+            self.test_labels,
+        )?;
+        if self.train_pixels.len() != self.train_labels.len() * 784 {
+            return Err(AnalysisError::Input(format!(
+                "train pixels have {} bytes, expected {} rows x 784",
+                self.train_pixels.len(),
+                self.train_labels.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Metrics of one SAE that the caller measured (the analysis does not recompute them).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SaeMetrics {
+    pub l0: f64,
+    pub mse: f64,
+    pub explained_variance: f64,
+    pub dead: usize,
+    pub ce_recovered: f64,
+    /// Test accuracy with the reconstruction spliced into the MLP.
+    pub spliced_accuracy: f64,
+}
+
+impl SaeMetrics {
+    /// From the sae crate's evaluation (on test) plus the downstream numbers.
+    pub fn from_eval(
+        eval: &sae::EvalMetrics,
+        ce_recovered: f64,
+        spliced_accuracy: f64,
+    ) -> SaeMetrics {
+        SaeMetrics {
+            l0: eval.l0,
+            mse: eval.mse,
+            explained_variance: eval.explained_variance,
+            dead: eval.dead,
+            ce_recovered,
+            spliced_accuracy,
+        }
+    }
+}
+
+/// One trained SAE to analyse.
+pub struct SaeRun<'a> {
+    /// Folder-safe name, unique within the sweep.
+    pub name: &'a str,
+    /// Its parameters as a flat JSON object (nested values are shown as JSON text).
+    pub params: serde_json::Value,
+    pub sae: &'a sae::Sae,
+    pub curve: &'a [sae::CurvePoint],
+    pub metrics: SaeMetrics,
+}
+
+/// What to compute besides the tables.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AnalysisConfig {
+    pub probe: ProbeConfig,
+    /// Dashboards for this many features with the highest MI ...
+    pub dashboards_by_mi: usize,
+    /// ... and for this many of the most frequent features (not already shown).
+    pub dashboards_by_frequency: usize,
+    /// Digit images per dashboard quantile group.
+    pub digits_per_group: usize,
+    /// Rows (first active ones in dataset order) used for a dashboard's logit effect.
+    pub logit_effect_rows: usize,
+}
+
+impl Default for AnalysisConfig {
+    fn default() -> Self {
+        AnalysisConfig {
+            probe: ProbeConfig::default(),
+            dashboards_by_mi: 6,
+            dashboards_by_frequency: 3,
+            digits_per_group: 8,
+            logit_effect_rows: 2048,
+        }
+    }
+}
+
+/// The MLP neurons' statistics and probes: the baseline SAE features are compared with.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Baseline {
+    pub layer: String,
+    pub stats: Vec<UnitStats>,
+    pub mi: MiSummary,
+    pub probes: Vec<ProbeResult>,
+}
+
+impl Baseline {
+    /// Statistics of every neuron of `layer` (active = positive, i.e. post-ReLU > 0) and its probes.
+    pub fn compute(layer: &LayerData, cfg: &AnalysisConfig) -> Result<Baseline, AnalysisError> {
+        layer.check()?;
+        let train = UnitCounts::count(layer.train, layer.width, layer.train_labels)?;
+        let test = UnitCounts::count(layer.test, layer.width, layer.test_labels)?;
+        let stats = stats::unit_stats(&train, &test);
+        let relu = |v: &[f32]| v.iter().map(|x| x.max(0.0)).collect::<Vec<f32>>();
+        let (train_relu, test_relu) = (relu(layer.train), relu(layer.test));
+        let probes = probe::k_sparse_probes(
+            &ProbeData {
+                train: &train_relu,
+                test: &test_relu,
+                width: layer.width,
+                train_labels: layer.train_labels,
+                test_labels: layer.test_labels,
+            },
+            &stats::rank_by_mi(&stats),
+            &cfg.probe,
+        );
+        Ok(Baseline {
+            layer: layer.layer.to_string(),
+            mi: MiSummary::of(&stats),
+            stats,
+            probes,
+        })
+    }
+}
+
+/// Wall time of the table stage of one SAE.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    /// `sae::encode` of train and test.
+    pub encode_s: f64,
+    /// Counting, statistics, sparse extraction and building every DataFrame.
+    pub tables_s: f64,
+    /// Writing the parquet files.
+    pub parquet_s: f64,
+    pub probes_s: f64,
+    pub plots_s: f64,
+}
+
+/// Everything the report needs about one analysed SAE. Paths are relative to its folder.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SaeSummary {
+    pub name: String,
+    pub params: serde_json::Value,
+    pub layer: String,
+    pub d_sae: usize,
+    pub metrics: SaeMetrics,
+    pub features: MiSummary,
+    pub neurons: MiSummary,
+    pub feature_probes: Vec<ProbeResult>,
+    pub neuron_probes: Vec<ProbeResult>,
+    /// Non-zeros in `feature_acts` (train + test).
+    pub nonzeros: usize,
+    /// The SAE's folder.
+    pub dir: PathBuf,
+    pub tables: Vec<PathBuf>,
+    /// PNG files (an SVG sits next to each chart).
+    pub plots: Vec<PathBuf>,
+    pub dashboards: Vec<Dashboard>,
+    pub timings: Timings,
+}
+
+/// File names of the tables in an SAE's folder.
+pub const TABLES: [&str; 5] = [
+    "features",
+    "feature_labels",
+    "feature_acts",
+    "neurons",
+    "probes",
+];
+
+/// Analyses one SAE into `out_dir` (created): `features`, `feature_labels`,
+/// `feature_acts`, `neurons` and `probes` parquet tables, plots, dashboards and
+/// `summary.json`.
+pub fn analyse_sae(
+    layer: &LayerData,
+    baseline: &Baseline,
+    run: &SaeRun,
+    cfg: &AnalysisConfig,
+    out_dir: &Path,
+) -> Result<SaeSummary, AnalysisError> {
+    layer.check()?;
+    if run.sae.d_in() != layer.width {
+        return Err(AnalysisError::Input(format!(
+            "SAE {} reads {} inputs but layer {} has width {}",
+            run.name,
+            run.sae.d_in(),
+            layer.layer,
+            layer.width
+        )));
+    }
+    std::fs::create_dir_all(out_dir).map_err(AnalysisError::io(out_dir))?;
+    let mut timings = Timings::default();
+
+    let start = Instant::now();
+    let acts_train = sae::encode(run.sae, layer.train)?;
+    let acts_test = sae::encode(run.sae, layer.test)?;
+    timings.encode_s = start.elapsed().as_secs_f64();
+
+    let start = Instant::now();
+    let mut tables = FeatureTables::build(run.sae, baseline, layer, &acts_train, &acts_test)?;
+    timings.tables_s = start.elapsed().as_secs_f64();
+
+    let start = Instant::now();
+    let mut table_paths = tables.write(out_dir)?;
+    timings.parquet_s = start.elapsed().as_secs_f64();
+
+    let start = Instant::now();
+    let ranking = stats::rank_by_mi(&tables.stats);
+    let feature_probes = probe::k_sparse_probes(
+        &ProbeData {
+            train: &acts_train,
+            test: &acts_test,
+            width: run.sae.d_sae(),
+            train_labels: layer.train_labels,
+            test_labels: layer.test_labels,
+        },
+        &ranking,
+        &cfg.probe,
+    );
+    let mut probe_df = crate::report::probe_table(&feature_probes, &baseline.probes)?;
+    let probes_path = out_dir.join("probes.parquet");
+    tables::write_parquet(&mut probe_df, &probes_path)?;
+    table_paths.push(PathBuf::from("probes.parquet"));
+    timings.probes_s = start.elapsed().as_secs_f64();
+
+    let start = Instant::now();
+    let plots = sae_plots(run, &tables.stats, baseline, &tables.train_counts, out_dir)?;
+    let features = dashboard::pick(&tables.stats, cfg);
+    let dashboards = features
+        .iter()
+        .map(|(feature, reason)| {
+            dashboard::render(
+                &dashboard::DashboardInput {
+                    layer,
+                    sae: run.sae,
+                    acts_train: &acts_train,
+                    stats: &tables.stats[*feature],
+                    counts: &tables.train_counts,
+                    cfg,
+                },
+                *feature,
+                reason,
+                out_dir,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    timings.plots_s = start.elapsed().as_secs_f64();
+
+    let summary = SaeSummary {
+        name: run.name.to_string(),
+        params: run.params.clone(),
+        layer: layer.layer.to_string(),
+        d_sae: run.sae.d_sae(),
+        metrics: run.metrics.clone(),
+        features: MiSummary::of(&tables.stats),
+        neurons: baseline.mi.clone(),
+        feature_probes,
+        neuron_probes: baseline.probes.clone(),
+        nonzeros: tables.nonzeros,
+        dir: out_dir.to_path_buf(),
+        tables: table_paths,
+        plots,
+        dashboards,
+        timings,
+    };
+    let json_path = out_dir.join("summary.json");
+    let json = serde_json::to_string_pretty(&summary).expect("summary serialises");
+    std::fs::write(&json_path, json).map_err(AnalysisError::io(&json_path))?;
+    Ok(summary)
+}
+
+/// The per-SAE DataFrames, built from the dense encodings.
+pub struct FeatureTables {
+    pub stats: Vec<UnitStats>,
+    pub train_counts: UnitCounts,
+    pub features: polars::prelude::DataFrame,
+    pub feature_labels: polars::prelude::DataFrame,
+    pub feature_acts: polars::prelude::DataFrame,
+    pub neurons: polars::prelude::DataFrame,
+    pub nonzeros: usize,
+}
+
+impl FeatureTables {
+    /// All four tables from dense `[rows, d_sae]` encodings of the train and test rows.
+    pub fn build(
+        sae: &sae::Sae,
+        baseline: &Baseline,
+        layer: &LayerData,
+        acts_train: &[f32],
+        acts_test: &[f32],
+    ) -> Result<FeatureTables, AnalysisError> {
+        let d_sae = sae.d_sae();
+        let ((train_counts, test_counts), (sparse_train, sparse_test)) = rayon::join(
+            || {
+                rayon::join(
+                    || UnitCounts::count(acts_train, d_sae, layer.train_labels),
+                    || UnitCounts::count(acts_test, d_sae, layer.test_labels),
+                )
+            },
+            || {
+                rayon::join(
+                    || SparseActs::from_dense(acts_train, d_sae),
+                    || SparseActs::from_dense(acts_test, d_sae),
+                )
+            },
+        );
+        let (train_counts, test_counts) = (train_counts?, test_counts?);
+        let stats = stats::unit_stats(&train_counts, &test_counts);
+        let decoder_norms: Vec<f64> = sae
+            .w_dec
+            .chunks_exact(sae.d_in())
+            .map(|row| row.iter().map(|&w| (w as f64).powi(2)).sum::<f64>().sqrt())
+            .collect();
+        let features = tables::unit_table("feature", &stats, Some(&decoder_norms))?;
+        let feature_labels = tables::feature_label_table(&train_counts)?;
+        let mut feature_acts =
+            tables::feature_acts_table("train", &sparse_train, layer.train_labels)?;
+        feature_acts
+            .vstack_mut(&tables::feature_acts_table(
+                "test",
+                &sparse_test,
+                layer.test_labels,
+            )?)
+            .map_err(AnalysisError::polars(
+                "stacking the train and test feature_acts",
+            ))?;
+        let neurons = tables::unit_table("neuron", &baseline.stats, None)?;
+        Ok(FeatureTables {
+            stats,
+            train_counts,
+            features,
+            feature_labels,
+            feature_acts,
+            neurons,
+            nonzeros: sparse_train.len() + sparse_test.len(),
+        })
+    }
+
+    /// Writes the four tables as `<name>.parquet`; returns their file names.
+    pub fn write(&mut self, out_dir: &Path) -> Result<Vec<PathBuf>, AnalysisError> {
+        let frames = [
+            ("features", &mut self.features),
+            ("feature_labels", &mut self.feature_labels),
+            ("feature_acts", &mut self.feature_acts),
+            ("neurons", &mut self.neurons),
+        ];
+        let mut names = Vec::new();
+        for (name, df) in frames {
+            let file = format!("{name}.parquet");
+            tables::write_parquet(df, &out_dir.join(&file))?;
+            names.push(PathBuf::from(file));
+        }
+        Ok(names)
+    }
+}
+
+fn rel(path: &Path, dir: &Path) -> PathBuf {
+    path.strip_prefix(dir).unwrap_or(path).to_path_buf()
+}
+
+/// The per-SAE charts; returns their PNG paths relative to `out_dir`.
+fn sae_plots(
+    run: &SaeRun,
+    stats: &[UnitStats],
+    baseline: &Baseline,
+    counts: &UnitCounts,
+    out_dir: &Path,
+) -> Result<Vec<PathBuf>, AnalysisError> {
+    let mut figures = Vec::new();
+    let epochs = |f: fn(&sae::CurvePoint) -> f64| -> Vec<(f64, f64)> {
+        run.curve.iter().map(|p| (p.epoch as f64, f(p))).collect()
+    };
+    if !run.curve.is_empty() {
+        figures.push((
+            "curve_reconstruction",
+            Figure {
+                title: format!("{}: reconstruction loss per epoch", run.name),
+                x_label: "epoch".into(),
+                y_label: "sum over batches of mean ||x - x_hat||^2".into(),
+                layers: vec![Layer {
+                    name: "reconstruction".into(),
+                    mark: Mark::Lines,
+                    points: epochs(|p| p.l2_sum),
+                }],
+            },
+        ));
+        figures.push((
+            "curve_l1",
+            Figure {
+                title: format!("{}: sparsity (L1) loss per epoch", run.name),
+                x_label: "epoch".into(),
+                y_label: "sum over batches of the L1 term".into(),
+                layers: vec![Layer {
+                    name: "L1".into(),
+                    mark: Mark::Lines,
+                    points: epochs(|p| p.l1),
+                }],
+            },
+        ));
+    }
+    let firing: Vec<f64> = (0..counts.width)
+        .map(|f| counts.active_total(f) as f64)
+        .collect();
+    let (bins, width) = plots::histogram(&firing, 40);
+    figures.push((
+        "firing_counts",
+        Figure {
+            title: format!("{}: train rows on which each feature fires", run.name),
+            x_label: "firing count (train rows)".into(),
+            y_label: "features".into(),
+            layers: vec![Layer {
+                name: "features".into(),
+                mark: Mark::Bars { width },
+                points: bins,
+            }],
+        },
+    ));
+    let log_density: Vec<f64> = stats
+        .iter()
+        .filter(|s| !s.dead)
+        .map(|s| s.freq_train.log10())
+        .collect();
+    let (bins, width) = plots::histogram(&log_density, 40);
+    figures.push((
+        "log_density",
+        Figure {
+            title: format!(
+                "{}: feature density ({} dead not shown)",
+                run.name,
+                stats.len() - log_density.len()
+            ),
+            x_label: "log10 firing frequency on train".into(),
+            y_label: "features".into(),
+            layers: vec![Layer {
+                name: "features".into(),
+                mark: Mark::Bars { width },
+                points: bins,
+            }],
+        },
+    ));
+    let sorted_curve = |stats: &[UnitStats]| -> Vec<(f64, f64)> {
+        let mut mi: Vec<f64> = stats.iter().map(|s| s.mi_bits).collect();
+        mi.sort_by(|a, b| b.total_cmp(a));
+        let n = mi.len().max(1) as f64;
+        mi.into_iter()
+            .enumerate()
+            .map(|(i, m)| ((i as f64 + 0.5) / n, m))
+            .collect()
+    };
+    figures.push((
+        "mi_features_vs_neurons",
+        Figure {
+            title: format!("{}: I(A; Y) of features vs neurons, sorted", run.name),
+            x_label: "rank / number of units".into(),
+            y_label: "I(A; Y) (bits)".into(),
+            layers: vec![
+                Layer {
+                    name: format!("SAE features ({})", stats.len()),
+                    mark: Mark::Lines,
+                    points: sorted_curve(stats),
+                },
+                Layer {
+                    name: format!("{} neurons ({})", baseline.layer, baseline.stats.len()),
+                    mark: Mark::Lines,
+                    points: sorted_curve(&baseline.stats),
+                },
+            ],
+        },
+    ));
+    let mut pngs = Vec::new();
+    for (stem, figure) in figures {
+        let [png, _svg] = plots::save_figure(&figure, &out_dir.join(stem))?;
+        pngs.push(rel(&png, out_dir));
+    }
+    Ok(pngs)
+}
+
+impl SaeSummary {
+    /// Reads the `summary.json` that [`analyse_sae`] wrote into `dir`.
+    pub fn load(dir: &Path) -> Result<SaeSummary, AnalysisError> {
+        let path = dir.join("summary.json");
+        let bytes = std::fs::read(&path).map_err(AnalysisError::io(&path))?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            AnalysisError::Input(format!(
+                "{} is not an analysis summary: {e}",
+                path.display()
+            ))
+        })
+    }
+}
+
+/// The whole job in one call: the neuron baseline, [`analyse_sae`] for every run
+/// into `out_dir/<run name>`, then [`crate::write_report`] into `out_dir`.
+/// Returns the report's path and the summaries.
+pub fn analyse_sweep(
+    layer: &LayerData,
+    runs: &[SaeRun],
+    mlp_losses: &[f32],
+    cfg: &AnalysisConfig,
+    out_dir: &Path,
+) -> Result<(PathBuf, Vec<SaeSummary>), AnalysisError> {
+    let baseline = Baseline::compute(layer, cfg)?;
+    let mut summaries = Vec::with_capacity(runs.len());
+    for run in runs {
+        if run.name.is_empty() || run.name.contains(['/', '\\']) || run.name.starts_with('.') {
+            return Err(AnalysisError::Input(format!(
+                "SAE name `{}` must be a plain folder name",
+                run.name
+            )));
+        }
+        summaries.push(analyse_sae(
+            layer,
+            &baseline,
+            run,
+            cfg,
+            &out_dir.join(run.name),
+        )?);
+    }
+    let report = crate::write_report(&summaries, mlp_losses, out_dir)?;
+    Ok((report, summaries))
+}

@@ -1,0 +1,302 @@
+//! Per-feature dashboards (after sae_vis, for images): top-activating digits by
+//! activation quantile, the mean input image, activation histograms overall and
+//! per class, the label distribution and the effect of removing the feature on
+//! each class logit.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+use crate::analyse::{AnalysisConfig, LayerData};
+use crate::plots::{self, DigitGrid, Figure, Layer, Mark, Tile};
+use crate::stats::{UnitCounts, UnitStats, CLASSES};
+use crate::AnalysisError;
+
+/// One rendered dashboard; image paths are relative to the SAE's folder.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Dashboard {
+    pub feature: usize,
+    /// Why it was chosen: `top MI` or `top frequency`.
+    pub reason: String,
+    pub mi_bits: f64,
+    pub freq_train: f64,
+    pub purity: Option<f64>,
+    pub top_label: Option<u8>,
+    /// Mean change of each class logit when the feature is removed from the
+    /// reconstruction, over the rows it was measured on.
+    pub logit_effect: Vec<f64>,
+    pub logit_effect_rows: usize,
+    pub images: Vec<PathBuf>,
+}
+
+/// Features to show: the top `dashboards_by_mi` by MI, then the most frequent not yet shown.
+pub fn pick(stats: &[UnitStats], cfg: &AnalysisConfig) -> Vec<(usize, String)> {
+    let mut chosen: Vec<(usize, String)> = crate::stats::rank_by_mi(stats)
+        .into_iter()
+        .filter(|&f| !stats[f].dead)
+        .take(cfg.dashboards_by_mi)
+        .map(|f| (f, "top MI".to_string()))
+        .collect();
+    let by_freq: Vec<usize> = crate::stats::rank_by_frequency(stats)
+        .into_iter()
+        .filter(|&f| !stats[f].dead && !chosen.iter().any(|(c, _)| *c == f))
+        .take(cfg.dashboards_by_frequency)
+        .collect();
+    chosen.extend(
+        by_freq
+            .into_iter()
+            .map(|f| (f, "top frequency".to_string())),
+    );
+    chosen
+}
+
+pub struct DashboardInput<'a> {
+    pub layer: &'a LayerData<'a>,
+    pub sae: &'a sae::Sae,
+    /// Dense `[train rows, d_sae]`.
+    pub acts_train: &'a [f32],
+    pub stats: &'a UnitStats,
+    pub counts: &'a UnitCounts,
+    pub cfg: &'a AnalysisConfig,
+}
+
+/// Renders feature `feature`'s dashboard into `<out_dir>/dashboards/feature_<id>_*`.
+pub fn render(
+    input: &DashboardInput,
+    feature: usize,
+    reason: &str,
+    out_dir: &Path,
+) -> Result<Dashboard, AnalysisError> {
+    let dir = out_dir.join("dashboards");
+    std::fs::create_dir_all(&dir).map_err(AnalysisError::io(&dir))?;
+    let d_sae = input.sae.d_sae();
+    let labels = input.layer.train_labels;
+    // (row, value) of every active train row, in dataset order.
+    let active: Vec<(usize, f32)> = input
+        .acts_train
+        .chunks_exact(d_sae)
+        .map(|row| row[feature])
+        .enumerate()
+        .filter(|&(_, v)| v > 0.0)
+        .collect();
+    let stem = |name: &str| dir.join(format!("feature_{feature}_{name}"));
+    let mut images = Vec::new();
+
+    images.push(plots::save_digit_grid(
+        &digit_grid(input, feature, &active),
+        &stem("digits"),
+    )?);
+
+    let values: Vec<f64> = active.iter().map(|&(_, v)| v as f64).collect();
+    let (bins, width) = plots::histogram(&values, 30);
+    images.push(
+        plots::save_figure(
+            &Figure {
+                title: format!(
+                    "feature {feature}: activation where active ({} rows)",
+                    active.len()
+                ),
+                x_label: "activation".into(),
+                y_label: "train rows".into(),
+                layers: vec![Layer {
+                    name: "all".into(),
+                    mark: Mark::Bars { width },
+                    points: bins.clone(),
+                }],
+            },
+            &stem("acts"),
+        )?[0]
+            .clone(),
+    );
+    let per_class = (0..CLASSES)
+        .map(|y| {
+            let class_values: Vec<f64> = active
+                .iter()
+                .filter(|&&(r, _)| labels[r] as usize == y)
+                .map(|&(_, v)| v as f64)
+                .collect();
+            let mut counts = vec![0.0; bins.len()];
+            if let (Some(first), true) = (bins.first(), width > 0.0) {
+                let lo = first.0 - width / 2.0;
+                for v in class_values {
+                    let b = (((v - lo) / width) as usize).min(bins.len() - 1);
+                    counts[b] += 1.0;
+                }
+            }
+            Layer {
+                name: format!("digit {y}"),
+                mark: Mark::Lines,
+                points: bins.iter().zip(counts).map(|(b, c)| (b.0, c)).collect(),
+            }
+        })
+        .collect();
+    images.push(
+        plots::save_figure(
+            &Figure {
+                title: format!("feature {feature}: activation per class"),
+                x_label: "activation".into(),
+                y_label: "train rows".into(),
+                layers: per_class,
+            },
+            &stem("acts_by_class"),
+        )?[0]
+            .clone(),
+    );
+    let on = input.counts.active_of(feature);
+    let total: u64 = on.iter().sum();
+    images.push(
+        plots::save_figure(
+            &Figure {
+                title: format!("feature {feature}: P(label | active)"),
+                x_label: "digit".into(),
+                y_label: "P(y | A = 1)".into(),
+                layers: vec![Layer {
+                    name: "labels".into(),
+                    mark: Mark::Bars { width: 1.0 },
+                    points: (0..CLASSES)
+                        .map(|y| (y as f64, on[y] as f64 / total.max(1) as f64))
+                        .collect(),
+                }],
+            },
+            &stem("labels"),
+        )?[0]
+            .clone(),
+    );
+    let rows: Vec<(usize, f32)> = active
+        .iter()
+        .take(input.cfg.logit_effect_rows)
+        .copied()
+        .collect();
+    let logit_effect = logit_effect(input, feature, &rows)?;
+    images.push(
+        plots::save_figure(
+            &Figure {
+                title: format!(
+                    "feature {feature}: mean logit change when removed ({} rows)",
+                    rows.len()
+                ),
+                x_label: "class".into(),
+                y_label: "logit(without) - logit(with)".into(),
+                layers: vec![Layer {
+                    name: "effect".into(),
+                    mark: Mark::Bars { width: 1.0 },
+                    points: logit_effect
+                        .iter()
+                        .enumerate()
+                        .map(|(c, &d)| (c as f64, d))
+                        .collect(),
+                }],
+            },
+            &stem("logit_effect"),
+        )?[0]
+            .clone(),
+    );
+    Ok(Dashboard {
+        feature,
+        reason: reason.to_string(),
+        mi_bits: input.stats.mi_bits,
+        freq_train: input.stats.freq_train,
+        purity: input.stats.purity,
+        top_label: input.stats.top_label,
+        logit_effect,
+        logit_effect_rows: rows.len(),
+        images: images
+            .iter()
+            .map(|p| p.strip_prefix(out_dir).unwrap_or(p).to_path_buf())
+            .collect(),
+    })
+}
+
+/// Top-activating digits at several activation quantiles, then the mean input image.
+fn digit_grid(input: &DashboardInput, feature: usize, active: &[(usize, f32)]) -> DigitGrid {
+    let per_group = input.cfg.digits_per_group.max(1);
+    let mut sorted = active.to_vec();
+    sorted.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let pixels = input.layer.train_pixels;
+    let labels = input.layer.train_labels;
+    let tile = |group: &str, (row, value): (usize, f32)| Tile {
+        caption: format!("{group} {value:.2} y{}", labels[row]),
+        pixels: pixels[row * 784..(row + 1) * 784]
+            .iter()
+            .map(|&p| p as f32)
+            .collect(),
+    };
+    let mut tiles = Vec::new();
+    // Quantile q of the activation: ranks around (1 - q) * n in the descending order.
+    for (group, quantile) in [("top", 1.0), ("p75", 0.75), ("p50", 0.5), ("p25", 0.25)] {
+        if sorted.is_empty() {
+            break;
+        }
+        let centre = ((1.0 - quantile) * sorted.len() as f64) as usize;
+        let start = centre
+            .saturating_sub(per_group / 2)
+            .min(sorted.len().saturating_sub(per_group));
+        tiles.extend(
+            sorted
+                .iter()
+                .skip(start)
+                .take(per_group)
+                .map(|&e| tile(group, e)),
+        );
+    }
+    let mut mean = vec![0.0f32; 784];
+    for &(row, _) in active {
+        for (m, &p) in mean.iter_mut().zip(&pixels[row * 784..(row + 1) * 784]) {
+            *m += p as f32;
+        }
+    }
+    tiles.push(Tile {
+        caption: format!("mean of {}", active.len()),
+        pixels: mean,
+    });
+    DigitGrid {
+        title: format!(
+            "feature {feature}: top, p75, p50, p25 activating digits (rows), mean input last"
+        ),
+        columns: per_group,
+        tiles,
+    }
+}
+
+/// Mean over `rows` of logits(x_hat - act_f * W_dec[f]) - logits(x_hat), per class.
+fn logit_effect(
+    input: &DashboardInput,
+    feature: usize,
+    rows: &[(usize, f32)],
+) -> Result<Vec<f64>, AnalysisError> {
+    if rows.is_empty() {
+        return Ok(vec![0.0; CLASSES]);
+    }
+    let d_in = input.sae.d_in();
+    let mut x = Vec::with_capacity(rows.len() * d_in);
+    for &(row, _) in rows {
+        x.extend_from_slice(&input.layer.train[row * d_in..(row + 1) * d_in]);
+    }
+    let x_hat = sae::reconstruct(input.sae, &x)?;
+    let direction = &input.sae.w_dec[feature * d_in..(feature + 1) * d_in];
+    let mut ablated = x_hat.clone();
+    for (chunk, &(_, act)) in ablated.chunks_exact_mut(d_in).zip(rows) {
+        chunk
+            .iter_mut()
+            .zip(direction)
+            .for_each(|(v, w)| *v -= act * w);
+    }
+    let device = input.layer.mlp.device();
+    let logits = |values: Vec<f32>| -> Result<Vec<Vec<f32>>, AnalysisError> {
+        let t = Tensor::from_vec(values, (rows.len(), d_in), device)?;
+        Ok(input
+            .layer
+            .mlp
+            .logits_from(input.layer.layer, &t)?
+            .to_vec2::<f32>()?)
+    };
+    let (with, without) = (logits(x_hat)?, logits(ablated)?);
+    let mut effect = vec![0.0f64; CLASSES];
+    for (a, b) in with.iter().zip(&without) {
+        for c in 0..CLASSES.min(a.len()) {
+            effect[c] += (b[c] - a[c]) as f64;
+        }
+    }
+    Ok(effect.into_iter().map(|e| e / rows.len() as f64).collect())
+}

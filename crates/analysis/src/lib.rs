@@ -1,0 +1,53 @@
+//! Analysis of trained SAEs: feature tables, label statistics, mutual
+//! information, k-sparse probes, plots, per-feature dashboards, SQL queries and
+//! the HTML report.
+//!
+//! This crate owns everything that reads trained artifacts and turns them into
+//! parquet tables (polars), PNG/SVG plots (plotters) and `report.html`. It is the
+//! only crate that depends on polars. It must not train anything (the probes are
+//! small logistic regressions fitted on cached activations for evaluation only)
+//! and must not write outside the folders its caller names.
+//!
+//! Caller's flow: build one [`LayerData`] for the layer the SAEs read, compute the
+//! neurons' [`Baseline`] once, call [`analyse_sae`] per SAE (one folder each),
+//! then [`write_report`] with the summaries.
+//!
+//! Tables (parquet, one set per SAE folder):
+//! - `features`: `feature`, `freq_train`, `freq_test` (fraction of rows with the
+//!   activation > 0), `dead` (never active on train), `mean_act` and `max_act`
+//!   (over the train rows where active; null when dead), `decoder_norm`,
+//!   `mi_bits` (I(A_f; Y) on train), `h_y_given_on_bits` (H(Y | A_f = 1)),
+//!   `purity` (max_y P(y | A_f = 1)), `top_label`.
+//! - `neurons`: the same (no `decoder_norm`) for the layer's neurons, active
+//!   where the value is > 0 (for `fc2.pre`: where `fc2.post` > 0).
+//! - `feature_labels`: `feature`, `label`, `count` (train rows with the feature
+//!   active and that label), `mean_act` over those rows.
+//! - `feature_acts`: every non-zero: `split`, `row` (dataset index), `label`,
+//!   `feature`, `value`.
+//! - `probes`: `source` (`features`/`neurons`), `k`, `test_accuracy`,
+//!   `train_accuracy`, `units`.
+//! - `sweep` (report folder): one row per SAE: `name`, `param_*`, metrics, MI stats.
+
+mod analyse;
+pub mod dashboard;
+mod error;
+pub mod plots;
+pub mod probe;
+mod query;
+mod report;
+pub mod stats;
+pub mod tables;
+
+pub use analyse::{
+    analyse_sae, analyse_sweep, AnalysisConfig, Baseline, FeatureTables, LayerData, SaeMetrics,
+    SaeRun, SaeSummary, Timings, TABLES,
+};
+pub use dashboard::Dashboard;
+pub use error::AnalysisError;
+pub use probe::{ProbeConfig, ProbeResult};
+pub use query::{
+    activation_frame, activation_table_name, activation_tables, folder_tables, query,
+    report_tables, OutputFormat, TableSource,
+};
+pub use report::{base64, probe_table, sweep_table, write_report, SummaryRow};
+pub use stats::{MiSummary, UnitCounts, UnitStats};

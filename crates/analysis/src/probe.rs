@@ -1,0 +1,219 @@
+//! k-sparse probing (after SAEBench): a multinomial logistic regression on the
+//! k units with the highest train MI, scored on test.
+//!
+//! Deterministic full-batch gradient descent with momentum on standardised
+//! inputs (train mean and std), zero initialisation, fixed iteration count.
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::stats::CLASSES;
+
+/// How the probes are trained.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProbeConfig {
+    pub ks: Vec<usize>,
+    /// Probes train on the first `train_rows` train rows (all when larger).
+    pub train_rows: usize,
+    pub iterations: usize,
+    pub learning_rate: f32,
+    pub momentum: f32,
+    /// L2 penalty on the weights (not the bias).
+    pub l2: f32,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        ProbeConfig {
+            ks: vec![1, 2, 4, 8, 16, 32],
+            train_rows: 20_000,
+            iterations: 200,
+            learning_rate: 1.0,
+            momentum: 0.9,
+            l2: 1e-4,
+        }
+    }
+}
+
+/// One probe's result.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProbeResult {
+    pub k: usize,
+    /// The units it read, best MI first.
+    pub units: Vec<usize>,
+    pub train_accuracy: f64,
+    pub test_accuracy: f64,
+}
+
+/// Gathers columns `units` of `[rows, width]` into `[rows, units.len()]`.
+fn gather(values: &[f32], width: usize, rows: usize, units: &[usize]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(rows * units.len());
+    for row in values.chunks_exact(width).take(rows) {
+        out.extend(units.iter().map(|&u| row[u]));
+    }
+    out
+}
+
+/// A trained softmax classifier over k standardised inputs.
+pub struct Softmax {
+    k: usize,
+    mean: Vec<f32>,
+    inv_std: Vec<f32>,
+    /// `[k, CLASSES]`
+    weights: Vec<f32>,
+    bias: [f32; CLASSES],
+}
+
+const CHUNK_ROWS: usize = 1024;
+
+impl Softmax {
+    /// Trains on `x` `[labels.len(), k]`.
+    pub fn fit(x: &[f32], k: usize, labels: &[u8], cfg: &ProbeConfig) -> Softmax {
+        let rows = labels.len();
+        let mut mean = vec![0.0f64; k];
+        let mut sq = vec![0.0f64; k];
+        for row in x.chunks_exact(k) {
+            for j in 0..k {
+                mean[j] += row[j] as f64;
+                sq[j] += (row[j] as f64).powi(2);
+            }
+        }
+        let n = rows.max(1) as f64;
+        let inv_std: Vec<f32> = (0..k)
+            .map(|j| {
+                let var = sq[j] / n - (mean[j] / n).powi(2);
+                if var > 1e-12 {
+                    (1.0 / var.sqrt()) as f32
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mean: Vec<f32> = mean.iter().map(|m| (m / n) as f32).collect();
+        let z: Vec<f32> = x
+            .chunks_exact(k)
+            .flat_map(|row| {
+                (0..k)
+                    .map(|j| (row[j] - mean[j]) * inv_std[j])
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let mut model = Softmax {
+            k,
+            mean,
+            inv_std,
+            weights: vec![0.0; k * CLASSES],
+            bias: [0.0; CLASSES],
+        };
+        let mut velocity = vec![0.0f32; (k + 1) * CLASSES];
+        for _ in 0..cfg.iterations {
+            let grad = z
+                .par_chunks(CHUNK_ROWS * k)
+                .zip(labels.par_chunks(CHUNK_ROWS))
+                .map(|(block, block_labels)| {
+                    let mut g = vec![0.0f32; (k + 1) * CLASSES];
+                    for (row, &y) in block.chunks_exact(k).zip(block_labels) {
+                        let p = model.probabilities(row);
+                        for c in 0..CLASSES {
+                            let d = p[c] - (c == y as usize) as u8 as f32;
+                            for j in 0..k {
+                                g[j * CLASSES + c] += d * row[j];
+                            }
+                            g[k * CLASSES + c] += d;
+                        }
+                    }
+                    g
+                })
+                // Collected in chunk order and summed sequentially: bit-identical across runs.
+                .collect::<Vec<_>>()
+                .into_iter()
+                .fold(vec![0.0f32; (k + 1) * CLASSES], |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                    a
+                });
+            for (i, v) in velocity.iter_mut().enumerate() {
+                let mut g = grad[i] / n as f32;
+                if i < k * CLASSES {
+                    g += cfg.l2 * model.weights[i];
+                }
+                *v = cfg.momentum * *v - cfg.learning_rate * g;
+            }
+            for (i, v) in velocity.iter().enumerate() {
+                if i < k * CLASSES {
+                    model.weights[i] += v;
+                } else {
+                    model.bias[i - k * CLASSES] += v;
+                }
+            }
+        }
+        model
+    }
+
+    /// Class probabilities of one standardised row.
+    fn probabilities(&self, z: &[f32]) -> [f32; CLASSES] {
+        let mut logits = self.bias;
+        for (j, &v) in z.iter().enumerate() {
+            let w = &self.weights[j * CLASSES..(j + 1) * CLASSES];
+            for c in 0..CLASSES {
+                logits[c] += w[c] * v;
+            }
+        }
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut total = 0.0;
+        for l in logits.iter_mut() {
+            *l = (*l - max).exp();
+            total += *l;
+        }
+        logits.map(|l| l / total)
+    }
+
+    /// Fraction of rows of `x` `[labels.len(), k]` whose argmax is the label.
+    pub fn accuracy(&self, x: &[f32], labels: &[u8]) -> f64 {
+        let hits = x
+            .par_chunks(self.k)
+            .zip(labels)
+            .filter(|(row, &y)| {
+                let z: Vec<f32> = (0..self.k)
+                    .map(|j| (row[j] - self.mean[j]) * self.inv_std[j])
+                    .collect();
+                let p = self.probabilities(&z);
+                let best = (0..CLASSES).fold(0, |b, c| if p[c] > p[b] { c } else { b });
+                best == y as usize
+            })
+            .count();
+        hits as f64 / labels.len().max(1) as f64
+    }
+}
+
+/// Data for probing one set of units.
+pub struct ProbeData<'a> {
+    pub train: &'a [f32],
+    pub test: &'a [f32],
+    pub width: usize,
+    pub train_labels: &'a [u8],
+    pub test_labels: &'a [u8],
+}
+
+/// One probe per k in `cfg.ks` (k capped at the width), reading the first k of `ranking`.
+pub fn k_sparse_probes(data: &ProbeData, ranking: &[usize], cfg: &ProbeConfig) -> Vec<ProbeResult> {
+    let train_rows = cfg.train_rows.min(data.train_labels.len());
+    let test_rows = data.test_labels.len();
+    cfg.ks
+        .iter()
+        .filter(|&&k| k > 0 && !ranking.is_empty())
+        .map(|&k| {
+            let units: Vec<usize> = ranking.iter().take(k).copied().collect();
+            let x_train = gather(data.train, data.width, train_rows, &units);
+            let x_test = gather(data.test, data.width, test_rows, &units);
+            let labels = &data.train_labels[..train_rows];
+            let model = Softmax::fit(&x_train, units.len(), labels, cfg);
+            ProbeResult {
+                k,
+                train_accuracy: model.accuracy(&x_train, labels),
+                test_accuracy: model.accuracy(&x_test, data.test_labels),
+                units,
+            }
+        })
+        .collect()
+}

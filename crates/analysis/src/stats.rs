@@ -1,0 +1,294 @@
+//! Counting over dense activation matrices: firing, per-label counts, information.
+//!
+//! A unit (SAE feature or MLP neuron) is *active* on a row where its value is
+//! strictly positive. For a pre-ReLU neuron that is exactly "post-ReLU > 0", and
+//! the positive values are the post-ReLU values, so features and neurons share
+//! one code path.
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::AnalysisError;
+
+/// Number of digit classes.
+pub const CLASSES: usize = 10;
+
+/// Rows per parallel task; large enough to amortise the per-task accumulators.
+const CHUNK_ROWS: usize = 2048;
+
+/// Per-unit, per-label counts over one split.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UnitCounts {
+    pub rows: usize,
+    pub width: usize,
+    /// Rows of each label.
+    pub label_totals: [u64; CLASSES],
+    /// `[CLASSES, width]`, label-major: rows where the unit is active and the label is y.
+    pub active_by_label: Vec<u64>,
+    /// `[CLASSES, width]`, label-major: sum of the unit's positive values on those rows.
+    pub sum_by_label: Vec<f64>,
+    /// `[width]`: the largest value over all rows, 0 where never active.
+    pub max: Vec<f32>,
+}
+
+struct Accumulator {
+    label_totals: [u64; CLASSES],
+    active: Vec<u64>,
+    sum: Vec<f64>,
+    max: Vec<f32>,
+}
+
+impl Accumulator {
+    fn new(width: usize) -> Self {
+        Accumulator {
+            label_totals: [0; CLASSES],
+            active: vec![0; CLASSES * width],
+            sum: vec![0.0; CLASSES * width],
+            max: vec![0.0; width],
+        }
+    }
+
+    fn merge(mut self, other: Accumulator) -> Self {
+        for (a, b) in self.label_totals.iter_mut().zip(other.label_totals) {
+            *a += b;
+        }
+        self.active
+            .iter_mut()
+            .zip(&other.active)
+            .for_each(|(a, b)| *a += b);
+        self.sum
+            .iter_mut()
+            .zip(&other.sum)
+            .for_each(|(a, b)| *a += b);
+        self.max
+            .iter_mut()
+            .zip(&other.max)
+            .for_each(|(a, &b)| *a = a.max(b));
+        self
+    }
+}
+
+/// Checks that `values` is `[labels.len(), width]` and every label is a digit.
+pub(crate) fn check_matrix(
+    what: &str,
+    values: &[f32],
+    width: usize,
+    labels: &[u8],
+) -> Result<(), AnalysisError> {
+    if width == 0 || values.len() != labels.len() * width {
+        return Err(AnalysisError::Input(format!(
+            "{what} has {} values, expected {} rows x {width} units",
+            values.len(),
+            labels.len()
+        )));
+    }
+    if let Some(bad) = labels.iter().find(|&&l| l as usize >= CLASSES) {
+        return Err(AnalysisError::Input(format!(
+            "{what} has label {bad}, outside 0..{CLASSES}"
+        )));
+    }
+    Ok(())
+}
+
+impl UnitCounts {
+    /// Counts over row-major `values` `[labels.len(), width]`.
+    pub fn count(values: &[f32], width: usize, labels: &[u8]) -> Result<UnitCounts, AnalysisError> {
+        check_matrix("activation matrix", values, width, labels)?;
+        let acc = values
+            .par_chunks(CHUNK_ROWS * width)
+            .zip(labels.par_chunks(CHUNK_ROWS))
+            .map(|(block, block_labels)| {
+                let mut acc = Accumulator::new(width);
+                // Per-chunk f32 sums stay exact enough (≤ 2048 terms) and vectorise.
+                let mut sum32 = vec![0.0f32; CLASSES * width];
+                for (row, &label) in block.chunks_exact(width).zip(block_labels) {
+                    let y = label as usize;
+                    acc.label_totals[y] += 1;
+                    let active = &mut acc.active[y * width..(y + 1) * width];
+                    let sum = &mut sum32[y * width..(y + 1) * width];
+                    for (((&v, a), s), m) in row.iter().zip(active).zip(sum).zip(acc.max.iter_mut())
+                    {
+                        let on = v > 0.0;
+                        *a += on as u64;
+                        *s += if on { v } else { 0.0 };
+                        *m = m.max(v);
+                    }
+                }
+                acc.sum
+                    .iter_mut()
+                    .zip(&sum32)
+                    .for_each(|(a, &b)| *a = b as f64);
+                acc
+            })
+            // Merged in chunk order so the f64 sums are the same on every run.
+            .collect::<Vec<_>>()
+            .into_iter()
+            .fold(Accumulator::new(width), Accumulator::merge);
+        Ok(UnitCounts {
+            rows: labels.len(),
+            width,
+            label_totals: acc.label_totals,
+            active_by_label: acc.active,
+            sum_by_label: acc.sum,
+            max: acc.max,
+        })
+    }
+
+    /// Rows on which `unit` is active, per label.
+    pub fn active_of(&self, unit: usize) -> [u64; CLASSES] {
+        std::array::from_fn(|y| self.active_by_label[y * self.width + unit])
+    }
+
+    pub fn sums_of(&self, unit: usize) -> [f64; CLASSES] {
+        std::array::from_fn(|y| self.sum_by_label[y * self.width + unit])
+    }
+
+    /// Rows on which `unit` is active.
+    pub fn active_total(&self, unit: usize) -> u64 {
+        self.active_of(unit).iter().sum()
+    }
+
+    pub fn frequency(&self, unit: usize) -> f64 {
+        self.active_total(unit) as f64 / self.rows.max(1) as f64
+    }
+}
+
+/// I(A; Y) in bits for a binary A: `active[y]` rows with A = 1 and label y,
+/// `totals[y]` rows with label y.
+pub fn mutual_information_bits(active: &[u64; CLASSES], totals: &[u64; CLASSES]) -> f64 {
+    let n: u64 = totals.iter().sum();
+    let on: u64 = active.iter().sum();
+    if n == 0 || on == 0 || on == n {
+        return 0.0;
+    }
+    let n = n as f64;
+    let p_on = on as f64 / n;
+    let mut mi = 0.0;
+    for y in 0..CLASSES {
+        let p_y = totals[y] as f64 / n;
+        for (count, p_a) in [(active[y], p_on), (totals[y] - active[y], 1.0 - p_on)] {
+            if count > 0 {
+                let p_ay = count as f64 / n;
+                mi += p_ay * (p_ay / (p_a * p_y)).log2();
+            }
+        }
+    }
+    // Rounding can leave -1e-17 for independent variables.
+    mi.max(0.0)
+}
+
+/// H(Y | A = 1) in bits; `None` when A is never 1.
+pub fn conditional_entropy_bits(active: &[u64; CLASSES]) -> Option<f64> {
+    let on: u64 = active.iter().sum();
+    (on > 0).then(|| {
+        active
+            .iter()
+            .filter(|&&c| c > 0)
+            .map(|&c| {
+                let p = c as f64 / on as f64;
+                -p * p.log2()
+            })
+            .sum::<f64>()
+            .max(0.0)
+    })
+}
+
+/// The statistics of one unit on the train split (frequency on test too).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UnitStats {
+    pub unit: usize,
+    pub freq_train: f64,
+    pub freq_test: f64,
+    /// Never active on the train split.
+    pub dead: bool,
+    /// Mean of the positive values over train rows where active.
+    pub mean_act: Option<f64>,
+    /// Largest train value (rows where active).
+    pub max_act: Option<f64>,
+    pub mi_bits: f64,
+    pub h_y_given_on_bits: Option<f64>,
+    /// max_y P(y | A = 1).
+    pub purity: Option<f64>,
+    /// argmax_y P(y | A = 1).
+    pub top_label: Option<u8>,
+}
+
+/// Per-unit statistics from the train and test counts.
+pub fn unit_stats(train: &UnitCounts, test: &UnitCounts) -> Vec<UnitStats> {
+    (0..train.width)
+        .map(|unit| {
+            let active = train.active_of(unit);
+            let on: u64 = active.iter().sum();
+            let (top, top_count) =
+                active.iter().enumerate().fold(
+                    (0, 0),
+                    |best, (y, &c)| if c > best.1 { (y, c) } else { best },
+                );
+            UnitStats {
+                unit,
+                freq_train: train.frequency(unit),
+                freq_test: test.frequency(unit),
+                dead: on == 0,
+                mean_act: (on > 0).then(|| train.sums_of(unit).iter().sum::<f64>() / on as f64),
+                max_act: (on > 0).then(|| train.max[unit] as f64),
+                mi_bits: mutual_information_bits(&active, &train.label_totals),
+                h_y_given_on_bits: conditional_entropy_bits(&active),
+                purity: (on > 0).then(|| top_count as f64 / on as f64),
+                top_label: (on > 0).then_some(top as u8),
+            }
+        })
+        .collect()
+}
+
+/// How many units carry more than each threshold, the best and mean MI.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MiSummary {
+    pub units: usize,
+    pub dead: usize,
+    /// Units with I(A; Y) > 0.1, 0.5 and 1 bit.
+    pub above_0_1_bits: usize,
+    pub above_0_5_bits: usize,
+    pub above_1_bits: usize,
+    pub max_mi_bits: f64,
+    /// Mean over all units, dead ones included (they carry 0 bits).
+    pub mean_mi_bits: f64,
+}
+
+impl MiSummary {
+    pub fn of(stats: &[UnitStats]) -> MiSummary {
+        let above = |t: f64| stats.iter().filter(|s| s.mi_bits > t).count();
+        MiSummary {
+            units: stats.len(),
+            dead: stats.iter().filter(|s| s.dead).count(),
+            above_0_1_bits: above(0.1),
+            above_0_5_bits: above(0.5),
+            above_1_bits: above(1.0),
+            max_mi_bits: stats.iter().map(|s| s.mi_bits).fold(0.0, f64::max),
+            mean_mi_bits: stats.iter().map(|s| s.mi_bits).sum::<f64>() / stats.len().max(1) as f64,
+        }
+    }
+}
+
+/// Unit ids sorted by decreasing MI (ties by id), the probes' and dashboards' ranking.
+pub fn rank_by_mi(stats: &[UnitStats]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..stats.len()).collect();
+    order.sort_by(|&a, &b| {
+        stats[b]
+            .mi_bits
+            .total_cmp(&stats[a].mi_bits)
+            .then(a.cmp(&b))
+    });
+    order
+}
+
+/// Unit ids sorted by decreasing train frequency (ties by id).
+pub fn rank_by_frequency(stats: &[UnitStats]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..stats.len()).collect();
+    order.sort_by(|&a, &b| {
+        stats[b]
+            .freq_train
+            .total_cmp(&stats[a].freq_train)
+            .then(a.cmp(&b))
+    });
+    order
+}

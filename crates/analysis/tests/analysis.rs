@@ -1,0 +1,662 @@
+//! Tests of the analysis crate: statistics against hand-made answers and an
+//! independent polars computation, tables, probes, plots, report and queries.
+
+use std::path::{Path, PathBuf};
+
+use analysis::stats::{
+    self, conditional_entropy_bits, mutual_information_bits, UnitCounts, CLASSES,
+};
+use analysis::tables::{self, SparseActs};
+use analysis::{
+    AnalysisConfig, Baseline, LayerData, OutputFormat, ProbeConfig, SaeMetrics, SaeRun, TableSource,
+};
+use polars::prelude::*;
+
+/// Deterministic pseudo-random numbers in [0, 1) (splitmix64), so tests need no RNG crate.
+struct Numbers(u64);
+
+impl Numbers {
+    fn next(&mut self) -> f32 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+/// Synthetic fc2.pre-like data: a class-dependent mean plus noise, labels cycling
+/// 0..9, random pixels, a random MLP and an untrained SAE.
+struct Fixture {
+    train: Vec<f32>,
+    test: Vec<f32>,
+    train_labels: Vec<u8>,
+    test_labels: Vec<u8>,
+    pixels: Vec<u8>,
+    mlp: mlp::Mlp,
+    sae: sae::Sae,
+}
+
+const WIDTH: usize = 128;
+
+fn rows_of(numbers: &mut Numbers, labels: &[u8]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(labels.len() * WIDTH);
+    for &y in labels {
+        for u in 0..WIDTH {
+            let centre = if u % CLASSES == y as usize { 1.5 } else { -0.3 };
+            out.push(centre + numbers.next() - 0.5);
+        }
+    }
+    out
+}
+
+fn fixture(train_rows: usize, test_rows: usize, d_sae: usize) -> Fixture {
+    let mut numbers = Numbers(7);
+    let train_labels: Vec<u8> = (0..train_rows)
+        .map(|r| ((r * 7 + r / 10) % CLASSES) as u8)
+        .collect();
+    let test_labels: Vec<u8> = (0..test_rows).map(|r| (r % CLASSES) as u8).collect();
+    let train = rows_of(&mut numbers, &train_labels);
+    let test = rows_of(&mut numbers, &test_labels);
+    let pixels = (0..train_rows * 784)
+        .map(|_| (numbers.next() * 255.0) as u8)
+        .collect();
+    let mlp = mlp::Mlp::new(&mlp::Weights::init(1), &candle_core::Device::Cpu).unwrap();
+    let cfg = sae::SaeConfig {
+        d_in: WIDTH,
+        d_sae,
+        ..Default::default()
+    };
+    let sae = sae::Sae::init(&cfg, &train).unwrap();
+    Fixture {
+        train,
+        test,
+        train_labels,
+        test_labels,
+        pixels,
+        mlp,
+        sae,
+    }
+}
+
+impl Fixture {
+    fn layer(&self) -> LayerData<'_> {
+        LayerData {
+            layer: "fc2.pre",
+            width: WIDTH,
+            train: &self.train,
+            test: &self.test,
+            train_labels: &self.train_labels,
+            test_labels: &self.test_labels,
+            train_pixels: &self.pixels,
+            mlp: &self.mlp,
+        }
+    }
+}
+
+fn small_config() -> AnalysisConfig {
+    AnalysisConfig {
+        probe: ProbeConfig {
+            ks: vec![1, 4],
+            iterations: 60,
+            ..Default::default()
+        },
+        dashboards_by_mi: 2,
+        dashboards_by_frequency: 1,
+        digits_per_group: 4,
+        logit_effect_rows: 64,
+    }
+}
+
+fn uniform_totals(per_label: u64) -> [u64; CLASSES] {
+    [per_label; CLASSES]
+}
+
+#[test]
+fn mutual_information_of_hand_made_cases() {
+    // A independent of Y: active on half the rows of every label.
+    assert!(mutual_information_bits(&[50; CLASSES], &uniform_totals(100)).abs() < 1e-12);
+    // A = [Y == 3] with uniform Y: I = H(0.1) = 0.4690 bits.
+    let mut indicator = [0; CLASSES];
+    indicator[3] = 100;
+    let h_01 = -(0.1f64 * 0.1f64.log2() + 0.9 * 0.9f64.log2());
+    assert!((mutual_information_bits(&indicator, &uniform_totals(100)) - h_01).abs() < 1e-12);
+    assert!((h_01 - 0.469).abs() < 1e-3);
+    assert_eq!(conditional_entropy_bits(&indicator), Some(0.0));
+    // Always on or never on: no information.
+    assert_eq!(
+        mutual_information_bits(&uniform_totals(100), &uniform_totals(100)),
+        0.0
+    );
+    assert_eq!(
+        mutual_information_bits(&[0; CLASSES], &uniform_totals(100)),
+        0.0
+    );
+    assert_eq!(conditional_entropy_bits(&[0; CLASSES]), None);
+    // A on for every row of labels 0..4: I = H(Y) - H(Y | A) = log2 10 - log2 5 = 1 bit.
+    let half: [u64; CLASSES] = std::array::from_fn(|y| if y < 5 { 100 } else { 0 });
+    assert!((mutual_information_bits(&half, &uniform_totals(100)) - 1.0).abs() < 1e-12);
+    assert!((conditional_entropy_bits(&half).unwrap() - 5f64.log2()).abs() < 1e-12);
+}
+
+#[test]
+fn counts_match_a_naive_loop() {
+    let f = fixture(3000, 10, 16);
+    let counts = UnitCounts::count(&f.train, WIDTH, &f.train_labels).unwrap();
+    for unit in [0, 3, 77, 127] {
+        let mut active = [0u64; CLASSES];
+        let (mut sum, mut max) = (0.0f64, 0.0f32);
+        for (row, &y) in f.train.chunks_exact(WIDTH).zip(&f.train_labels) {
+            if row[unit] > 0.0 {
+                active[y as usize] += 1;
+                sum += row[unit] as f64;
+                max = max.max(row[unit]);
+            }
+        }
+        assert_eq!(counts.active_of(unit), active);
+        assert!((counts.sums_of(unit).iter().sum::<f64>() - sum).abs() < 1e-3 * sum.max(1.0));
+        assert_eq!(counts.max[unit], max);
+    }
+    assert_eq!(counts.label_totals.iter().sum::<u64>(), 3000);
+    let bad = UnitCounts::count(&f.train[..WIDTH * 10 - 1], WIDTH, &f.train_labels[..10]);
+    assert!(bad
+        .unwrap_err()
+        .to_string()
+        .contains("expected 10 rows x 128 units"));
+}
+
+/// Binary entropy in bits as a polars expression (0 at p = 0 and p = 1).
+fn binary_entropy(p: Expr) -> Expr {
+    let two = lit(2.0f64);
+    when(p.clone().gt(lit(0.0)).and(p.clone().lt(lit(1.0))))
+        .then(
+            -(p.clone() * p.clone().log(two.clone()))
+                - (lit(1.0) - p.clone()) * (lit(1.0) - p).log(two),
+        )
+        .otherwise(lit(0.0))
+}
+
+/// I(A_f; Y) for every unit from a sparse `(row, label, feature)` table with
+/// polars expressions, as H(A) - H(A | Y) (a different formula from the crate's).
+fn mi_with_polars(acts: &DataFrame, labels: &[u8], units: usize) -> Vec<f64> {
+    let n = labels.len() as f64;
+    let mut totals = [0u64; CLASSES];
+    labels.iter().for_each(|&y| totals[y as usize] += 1);
+    let totals =
+        df!("label" => (0..CLASSES as u8).collect::<Vec<_>>(), "n_y" => totals.to_vec()).unwrap();
+    let per_label = acts
+        .clone()
+        .lazy()
+        .group_by([col("feature"), col("label")])
+        .agg([len().cast(DataType::Float64).alias("c")])
+        .join(
+            totals.lazy(),
+            [col("label")],
+            [col("label")],
+            JoinArgs::new(JoinType::Inner),
+        )
+        .with_column(
+            (col("n_y").cast(DataType::Float64) / lit(n)
+                * binary_entropy(col("c") / col("n_y").cast(DataType::Float64)))
+            .alias("h_a_given_y"),
+        )
+        .group_by([col("feature")])
+        .agg([col("c").sum().alias("n_on"), col("h_a_given_y").sum()])
+        .with_column((binary_entropy(col("n_on") / lit(n)) - col("h_a_given_y")).alias("mi"))
+        .sort(["feature"], Default::default())
+        .collect()
+        .unwrap();
+    let mut mi = vec![0.0; units];
+    let features = per_label.column("feature").unwrap().u32().unwrap().clone();
+    let values = per_label.column("mi").unwrap().f64().unwrap().clone();
+    for (f, v) in features.to_vec().into_iter().zip(values.to_vec()) {
+        mi[f.unwrap() as usize] = v.unwrap();
+    }
+    mi
+}
+
+fn assert_mi_agrees(values: &[f32], width: usize, labels: &[u8]) {
+    let counts = UnitCounts::count(values, width, labels).unwrap();
+    let direct = stats::unit_stats(&counts, &counts);
+    let sparse = SparseActs::from_dense(values, width);
+    let table = tables::feature_acts_table("train", &sparse, labels).unwrap();
+    let via_polars = mi_with_polars(&table, labels, width);
+    let mut informative = 0;
+    for (s, p) in direct.iter().zip(&via_polars) {
+        assert!(
+            (s.mi_bits - p).abs() < 1e-9,
+            "unit {}: direct {} vs polars {}",
+            s.unit,
+            s.mi_bits,
+            p
+        );
+        informative += (s.mi_bits > 0.1) as usize;
+    }
+    assert!(informative > 0, "the check should cover informative units");
+}
+
+#[test]
+fn mutual_information_matches_polars_on_synthetic_data() {
+    let f = fixture(5000, 10, 16);
+    assert_mi_agrees(&f.train, WIDTH, &f.train_labels);
+}
+
+/// The train split of the pipeline's activation store, when `cargo xtask all` has
+/// produced one. (Splits are opened separately: their shards record different
+/// dataset digests.)
+fn real_train_store() -> Option<activations::ActivationStore> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../artifacts/activations");
+    let dir = std::fs::read_dir(root)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.join("shards.json").is_file())?;
+    let shards: Vec<activations::ShardInfo> =
+        serde_json::from_slice(&std::fs::read(dir.join("shards.json")).unwrap()).unwrap();
+    let train: Vec<_> = shards.into_iter().filter(|s| s.split == "train").collect();
+    Some(activations::ActivationStore::open(&dir, &train, activations::VerifyMode::Sizes).unwrap())
+}
+
+#[test]
+fn mutual_information_matches_polars_on_real_activations() {
+    let Some(store) = real_train_store() else {
+        eprintln!("note: no artifacts/activations; run `cargo xtask all` to check on real data");
+        return;
+    };
+    let view = store.layer("train", "fc2.pre").unwrap();
+    assert_mi_agrees(&view.to_vec(), view.width(), &view.labels());
+}
+
+#[test]
+fn tables_agree_with_statistics_and_round_trip_through_parquet() {
+    let f = fixture(2000, 500, 64);
+    let layer = f.layer();
+    let cfg = small_config();
+    let baseline = Baseline::compute(&layer, &cfg).unwrap();
+    let acts_train = sae::encode(&f.sae, &f.train).unwrap();
+    let acts_test = sae::encode(&f.sae, &f.test).unwrap();
+    let mut built =
+        analysis::FeatureTables::build(&f.sae, &baseline, &layer, &acts_train, &acts_test).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    built.write(dir.path()).unwrap();
+
+    let features = tables::read_parquet(&dir.path().join("features.parquet")).unwrap();
+    assert_eq!(features.height(), 64);
+    let freq = features.column("freq_train").unwrap().f64().unwrap();
+    let nonzeros_train = acts_train.iter().filter(|&&v| v > 0.0).count();
+    let freq_sum: f64 = freq.to_vec().into_iter().map(|v| v.unwrap()).sum();
+    assert!((freq_sum * 2000.0 - nonzeros_train as f64).abs() < 1e-6);
+
+    let acts = tables::read_parquet(&dir.path().join("feature_acts.parquet")).unwrap();
+    let nonzeros_test = acts_test.iter().filter(|&&v| v > 0.0).count();
+    assert_eq!(acts.height(), nonzeros_train + nonzeros_test);
+    let values = acts.column("value").unwrap().f32().unwrap();
+    let total: f64 = values.to_vec().into_iter().map(|v| v.unwrap() as f64).sum();
+    let dense_total: f64 = acts_train
+        .iter()
+        .chain(&acts_test)
+        .filter(|&&v| v > 0.0)
+        .map(|&v| v as f64)
+        .sum();
+    assert!((total - dense_total).abs() < 1e-6 * dense_total);
+
+    let labels = tables::read_parquet(&dir.path().join("feature_labels.parquet")).unwrap();
+    assert_eq!(labels.height(), 64 * CLASSES);
+    let counts = labels.column("count").unwrap().u64().unwrap();
+    assert_eq!(
+        counts.to_vec().into_iter().map(|c| c.unwrap()).sum::<u64>() as usize,
+        nonzeros_train
+    );
+
+    let neurons = tables::read_parquet(&dir.path().join("neurons.parquet")).unwrap();
+    assert_eq!(neurons.height(), WIDTH);
+    // Neuron u's centre is high for label u % 10, so its top label is that digit.
+    let top = neurons.column("top_label").unwrap().u8().unwrap();
+    assert_eq!(top.get(13), Some(3));
+}
+
+#[test]
+fn probes_find_label_information() {
+    let f = fixture(3000, 1000, 16);
+    let cfg = ProbeConfig {
+        ks: vec![1, 10],
+        iterations: 100,
+        ..Default::default()
+    };
+    let data = analysis::probe::ProbeData {
+        train: &f.train,
+        test: &f.test,
+        width: WIDTH,
+        train_labels: &f.train_labels,
+        test_labels: &f.test_labels,
+    };
+    // Neurons 0..9 each mark one digit: one of them identifies ~1/10 of rows plus
+    // the "none of them" class; all ten separate the classes almost perfectly.
+    let results = analysis::probe::k_sparse_probes(&data, &(0..WIDTH).collect::<Vec<_>>(), &cfg);
+    assert_eq!(results.len(), 2);
+    assert!(
+        results[0].test_accuracy > 0.15 && results[0].test_accuracy < 0.3,
+        "{results:?}"
+    );
+    assert!(results[1].test_accuracy > 0.95, "{results:?}");
+}
+
+fn chromium() -> Option<PathBuf> {
+    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+}
+
+/// Renders `report` headless with scripts that count console errors and failed
+/// loads (from the start of <head>) and record every image's natural width;
+/// returns the dumped DOM and the browser's stderr.
+fn render_in_chromium(browser: &Path, report: &Path) -> (String, String) {
+    let html = std::fs::read_to_string(report).unwrap();
+    let hook = "<script>window.__errors = 0; const __error = console.error; \
+console.error = (...a) => { window.__errors++; __error(...a); }; \
+window.addEventListener('error', () => { window.__errors++; }, true);</script>";
+    let probe =
+        "<script>window.addEventListener('load', () => { const imgs = [...document.images]; \
+const broken = imgs.filter(i => !(i.complete && i.naturalWidth > 0)).length; \
+const out = document.createElement('pre'); out.id = 'image-check'; \
+out.textContent = 'images=' + imgs.length + ' broken=' + broken + ' errors=' + window.__errors; \
+document.body.appendChild(out); });</script>";
+    let test_copy = report.with_file_name("report_check.html");
+    let html = html
+        .replacen("<head>", &format!("<head>{hook}"), 1)
+        .replace("</body>", &format!("{probe}</body>"));
+    std::fs::write(&test_copy, html).unwrap();
+    let profile = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--virtual-time-budget=5000",
+            &format!("--user-data-dir={}", profile.path().display()),
+            "--dump-dom",
+        ])
+        .arg(format!("file://{}", test_copy.display()))
+        .output()
+        .unwrap();
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn analysis_writes_tables_plots_and_a_report_that_renders() {
+    let f = fixture(1500, 400, 48);
+    let layer = f.layer();
+    let cfg = small_config();
+    let curve: Vec<sae::CurvePoint> = (1..=3)
+        .map(|epoch| sae::CurvePoint {
+            epoch,
+            mse: 1.0 / epoch as f64,
+            l2_sum: 10.0 / epoch as f64,
+            l1: 2.0 + epoch as f64,
+            aux: 0.0,
+            l0: 10.0,
+            dead: 0,
+            explained_variance: 0.5,
+            lr: 1e-3,
+            loss: 12.0,
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let runs: Vec<SaeRun> = [("l1_small", 0.001), ("l1_large", 0.01)]
+        .into_iter()
+        .map(|(name, l1)| SaeRun {
+            name,
+            params: serde_json::json!({"variant": {"kind": "L1", "l1_coeff": l1}, "d_sae": 48}),
+            sae: &f.sae,
+            curve: &curve,
+            metrics: SaeMetrics {
+                l0: 1000.0 * l1,
+                mse: l1,
+                ..Default::default()
+            },
+        })
+        .collect();
+    let (report, summaries) =
+        analysis::analyse_sweep(&layer, &runs, &[2.3, 1.0, 0.5, 0.4], &cfg, dir.path()).unwrap();
+    // serde_json may round the last bit of an f64, so compare what the report reads.
+    let loaded = analysis::SaeSummary::load(&dir.path().join("l1_large")).unwrap();
+    assert_eq!(
+        (&loaded.name, &loaded.tables, &loaded.plots),
+        (
+            &summaries[1].name,
+            &summaries[1].tables,
+            &summaries[1].plots
+        )
+    );
+    assert_eq!(loaded.dashboards.len(), summaries[1].dashboards.len());
+    assert!((loaded.features.mean_mi_bits - summaries[1].features.mean_mi_bits).abs() < 1e-12);
+    let s = &summaries[0];
+    for table in analysis::TABLES {
+        assert!(s.dir.join(format!("{table}.parquet")).is_file(), "{table}");
+    }
+    for png in &s.plots {
+        let path = s.dir.join(png);
+        assert!(
+            std::fs::metadata(&path).unwrap().len() > 1000,
+            "{}",
+            path.display()
+        );
+        assert!(path.with_extension("svg").is_file());
+    }
+    assert_eq!(s.dashboards.len(), 3);
+    assert_eq!(s.dashboards[0].logit_effect.len(), CLASSES);
+    let probes = tables::read_parquet(&s.dir.join("probes.parquet")).unwrap();
+    assert_eq!(probes.height(), 4);
+
+    let sweep = tables::read_parquet(&dir.path().join("sweep.parquet")).unwrap();
+    assert_eq!(sweep.height(), 2);
+    let coeff = sweep
+        .column("param_variant_l1_coeff")
+        .unwrap()
+        .f64()
+        .unwrap();
+    assert_eq!(coeff.get(1), Some(0.01));
+    assert_eq!(
+        sweep
+            .column("param_variant_kind")
+            .unwrap()
+            .str()
+            .unwrap()
+            .get(0),
+        Some("L1")
+    );
+    let html = std::fs::read_to_string(&report).unwrap();
+    let images = html.matches("<img ").count();
+    assert!(images >= 2 * (s.plots.len() + 3 * 5), "{images} images");
+    assert!(html.contains("&gt; 0.1 bit") && html.contains("l1_large/features.parquet"));
+
+    match chromium() {
+        Some(browser) => {
+            let (dom, log) = render_in_chromium(&browser, &report);
+            let check = format!("images={images} broken=0 errors=0");
+            assert!(
+                dom.contains(&check),
+                "expected {check}: {}",
+                dom.lines().last().unwrap_or("")
+            );
+            // The report has no scripts of its own, so any console line is unexpected
+            // (chromium logs console.error as INFO:CONSOLE).
+            let console: Vec<&str> = log.lines().filter(|l| l.contains(":CONSOLE")).collect();
+            assert!(console.is_empty(), "console output: {console:?}");
+            eprintln!("chromium loaded all {images} images of report.html");
+        }
+        None if std::env::var_os("CI").is_some() => {
+            panic!("CI is set but chromium is missing: apt-get install chromium")
+        }
+        None => eprintln!("note: chromium not found; skipped rendering report.html"),
+    }
+}
+
+#[test]
+fn queries_run_sql_and_explain_bad_ones() {
+    let f = fixture(300, 100, 8);
+    let counts = UnitCounts::count(&f.train, WIDTH, &f.train_labels).unwrap();
+    let stats = stats::unit_stats(&counts, &counts);
+    let neurons = tables::unit_table("neuron", &stats, None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("neurons.parquet");
+    tables::write_parquet(&mut neurons.clone(), &path).unwrap();
+    let tables = vec![("neurons".to_string(), TableSource::Parquet(path))];
+
+    let csv = analysis::query(
+        "SELECT top_label, COUNT(*) AS n FROM neurons GROUP BY top_label ORDER BY top_label",
+        &tables,
+        &OutputFormat::Csv,
+    )
+    .unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "top_label,n");
+    // 128 neurons, neuron u favours digit u % 10: 13 each for 0..7, 12 for 8 and 9.
+    assert_eq!(lines[1], "0,13");
+    assert_eq!(lines[10], "9,12");
+
+    let out = dir.path().join("best.parquet");
+    let text = analysis::query(
+        "SELECT neuron, mi_bits FROM neurons ORDER BY mi_bits DESC LIMIT 5",
+        &tables,
+        &OutputFormat::Parquet(out.clone()),
+    )
+    .unwrap();
+    assert!(text.starts_with("wrote 5 rows"));
+    assert_eq!(tables::read_parquet(&out).unwrap().height(), 5);
+    assert!(analysis::query(
+        "SELECT COUNT(*) FROM neurons",
+        &tables,
+        &OutputFormat::Table
+    )
+    .unwrap()
+    .contains("128"));
+
+    let err = analysis::query("SELECT nope FROM neurons", &tables, &OutputFormat::Table)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("nope") && err.contains("neurons(neuron: u32"),
+        "{err}"
+    );
+}
+
+#[test]
+fn activation_tables_expose_cached_layers() {
+    let f = fixture(50, 20, 8);
+    let dir = tempfile::tempdir().unwrap();
+    let meta = activations::ShardMeta::default();
+    let shard_cfg = activations::ShardConfig { rows_per_shard: 30 };
+    let mut shards = Vec::new();
+    for (split, values, labels) in [
+        ("train", &f.train, &f.train_labels),
+        ("test", &f.test, &f.test_labels),
+    ] {
+        let index: Vec<u32> = (0..labels.len() as u32).map(|i| i + 1000).collect();
+        let layers = [activations::LayerData {
+            name: "fc2.pre",
+            width: WIDTH,
+            data: values,
+        }];
+        shards.extend(
+            activations::write_split(
+                dir.path(),
+                split,
+                &layers,
+                labels,
+                &index,
+                &shard_cfg,
+                &meta,
+            )
+            .unwrap(),
+        );
+    }
+    let store =
+        activations::ActivationStore::open(dir.path(), &shards, activations::VerifyMode::Sizes)
+            .unwrap();
+    let tables = analysis::activation_tables(&store).unwrap();
+    assert_eq!(tables.len(), 2);
+    let csv = analysis::query(
+        "SELECT dataset_index, label, u5 FROM act_train_fc2_pre WHERE dataset_index = 1037",
+        &tables,
+        &OutputFormat::Csv,
+    )
+    .unwrap();
+    let expected = format!("1037,{},{}", f.train_labels[37], f.train[37 * WIDTH + 5]);
+    assert_eq!(csv.lines().nth(1), Some(expected.as_str()), "{csv}");
+}
+
+#[test]
+fn png_encoder_writes_a_valid_stream() {
+    // 2x1 RGB: red, white.
+    let png = analysis::plots::encode_png(&[255, 0, 0, 255, 255, 255], (2, 1));
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert_eq!(&png[12..16], b"IHDR");
+    assert_eq!(u32::from_be_bytes(png[16..20].try_into().unwrap()), 2);
+    // Every PNG ends with the same IEND chunk (its CRC is the well-known AE426082).
+    assert_eq!(
+        &png[png.len() - 12..],
+        &[0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xAE, 0x42, 0x60, 0x82]
+    );
+    let idat_len = u32::from_be_bytes(png[33..37].try_into().unwrap()) as usize;
+    assert_eq!(&png[37..41], b"IDAT");
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::ZlibDecoder::new(&png[41..41 + idat_len]),
+        &mut raw,
+    )
+    .unwrap();
+    assert_eq!(raw, vec![2, 255, 0, 0, 255, 255, 255]);
+}
+
+#[test]
+fn mismatched_inputs_get_one_clear_sentence() {
+    let f = fixture(100, 20, 8);
+    let cfg = small_config();
+    let mut layer = f.layer();
+    let short_pixels = vec![0u8; 784 * 99];
+    layer.train_pixels = &short_pixels;
+    let err = Baseline::compute(&layer, &cfg).unwrap_err().to_string();
+    assert!(
+        err.contains("train pixels have 77616 bytes, expected 100 rows x 784"),
+        "{err}"
+    );
+
+    let layer = f.layer();
+    let baseline = Baseline::compute(&layer, &cfg).unwrap();
+    let narrow = sae::Sae::init(
+        &sae::SaeConfig {
+            d_in: 64,
+            d_sae: 8,
+            ..Default::default()
+        },
+        &[],
+    )
+    .unwrap();
+    let run = SaeRun {
+        name: "narrow",
+        params: serde_json::Value::Null,
+        sae: &narrow,
+        curve: &[],
+        metrics: SaeMetrics::default(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let err = analysis::analyse_sae(&layer, &baseline, &run, &cfg, dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("SAE narrow reads 64 inputs but layer fc2.pre has width 128"),
+        "{err}"
+    );
+}

@@ -1,0 +1,316 @@
+//! Every training parameter of one SAE, with the notebook's values as defaults.
+
+use serde::{Deserialize, Serialize};
+
+use crate::SaeError;
+
+/// The full description of one SAE run; `cfg.json` is this struct serialised.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SaeConfig {
+    /// Width of the input activations.
+    pub d_in: usize,
+    /// Number of dictionary features.
+    pub d_sae: usize,
+    pub variant: Variant,
+    /// How the sparsity penalty reduces over the batch (the L2 term is always a batch mean).
+    pub l1_reduction: Reduction,
+    pub init: Init,
+    pub optimizer: AdamConfig,
+    pub lr_schedule: LrSchedule,
+    pub batch_size: usize,
+    pub epochs: usize,
+    /// `false`: rows in dataset order; `true`: a fresh seeded permutation every epoch.
+    pub shuffle: bool,
+    /// A feature that has not fired for this many steps counts as dead (dead
+    /// metric, TopK's AuxK loss and resampling all use it).
+    pub dead_window_steps: usize,
+    /// Dead-feature resampling; off when `None`.
+    pub resample: Option<ResampleConfig>,
+    pub seed: u64,
+}
+
+impl Default for SaeConfig {
+    fn default() -> Self {
+        SaeConfig {
+            d_in: 128,
+            d_sae: 1024,
+            variant: Variant::default(),
+            l1_reduction: Reduction::Sum,
+            init: Init::Notebook,
+            optimizer: AdamConfig::default(),
+            lr_schedule: LrSchedule::default(),
+            batch_size: 64,
+            epochs: 200,
+            shuffle: false,
+            dead_window_steps: 1000,
+            resample: None,
+            seed: 0,
+        }
+    }
+}
+
+/// The SAE's sparsity mechanism.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", deny_unknown_fields)]
+pub enum Variant {
+    /// ReLU code, L1 penalty, unit-norm decoder rows.
+    L1 { l1_coeff: f64 },
+    /// Keep the k largest pre-activations (ReLU'd), no L1; AuxK loss on dead latents.
+    TopK {
+        k: usize,
+        #[serde(default = "default_k_aux")]
+        k_aux: usize,
+        #[serde(default = "default_aux_coeff")]
+        aux_coeff: f64,
+    },
+    /// L1 weighted by each decoder row's norm; no decoder constraint.
+    NormWeightedL1 { l1_coeff: f64 },
+}
+
+fn default_k_aux() -> usize {
+    256
+}
+
+fn default_aux_coeff() -> f64 {
+    1.0 / 32.0
+}
+
+impl Default for Variant {
+    fn default() -> Self {
+        Variant::L1 { l1_coeff: 3e-3 }
+    }
+}
+
+impl Variant {
+    /// TopK with the default AuxK settings.
+    pub fn top_k(k: usize) -> Self {
+        Variant::TopK {
+            k,
+            k_aux: default_k_aux(),
+            aux_coeff: default_aux_coeff(),
+        }
+    }
+
+    /// Whether decoder rows are kept at unit norm (gradient projection + renormalisation).
+    pub fn unit_norm_decoder(&self) -> bool {
+        !matches!(self, Variant::NormWeightedL1 { .. })
+    }
+}
+
+/// Reduction of the sparsity penalty over the batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reduction {
+    /// The notebook's: summed over batch and features.
+    Sum,
+    /// Summed over features, averaged over the batch.
+    Mean,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Init {
+    /// PyTorch `nn.Linear` default (uniform, bound 1/sqrt(fan_in)), zero biases,
+    /// then unit-norm decoder rows.
+    Notebook,
+    /// Decoder as `Notebook`, encoder = decoder transposed.
+    Tied,
+    /// `Notebook`, with `b_dec` set to the mean of the training data.
+    DataMeanBdec,
+}
+
+/// Adam without weight decay.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdamConfig {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+}
+
+impl Default for AdamConfig {
+    fn default() -> Self {
+        AdamConfig {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", deny_unknown_fields)]
+pub enum LrSchedule {
+    Constant,
+    /// PyTorch `StepLR`: every `step_epochs` epochs multiply the lr by `gamma`.
+    StepLr {
+        step_epochs: usize,
+        gamma: f64,
+    },
+}
+
+impl Default for LrSchedule {
+    fn default() -> Self {
+        LrSchedule::StepLr {
+            step_epochs: 10,
+            gamma: 0.99,
+        }
+    }
+}
+
+/// Anthropic-style resampling of dead features ("Towards Monosemanticity").
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResampleConfig {
+    pub schedule: ResampleSchedule,
+    /// How many uniformly drawn training rows are scored; replacement inputs are
+    /// drawn among them with probability proportional to the square of their
+    /// reconstruction loss `||x - x_hat||^2`.
+    pub sample_rows: usize,
+}
+
+/// Global optimisation steps (1-based, counted after the step) at which to resample.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", deny_unknown_fields)]
+pub enum ResampleSchedule {
+    AtSteps {
+        steps: Vec<usize>,
+    },
+    /// At `every_steps`, `2 * every_steps`, ... up to and including `until`.
+    Every {
+        every_steps: usize,
+        until: usize,
+    },
+}
+
+impl ResampleSchedule {
+    pub fn fires_at(&self, step: usize) -> bool {
+        match self {
+            ResampleSchedule::AtSteps { steps } => steps.contains(&step),
+            ResampleSchedule::Every { every_steps, until } => {
+                step > 0 && step <= *until && step.is_multiple_of(*every_steps)
+            }
+        }
+    }
+}
+
+fn invalid(key: &str, rule: &str, value: impl std::fmt::Display) -> SaeError {
+    SaeError::InvalidConfig(format!(
+        "SAE config key `{key}` must be {rule}, got {value}."
+    ))
+}
+
+fn positive_finite(key: &str, value: f64) -> Result<(), SaeError> {
+    if value.is_finite() && value > 0.0 {
+        Ok(())
+    } else {
+        Err(invalid(key, "a finite number > 0", value))
+    }
+}
+
+fn non_negative_finite(key: &str, value: f64) -> Result<(), SaeError> {
+    if value.is_finite() && value >= 0.0 {
+        Ok(())
+    } else {
+        Err(invalid(key, "a finite number >= 0", value))
+    }
+}
+
+fn at_least_one(key: &str, value: usize) -> Result<(), SaeError> {
+    if value >= 1 {
+        Ok(())
+    } else {
+        Err(invalid(key, "at least 1", value))
+    }
+}
+
+impl SaeConfig {
+    /// Refuses out-of-range values with one sentence naming the key.
+    pub fn validate(&self) -> Result<(), SaeError> {
+        at_least_one("d_in", self.d_in)?;
+        at_least_one("d_sae", self.d_sae)?;
+        match &self.variant {
+            Variant::L1 { l1_coeff } | Variant::NormWeightedL1 { l1_coeff } => {
+                non_negative_finite("variant.l1_coeff", *l1_coeff)?
+            }
+            Variant::TopK {
+                k,
+                k_aux,
+                aux_coeff,
+            } => {
+                if *k == 0 || *k > self.d_sae {
+                    return Err(invalid(
+                        "variant.k",
+                        &format!("between 1 and d_sae = {}", self.d_sae),
+                        k,
+                    ));
+                }
+                at_least_one("variant.k_aux", *k_aux)?;
+                non_negative_finite("variant.aux_coeff", *aux_coeff)?;
+            }
+        }
+        positive_finite("optimizer.lr", self.optimizer.lr)?;
+        for (key, beta) in [
+            ("optimizer.beta1", self.optimizer.beta1),
+            ("optimizer.beta2", self.optimizer.beta2),
+        ] {
+            if !(0.0..1.0).contains(&beta) {
+                return Err(invalid(key, "in [0, 1)", beta));
+            }
+        }
+        positive_finite("optimizer.eps", self.optimizer.eps)?;
+        if let LrSchedule::StepLr { step_epochs, gamma } = &self.lr_schedule {
+            at_least_one("lr_schedule.step_epochs", *step_epochs)?;
+            positive_finite("lr_schedule.gamma", *gamma)?;
+        }
+        at_least_one("batch_size", self.batch_size)?;
+        at_least_one("epochs", self.epochs)?;
+        at_least_one("dead_window_steps", self.dead_window_steps)?;
+        if let Some(resample) = &self.resample {
+            at_least_one("resample.sample_rows", resample.sample_rows)?;
+            match &resample.schedule {
+                ResampleSchedule::AtSteps { steps } => {
+                    if steps.contains(&0) {
+                        return Err(invalid(
+                            "resample.schedule.steps",
+                            "a list of steps >= 1",
+                            "a step 0",
+                        ));
+                    }
+                }
+                ResampleSchedule::Every { every_steps, .. } => {
+                    at_least_one("resample.schedule.every_steps", *every_steps)?
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Learning rate during `epoch` (0-based).
+    pub fn lr_at_epoch(&self, epoch: usize) -> f64 {
+        match &self.lr_schedule {
+            LrSchedule::Constant => self.optimizer.lr,
+            LrSchedule::StepLr { step_epochs, gamma } => {
+                self.optimizer.lr * gamma.powi((epoch / step_epochs) as i32)
+            }
+        }
+    }
+
+    /// Optimisation steps in one epoch over `rows` rows (the last partial batch counts).
+    pub fn steps_per_epoch(&self, rows: usize) -> usize {
+        rows.div_ceil(self.batch_size)
+    }
+
+    /// Multiplier on `sum |acts|` (before any decoder-norm weighting) for a batch of `rows`.
+    pub(crate) fn l1_scale(&self, rows: usize) -> f64 {
+        let coeff = match self.variant {
+            Variant::L1 { l1_coeff } | Variant::NormWeightedL1 { l1_coeff } => l1_coeff,
+            Variant::TopK { .. } => 0.0,
+        };
+        match self.l1_reduction {
+            Reduction::Sum => coeff,
+            Reduction::Mean => coeff / rows as f64,
+        }
+    }
+}

@@ -1,0 +1,42 @@
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SaeError {
+    /// One sentence naming the config key and the refused value.
+    #[error("{0}")]
+    InvalidConfig(String),
+    #[error("SAE training of `{point}` diverged at step {step}: the loss became {loss}.")]
+    Diverged {
+        point: String,
+        step: usize,
+        loss: f32,
+    },
+    #[error(
+        "{what} has {len} floats, which is not a non-empty whole number of rows of width {width}."
+    )]
+    DataShape {
+        what: String,
+        len: usize,
+        width: usize,
+    },
+    #[error("{path}: {message}")]
+    Checkpoint { path: PathBuf, message: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("candle error in the reference SAE trainer: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+pub(crate) fn check_rows(what: &str, data: &[f32], width: usize) -> Result<usize, SaeError> {
+    if width == 0 || data.is_empty() || !data.len().is_multiple_of(width) {
+        return Err(SaeError::DataShape {
+            what: what.to_string(),
+            len: data.len(),
+            width,
+        });
+    }
+    Ok(data.len() / width)
+}

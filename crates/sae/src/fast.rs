@@ -1,0 +1,906 @@
+//! The fused CPU trainer: forward, backward and Adam over raw f32 buffers.
+//!
+//! Features are split into two halves, one per core, each owning its rows of
+//! W_enc (kept transposed, `[d_sae, d_in]`, so a feature's encoder column is
+//! contiguous), W_dec, b_enc and their Adam moments. A step is
+//! 1. per half: the dense encoder matmul (gemm), selection of active features
+//!    and the sparse decoder partial sum (only active features);
+//! 2. on the caller: the reconstruction error (and TopK's merges and AuxK residual);
+//! 3. per half, one fused pass over its features: the feature's gradients
+//!    (only from the rows where it is active), the decoder-gradient projection,
+//!    exact dense Adam on its encoder column and decoder row (moments decay
+//!    even where the gradient is zero) and the decoder row renormalisation;
+//! 4. on the caller: b_dec's gradient and Adam.
+//!
+//! The halves are fixed by `d_sae`, so the result is the same bits whether they
+//! run on two threads or one after the other.
+
+use crate::config::{SaeConfig, Variant};
+use crate::duo::Exec;
+use crate::kernels::{self, axpy, multiversion, AdamStep, MatRef, Selection, Simd};
+use crate::model::{selection, transpose, Sae};
+use crate::train::{FeatureReset, FiringTracker, Gradients, StepStats, Trainer};
+use crate::SaeError;
+
+/// Whether the fast path implements `variant`.
+pub(crate) fn supports(variant: &Variant) -> bool {
+    matches!(variant, Variant::L1 { .. } | Variant::TopK { .. })
+}
+
+struct Moments {
+    m: Vec<f32>,
+    v: Vec<f32>,
+}
+
+impl Moments {
+    fn zeros(len: usize) -> Self {
+        Moments {
+            m: vec![0.0; len],
+            v: vec![0.0; len],
+        }
+    }
+
+    fn reset(&mut self, range: std::ops::Range<usize>) {
+        self.m[range.clone()].fill(0.0);
+        self.v[range].fill(0.0);
+    }
+}
+
+/// Sparse rows: for row r, entries `start[r]..start[r + 1]` of `idx` (global feature) / `val`.
+#[derive(Default)]
+struct Csr {
+    start: Vec<usize>,
+    idx: Vec<u32>,
+    val: Vec<f32>,
+}
+
+impl Csr {
+    fn clear(&mut self) {
+        self.start.clear();
+        self.idx.clear();
+        self.val.clear();
+        self.start.push(0);
+    }
+
+    fn end_row(&mut self) {
+        self.start.push(self.idx.len());
+    }
+
+    fn row(&self, r: usize) -> std::ops::Range<usize> {
+        self.start[r]..self.start[r + 1]
+    }
+
+    fn rows(&self) -> usize {
+        self.start.len() - 1
+    }
+}
+
+/// The same entries by feature: for local feature j, `start[j]..start[j + 1]` of `row`/`val`.
+#[derive(Default)]
+struct Csc {
+    start: Vec<usize>,
+    row: Vec<u32>,
+    val: Vec<f32>,
+}
+
+impl Csc {
+    /// Counting sort of `csr` (features in `lo..lo + n`) by feature.
+    fn build(&mut self, csr: &Csr, lo: usize, n: usize) {
+        self.start.clear();
+        self.start.resize(n + 1, 0);
+        for &f in &csr.idx {
+            self.start[f as usize - lo + 1] += 1;
+        }
+        for j in 0..n {
+            self.start[j + 1] += self.start[j];
+        }
+        let nnz = csr.idx.len();
+        self.row.resize(nnz, 0);
+        self.val.resize(nnz, 0.0);
+        let mut next = self.start.clone();
+        for r in 0..csr.rows() {
+            for e in csr.row(r) {
+                let j = csr.idx[e] as usize - lo;
+                self.row[next[j]] = r as u32;
+                self.val[next[j]] = csr.val[e];
+                next[j] += 1;
+            }
+        }
+    }
+
+    fn col(&self, j: usize) -> std::ops::Range<usize> {
+        self.start[j]..self.start[j + 1]
+    }
+}
+
+/// Per-half scratch: everything a core touches for its own features.
+#[derive(Default)]
+struct Half {
+    lo: usize,
+    hi: usize,
+    /// `[rows, hi - lo]`
+    pre: Vec<f32>,
+    select: Vec<(f32, u32)>,
+    main: Csr,
+    aux: Csr,
+    main_cols: Csc,
+    aux_cols: Csc,
+    /// `[rows, d_in]`: sum over this half's active features of act * W_dec row.
+    partial: Vec<f32>,
+    aux_partial: Vec<f32>,
+    /// This half's share of b_dec's gradient (through x_cent).
+    g_b_dec: Vec<f32>,
+    g_b_enc: Vec<f32>,
+    g_enc_row: Vec<f32>,
+    g_dec_row: Vec<f32>,
+    zero_row: Vec<f32>,
+}
+
+impl Half {
+    fn n(&self) -> usize {
+        self.hi - self.lo
+    }
+}
+
+/// Parameters and Adam state in the fast layout.
+struct Params {
+    /// `[d_sae, d_in]`
+    w_enc_t: Vec<f32>,
+    w_dec: Vec<f32>,
+    b_enc: Vec<f32>,
+    b_dec: Vec<f32>,
+    adam_w_enc_t: Moments,
+    adam_w_dec: Moments,
+    adam_b_enc: Moments,
+    adam_b_dec: Moments,
+}
+
+/// One half's parameters and moments, as disjoint mutable slices.
+struct HalfParams<'a> {
+    w_enc_t: &'a mut [f32],
+    w_dec: &'a mut [f32],
+    b_enc: &'a mut [f32],
+    w_enc_t_m: &'a mut [f32],
+    w_enc_t_v: &'a mut [f32],
+    w_dec_m: &'a mut [f32],
+    w_dec_v: &'a mut [f32],
+    b_enc_m: &'a mut [f32],
+    b_enc_v: &'a mut [f32],
+}
+
+impl Params {
+    /// Mutable views of features `..split` and `split..`.
+    fn halves(&mut self, split: usize, d_in: usize) -> [HalfParams<'_>; 2] {
+        let rows = split * d_in;
+        let (w_enc_t0, w_enc_t1) = self.w_enc_t.split_at_mut(rows);
+        let (w_dec0, w_dec1) = self.w_dec.split_at_mut(rows);
+        let (b_enc0, b_enc1) = self.b_enc.split_at_mut(split);
+        let (w_enc_t_m0, w_enc_t_m1) = self.adam_w_enc_t.m.split_at_mut(rows);
+        let (w_enc_t_v0, w_enc_t_v1) = self.adam_w_enc_t.v.split_at_mut(rows);
+        let (w_dec_m0, w_dec_m1) = self.adam_w_dec.m.split_at_mut(rows);
+        let (w_dec_v0, w_dec_v1) = self.adam_w_dec.v.split_at_mut(rows);
+        let (b_enc_m0, b_enc_m1) = self.adam_b_enc.m.split_at_mut(split);
+        let (b_enc_v0, b_enc_v1) = self.adam_b_enc.v.split_at_mut(split);
+        [
+            HalfParams {
+                w_enc_t: w_enc_t0,
+                w_dec: w_dec0,
+                b_enc: b_enc0,
+                w_enc_t_m: w_enc_t_m0,
+                w_enc_t_v: w_enc_t_v0,
+                w_dec_m: w_dec_m0,
+                w_dec_v: w_dec_v0,
+                b_enc_m: b_enc_m0,
+                b_enc_v: b_enc_v0,
+            },
+            HalfParams {
+                w_enc_t: w_enc_t1,
+                w_dec: w_dec1,
+                b_enc: b_enc1,
+                w_enc_t_m: w_enc_t_m1,
+                w_enc_t_v: w_enc_t_v1,
+                w_dec_m: w_dec_m1,
+                w_dec_v: w_dec_v1,
+                b_enc_m: b_enc_m1,
+                b_enc_v: b_enc_v1,
+            },
+        ]
+    }
+}
+
+/// Read-only inputs of the per-feature pass.
+#[derive(Clone, Copy)]
+struct PassInputs<'a> {
+    d_in: usize,
+    x_cent: &'a [f32],
+    err: &'a [f32],
+    /// Empty when AuxK is off this step.
+    aux_residual: &'a [f32],
+    /// dL/dx_hat = grad_scale * err
+    grad_scale: f32,
+    l1_grad: f32,
+    /// dAux/de_hat = aux_grad_scale * (e - e_hat)
+    aux_grad_scale: f32,
+    project: bool,
+}
+
+/// What the per-feature pass does with each feature's gradient.
+enum PassMode<'a> {
+    Adam {
+        step: AdamStep,
+        renormalise: bool,
+    },
+    /// Write the raw gradients of this half's rows (W_enc transposed) instead.
+    Export {
+        g_w_enc_t: &'a mut [f32],
+        g_w_dec: &'a mut [f32],
+    },
+}
+
+/// Per-step state shared by the halves (read-only while they run).
+#[derive(Default)]
+struct StepState {
+    rows: usize,
+    x_cent: Vec<f32>,
+    /// x_hat - x
+    err: Vec<f32>,
+    /// AuxK's e - e_hat with e = x - x_hat; empty when AuxK is off this step.
+    aux_residual: Vec<f32>,
+    fired: Vec<bool>,
+    merge: Vec<(f32, u32)>,
+    spare: [Csr; 2],
+}
+
+pub(crate) struct FastTrainer {
+    cfg: SaeConfig,
+    d_in: usize,
+    d_sae: usize,
+    selection: Selection,
+    params: Params,
+    adam_t: usize,
+    halves: [Half; 2],
+    step: StepState,
+}
+
+multiversion! {
+    /// Phase 1 of a half: encoder matmul, selection, and (if `decode`) the decoder partial sum.
+    fn encode_half(
+        half: &mut Half,
+        x_cent: &[f32],
+        rows: usize,
+        d_in: usize,
+        w_enc_t: &[f32],
+        b_enc: &[f32],
+        w_dec: &[f32],
+        selection: Selection,
+        decode: bool,
+    ) => encode_half_inline
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn encode_half_inline<S: Simd>(
+    half: &mut Half,
+    x_cent: &[f32],
+    rows: usize,
+    d_in: usize,
+    w_enc_t: &[f32],
+    b_enc: &[f32],
+    w_dec: &[f32],
+    selection: Selection,
+    decode: bool,
+) {
+    let n = half.n();
+    half.pre.clear();
+    for _ in 0..rows {
+        half.pre.extend_from_slice(b_enc);
+    }
+    kernels::matmul(
+        &mut half.pre,
+        rows,
+        n,
+        d_in,
+        true,
+        MatRef::row_major(x_cent, d_in),
+        MatRef::transposed(w_enc_t, d_in),
+    );
+    half.main.clear();
+    for r in 0..rows {
+        kernels::select_active::<S>(
+            &half.pre[r * n..(r + 1) * n],
+            half.lo as u32,
+            selection,
+            None,
+            &mut half.select,
+            &mut half.main.idx,
+            &mut half.main.val,
+        );
+        half.main.end_row();
+    }
+    if decode {
+        half.main_cols.build(&half.main, half.lo, n);
+        decode_inline(
+            &half.main_cols,
+            rows,
+            half.lo,
+            w_dec,
+            d_in,
+            &mut half.partial,
+        );
+    }
+}
+
+/// `out[r] = sum over row r's entries of val * w_dec[f]`, walking the entries
+/// by feature (`csc`, features from `lo`): each decoder row is read once, in
+/// memory order, while `out` stays in L1. Per row the terms still add in
+/// ascending feature order.
+#[inline(always)]
+fn decode_inline(
+    csc: &Csc,
+    rows: usize,
+    lo: usize,
+    w_dec: &[f32],
+    d_in: usize,
+    out: &mut Vec<f32>,
+) {
+    out.clear();
+    out.resize(rows * d_in, 0.0);
+    for j in 0..csc.start.len() - 1 {
+        let f = lo + j;
+        let w = &w_dec[f * d_in..(f + 1) * d_in];
+        for e in csc.col(j) {
+            let r = csc.row[e] as usize;
+            axpy(&mut out[r * d_in..(r + 1) * d_in], csc.val[e], w);
+        }
+    }
+}
+
+multiversion! {
+    /// Phase 1b of a half (TopK): decoder partial sum, and AuxK's local candidates among `dead`.
+    fn decode_half(half: &mut Half, w_dec: &[f32], d_in: usize, dead: &[bool], k_aux: usize) => decode_half_inline
+}
+
+#[inline(always)]
+fn decode_half_inline<S: Simd>(
+    half: &mut Half,
+    w_dec: &[f32],
+    d_in: usize,
+    dead: &[bool],
+    k_aux: usize,
+) {
+    let (n, rows) = (half.n(), half.main.rows());
+    half.main_cols.build(&half.main, half.lo, n);
+    decode_inline(
+        &half.main_cols,
+        rows,
+        half.lo,
+        w_dec,
+        d_in,
+        &mut half.partial,
+    );
+    half.aux.clear();
+    if k_aux == 0 {
+        return;
+    }
+    let dead = &dead[half.lo..half.hi];
+    for r in 0..rows {
+        kernels::select_active::<S>(
+            &half.pre[r * n..(r + 1) * n],
+            half.lo as u32,
+            Selection::TopK(k_aux),
+            Some(dead),
+            &mut half.select,
+            &mut half.aux.idx,
+            &mut half.aux.val,
+        );
+        half.aux.end_row();
+    }
+}
+
+multiversion! {
+    fn decode_aux_half(half: &mut Half, w_dec: &[f32], d_in: usize) => decode_aux_half_inline
+}
+
+#[inline(always)]
+fn decode_aux_half_inline<S: Simd>(half: &mut Half, w_dec: &[f32], d_in: usize) {
+    let (n, rows) = (half.n(), half.aux.rows());
+    half.aux_cols.build(&half.aux, half.lo, n);
+    decode_inline(
+        &half.aux_cols,
+        rows,
+        half.lo,
+        w_dec,
+        d_in,
+        &mut half.aux_partial,
+    );
+}
+
+/// Keeps, per row, the `k` best entries (value descending, then index
+/// ascending) of the two halves' `pick` lists, and gives each half its own.
+fn merge_top_k(
+    halves: &mut [Half; 2],
+    spare: &mut [Csr; 2],
+    scratch: &mut Vec<(f32, u32)>,
+    k: usize,
+    aux: bool,
+) {
+    let split = halves[1].lo as u32;
+    let [h0, h1] = halves;
+    let (old0, old1) = if aux {
+        (&mut h0.aux, &mut h1.aux)
+    } else {
+        (&mut h0.main, &mut h1.main)
+    };
+    let [new0, new1] = spare;
+    new0.clear();
+    new1.clear();
+    for r in 0..old0.rows() {
+        scratch.clear();
+        for (old, range) in [(&*old0, old0.row(r)), (&*old1, old1.row(r))] {
+            scratch.extend(range.map(|e| (old.val[e], old.idx[e])));
+        }
+        if scratch.len() > k {
+            let by_rank = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+            scratch.select_nth_unstable_by(k - 1, by_rank);
+            scratch.truncate(k);
+            scratch.sort_unstable_by_key(|e| e.1);
+        }
+        for &(v, f) in scratch.iter() {
+            let new = if f < split { &mut *new0 } else { &mut *new1 };
+            new.idx.push(f);
+            new.val.push(v);
+        }
+        new0.end_row();
+        new1.end_row();
+    }
+    std::mem::swap(old0, new0);
+    std::mem::swap(old1, new1);
+}
+
+multiversion! {
+    fn feature_pass_half(half: &mut Half, p: HalfParams<'_>, inputs: PassInputs<'_>, mode: PassMode<'_>)
+        => feature_pass_half_inline
+}
+
+/// Phase 3 of a half: per feature, its gradient (only from rows where it is
+/// active), then either exact Adam on its rows or an export of the gradient.
+#[inline(always)]
+fn feature_pass_half_inline<S: Simd>(
+    half: &mut Half,
+    p: HalfParams<'_>,
+    inputs: PassInputs<'_>,
+    mut mode: PassMode<'_>,
+) {
+    // The CSC views were built when the halves decoded.
+    let d = inputs.d_in;
+    let n = half.n();
+    let has_aux = !inputs.aux_residual.is_empty();
+    half.g_b_dec.fill(0.0);
+    for j in 0..n {
+        let rows_j = j * d..(j + 1) * d;
+        let main = half.main_cols.col(j);
+        let aux = if has_aux { half.aux_cols.col(j) } else { 0..0 };
+        let touched = !main.is_empty() || !aux.is_empty();
+        let mut g_b_enc = 0.0f32;
+        if touched {
+            half.g_enc_row.fill(0.0);
+            half.g_dec_row.fill(0.0);
+            let w_dec_j = &p.w_dec[rows_j.clone()];
+            for e in main {
+                let r = half.main_cols.row[e] as usize;
+                let err_r = &inputs.err[r * d..(r + 1) * d];
+                let g_pre = inputs.grad_scale * S::dot(err_r, w_dec_j) + inputs.l1_grad;
+                axpy(
+                    &mut half.g_dec_row,
+                    inputs.grad_scale * half.main_cols.val[e],
+                    err_r,
+                );
+                axpy(
+                    &mut half.g_enc_row,
+                    g_pre,
+                    &inputs.x_cent[r * d..(r + 1) * d],
+                );
+                g_b_enc += g_pre;
+            }
+            for e in aux {
+                let r = half.aux_cols.row[e] as usize;
+                let res_r = &inputs.aux_residual[r * d..(r + 1) * d];
+                let g_pre = inputs.aux_grad_scale * S::dot(res_r, w_dec_j);
+                axpy(
+                    &mut half.g_dec_row,
+                    inputs.aux_grad_scale * half.aux_cols.val[e],
+                    res_r,
+                );
+                axpy(
+                    &mut half.g_enc_row,
+                    g_pre,
+                    &inputs.x_cent[r * d..(r + 1) * d],
+                );
+                g_b_enc += g_pre;
+            }
+            // x_cent = x - b_dec: b_dec's gradient gets -g_b_enc * (old) encoder column.
+            axpy(&mut half.g_b_dec, -g_b_enc, &p.w_enc_t[rows_j.clone()]);
+            if inputs.project {
+                // Remove the component along the (normalised) decoder row.
+                let norm = S::dot(w_dec_j, w_dec_j).sqrt();
+                let along = S::dot(&half.g_dec_row, w_dec_j) / norm;
+                for (g, &w) in half.g_dec_row.iter_mut().zip(w_dec_j) {
+                    *g -= along * (w / norm);
+                }
+            }
+        }
+        half.g_b_enc[j] = g_b_enc;
+        let (g_enc, g_dec) = if touched {
+            (&half.g_enc_row, &half.g_dec_row)
+        } else {
+            (&half.zero_row, &half.zero_row)
+        };
+        match &mut mode {
+            PassMode::Adam { step, renormalise } => {
+                kernels::adam_inline::<S>(
+                    &mut p.w_enc_t[rows_j.clone()],
+                    &mut p.w_enc_t_m[rows_j.clone()],
+                    &mut p.w_enc_t_v[rows_j.clone()],
+                    g_enc,
+                    *step,
+                );
+                let w_dec_j = &mut p.w_dec[rows_j.clone()];
+                kernels::adam_inline::<S>(
+                    w_dec_j,
+                    &mut p.w_dec_m[rows_j.clone()],
+                    &mut p.w_dec_v[rows_j.clone()],
+                    g_dec,
+                    *step,
+                );
+                if *renormalise {
+                    kernels::normalise_rows_inline::<S>(w_dec_j, d);
+                }
+            }
+            PassMode::Export { g_w_enc_t, g_w_dec } => {
+                g_w_enc_t[rows_j.clone()].copy_from_slice(g_enc);
+                g_w_dec[rows_j].copy_from_slice(g_dec);
+            }
+        }
+    }
+    if let PassMode::Adam { step, .. } = mode {
+        kernels::adam_inline::<S>(p.b_enc, p.b_enc_m, p.b_enc_v, &half.g_b_enc, step);
+    }
+}
+
+impl FastTrainer {
+    pub fn new(sae: &Sae) -> Self {
+        let (d_in, d_sae) = (sae.d_in(), sae.d_sae());
+        let n = d_in * d_sae;
+        let split = d_sae / 2;
+        let half = |lo: usize, hi: usize| Half {
+            lo,
+            hi,
+            g_b_dec: vec![0.0; d_in],
+            g_b_enc: vec![0.0; hi - lo],
+            g_enc_row: vec![0.0; d_in],
+            g_dec_row: vec![0.0; d_in],
+            zero_row: vec![0.0; d_in],
+            ..Half::default()
+        };
+        FastTrainer {
+            cfg: sae.cfg.clone(),
+            d_in,
+            d_sae,
+            selection: selection(&sae.cfg.variant),
+            params: Params {
+                w_enc_t: transpose(&sae.w_enc, d_in, d_sae),
+                w_dec: sae.w_dec.clone(),
+                b_enc: sae.b_enc.clone(),
+                b_dec: sae.b_dec.clone(),
+                adam_w_enc_t: Moments::zeros(n),
+                adam_w_dec: Moments::zeros(n),
+                adam_b_enc: Moments::zeros(d_sae),
+                adam_b_dec: Moments::zeros(d_in),
+            },
+            adam_t: 0,
+            halves: [half(0, split), half(split, d_sae)],
+            step: StepState {
+                fired: vec![false; d_sae],
+                ..StepState::default()
+            },
+        }
+    }
+
+    fn split(&self) -> usize {
+        self.halves[1].lo
+    }
+
+    /// Runs the per-feature pass on both halves (modes per half).
+    fn feature_pass(&mut self, exec: Exec, modes: [PassMode<'_>; 2], project: bool) {
+        let rows = self.step.rows;
+        let aux_coeff = match self.cfg.variant {
+            Variant::TopK { aux_coeff, .. } => aux_coeff as f32,
+            _ => 0.0,
+        };
+        let inputs = PassInputs {
+            d_in: self.d_in,
+            x_cent: &self.step.x_cent,
+            err: &self.step.err,
+            aux_residual: &self.step.aux_residual,
+            grad_scale: 2.0 / rows as f32,
+            l1_grad: self.cfg.l1_scale(rows) as f32,
+            aux_grad_scale: -2.0 * aux_coeff / rows as f32,
+            project,
+        };
+        let split = self.halves[1].lo;
+        let [p0, p1] = self.params.halves(split, self.d_in);
+        let [h0, h1] = &mut self.halves;
+        let [m0, m1] = modes;
+        exec.join(
+            || feature_pass_half(h0, p0, inputs, m0),
+            || feature_pass_half(h1, p1, inputs, m1),
+        );
+    }
+
+    /// b_dec's full gradient: through x_hat (sum of dL/dx_hat) and the halves' shares.
+    fn b_dec_gradient(&self) -> Vec<f32> {
+        let d = self.d_in;
+        let grad_scale = 2.0 / self.step.rows as f32;
+        let mut g = vec![0.0f32; d];
+        for err_r in self.step.err.chunks_exact(d) {
+            axpy(&mut g, grad_scale, err_r);
+        }
+        for half in &self.halves {
+            for (a, b) in g.iter_mut().zip(&half.g_b_dec) {
+                *a += b;
+            }
+        }
+        g
+    }
+}
+
+impl Trainer for FastTrainer {
+    fn compute(
+        &mut self,
+        x: &[f32],
+        rows: usize,
+        tracker: &mut FiringTracker,
+        exec: Exec,
+    ) -> Result<StepStats, SaeError> {
+        let d_in = self.d_in;
+        let x = &x[..rows * d_in];
+        let split = self.split();
+        let st = &mut self.step;
+        st.rows = rows;
+        st.x_cent.clear();
+        for row in x.chunks_exact(d_in) {
+            st.x_cent
+                .extend(row.iter().zip(&self.params.b_dec).map(|(a, b)| a - b));
+        }
+
+        let p = &self.params;
+        let (w_enc_t0, w_enc_t1) = p.w_enc_t.split_at(split * d_in);
+        let (b_enc0, b_enc1) = p.b_enc.split_at(split);
+        let top_k = match self.cfg.variant {
+            Variant::TopK { k, .. } => Some(k),
+            _ => None,
+        };
+        let decode_now = top_k.is_none();
+        let [h0, h1] = &mut self.halves;
+        let (x_cent, w_dec, selection) = (&st.x_cent, &p.w_dec, self.selection);
+        exec.join(
+            || {
+                encode_half(
+                    h0, x_cent, rows, d_in, w_enc_t0, b_enc0, w_dec, selection, decode_now,
+                )
+            },
+            || {
+                encode_half(
+                    h1, x_cent, rows, d_in, w_enc_t1, b_enc1, w_dec, selection, decode_now,
+                )
+            },
+        );
+        if let Some(k) = top_k {
+            merge_top_k(&mut self.halves, &mut st.spare, &mut st.merge, k, false);
+        }
+
+        st.fired.fill(false);
+        let mut abs_sum = 0.0f64;
+        let mut active = 0u64;
+        for half in &self.halves {
+            for (&f, &v) in half.main.idx.iter().zip(&half.main.val) {
+                st.fired[f as usize] = true;
+                abs_sum += v as f64;
+            }
+            active += half.main.idx.len() as u64;
+        }
+        tracker.record(&st.fired);
+
+        let mut k_aux = 0;
+        if let Variant::TopK { k_aux: k, .. } = self.cfg.variant {
+            let dead = tracker.dead_mask();
+            if dead.iter().any(|&d| d) {
+                k_aux = k;
+            }
+            let [h0, h1] = &mut self.halves;
+            exec.join(
+                || decode_half(h0, w_dec, d_in, dead, k_aux),
+                || decode_half(h1, w_dec, d_in, dead, k_aux),
+            );
+        }
+
+        // err = x_hat - x with x_hat = (b_dec + partial_0) + partial_1.
+        st.err.clear();
+        let mut sq_err_sum = 0.0f64;
+        let [h0, h1] = &self.halves;
+        for r in 0..rows {
+            let span = r * d_in..(r + 1) * d_in;
+            let start = st.err.len();
+            st.err.extend(
+                p.b_dec
+                    .iter()
+                    .zip(&h0.partial[span.clone()])
+                    .zip(&h1.partial[span.clone()])
+                    .zip(&x[span])
+                    .map(|(((b, p0), p1), x)| ((b + p0) + p1) - x),
+            );
+            sq_err_sum += st.err[start..].iter().map(|&e| (e * e) as f64).sum::<f64>();
+        }
+
+        let mut aux = 0.0;
+        st.aux_residual.clear();
+        if k_aux > 0 {
+            merge_top_k(&mut self.halves, &mut st.spare, &mut st.merge, k_aux, true);
+            let [h0, h1] = &mut self.halves;
+            exec.join(
+                || decode_aux_half(h0, w_dec, d_in),
+                || decode_aux_half(h1, w_dec, d_in),
+            );
+            let [h0, h1] = &self.halves;
+            st.aux_residual.extend(
+                st.err
+                    .iter()
+                    .zip(&h0.aux_partial)
+                    .zip(&h1.aux_partial)
+                    .map(|((e, a0), a1)| (-e - a0) - a1),
+            );
+            let aux_sq: f64 = st.aux_residual.iter().map(|&r| (r * r) as f64).sum();
+            if let Variant::TopK { aux_coeff, .. } = self.cfg.variant {
+                aux = aux_coeff * aux_sq / rows as f64;
+            }
+        }
+
+        let l2 = sq_err_sum / rows as f64;
+        let l1 = self.cfg.l1_scale(rows) * abs_sum;
+        Ok(StepStats {
+            loss: l2 + l1 + aux,
+            l2,
+            sq_err_sum,
+            l1,
+            aux,
+            active,
+        })
+    }
+
+    fn apply(&mut self, lr: f64, exec: Exec) -> Result<(), SaeError> {
+        self.adam_t += 1;
+        let o = &self.cfg.optimizer;
+        let step = AdamStep::new(lr, o.beta1, o.beta2, o.eps, self.adam_t);
+        let unit_norm = self.cfg.variant.unit_norm_decoder();
+        let mode = || PassMode::Adam {
+            step,
+            renormalise: unit_norm,
+        };
+        self.feature_pass(exec, [mode(), mode()], unit_norm);
+        let g_b_dec = self.b_dec_gradient();
+        let p = &mut self.params;
+        kernels::adam(
+            &mut p.b_dec,
+            &mut p.adam_b_dec.m,
+            &mut p.adam_b_dec.v,
+            &g_b_dec,
+            step,
+        );
+        Ok(())
+    }
+
+    fn gradients(&mut self) -> Result<Gradients, SaeError> {
+        let (d_in, d_sae) = (self.d_in, self.d_sae);
+        let mut g_w_enc_t = vec![0.0f32; d_in * d_sae];
+        let mut g_w_dec = vec![0.0f32; d_in * d_sae];
+        let at = self.split() * d_in;
+        let (e0, e1) = g_w_enc_t.split_at_mut(at);
+        let (d0, d1) = g_w_dec.split_at_mut(at);
+        let modes = [
+            PassMode::Export {
+                g_w_enc_t: e0,
+                g_w_dec: d0,
+            },
+            PassMode::Export {
+                g_w_enc_t: e1,
+                g_w_dec: d1,
+            },
+        ];
+        self.feature_pass(Exec::Serial, modes, false);
+        let b_enc = self
+            .halves
+            .iter()
+            .flat_map(|h| h.g_b_enc.iter().copied())
+            .collect();
+        Ok(Gradients {
+            w_enc: transpose(&g_w_enc_t, d_sae, d_in),
+            w_dec: g_w_dec,
+            b_enc,
+            b_dec: self.b_dec_gradient(),
+        })
+    }
+
+    fn export(&self) -> Result<Sae, SaeError> {
+        let p = &self.params;
+        Ok(Sae {
+            cfg: self.cfg.clone(),
+            w_enc: transpose(&p.w_enc_t, self.d_sae, self.d_in),
+            w_dec: p.w_dec.clone(),
+            b_enc: p.b_enc.clone(),
+            b_dec: p.b_dec.clone(),
+        })
+    }
+
+    fn reset_features(&mut self, resets: &[FeatureReset]) -> Result<(), SaeError> {
+        let d_in = self.d_in;
+        let p = &mut self.params;
+        for reset in resets {
+            let f = reset.feature;
+            let rows_f = f * d_in..(f + 1) * d_in;
+            p.w_dec[rows_f.clone()].copy_from_slice(&reset.decoder_row);
+            p.w_enc_t[rows_f.clone()].copy_from_slice(&reset.encoder_column);
+            p.b_enc[f] = 0.0;
+            p.adam_w_dec.reset(rows_f.clone());
+            p.adam_w_enc_t.reset(rows_f);
+            p.adam_b_enc.reset(f..f + 1);
+        }
+        Ok(())
+    }
+
+    fn uses_helper_thread(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::duo::Duo;
+    use crate::{synthetic, Variant};
+
+    /// Steps `steps` batches with `exec`; returns the parameters.
+    fn run(cfg: &SaeConfig, data: &[f32], steps: usize, exec: Exec) -> Sae {
+        let sae = Sae::init(cfg, data).unwrap();
+        let mut trainer = FastTrainer::new(&sae);
+        let mut tracker = FiringTracker::new(cfg.d_sae, cfg.dead_window_steps);
+        for (i, batch) in data
+            .chunks(cfg.batch_size * cfg.d_in)
+            .cycle()
+            .take(steps)
+            .enumerate()
+        {
+            let rows = batch.len() / cfg.d_in;
+            let stats = trainer.compute(batch, rows, &mut tracker, exec).unwrap();
+            assert!(stats.loss.is_finite(), "step {i}");
+            trainer.apply(1e-3, exec).unwrap();
+        }
+        trainer.export().unwrap()
+    }
+
+    #[test]
+    fn two_threads_and_one_give_the_same_bits() {
+        let data = synthetic::sparse_directions(200, 24, 60, 4, 0.05, 3);
+        for variant in [Variant::L1 { l1_coeff: 3e-3 }, Variant::top_k(5)] {
+            let cfg = SaeConfig {
+                d_in: 24,
+                d_sae: 77,
+                variant,
+                dead_window_steps: 3,
+                ..SaeConfig::default()
+            };
+            let serial = run(&cfg, &data, 20, Exec::Serial);
+            let parallel = Duo::scope(|duo| run(&cfg, &data, 20, Exec::Duo(duo)));
+            assert_eq!(serial, parallel);
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! Sparse autoencoders trained on cached activations.
+//!
+//! This crate owns the SAE variants (L1, TopK with AuxK, decoder-norm-weighted
+//! L1), their initialisation, the trainer in two interchangeable paths (a
+//! reference on candle autograd that also runs on GPUs, and a fused sparse CPU
+//! path), dead-feature tracking and resampling, sweeps, metrics and
+//! checkpoints (`sae.safetensors` + `cfg.json`). It must not read IDX or
+//! parquet files nor depend on the mnist/mlp/activations crates: callers hand
+//! it training data as row-major `&[f32]` `[rows, d_in]`, and get the loss
+//! curve back as data. Invariant: the same config and seed give a
+//! bit-identical SAE on the fast path.
+//!
+//! Threads: a fast-path run (or sweep group) keeps one spinning helper thread
+//! for its duration and splits each step's features over the two cores; the
+//! reference path leaves threading to candle. `evaluate`/`encode`/`reconstruct`
+//! use the rayon pool.
+
+pub mod bench;
+mod checkpoint;
+mod config;
+mod duo;
+mod error;
+mod fast;
+mod kernels;
+mod model;
+mod reference;
+pub mod synthetic;
+mod train;
+
+pub use checkpoint::{load, save, CONFIG_FILE, WEIGHTS_FILE};
+pub use config::{
+    AdamConfig, Init, LrSchedule, Reduction, ResampleConfig, ResampleSchedule, SaeConfig, Variant,
+};
+pub use error::SaeError;
+pub use model::{encode, evaluate, explained_variance, reconstruct, EvalMetrics, Sae};
+pub use train::{
+    gradients, loss_trajectory, train, train_sweep, train_sweep_on, CurvePoint, Gradients, Path,
+    ProgressEvent, ProgressKind, ResampleEvent, SweepPoint, Trained, Trajectory,
+    PROGRESS_EVERY_STEPS,
+};
+
+/// Whether [`Path::Fast`] runs `variant` itself (otherwise it falls back to the
+/// reference path on the CPU).
+pub fn fast_path_supports(variant: &Variant) -> bool {
+    fast::supports(variant)
+}

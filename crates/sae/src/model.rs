@@ -1,0 +1,340 @@
+//! The SAE's parameters, its initialisation, and the dense CPU forward pass
+//! (encode, reconstruct, evaluate) in the public layout.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Init, SaeConfig, Variant};
+use crate::error::check_rows;
+use crate::kernels::{self, MatRef, Selection};
+use crate::SaeError;
+
+/// Seed streams, so adding draws to one use never shifts another.
+pub(crate) const STREAM_INIT: u64 = 0;
+pub(crate) const STREAM_SHUFFLE: u64 = 1;
+pub(crate) const STREAM_RESAMPLE: u64 = 2;
+
+pub(crate) fn rng(seed: u64, stream: u64) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(stream);
+    rng
+}
+
+/// A sparse autoencoder in SAELens layout:
+/// `acts = act(( x - b_dec) @ W_enc + b_enc)`, `x_hat = acts @ W_dec + b_dec`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sae {
+    pub cfg: SaeConfig,
+    /// `[d_in, d_sae]` row-major.
+    pub w_enc: Vec<f32>,
+    /// `[d_sae, d_in]` row-major; row f is feature f's decoder direction.
+    pub w_dec: Vec<f32>,
+    /// `[d_sae]`
+    pub b_enc: Vec<f32>,
+    /// `[d_in]`
+    pub b_dec: Vec<f32>,
+}
+
+fn uniform(rng: &mut ChaCha8Rng, len: usize, bound: f32) -> Vec<f32> {
+    (0..len)
+        .map(|_| (rng.random::<f32>() * 2.0 - 1.0) * bound)
+        .collect()
+}
+
+impl Sae {
+    /// Initial parameters for `cfg` (validated first). `data` (row-major
+    /// `[rows, d_in]`) is only read by `Init::DataMeanBdec`.
+    pub fn init(cfg: &SaeConfig, data: &[f32]) -> Result<Sae, SaeError> {
+        cfg.validate()?;
+        let (d_in, d_sae) = (cfg.d_in, cfg.d_sae);
+        let mut rng = rng(cfg.seed, STREAM_INIT);
+        // nn.Linear's kaiming-uniform(a = sqrt 5) bound is 1/sqrt(fan_in).
+        let enc_bound = 1.0 / (d_in as f32).sqrt();
+        let dec_bound = 1.0 / (d_sae as f32).sqrt();
+        let (w_enc, mut w_dec) = match cfg.init {
+            Init::Notebook | Init::DataMeanBdec => {
+                let w_enc = uniform(&mut rng, d_in * d_sae, enc_bound);
+                (w_enc, uniform(&mut rng, d_sae * d_in, dec_bound))
+            }
+            Init::Tied => (Vec::new(), uniform(&mut rng, d_sae * d_in, dec_bound)),
+        };
+        kernels::normalise_rows(&mut w_dec, d_in);
+        let w_enc = if cfg.init == Init::Tied {
+            transpose(&w_dec, d_sae, d_in)
+        } else {
+            w_enc
+        };
+        let b_dec = if cfg.init == Init::DataMeanBdec {
+            let rows = check_rows("training data", data, d_in)?;
+            column_mean(data, rows, d_in)
+                .into_iter()
+                .map(|m| m as f32)
+                .collect()
+        } else {
+            vec![0.0; d_in]
+        };
+        Ok(Sae {
+            cfg: cfg.clone(),
+            w_enc,
+            w_dec,
+            b_enc: vec![0.0; d_sae],
+            b_dec,
+        })
+    }
+
+    pub fn d_in(&self) -> usize {
+        self.cfg.d_in
+    }
+
+    pub fn d_sae(&self) -> usize {
+        self.cfg.d_sae
+    }
+
+    pub(crate) fn selection(&self) -> Selection {
+        selection(&self.cfg.variant)
+    }
+
+    /// Sparse forward over `x` (`rows` rows), in chunks of `CHUNK_ROWS`.
+    fn forward_chunk(&self, x: &[f32], out: &mut ChunkForward) {
+        let (d_in, d_sae) = (self.d_in(), self.d_sae());
+        let rows = x.len() / d_in;
+        out.x_cent.clear();
+        for row in x.chunks_exact(d_in) {
+            out.x_cent
+                .extend(row.iter().zip(&self.b_dec).map(|(a, b)| a - b));
+        }
+        out.pre.clear();
+        for _ in 0..rows {
+            out.pre.extend_from_slice(&self.b_enc);
+        }
+        kernels::matmul(
+            &mut out.pre,
+            rows,
+            d_sae,
+            d_in,
+            true,
+            MatRef::row_major(&out.x_cent, d_in),
+            MatRef::row_major(&self.w_enc, d_sae),
+        );
+        out.row_start.clear();
+        out.idx.clear();
+        out.val.clear();
+        out.row_start.push(0);
+        for row in out.pre.chunks_exact(d_sae) {
+            kernels::select_active::<kernels::Portable>(
+                row,
+                0,
+                self.selection(),
+                None,
+                &mut out.scratch,
+                &mut out.idx,
+                &mut out.val,
+            );
+            out.row_start.push(out.idx.len());
+        }
+        out.x_hat.clear();
+        for r in 0..rows {
+            let start = out.x_hat.len();
+            out.x_hat.extend_from_slice(&self.b_dec);
+            let x_hat = &mut out.x_hat[start..];
+            for e in out.row_start[r]..out.row_start[r + 1] {
+                let f = out.idx[e] as usize;
+                kernels::axpy(x_hat, out.val[e], &self.w_dec[f * d_in..(f + 1) * d_in]);
+            }
+        }
+    }
+
+    fn check_input(&self, x: &[f32]) -> Result<usize, SaeError> {
+        check_rows("SAE input", x, self.d_in())
+    }
+}
+
+pub(crate) fn selection(variant: &Variant) -> Selection {
+    match variant {
+        Variant::TopK { k, .. } => Selection::TopK(*k),
+        Variant::L1 { .. } | Variant::NormWeightedL1 { .. } => Selection::Relu,
+    }
+}
+
+const CHUNK_ROWS: usize = 256;
+
+#[derive(Default)]
+struct ChunkForward {
+    x_cent: Vec<f32>,
+    pre: Vec<f32>,
+    scratch: Vec<(f32, u32)>,
+    row_start: Vec<usize>,
+    idx: Vec<u32>,
+    val: Vec<f32>,
+    x_hat: Vec<f32>,
+}
+
+/// Runs `visit` on the forward pass of every chunk, in parallel, results in chunk order.
+fn map_chunks<T: Send>(
+    sae: &Sae,
+    x: &[f32],
+    visit: impl Fn(&[f32], &ChunkForward) -> T + Sync,
+) -> Vec<T> {
+    x.par_chunks(CHUNK_ROWS * sae.d_in())
+        .map_init(ChunkForward::default, |out, chunk| {
+            sae.forward_chunk(chunk, out);
+            visit(chunk, out)
+        })
+        .collect()
+}
+
+pub(crate) fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0.0; a.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = a[r * cols + c];
+        }
+    }
+    t
+}
+
+pub(crate) fn column_mean(data: &[f32], rows: usize, cols: usize) -> Vec<f64> {
+    let mut mean = vec![0.0f64; cols];
+    for row in data.chunks_exact(cols) {
+        for (m, &x) in mean.iter_mut().zip(row) {
+            *m += x as f64;
+        }
+    }
+    mean.iter_mut().for_each(|m| *m /= rows as f64);
+    mean
+}
+
+/// `sum over rows of ||x - mean(x)||^2`, with the global (over rows) mean vector.
+pub(crate) fn total_variance(data: &[f32], cols: usize) -> f64 {
+    let rows = data.len() / cols;
+    let mean = column_mean(data, rows, cols);
+    data.chunks_exact(cols)
+        .map(|row| {
+            row.iter()
+                .zip(&mean)
+                .map(|(&x, m)| (x as f64 - m).powi(2))
+                .sum::<f64>()
+        })
+        .sum()
+}
+
+/// `1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2` over row-major `[rows, width]` buffers.
+pub fn explained_variance(x: &[f32], x_hat: &[f32], width: usize) -> Result<f64, SaeError> {
+    let rows = check_rows("x", x, width)?;
+    if x_hat.len() != x.len() {
+        return Err(SaeError::DataShape {
+            what: format!("x_hat (expected {rows} rows like x)"),
+            len: x_hat.len(),
+            width,
+        });
+    }
+    let residual: f64 = x
+        .iter()
+        .zip(x_hat)
+        .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+        .sum();
+    Ok(1.0 - residual / total_variance(x, width))
+}
+
+/// Dense feature activations `[rows, d_sae]` of row-major input `x` `[rows, d_in]`.
+pub fn encode(sae: &Sae, x: &[f32]) -> Result<Vec<f32>, SaeError> {
+    sae.check_input(x)?;
+    let d_sae = sae.d_sae();
+    let chunks = map_chunks(sae, x, |chunk, out| {
+        let rows = chunk.len() / sae.d_in();
+        let mut acts = vec![0.0f32; rows * d_sae];
+        for r in 0..rows {
+            for e in out.row_start[r]..out.row_start[r + 1] {
+                acts[r * d_sae + out.idx[e] as usize] = out.val[e];
+            }
+        }
+        acts
+    });
+    Ok(chunks.concat())
+}
+
+/// Reconstruction `x_hat` `[rows, d_in]` of row-major input `x` `[rows, d_in]`.
+pub fn reconstruct(sae: &Sae, x: &[f32]) -> Result<Vec<f32>, SaeError> {
+    sae.check_input(x)?;
+    Ok(map_chunks(sae, x, |_, out| out.x_hat.clone()).concat())
+}
+
+/// Metrics of an SAE over a whole data set.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvalMetrics {
+    /// Mean over rows and dims of `(x - x_hat)^2`.
+    pub mse: f64,
+    /// Sum over rows of `||x - x_hat||^2`.
+    pub l2_sum: f64,
+    /// Sum over rows and features of `|acts|` (no coefficient).
+    pub l1: f64,
+    /// Mean number of active features per row.
+    pub l0: f64,
+    pub explained_variance: f64,
+    /// Features never active on these rows.
+    pub dead: usize,
+    /// Per feature, the number of rows on which it is active.
+    pub firing_counts: Vec<u64>,
+}
+
+/// Evaluates `sae` on row-major `data` `[rows, d_in]`.
+pub fn evaluate(sae: &Sae, data: &[f32]) -> Result<EvalMetrics, SaeError> {
+    let rows = sae.check_input(data)?;
+    let d_sae = sae.d_sae();
+    struct Partial {
+        sq_err: f64,
+        abs: f64,
+        active: u64,
+        firing: Vec<u64>,
+    }
+    let partials = map_chunks(sae, data, |chunk, out| {
+        let sq_err = chunk
+            .iter()
+            .zip(&out.x_hat)
+            .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+            .sum();
+        let mut firing = vec![0u64; d_sae];
+        out.idx.iter().for_each(|&f| firing[f as usize] += 1);
+        Partial {
+            sq_err,
+            abs: out.val.iter().map(|&v| v.abs() as f64).sum(),
+            active: out.idx.len() as u64,
+            firing,
+        }
+    });
+    let mut firing_counts = vec![0u64; d_sae];
+    let (mut sq_err, mut abs, mut active) = (0.0, 0.0, 0u64);
+    for p in &partials {
+        sq_err += p.sq_err;
+        abs += p.abs;
+        active += p.active;
+        firing_counts
+            .iter_mut()
+            .zip(&p.firing)
+            .for_each(|(a, b)| *a += b);
+    }
+    Ok(EvalMetrics {
+        mse: sq_err / (rows * sae.d_in()) as f64,
+        l2_sum: sq_err,
+        l1: abs,
+        l0: active as f64 / rows as f64,
+        explained_variance: 1.0 - sq_err / total_variance(data, sae.d_in()),
+        dead: firing_counts.iter().filter(|&&c| c == 0).count(),
+        firing_counts,
+    })
+}
+
+/// Per-row `||x - x_hat||^2` (used to pick resampling inputs).
+pub(crate) fn row_squared_errors(sae: &Sae, x: &[f32]) -> Vec<f32> {
+    let d_in = sae.d_in();
+    map_chunks(sae, x, |chunk, out| {
+        chunk
+            .chunks_exact(d_in)
+            .zip(out.x_hat.chunks_exact(d_in))
+            .map(|(a, b)| a.iter().zip(b).map(|(p, q)| (p - q) * (p - q)).sum::<f32>())
+            .collect::<Vec<f32>>()
+    })
+    .concat()
+}

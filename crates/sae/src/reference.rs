@@ -1,0 +1,282 @@
+//! The reference trainer: candle autograd and a hand-written Adam on candle
+//! tensors (so resampling can reset moments). Device-agnostic: no CPU-only
+//! tricks, so it is also the GPU path.
+
+use candle_core::{DType, Device, Tensor, Var, D};
+
+use crate::config::{SaeConfig, Variant};
+use crate::duo::Exec;
+use crate::train::{FeatureReset, FiringTracker, Gradients, StepStats, Trainer};
+use crate::{Sae, SaeError};
+
+pub(crate) struct ReferenceTrainer {
+    cfg: SaeConfig,
+    device: Device,
+    /// W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc [d_sae], b_dec [d_in].
+    params: [Var; 4],
+    /// Adam's (m, v) per parameter.
+    moments: [(Var, Var); 4],
+    grads: Option<[Tensor; 4]>,
+    adam_t: usize,
+}
+
+const W_ENC: usize = 0;
+const W_DEC: usize = 1;
+const B_ENC: usize = 2;
+
+/// 1.0 at the `k` largest entries of each row of `x` (`[rows, cols]`), else 0.
+fn top_k_mask(x: &Tensor, k: usize) -> candle_core::Result<Tensor> {
+    let idx = x
+        .contiguous()?
+        .arg_sort_last_dim(false)?
+        .narrow(D::Minus1, 0, k)?
+        .contiguous()?;
+    let ones = Tensor::ones(idx.shape(), DType::F32, x.device())?;
+    x.zeros_like()?.scatter_add(&idx, &ones, D::Minus1)
+}
+
+fn to_host(t: &Tensor) -> candle_core::Result<Vec<f32>> {
+    t.flatten_all()?.to_vec1::<f32>()
+}
+
+/// Each row scaled to unit L2 norm (times the reciprocal norm, as the fast path does).
+fn normalise_rows(w: &Tensor) -> candle_core::Result<Tensor> {
+    w.broadcast_mul(&w.sqr()?.sum_keepdim(1)?.sqrt()?.recip()?)
+}
+
+impl ReferenceTrainer {
+    pub fn new(sae: &Sae, device: &Device) -> Result<Self, SaeError> {
+        let (d_in, d_sae) = (sae.d_in(), sae.d_sae());
+        let var = |data: &[f32], shape: &[usize]| -> candle_core::Result<Var> {
+            Var::from_tensor(&Tensor::from_slice(data, shape, device)?)
+        };
+        let params = [
+            var(&sae.w_enc, &[d_in, d_sae])?,
+            var(&sae.w_dec, &[d_sae, d_in])?,
+            var(&sae.b_enc, &[d_sae])?,
+            var(&sae.b_dec, &[d_in])?,
+        ];
+        let zeros = |p: &Var| -> candle_core::Result<(Var, Var)> {
+            Ok((
+                Var::zeros(p.shape(), DType::F32, device)?,
+                Var::zeros(p.shape(), DType::F32, device)?,
+            ))
+        };
+        let moments = [
+            zeros(&params[0])?,
+            zeros(&params[1])?,
+            zeros(&params[2])?,
+            zeros(&params[3])?,
+        ];
+        Ok(ReferenceTrainer {
+            cfg: sae.cfg.clone(),
+            device: device.clone(),
+            params,
+            moments,
+            grads: None,
+            adam_t: 0,
+        })
+    }
+
+    fn compute_inner(
+        &mut self,
+        x: &[f32],
+        rows: usize,
+        tracker: &mut FiringTracker,
+    ) -> candle_core::Result<StepStats> {
+        let (d_in, d_sae) = (self.cfg.d_in, self.cfg.d_sae);
+        let dev = &self.device;
+        let [w_enc, w_dec, b_enc, b_dec] = &self.params;
+        let x = Tensor::from_slice(&x[..rows * d_in], (rows, d_in), dev)?;
+        let x_cent = x.broadcast_sub(b_dec)?;
+        let pre = x_cent.matmul(w_enc)?.broadcast_add(b_enc)?;
+        let pre_detached = pre.detach();
+        // ReLU as a detached 0/1 mask: the gradient at exactly 0 is 0, as in PyTorch.
+        let positive = pre_detached.gt(0.0)?.to_dtype(DType::F32)?;
+        let mask = match self.cfg.variant {
+            Variant::TopK { k, .. } => (positive.clone() * top_k_mask(&pre_detached, k)?)?,
+            _ => positive.clone(),
+        };
+        let acts = (&pre * &mask)?;
+        let fired: Vec<bool> = mask
+            .max(0)?
+            .to_vec1::<f32>()?
+            .iter()
+            .map(|&m| m > 0.0)
+            .collect();
+        tracker.record(&fired);
+        let active = mask.sum_all()?.to_scalar::<f32>()? as u64;
+
+        let x_hat = acts.matmul(w_dec)?.broadcast_add(b_dec)?;
+        let row_sq = (&x_hat - &x)?.sqr()?.sum(1)?;
+        let sq_err_sum = row_sq.sum_all()?.to_scalar::<f32>()? as f64;
+        let l2 = row_sq.mean(0)?;
+        // acts >= 0, so |acts| = acts.
+        let abs_total = acts.sum_all()?;
+        let l1_scale = self.cfg.l1_scale(rows);
+        let l1 = match self.cfg.variant {
+            Variant::L1 { .. } => (abs_total * l1_scale)?,
+            Variant::NormWeightedL1 { .. } => {
+                let norms = w_dec.sqr()?.sum(1)?.sqrt()?.unsqueeze(0)?;
+                (acts.broadcast_mul(&norms)?.sum_all()? * l1_scale)?
+            }
+            Variant::TopK { .. } => Tensor::zeros((), DType::F32, dev)?,
+        };
+        let mut loss = (&l2 + &l1)?;
+        let mut aux_value = 0.0;
+        if let Variant::TopK {
+            k_aux, aux_coeff, ..
+        } = self.cfg.variant
+        {
+            let dead = tracker.dead_mask();
+            let n_dead = dead.iter().filter(|&&d| d).count();
+            if n_dead > 0 {
+                let dead_u8: Vec<u8> = dead.iter().map(|&d| d as u8).collect();
+                let dead_t = Tensor::from_vec(dead_u8, (1, d_sae), dev)?
+                    .broadcast_as((rows, d_sae))?
+                    .contiguous()?;
+                let never = Tensor::full(f32::NEG_INFINITY, (rows, d_sae), dev)?;
+                let dead_pre = dead_t.where_cond(&pre_detached, &never)?;
+                let aux_mask = (top_k_mask(&dead_pre, k_aux.min(n_dead))? * &positive)?;
+                let aux_acts = (&pre * &aux_mask)?;
+                let residual = (&x - &x_hat)?.detach();
+                let aux = ((residual - aux_acts.matmul(w_dec)?)?
+                    .sqr()?
+                    .sum(1)?
+                    .mean(0)?
+                    * aux_coeff)?;
+                aux_value = aux.to_scalar::<f32>()? as f64;
+                loss = (loss + aux)?;
+            }
+        }
+        let loss_value = loss.to_scalar::<f32>()? as f64;
+        let grads = loss.backward()?;
+        let grad = |p: &Var| -> candle_core::Result<Tensor> {
+            match grads.get(p.as_tensor()) {
+                Some(g) => Ok(g.detach()),
+                None => p.zeros_like(),
+            }
+        };
+        self.grads = Some([grad(w_enc)?, grad(w_dec)?, grad(b_enc)?, grad(b_dec)?]);
+        Ok(StepStats {
+            loss: loss_value,
+            l2: l2.to_scalar::<f32>()? as f64,
+            sq_err_sum,
+            l1: l1.to_scalar::<f32>()? as f64,
+            aux: aux_value,
+            active,
+        })
+    }
+
+    fn apply_inner(&mut self, lr: f64) -> candle_core::Result<()> {
+        let Some(mut grads) = self.grads.take() else {
+            candle_core::bail!("apply called without compute");
+        };
+        let unit_norm = self.cfg.variant.unit_norm_decoder();
+        if unit_norm {
+            let unit = normalise_rows(self.params[W_DEC].as_tensor())?;
+            let along = (&grads[W_DEC] * &unit)?.sum_keepdim(1)?;
+            grads[W_DEC] = (&grads[W_DEC] - along.broadcast_mul(&unit)?)?;
+        }
+        self.adam_t += 1;
+        let o = &self.cfg.optimizer;
+        let bias_correction1 = 1.0 - o.beta1.powi(self.adam_t as i32);
+        let inv_bias_correction2_sqrt = 1.0 / (1.0 - o.beta2.powi(self.adam_t as i32)).sqrt();
+        let step_size = lr / bias_correction1;
+        for ((p, (m, v)), g) in self.params.iter().zip(&self.moments).zip(&grads) {
+            let m_next = ((m.as_tensor() * o.beta1)? + (g * (1.0 - o.beta1))?)?;
+            let v_next = ((v.as_tensor() * o.beta2)? + (g.sqr()? * (1.0 - o.beta2))?)?;
+            let denom = ((v_next.sqrt()? * inv_bias_correction2_sqrt)? + o.eps)?;
+            let p_next = (p.as_tensor() - ((&m_next / denom)? * step_size)?)?;
+            m.set(&m_next)?;
+            v.set(&v_next)?;
+            p.set(&p_next)?;
+        }
+        if unit_norm {
+            let w_dec = &self.params[W_DEC];
+            w_dec.set(&normalise_rows(w_dec.as_tensor())?)?;
+        }
+        Ok(())
+    }
+
+    fn reset_inner(&mut self, resets: &[FeatureReset]) -> candle_core::Result<()> {
+        let (d_in, d_sae) = (self.cfg.d_in, self.cfg.d_sae);
+        let mut host: Vec<Vec<f32>> = self
+            .params
+            .iter()
+            .map(|p| to_host(p.as_tensor()))
+            .collect::<candle_core::Result<_>>()?;
+        let mut moments: Vec<(Vec<f32>, Vec<f32>)> = self
+            .moments
+            .iter()
+            .map(|(m, v)| Ok((to_host(m.as_tensor())?, to_host(v.as_tensor())?)))
+            .collect::<candle_core::Result<_>>()?;
+        for reset in resets {
+            let f = reset.feature;
+            for d in 0..d_in {
+                host[W_ENC][d * d_sae + f] = reset.encoder_column[d];
+                moments[W_ENC].0[d * d_sae + f] = 0.0;
+                moments[W_ENC].1[d * d_sae + f] = 0.0;
+            }
+            host[W_DEC][f * d_in..(f + 1) * d_in].copy_from_slice(&reset.decoder_row);
+            moments[W_DEC].0[f * d_in..(f + 1) * d_in].fill(0.0);
+            moments[W_DEC].1[f * d_in..(f + 1) * d_in].fill(0.0);
+            host[B_ENC][f] = 0.0;
+            moments[B_ENC].0[f] = 0.0;
+            moments[B_ENC].1[f] = 0.0;
+        }
+        for i in [W_ENC, W_DEC, B_ENC] {
+            let shape = self.params[i].shape().clone();
+            let upload = |data: &[f32]| Tensor::from_slice(data, &shape, &self.device);
+            self.params[i].set(&upload(&host[i])?)?;
+            self.moments[i].0.set(&upload(&moments[i].0)?)?;
+            self.moments[i].1.set(&upload(&moments[i].1)?)?;
+        }
+        Ok(())
+    }
+}
+
+impl Trainer for ReferenceTrainer {
+    fn compute(
+        &mut self,
+        x: &[f32],
+        rows: usize,
+        tracker: &mut FiringTracker,
+        _exec: Exec,
+    ) -> Result<StepStats, SaeError> {
+        Ok(self.compute_inner(x, rows, tracker)?)
+    }
+
+    fn apply(&mut self, lr: f64, _exec: Exec) -> Result<(), SaeError> {
+        Ok(self.apply_inner(lr)?)
+    }
+
+    fn gradients(&mut self) -> Result<Gradients, SaeError> {
+        let Some([w_enc, w_dec, b_enc, b_dec]) = &self.grads else {
+            return Err(SaeError::Candle(candle_core::Error::Msg(
+                "no gradients: compute has not run".into(),
+            )));
+        };
+        Ok(Gradients {
+            w_enc: to_host(w_enc)?,
+            w_dec: to_host(w_dec)?,
+            b_enc: to_host(b_enc)?,
+            b_dec: to_host(b_dec)?,
+        })
+    }
+
+    fn export(&self) -> Result<Sae, SaeError> {
+        let [w_enc, w_dec, b_enc, b_dec] = &self.params;
+        Ok(Sae {
+            cfg: self.cfg.clone(),
+            w_enc: to_host(w_enc)?,
+            w_dec: to_host(w_dec)?,
+            b_enc: to_host(b_enc)?,
+            b_dec: to_host(b_dec)?,
+        })
+    }
+
+    fn reset_features(&mut self, resets: &[FeatureReset]) -> Result<(), SaeError> {
+        Ok(self.reset_inner(resets)?)
+    }
+}

@@ -1,0 +1,702 @@
+//! The training driver shared by both paths: batches, the learning-rate
+//! schedule, dead-feature tracking, resampling, metrics, progress, sweeps.
+
+use std::time::Instant;
+
+use candle_core::Device;
+use rand::seq::SliceRandom;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::config::SaeConfig;
+use crate::duo::{Duo, Exec};
+use crate::error::check_rows;
+use crate::fast::{self, FastTrainer};
+use crate::model::{self, row_squared_errors, Sae, STREAM_RESAMPLE, STREAM_SHUFFLE};
+use crate::reference::ReferenceTrainer;
+use crate::SaeError;
+
+/// Which implementation trains the SAE. Both follow the same config.
+#[derive(Clone, Debug)]
+pub enum Path {
+    /// candle autograd with a hand-written Adam on candle tensors; runs on any device.
+    Reference { device: Device },
+    /// Fused CPU trainer over raw f32 buffers. Covers `L1` and `TopK`; other
+    /// variants fall back to the reference path on the CPU.
+    Fast,
+}
+
+/// One named configuration of a sweep.
+#[derive(Clone, Debug)]
+pub struct SweepPoint {
+    pub name: String,
+    pub cfg: SaeConfig,
+}
+
+/// Training metrics of one epoch, accumulated over its training batches (each
+/// batch measured before its own update, as the notebook does).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CurvePoint {
+    /// 1-based.
+    pub epoch: usize,
+    /// Mean over rows and dims of `(x - x_hat)^2`.
+    pub mse: f64,
+    /// The notebook's "Reconstruction Loss": per batch the mean over rows of
+    /// `||x - x_hat||^2`, summed over the epoch's batches.
+    pub l2_sum: f64,
+    /// The notebook's "L1 Loss": the sparsity term of the loss, summed over the epoch's batches.
+    pub l1: f64,
+    /// TopK's AuxK term summed over the epoch's batches (0 for other variants).
+    pub aux: f64,
+    /// Mean number of active features per row.
+    pub l0: f64,
+    /// Features that have not fired within `dead_window_steps` at the end of the epoch.
+    pub dead: usize,
+    /// `1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2` over the epoch's rows.
+    pub explained_variance: f64,
+    pub lr: f64,
+    /// The loss summed over the epoch's batches (`l2_sum + l1 + aux`).
+    pub loss: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgressKind {
+    /// Every [`PROGRESS_EVERY_STEPS`] steps; `loss` and `l0` are that step's.
+    Step,
+    /// After an epoch; `loss` and `l0` are the epoch's means per step and per row.
+    EpochEnd,
+}
+
+pub const PROGRESS_EVERY_STEPS: usize = 100;
+
+#[derive(Clone, Debug)]
+pub struct ProgressEvent<'a> {
+    pub point: &'a str,
+    pub kind: ProgressKind,
+    /// 1-based.
+    pub epoch: usize,
+    pub epochs: usize,
+    /// Steps done so far by this point.
+    pub step: usize,
+    pub steps_total: usize,
+    pub loss: f64,
+    pub l0: f64,
+}
+
+/// One resampling: the step after which it ran and the dead features it reset.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResampleEvent {
+    pub step: usize,
+    pub features: Vec<usize>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Trained {
+    pub sae: Sae,
+    pub curve: Vec<CurvePoint>,
+    pub resamples: Vec<ResampleEvent>,
+    pub steps: usize,
+    pub seconds: f64,
+}
+
+/// Loss at every step of a (possibly truncated) run, the SAE after it, and its resamplings.
+#[derive(Clone, Debug)]
+pub struct Trajectory {
+    pub losses: Vec<f64>,
+    pub sae: Sae,
+    pub resamples: Vec<ResampleEvent>,
+}
+
+/// Loss and raw gradients (before the decoder projection) at one batch, in the public layout.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Gradients {
+    pub w_enc: Vec<f32>,
+    pub w_dec: Vec<f32>,
+    pub b_enc: Vec<f32>,
+    pub b_dec: Vec<f32>,
+}
+
+/// What a trainer reports about one batch.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct StepStats {
+    pub loss: f64,
+    /// Mean over the batch of the per-row squared error.
+    pub l2: f64,
+    pub sq_err_sum: f64,
+    /// The sparsity term as it enters the loss.
+    pub l1: f64,
+    pub aux: f64,
+    pub active: u64,
+}
+
+/// A dead feature's new parameters.
+pub(crate) struct FeatureReset {
+    pub feature: usize,
+    pub decoder_row: Vec<f32>,
+    pub encoder_column: Vec<f32>,
+}
+
+/// One training implementation. A step is `compute` (forward, loss, raw
+/// gradients; records which features fired) then `apply` (decoder gradient
+/// projection, Adam, renormalisation).
+pub(crate) trait Trainer: Send {
+    fn compute(
+        &mut self,
+        x: &[f32],
+        rows: usize,
+        tracker: &mut FiringTracker,
+        exec: Exec,
+    ) -> Result<StepStats, SaeError>;
+    fn apply(&mut self, lr: f64, exec: Exec) -> Result<(), SaeError>;
+    /// The raw gradients at the last `compute`.
+    fn gradients(&mut self) -> Result<Gradients, SaeError>;
+    fn export(&self) -> Result<Sae, SaeError>;
+    /// Sets the features' parameters, zeroes their `b_enc` and their Adam moments.
+    fn reset_features(&mut self, resets: &[FeatureReset]) -> Result<(), SaeError>;
+    /// Whether `Exec::Duo` speeds this trainer up (candle has its own threads).
+    fn uses_helper_thread(&self) -> bool {
+        false
+    }
+}
+
+/// Steps since each feature last fired.
+pub(crate) struct FiringTracker {
+    since_fired: Vec<u64>,
+    window: u64,
+    dead: Vec<bool>,
+}
+
+impl FiringTracker {
+    pub fn new(d_sae: usize, window: usize) -> Self {
+        FiringTracker {
+            since_fired: vec![0; d_sae],
+            window: window as u64,
+            dead: vec![false; d_sae],
+        }
+    }
+
+    pub fn record(&mut self, fired: &[bool]) {
+        for ((since, dead), &fired) in self.since_fired.iter_mut().zip(&mut self.dead).zip(fired) {
+            *since = if fired { 0 } else { *since + 1 };
+            *dead = *since >= self.window;
+        }
+    }
+
+    pub fn dead_mask(&self) -> &[bool] {
+        &self.dead
+    }
+
+    pub fn dead_count(&self) -> usize {
+        self.dead.iter().filter(|&&d| d).count()
+    }
+
+    fn revive(&mut self, f: usize) {
+        self.since_fired[f] = 0;
+        self.dead[f] = false;
+    }
+}
+
+fn make_trainer(sae: &Sae, path: &Path) -> Result<Box<dyn Trainer>, SaeError> {
+    Ok(match path {
+        Path::Fast if fast::supports(&sae.cfg.variant) => Box::new(FastTrainer::new(sae)),
+        Path::Fast => Box::new(ReferenceTrainer::new(sae, &Device::Cpu)?),
+        Path::Reference { device } => Box::new(ReferenceTrainer::new(sae, device)?),
+    })
+}
+
+#[derive(Default)]
+struct EpochSums {
+    rows: usize,
+    steps: usize,
+    sq_err: f64,
+    l2: f64,
+    l1: f64,
+    aux: f64,
+    loss: f64,
+    active: u64,
+}
+
+struct Run<'a> {
+    name: &'a str,
+    cfg: &'a SaeConfig,
+    trainer: Box<dyn Trainer>,
+    tracker: FiringTracker,
+    resample_rng: ChaCha8Rng,
+    steps: usize,
+    steps_total: usize,
+    lr: f64,
+    sums: EpochSums,
+    curve: Vec<CurvePoint>,
+    resamples: Vec<ResampleEvent>,
+    losses: Option<Vec<f64>>,
+    failed: Option<SaeError>,
+    started: Instant,
+}
+
+/// How far [`drive`] goes and what it records.
+#[derive(Clone, Copy)]
+struct Limits {
+    max_steps: Option<usize>,
+    record_losses: bool,
+}
+
+struct Shared<'a> {
+    data: &'a [f32],
+    d_in: usize,
+    total_variance: f64,
+    progress: &'a (dyn Fn(&ProgressEvent) + Sync),
+    limits: Limits,
+}
+
+impl Run<'_> {
+    fn active_in(&self, epoch: usize, limits: Limits) -> bool {
+        self.failed.is_none()
+            && epoch < self.cfg.epochs
+            && limits.max_steps.is_none_or(|max| self.steps < max)
+    }
+
+    fn step(&mut self, batch: &[f32], rows: usize, shared: &Shared, exec: Exec) {
+        if let Err(e) = self.try_step(batch, rows, shared, exec) {
+            self.failed = Some(e);
+        }
+    }
+
+    fn try_step(
+        &mut self,
+        batch: &[f32],
+        rows: usize,
+        shared: &Shared,
+        exec: Exec,
+    ) -> Result<(), SaeError> {
+        let stats = self.trainer.compute(batch, rows, &mut self.tracker, exec)?;
+        self.steps += 1;
+        if !stats.loss.is_finite() {
+            return Err(SaeError::Diverged {
+                point: self.name.to_string(),
+                step: self.steps,
+                loss: stats.loss as f32,
+            });
+        }
+        self.trainer.apply(self.lr, exec)?;
+        if let Some(losses) = &mut self.losses {
+            losses.push(stats.loss);
+        }
+        let s = &mut self.sums;
+        s.rows += rows;
+        s.steps += 1;
+        s.sq_err += stats.sq_err_sum;
+        s.l2 += stats.l2;
+        s.l1 += stats.l1;
+        s.aux += stats.aux;
+        s.loss += stats.loss;
+        s.active += stats.active;
+        if let Some(resample) = &self.cfg.resample {
+            if resample.schedule.fires_at(self.steps) {
+                self.resample(shared.data, shared.d_in, resample.sample_rows)?;
+            }
+        }
+        if self.steps.is_multiple_of(PROGRESS_EVERY_STEPS) {
+            (shared.progress)(&ProgressEvent {
+                point: self.name,
+                kind: ProgressKind::Step,
+                epoch: self.curve.len() + 1,
+                epochs: self.cfg.epochs,
+                step: self.steps,
+                steps_total: self.steps_total,
+                loss: stats.loss,
+                l0: stats.active as f64 / rows as f64,
+            });
+        }
+        Ok(())
+    }
+
+    fn end_epoch(&mut self, epoch: usize, shared: &Shared) {
+        let s = std::mem::take(&mut self.sums);
+        if s.rows == 0 {
+            return;
+        }
+        let rows_total = shared.data.len() / shared.d_in;
+        let variance = shared.total_variance * s.rows as f64 / rows_total as f64;
+        let point = CurvePoint {
+            epoch: epoch + 1,
+            mse: s.sq_err / (s.rows * shared.d_in) as f64,
+            l2_sum: s.l2,
+            l1: s.l1,
+            aux: s.aux,
+            l0: s.active as f64 / s.rows as f64,
+            dead: self.tracker.dead_count(),
+            explained_variance: 1.0 - s.sq_err / variance,
+            lr: self.lr,
+            loss: s.loss,
+        };
+        (shared.progress)(&ProgressEvent {
+            point: self.name,
+            kind: ProgressKind::EpochEnd,
+            epoch: epoch + 1,
+            epochs: self.cfg.epochs,
+            step: self.steps,
+            steps_total: self.steps_total,
+            loss: s.loss / s.steps as f64,
+            l0: point.l0,
+        });
+        self.curve.push(point);
+    }
+
+    /// Anthropic's resampling: each dead feature gets an input drawn with
+    /// probability proportional to the square of its reconstruction loss.
+    fn resample(&mut self, data: &[f32], d_in: usize, sample_rows: usize) -> Result<(), SaeError> {
+        let dead: Vec<usize> = (0..self.cfg.d_sae)
+            .filter(|&f| self.tracker.dead_mask()[f])
+            .collect();
+        if dead.is_empty() {
+            self.resamples.push(ResampleEvent {
+                step: self.steps,
+                features: Vec::new(),
+            });
+            return Ok(());
+        }
+        let sae = self.trainer.export()?;
+        let rows = data.len() / d_in;
+        let rng = &mut self.resample_rng;
+        let picked_rows: Vec<usize> = if sample_rows >= rows {
+            (0..rows).collect()
+        } else {
+            (0..sample_rows)
+                .map(|_| rng.random_range(0..rows))
+                .collect()
+        };
+        let xs: Vec<f32> = picked_rows
+            .iter()
+            .flat_map(|&r| &data[r * d_in..(r + 1) * d_in])
+            .copied()
+            .collect();
+        let mut cumulative = Vec::with_capacity(picked_rows.len());
+        let mut total = 0.0f64;
+        for e in row_squared_errors(&sae, &xs) {
+            total += (e as f64).powi(2);
+            cumulative.push(total);
+        }
+        let d_sae = self.cfg.d_sae;
+        let column_norm = |f: usize| -> f64 {
+            (0..d_in)
+                .map(|d| (sae.w_enc[d * d_sae + f] as f64).powi(2))
+                .sum::<f64>()
+                .sqrt()
+        };
+        let live: Vec<usize> = (0..d_sae)
+            .filter(|&f| !self.tracker.dead_mask()[f])
+            .collect();
+        let live_mean_norm = if live.is_empty() {
+            (0..d_sae).map(column_norm).sum::<f64>() / d_sae as f64
+        } else {
+            live.iter().map(|&f| column_norm(f)).sum::<f64>() / live.len() as f64
+        };
+        let mut resets = Vec::with_capacity(dead.len());
+        for &feature in &dead {
+            let pick = if total > 0.0 && total.is_finite() {
+                let u = rng.random::<f64>() * total;
+                cumulative
+                    .partition_point(|&c| c <= u)
+                    .min(cumulative.len() - 1)
+            } else {
+                rng.random_range(0..cumulative.len())
+            };
+            let x = &xs[pick * d_in..(pick + 1) * d_in];
+            let norm = x.iter().map(|&v| v * v).sum::<f32>().sqrt();
+            if norm == 0.0 {
+                continue;
+            }
+            let decoder_row: Vec<f32> = x.iter().map(|&v| v / norm).collect();
+            let scale = (0.2 * live_mean_norm) as f32;
+            let encoder_column = decoder_row.iter().map(|&v| v * scale).collect();
+            resets.push(FeatureReset {
+                feature,
+                decoder_row,
+                encoder_column,
+            });
+        }
+        self.trainer.reset_features(&resets)?;
+        for reset in &resets {
+            self.tracker.revive(reset.feature);
+        }
+        self.resamples.push(ResampleEvent {
+            step: self.steps,
+            features: resets.iter().map(|r| r.feature).collect(),
+        });
+        Ok(())
+    }
+}
+
+/// Batches are shared by points with the same batch size and row order.
+fn order_key(cfg: &SaeConfig) -> (usize, Option<u64>) {
+    (cfg.batch_size, cfg.shuffle.then_some(cfg.seed))
+}
+
+/// Trains a group of runs in lockstep: each batch is gathered once and every
+/// live run steps on it, one after the other, each fast-path run split over
+/// both cores. (Measured on the 2-core target with 4 points: 1.1-1.2 s per
+/// epoch this way, 1.3-1.5 s with one point per core, whose working sets
+/// then compete for the caches.)
+fn drive_group(runs: &mut [&mut Run], shared: &Shared) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores >= 2 && runs.iter().any(|r| r.trainer.uses_helper_thread()) {
+        Duo::scope(|duo| drive_group_on(runs, shared, Exec::Duo(duo)))
+    } else {
+        drive_group_on(runs, shared, Exec::Serial)
+    }
+}
+
+fn drive_group_on(runs: &mut [&mut Run], shared: &Shared, exec: Exec) {
+    let Some(first) = runs.first() else {
+        return;
+    };
+    let (batch_size, shuffle_seed) = order_key(first.cfg);
+    let d_in = shared.d_in;
+    let rows = shared.data.len() / d_in;
+    let epochs = runs.iter().map(|r| r.cfg.epochs).max().unwrap_or(0);
+    let mut shuffle_rng = shuffle_seed.map(|seed| model::rng(seed, STREAM_SHUFFLE));
+    let mut order: Vec<usize> = Vec::new();
+    let mut gathered: Vec<f32> = Vec::new();
+    for epoch in 0..epochs {
+        if !runs.iter().any(|r| r.active_in(epoch, shared.limits)) {
+            break;
+        }
+        for run in runs.iter_mut() {
+            run.lr = run.cfg.lr_at_epoch(epoch);
+        }
+        if let Some(rng) = &mut shuffle_rng {
+            order.clear();
+            order.extend(0..rows);
+            order.shuffle(rng);
+        }
+        for start in (0..rows).step_by(batch_size) {
+            let end = (start + batch_size).min(rows);
+            let batch: &[f32] = if shuffle_rng.is_some() {
+                gathered.clear();
+                for &r in &order[start..end] {
+                    gathered.extend_from_slice(&shared.data[r * d_in..(r + 1) * d_in]);
+                }
+                &gathered
+            } else {
+                &shared.data[start * d_in..end * d_in]
+            };
+            let batch_rows = end - start;
+            let mut stepped = false;
+            for run in runs.iter_mut() {
+                if run.active_in(epoch, shared.limits) {
+                    run.step(batch, batch_rows, shared, exec);
+                    stepped = true;
+                }
+            }
+            if !stepped {
+                break;
+            }
+        }
+        for run in runs.iter_mut().filter(|r| r.failed.is_none()) {
+            run.end_epoch(epoch, shared);
+        }
+    }
+}
+
+fn new_run<'a>(
+    point: &'a SweepPoint,
+    data: &[f32],
+    d_in: usize,
+    path: &Path,
+    limits: Limits,
+) -> Result<Run<'a>, SaeError> {
+    let cfg = &point.cfg;
+    cfg.validate()?;
+    if cfg.d_in != d_in {
+        return Err(SaeError::InvalidConfig(format!(
+            "SAE config key `d_in` of sweep point `{}` is {}, but the training data has width {d_in}.",
+            point.name, cfg.d_in
+        )));
+    }
+    let sae = Sae::init(cfg, data)?;
+    let rows = data.len() / d_in;
+    let steps_total = cfg.steps_per_epoch(rows) * cfg.epochs;
+    Ok(Run {
+        name: &point.name,
+        cfg,
+        trainer: make_trainer(&sae, path)?,
+        tracker: FiringTracker::new(cfg.d_sae, cfg.dead_window_steps),
+        resample_rng: model::rng(cfg.seed, STREAM_RESAMPLE),
+        steps: 0,
+        steps_total: limits.max_steps.map_or(steps_total, |m| m.min(steps_total)),
+        lr: cfg.optimizer.lr,
+        sums: EpochSums::default(),
+        curve: Vec::new(),
+        resamples: Vec::new(),
+        losses: limits.record_losses.then(Vec::new),
+        failed: None,
+        started: Instant::now(),
+    })
+}
+
+fn drive<'a>(
+    points: &'a [SweepPoint],
+    data: &[f32],
+    d_in: usize,
+    path: &Path,
+    progress: &(dyn Fn(&ProgressEvent) + Sync),
+    limits: Limits,
+) -> Vec<Result<(Run<'a>, f64), SaeError>> {
+    if let Err(e) = check_rows("training data", data, d_in) {
+        return points.iter().map(|_| Err(clone_shape_error(&e))).collect();
+    }
+    let shared = Shared {
+        data,
+        d_in,
+        total_variance: model::total_variance(data, d_in),
+        progress,
+        limits,
+    };
+    let mut slots: Vec<Result<Run, SaeError>> = points
+        .iter()
+        .map(|p| new_run(p, data, d_in, path, limits))
+        .collect();
+    let mut keys: Vec<(usize, Option<u64>)> = slots
+        .iter()
+        .filter_map(|s| s.as_ref().ok().map(|r| order_key(r.cfg)))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    for key in keys {
+        let mut group: Vec<&mut Run> = slots
+            .iter_mut()
+            .filter_map(|s| s.as_mut().ok())
+            .filter(|r| order_key(r.cfg) == key)
+            .collect();
+        drive_group(&mut group, &shared);
+    }
+    slots
+        .into_iter()
+        .map(|slot| {
+            let mut run = slot?;
+            match run.failed.take() {
+                Some(e) => Err(e),
+                None => {
+                    let seconds = run.started.elapsed().as_secs_f64();
+                    Ok((run, seconds))
+                }
+            }
+        })
+        .collect()
+}
+
+fn clone_shape_error(e: &SaeError) -> SaeError {
+    match e {
+        SaeError::DataShape { what, len, width } => SaeError::DataShape {
+            what: what.clone(),
+            len: *len,
+            width: *width,
+        },
+        other => SaeError::InvalidConfig(other.to_string()),
+    }
+}
+
+fn finish(run: Run, seconds: f64) -> Result<Trained, SaeError> {
+    Ok(Trained {
+        sae: run.trainer.export()?,
+        curve: run.curve,
+        resamples: run.resamples,
+        steps: run.steps,
+        seconds,
+    })
+}
+
+const FULL: Limits = Limits {
+    max_steps: None,
+    record_losses: false,
+};
+
+/// Trains every point on row-major `data` `[rows, d_in]` with `path`. Points
+/// sharing batch size and row order step together on each batch; a point that
+/// fails (bad config, divergence) stops alone.
+pub fn train_sweep_on(
+    points: &[SweepPoint],
+    data: &[f32],
+    d_in: usize,
+    path: &Path,
+    progress: &(dyn Fn(&ProgressEvent) + Sync),
+) -> Vec<Result<Trained, SaeError>> {
+    drive(points, data, d_in, path, progress, FULL)
+        .into_iter()
+        .map(|r| r.and_then(|(run, seconds)| finish(run, seconds)))
+        .collect()
+}
+
+/// [`train_sweep_on`] with the fast path.
+pub fn train_sweep(
+    points: &[SweepPoint],
+    data: &[f32],
+    d_in: usize,
+    progress: &(dyn Fn(&ProgressEvent) + Sync),
+) -> Vec<Result<Trained, SaeError>> {
+    train_sweep_on(points, data, d_in, &Path::Fast, progress)
+}
+
+/// Trains one SAE (reported as point `sae`) on row-major `data` `[rows, cfg.d_in]`.
+pub fn train(
+    cfg: &SaeConfig,
+    data: &[f32],
+    path: &Path,
+    progress: &(dyn Fn(&ProgressEvent) + Sync),
+) -> Result<Trained, SaeError> {
+    let point = [SweepPoint {
+        name: "sae".to_string(),
+        cfg: cfg.clone(),
+    }];
+    train_sweep_on(&point, data, cfg.d_in, path, progress)
+        .pop()
+        .expect("one result per point")
+}
+
+/// The loss at each of the first `max_steps` steps of training `cfg` on
+/// `data` (for comparing paths), and the SAE after them.
+pub fn loss_trajectory(
+    cfg: &SaeConfig,
+    data: &[f32],
+    path: &Path,
+    max_steps: usize,
+) -> Result<Trajectory, SaeError> {
+    let point = [SweepPoint {
+        name: "trajectory".to_string(),
+        cfg: cfg.clone(),
+    }];
+    let limits = Limits {
+        max_steps: Some(max_steps),
+        record_losses: true,
+    };
+    let (mut run, _) = drive(&point, data, cfg.d_in, path, &|_| {}, limits)
+        .pop()
+        .expect("one result per point")?;
+    Ok(Trajectory {
+        losses: run.losses.take().unwrap_or_default(),
+        sae: run.trainer.export()?,
+        resamples: std::mem::take(&mut run.resamples),
+    })
+}
+
+/// Loss and raw gradients of `sae` on one batch (row-major `[rows, d_in]`),
+/// with `dead_features` treated as dead for TopK's AuxK (unless they fire in
+/// this batch).
+pub fn gradients(
+    sae: &Sae,
+    batch: &[f32],
+    dead_features: &[usize],
+    path: &Path,
+) -> Result<(f64, Gradients), SaeError> {
+    sae.cfg.validate()?;
+    let rows = check_rows("gradient batch", batch, sae.d_in())?;
+    let mut trainer = make_trainer(sae, path)?;
+    let window = usize::MAX / 2;
+    let mut tracker = FiringTracker::new(sae.d_sae(), window);
+    for &f in dead_features {
+        tracker.since_fired[f] = window as u64;
+    }
+    let stats = trainer.compute(batch, rows, &mut tracker, Exec::Serial)?;
+    Ok((stats.loss, trainer.gradients()?))
+}

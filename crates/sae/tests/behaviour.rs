@@ -1,0 +1,580 @@
+//! Training behaviour: invariants, resampling, divergence, determinism,
+//! config validation, metrics.
+
+mod common;
+
+use candle_core::Device;
+use common::*;
+use sae::{
+    encode, evaluate, explained_variance, loss_trajectory, reconstruct, train, train_sweep,
+    AdamConfig, Init, LrSchedule, Path, ResampleConfig, ResampleSchedule, Sae, SaeConfig, SaeError,
+    SweepPoint, Variant,
+};
+
+fn reference() -> Path {
+    Path::Reference {
+        device: Device::Cpu,
+    }
+}
+
+fn quiet() -> impl Fn(&sae::ProgressEvent) + Sync {
+    |_| {}
+}
+
+#[test]
+fn explained_variance_hand_case() {
+    // mean = [1, 2]; total = (1 + 4) + (1 + 4) = 10; residual = 1 + 1 = 2.
+    let x = [2.0, 0.0, 0.0, 4.0];
+    let x_hat = [2.0, 1.0, 0.0, 3.0];
+    let ev = explained_variance(&x, &x_hat, 2).unwrap();
+    assert!((ev - 0.8).abs() < 1e-12, "{ev}");
+}
+
+#[test]
+fn decoder_rows_stay_unit_norm_after_every_step() {
+    let data = structured_data(64 * 4, 32, 21);
+    for (variant, path) in [
+        (Variant::L1 { l1_coeff: 3e-3 }, Path::Fast),
+        (Variant::L1 { l1_coeff: 3e-3 }, reference()),
+        (Variant::top_k(4), Path::Fast),
+        (Variant::top_k(4), reference()),
+    ] {
+        let cfg = SaeConfig {
+            // lr large enough that an unconstrained row would drift visibly.
+            optimizer: AdamConfig {
+                lr: 1e-2,
+                ..AdamConfig::default()
+            },
+            epochs: 3,
+            ..config(variant.clone(), 32, 96)
+        };
+        for steps in 1..=12 {
+            let sae = loss_trajectory(&cfg, &data, &path, steps).unwrap().sae;
+            for (f, norm) in row_norms(&sae.w_dec, 32).iter().enumerate() {
+                assert!(
+                    (norm - 1.0).abs() < 1e-5,
+                    "{variant:?} {path:?}: row {f} has norm {norm} after step {steps}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn norm_weighted_l1_leaves_decoder_norms_free() {
+    let data = structured_data(64 * 4, 32, 22);
+    let cfg = SaeConfig {
+        epochs: 2,
+        optimizer: AdamConfig {
+            lr: 1e-2,
+            ..AdamConfig::default()
+        },
+        ..config(Variant::NormWeightedL1 { l1_coeff: 1e-2 }, 32, 64)
+    };
+    let trained = train(&cfg, &data, &Path::Fast, &quiet()).unwrap();
+    let norms = row_norms(&trained.sae.w_dec, 32);
+    let spread = norms.iter().fold(0.0f64, |m, n| m.max((n - 1.0).abs()));
+    assert!(spread > 1e-2, "decoder norms stayed at 1: {norms:?}");
+    assert!(trained.curve[1].loss < trained.curve[0].loss);
+}
+
+fn resampling_config(at_step: usize) -> SaeConfig {
+    SaeConfig {
+        // A strong L1 penalty and a large lr kill many features quickly.
+        epochs: 4,
+        dead_window_steps: 10,
+        lr_schedule: LrSchedule::Constant,
+        optimizer: AdamConfig {
+            lr: 1e-2,
+            ..AdamConfig::default()
+        },
+        resample: Some(ResampleConfig {
+            schedule: ResampleSchedule::AtSteps {
+                steps: vec![at_step],
+            },
+            sample_rows: 512,
+        }),
+        ..config(Variant::L1 { l1_coeff: 0.1 }, 32, 128)
+    }
+}
+
+#[test]
+fn resampling_sets_documented_values_and_resets_adam() {
+    let data = structured_data(64 * 16, 32, 23);
+    let at = 40;
+    let cfg = resampling_config(at);
+    for path in [Path::Fast, reference()] {
+        let before = loss_trajectory(&cfg, &data, &path, at - 1).unwrap().sae;
+        let after = loss_trajectory(&cfg, &data, &path, at).unwrap();
+        let next = loss_trajectory(&cfg, &data, &path, at + 1).unwrap().sae;
+        assert_eq!(after.resamples.len(), 1, "{path:?}");
+        let event = &after.resamples[0];
+        assert_eq!(event.step, at);
+        assert!(
+            event.features.len() > 5,
+            "too few dead features: {:?}",
+            event.features
+        );
+        let sae = &after.sae;
+        let (d, f_n) = (32, 128);
+        let column_norm = |s: &Sae, f: usize| -> f64 {
+            (0..d)
+                .map(|i| (s.w_enc[i * f_n + f] as f64).powi(2))
+                .sum::<f64>()
+                .sqrt()
+        };
+        // Live features are untouched by the resampling itself, so their
+        // encoder norms equal those right after the Adam step of step `at`.
+        let live: Vec<usize> = (0..f_n).filter(|f| !event.features.contains(f)).collect();
+        let live_mean = live.iter().map(|&f| column_norm(sae, f)).sum::<f64>() / live.len() as f64;
+        for &f in &event.features {
+            let row = &sae.w_dec[f * d..(f + 1) * d];
+            let norm = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+            assert!((norm - 1.0).abs() < 1e-5);
+            // The row is a normalised training input.
+            let best = data
+                .chunks_exact(d)
+                .map(|x| {
+                    let xn = x.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+                    x.iter()
+                        .zip(row)
+                        .map(|(&a, &b)| a as f64 * b as f64)
+                        .sum::<f64>()
+                        / xn
+                })
+                .fold(f64::MIN, f64::max);
+            assert!(
+                (best - 1.0).abs() < 1e-5,
+                "row {f} matches no input (cos {best})"
+            );
+            // Encoder column: the same direction, norm 0.2 * mean live norm.
+            let enc: Vec<f64> = (0..d).map(|i| sae.w_enc[i * f_n + f] as f64).collect();
+            let enc_norm = column_norm(sae, f);
+            assert!(
+                ((enc_norm / live_mean) - 0.2).abs() < 1e-4,
+                "{enc_norm} vs {live_mean}"
+            );
+            let cos = enc.iter().zip(row).map(|(a, &b)| a * b as f64).sum::<f64>() / enc_norm;
+            assert!((cos - 1.0).abs() < 1e-5);
+            assert_eq!(sae.b_enc[f], 0.0);
+            // Fresh Adam moments: the first update is exactly
+            // -lr * (1 - b1) / (1 - b1^t) * g / (sqrt((1 - b2) g^2 / (1 - b2^t)) + eps),
+            // i.e. lr * 0.1 / (1 - 0.9^t) / sqrt(0.001 / (1 - 0.999^t)) in size,
+            // or no move at all without gradient. Stale moments would move it otherwise.
+            let t = (at + 1) as i32;
+            let lr = cfg.optimizer.lr;
+            let fresh =
+                lr * 0.1 / (1.0 - 0.9f64.powi(t)) / (0.001 / (1.0 - 0.999f64.powi(t))).sqrt();
+            let moved = next.b_enc[f].abs() as f64;
+            assert!(
+                moved == 0.0 || (moved / fresh - 1.0).abs() < 1e-3,
+                "{path:?}: feature {f}'s b_enc moved {moved}, fresh moments move {fresh}"
+            );
+        }
+        // Features not resampled keep the state they had before the step's resampling.
+        let changed_live = live
+            .iter()
+            .filter(|&&f| before.w_dec[f * d..(f + 1) * d] == sae.w_dec[f * d..(f + 1) * d])
+            .count();
+        assert!(
+            changed_live < live.len(),
+            "live features should still train"
+        );
+    }
+}
+
+#[test]
+fn resampling_revives_dead_features() {
+    let data = structured_data(64 * 16, 32, 24);
+    let without = SaeConfig {
+        resample: None,
+        ..resampling_config(40)
+    };
+    let with = SaeConfig {
+        resample: Some(ResampleConfig {
+            schedule: ResampleSchedule::Every {
+                every_steps: 20,
+                until: 60,
+            },
+            sample_rows: 1024,
+        }),
+        ..without.clone()
+    };
+    let plain = train(&without, &data, &Path::Fast, &quiet()).unwrap();
+    let resampled = train(&with, &data, &Path::Fast, &quiet()).unwrap();
+    let steps: Vec<usize> = resampled.resamples.iter().map(|e| e.step).collect();
+    assert_eq!(steps, [20, 40, 60]);
+    let never_fired = |s: &Sae| evaluate(s, &data).unwrap().dead;
+    let (dead_plain, dead_resampled) = (never_fired(&plain.sae), never_fired(&resampled.sae));
+    assert!(
+        dead_resampled < dead_plain,
+        "resampling should revive features: {dead_resampled} dead vs {dead_plain} without"
+    );
+}
+
+#[test]
+fn divergence_names_point_step_and_loss_and_others_finish() {
+    let data = structured_data(64 * 8, 32, 25);
+    let base = SaeConfig {
+        epochs: 2,
+        ..config(Variant::L1 { l1_coeff: 3e-3 }, 32, 64)
+    };
+    let exploding = SaeConfig {
+        optimizer: AdamConfig {
+            lr: 1e9,
+            ..AdamConfig::default()
+        },
+        ..base.clone()
+    };
+    let points = [
+        SweepPoint {
+            name: "lr-1e9".into(),
+            cfg: exploding,
+        },
+        SweepPoint {
+            name: "sane".into(),
+            cfg: base.clone(),
+        },
+        SweepPoint {
+            name: "sane-topk".into(),
+            cfg: SaeConfig {
+                variant: Variant::top_k(8),
+                ..base
+            },
+        },
+    ];
+    let results = train_sweep(&points, &data, 32, &quiet());
+    match &results[0] {
+        Err(e @ SaeError::Diverged { point, step, loss }) => {
+            assert_eq!(point, "lr-1e9");
+            assert!(!loss.is_finite());
+            assert!(*step >= 2 && *step < 16, "step {step}");
+            let message = e.to_string();
+            assert!(message.contains("`lr-1e9`"), "{message}");
+            assert!(message.contains(&format!("step {step}")), "{message}");
+            assert!(message.contains(&loss.to_string()), "{message}");
+        }
+        other => panic!(
+            "expected divergence, got {:?}",
+            other.as_ref().map(|t| t.steps)
+        ),
+    }
+    for result in &results[1..] {
+        let trained = result.as_ref().unwrap();
+        assert_eq!(trained.curve.len(), 2);
+        assert_eq!(trained.steps, 16);
+        assert!(trained.curve.iter().all(|p| p.loss.is_finite()));
+    }
+}
+
+#[test]
+fn same_seed_same_sae_and_sweeps_match_single_runs() {
+    let data = structured_data(64 * 6, 32, 26);
+    let cfg = SaeConfig {
+        epochs: 2,
+        shuffle: true,
+        seed: 7,
+        ..config(Variant::L1 { l1_coeff: 3e-3 }, 32, 96)
+    };
+    let topk = SaeConfig {
+        variant: Variant::top_k(6),
+        dead_window_steps: 5,
+        ..cfg.clone()
+    };
+    let a = train(&cfg, &data, &Path::Fast, &quiet()).unwrap();
+    let b = train(&cfg, &data, &Path::Fast, &quiet()).unwrap();
+    assert_eq!(a.sae, b.sae, "same config and seed must give the same bits");
+    assert_eq!(a.curve, b.curve);
+    let other_seed = train(
+        &SaeConfig {
+            seed: 8,
+            ..cfg.clone()
+        },
+        &data,
+        &Path::Fast,
+        &quiet(),
+    )
+    .unwrap();
+    assert_ne!(a.sae.w_dec, other_seed.sae.w_dec);
+    let unshuffled = train(
+        &SaeConfig {
+            shuffle: false,
+            ..cfg.clone()
+        },
+        &data,
+        &Path::Fast,
+        &quiet(),
+    )
+    .unwrap();
+    assert_ne!(a.sae.w_dec, unshuffled.sae.w_dec);
+    // In a sweep, points stepping in lockstep on shared batches give the
+    // same bits as when trained alone.
+    let points = [
+        SweepPoint {
+            name: "l1".into(),
+            cfg: cfg.clone(),
+        },
+        SweepPoint {
+            name: "topk".into(),
+            cfg: topk.clone(),
+        },
+        SweepPoint {
+            name: "l1-again".into(),
+            cfg: cfg.clone(),
+        },
+    ];
+    let swept = train_sweep(&points, &data, 32, &quiet());
+    let single_topk = train(&topk, &data, &Path::Fast, &quiet()).unwrap();
+    assert_eq!(swept[0].as_ref().unwrap().sae, a.sae);
+    assert_eq!(swept[1].as_ref().unwrap().sae, single_topk.sae);
+    assert_eq!(swept[2].as_ref().unwrap().sae, a.sae);
+}
+
+#[test]
+fn bad_config_values_are_refused_naming_the_key() {
+    let good = config(Variant::L1 { l1_coeff: 3e-3 }, 8, 16);
+    good.validate().unwrap();
+    let cases: Vec<(SaeConfig, &str)> = vec![
+        (
+            SaeConfig {
+                d_sae: 0,
+                ..good.clone()
+            },
+            "`d_sae`",
+        ),
+        (
+            SaeConfig {
+                d_in: 0,
+                ..good.clone()
+            },
+            "`d_in`",
+        ),
+        (
+            SaeConfig {
+                variant: Variant::top_k(17),
+                ..good.clone()
+            },
+            "`variant.k`",
+        ),
+        (
+            SaeConfig {
+                variant: Variant::top_k(0),
+                ..good.clone()
+            },
+            "`variant.k`",
+        ),
+        (
+            SaeConfig {
+                optimizer: AdamConfig {
+                    lr: -1e-3,
+                    ..AdamConfig::default()
+                },
+                ..good.clone()
+            },
+            "`optimizer.lr`",
+        ),
+        (
+            SaeConfig {
+                optimizer: AdamConfig {
+                    beta2: 1.0,
+                    ..AdamConfig::default()
+                },
+                ..good.clone()
+            },
+            "`optimizer.beta2`",
+        ),
+        (
+            SaeConfig {
+                batch_size: 0,
+                ..good.clone()
+            },
+            "`batch_size`",
+        ),
+        (
+            SaeConfig {
+                epochs: 0,
+                ..good.clone()
+            },
+            "`epochs`",
+        ),
+        (
+            SaeConfig {
+                dead_window_steps: 0,
+                ..good.clone()
+            },
+            "`dead_window_steps`",
+        ),
+        (
+            SaeConfig {
+                variant: Variant::L1 { l1_coeff: f64::NAN },
+                ..good.clone()
+            },
+            "`variant.l1_coeff`",
+        ),
+        (
+            SaeConfig {
+                lr_schedule: LrSchedule::StepLr {
+                    step_epochs: 0,
+                    gamma: 0.99,
+                },
+                ..good.clone()
+            },
+            "`lr_schedule.step_epochs`",
+        ),
+        (
+            SaeConfig {
+                resample: Some(ResampleConfig {
+                    schedule: ResampleSchedule::Every {
+                        every_steps: 0,
+                        until: 10,
+                    },
+                    sample_rows: 10,
+                }),
+                ..good.clone()
+            },
+            "`resample.schedule.every_steps`",
+        ),
+    ];
+    for (cfg, key) in cases {
+        let message = cfg.validate().unwrap_err().to_string();
+        assert!(message.contains(key), "{message} should name {key}");
+        assert!(
+            message.ends_with('.') && message.matches(". ").count() == 0,
+            "{message}"
+        );
+        // Training refuses it too, before touching data.
+        assert!(train(&cfg, &[0.0; 8], &Path::Fast, &quiet()).is_err());
+    }
+    let wrong_width = train(&good, &[0.0; 12], &Path::Fast, &quiet()).unwrap_err();
+    assert!(wrong_width.to_string().contains("width 8"), "{wrong_width}");
+}
+
+#[test]
+fn curve_metrics_schedule_and_partial_batches() {
+    // 100 rows, batch 64: two steps per epoch, the second with 36 rows.
+    let data = structured_data(100, 16, 27);
+    let cfg = SaeConfig {
+        epochs: 5,
+        lr_schedule: LrSchedule::StepLr {
+            step_epochs: 2,
+            gamma: 0.5,
+        },
+        ..config(Variant::L1 { l1_coeff: 3e-3 }, 16, 32)
+    };
+    let trained = train(&cfg, &data, &Path::Fast, &quiet()).unwrap();
+    assert_eq!(trained.steps, 10);
+    let lrs: Vec<f64> = trained.curve.iter().map(|p| p.lr).collect();
+    assert_eq!(lrs, [1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4]);
+    for p in &trained.curve {
+        assert!((p.loss - (p.l2_sum + p.l1 + p.aux)).abs() < 1e-9 * p.loss);
+        assert!(p.explained_variance < 1.0 && p.l0 > 0.0);
+    }
+    // The first epoch's losses are measured at the initial parameters for
+    // batch 1: check the L2 term of batch 1 plus batch 2 against the loss
+    // trajectory's first two steps.
+    let steps = loss_trajectory(&cfg, &data, &Path::Fast, 2).unwrap();
+    assert!((trained.curve[0].loss - (steps.losses[0] + steps.losses[1])).abs() < 1e-9);
+}
+
+#[test]
+fn encode_reconstruct_evaluate_agree_with_hand_computation() {
+    let data = structured_data(300, 16, 28);
+    let cfg = SaeConfig {
+        epochs: 3,
+        ..config(Variant::L1 { l1_coeff: 3e-3 }, 16, 40)
+    };
+    let sae = train(&cfg, &data, &Path::Fast, &quiet()).unwrap().sae;
+    let acts = encode(&sae, &data).unwrap();
+    let x_hat = reconstruct(&sae, &data).unwrap();
+    let (d, f_n) = (16, 40);
+    let mut sq = 0.0;
+    let mut active = 0usize;
+    let mut firing = vec![0u64; f_n];
+    for r in 0..300 {
+        for f in 0..f_n {
+            let pre: f64 = sae.b_enc[f] as f64
+                + (0..d)
+                    .map(|i| {
+                        (data[r * d + i] - sae.b_dec[i]) as f64 * sae.w_enc[i * f_n + f] as f64
+                    })
+                    .sum::<f64>();
+            let want = pre.max(0.0);
+            assert!((acts[r * f_n + f] as f64 - want).abs() < 1e-5);
+            if acts[r * f_n + f] > 0.0 {
+                active += 1;
+                firing[f] += 1;
+            }
+        }
+        for i in 0..d {
+            let want = sae.b_dec[i] as f64
+                + (0..f_n)
+                    .map(|f| acts[r * f_n + f] as f64 * sae.w_dec[f * d + i] as f64)
+                    .sum::<f64>();
+            assert!((x_hat[r * d + i] as f64 - want).abs() < 1e-5);
+            sq += (data[r * d + i] as f64 - x_hat[r * d + i] as f64).powi(2);
+        }
+    }
+    let m = evaluate(&sae, &data).unwrap();
+    assert!((m.mse - sq / (300.0 * 16.0)).abs() < 1e-9);
+    assert!((m.l0 - active as f64 / 300.0).abs() < 1e-12);
+    assert_eq!(m.firing_counts, firing);
+    assert_eq!(m.dead, firing.iter().filter(|&&c| c == 0).count());
+    let ev = explained_variance(&data, &x_hat, d).unwrap();
+    assert!((m.explained_variance - ev).abs() < 1e-9);
+}
+
+#[test]
+fn top_k_codes_have_at_most_k_features() {
+    let data = structured_data(256, 16, 29);
+    let cfg = config(Variant::top_k(3), 16, 40);
+    let sae = train(&cfg, &data, &Path::Fast, &quiet()).unwrap().sae;
+    let acts = encode(&sae, &data).unwrap();
+    for row in acts.chunks_exact(40) {
+        assert!(row.iter().filter(|&&a| a > 0.0).count() <= 3);
+    }
+    assert!((evaluate(&sae, &data).unwrap().l0 - 3.0).abs() < 0.5);
+}
+
+#[test]
+fn initialisations() {
+    let data = structured_data(64, 8, 30);
+    let cfg = config(Variant::L1 { l1_coeff: 3e-3 }, 8, 24);
+    let notebook = Sae::init(&cfg, &data).unwrap();
+    assert!(notebook
+        .b_enc
+        .iter()
+        .chain(&notebook.b_dec)
+        .all(|&b| b == 0.0));
+    assert!(row_norms(&notebook.w_dec, 8)
+        .iter()
+        .all(|n| (n - 1.0).abs() < 1e-6));
+    let bound = 1.0 / (8f32).sqrt();
+    assert!(notebook.w_enc.iter().all(|w| w.abs() <= bound));
+    assert!(notebook.w_enc.iter().any(|w| w.abs() > 0.8 * bound));
+
+    let tied = Sae::init(&tied(cfg.clone()), &data).unwrap();
+    for f in 0..24 {
+        for i in 0..8 {
+            assert_eq!(tied.w_enc[i * 24 + f], tied.w_dec[f * 8 + i]);
+        }
+    }
+    let mean = Sae::init(
+        &SaeConfig {
+            init: Init::DataMeanBdec,
+            ..cfg
+        },
+        &data,
+    )
+    .unwrap();
+    for i in 0..8 {
+        let want: f64 = data
+            .iter()
+            .skip(i)
+            .step_by(8)
+            .map(|&v| v as f64)
+            .sum::<f64>()
+            / 64.0;
+        assert!((mean.b_dec[i] as f64 - want).abs() < 1e-6);
+    }
+    assert_eq!(mean.w_enc, notebook.w_enc);
+}

@@ -1,0 +1,48 @@
+"""Reconstructs inputs with an SAE checkpoint written by the `sae` crate, in numpy.
+
+Usage: check_sae.py DIR. DIR holds sae.safetensors and cfg.json (the
+checkpoint), x.f32 (inputs) and x_hat.f32 (Rust's reconstruction), both raw
+little-endian f32 [rows, d_in]. Exit 0: the numpy reconstruction matches within
+1e-5; 1: it does not; 3: numpy or safetensors is missing.
+"""
+import json
+import sys
+from pathlib import Path
+
+try:
+    import numpy as np
+    from safetensors.numpy import load_file
+except ImportError as e:
+    print(f"missing python package ({e}); pip install safetensors numpy")
+    sys.exit(3)
+
+
+def main() -> int:
+    root = Path(sys.argv[1])
+    cfg = json.loads((root / "cfg.json").read_text())
+    t = load_file(str(root / "sae.safetensors"))
+    d_in, d_sae = cfg["d_in"], cfg["d_sae"]
+    assert t["W_enc"].shape == (d_in, d_sae), t["W_enc"].shape
+    assert t["W_dec"].shape == (d_sae, d_in), t["W_dec"].shape
+    assert t["b_enc"].shape == (d_sae,) and t["b_dec"].shape == (d_in,)
+    w_enc, w_dec, b_enc, b_dec = (t[k].astype(np.float64) for k in ("W_enc", "W_dec", "b_enc", "b_dec"))
+    x = np.fromfile(root / "x.f32", dtype="<f4").reshape(-1, d_in).astype(np.float64)
+    rust = np.fromfile(root / "x_hat.f32", dtype="<f4").reshape(-1, d_in).astype(np.float64)
+
+    pre = (x - b_dec) @ w_enc + b_enc
+    variant = cfg["variant"]
+    if variant["kind"] == "TopK":
+        keep = np.argsort(-pre, axis=1, kind="stable")[:, : variant["k"]]
+        mask = np.zeros_like(pre)
+        np.put_along_axis(mask, keep, 1.0, axis=1)
+        pre = pre * mask
+    acts = np.maximum(pre, 0.0)
+    x_hat = acts @ w_dec + b_dec
+
+    gap = float(np.abs(x_hat - rust).max())
+    print(f"{x.shape[0]} rows, {variant['kind']}: max |numpy - rust| = {gap:.3e}")
+    return 0 if gap <= 1e-5 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+//! Test helpers: configs, data, and an independent f64 implementation of the
+//! SAE loss and its gradients (plain loops, no shared code with the crate).
+#![allow(dead_code, clippy::needless_range_loop)]
+
+use sae::{Init, LrSchedule, Reduction, Sae, SaeConfig, Variant};
+
+pub fn config(variant: Variant, d_in: usize, d_sae: usize) -> SaeConfig {
+    SaeConfig {
+        d_in,
+        d_sae,
+        variant,
+        epochs: 1,
+        ..SaeConfig::default()
+    }
+}
+
+/// Sparse combinations of random directions plus noise: data with real structure.
+pub fn structured_data(rows: usize, d_in: usize, seed: u64) -> Vec<f32> {
+    sae::synthetic::sparse_directions(rows, d_in, 3 * d_in, 5, 0.05, seed)
+}
+
+/// A fresh SAE with every parameter perturbed (non-zero biases), so all
+/// gradient paths carry signal.
+pub fn perturbed_sae(cfg: &SaeConfig, seed: u64) -> Sae {
+    let mut sae = Sae::init(cfg, &[]).unwrap();
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    };
+    sae.b_enc.iter_mut().for_each(|b| *b = 0.1 * next());
+    sae.b_dec.iter_mut().for_each(|b| *b = 0.2 * next());
+    if !cfg.variant.unit_norm_decoder() {
+        // Rows of unequal norm, so the norm weighting matters.
+        for (f, row) in sae.w_dec.chunks_exact_mut(cfg.d_in).enumerate() {
+            let scale = 0.5 + (f % 5) as f32 * 0.3;
+            row.iter_mut().for_each(|w| *w *= scale);
+        }
+    }
+    sae
+}
+
+pub struct HostGradients {
+    pub loss: f64,
+    pub w_enc: Vec<f64>,
+    pub w_dec: Vec<f64>,
+    pub b_enc: Vec<f64>,
+    pub b_dec: Vec<f64>,
+}
+
+/// Active features of one row: ReLU, or the top k (value desc, index asc) that are positive.
+fn active_set(pre: &[f64], k: Option<usize>, allowed: &[bool]) -> Vec<usize> {
+    let mut cand: Vec<usize> = (0..pre.len())
+        .filter(|&f| allowed[f] && pre[f] > 0.0)
+        .collect();
+    if let Some(k) = k {
+        cand.sort_by(|&a, &b| pre[b].partial_cmp(&pre[a]).unwrap().then(a.cmp(&b)));
+        cand.truncate(k);
+    }
+    cand
+}
+
+/// Loss and gradients of `sae` on `x` in f64. `dead` marks AuxK's dead
+/// latents before this batch; features that fire in the batch are revived.
+pub fn host_gradients(sae: &Sae, x: &[f32], dead: &[bool]) -> HostGradients {
+    let (d, f_n) = (sae.cfg.d_in, sae.cfg.d_sae);
+    let rows = x.len() / d;
+    let w_enc = |i: usize, f: usize| sae.w_enc[i * f_n + f] as f64;
+    let w_dec = |f: usize, i: usize| sae.w_dec[f * d + i] as f64;
+    let (k, l1_coeff, weighted, aux) = match sae.cfg.variant {
+        Variant::L1 { l1_coeff } => (None, l1_coeff, false, None),
+        Variant::NormWeightedL1 { l1_coeff } => (None, l1_coeff, true, None),
+        Variant::TopK {
+            k,
+            k_aux,
+            aux_coeff,
+        } => (Some(k), 0.0, false, Some((k_aux, aux_coeff))),
+    };
+    let l1_scale = match sae.cfg.l1_reduction {
+        Reduction::Sum => l1_coeff,
+        Reduction::Mean => l1_coeff / rows as f64,
+    };
+    let dec_norm: Vec<f64> = (0..f_n)
+        .map(|f| (0..d).map(|i| w_dec(f, i).powi(2)).sum::<f64>().sqrt())
+        .collect();
+    let everything = vec![true; f_n];
+
+    let mut xc = vec![vec![0.0; d]; rows];
+    let mut pre = vec![vec![0.0; f_n]; rows];
+    let mut active = Vec::new();
+    let mut fired = vec![false; f_n];
+    for r in 0..rows {
+        for i in 0..d {
+            xc[r][i] = x[r * d + i] as f64 - sae.b_dec[i] as f64;
+        }
+        for f in 0..f_n {
+            pre[r][f] = sae.b_enc[f] as f64 + (0..d).map(|i| xc[r][i] * w_enc(i, f)).sum::<f64>();
+        }
+        let set = active_set(&pre[r], k, &everything);
+        set.iter().for_each(|&f| fired[f] = true);
+        active.push(set);
+    }
+    let dead: Vec<bool> = (0..f_n).map(|f| dead[f] && !fired[f]).collect();
+    let any_dead = dead.iter().any(|&x| x);
+
+    let mut g = HostGradients {
+        loss: 0.0,
+        w_enc: vec![0.0; d * f_n],
+        w_dec: vec![0.0; f_n * d],
+        b_enc: vec![0.0; f_n],
+        b_dec: vec![0.0; d],
+    };
+    for r in 0..rows {
+        let mut err = vec![0.0; d];
+        for i in 0..d {
+            err[i] = sae.b_dec[i] as f64 - x[r * d + i] as f64;
+            for &f in &active[r] {
+                err[i] += pre[r][f] * w_dec(f, i);
+            }
+        }
+        g.loss += err.iter().map(|e| e * e).sum::<f64>() / rows as f64;
+        let g_xhat: Vec<f64> = err.iter().map(|e| 2.0 * e / rows as f64).collect();
+        let mut g_pre = vec![0.0; f_n];
+        for &f in &active[r] {
+            let a = pre[r][f];
+            let weight = if weighted { dec_norm[f] } else { 1.0 };
+            g.loss += l1_scale * a * weight;
+            g_pre[f] += (0..d).map(|i| g_xhat[i] * w_dec(f, i)).sum::<f64>() + l1_scale * weight;
+            for i in 0..d {
+                g.w_dec[f * d + i] += a * g_xhat[i];
+                if weighted {
+                    g.w_dec[f * d + i] += l1_scale * a * w_dec(f, i) / dec_norm[f];
+                }
+            }
+        }
+        for i in 0..d {
+            g.b_dec[i] += g_xhat[i];
+        }
+        if let (Some((k_aux, aux_coeff)), true) = (aux, any_dead) {
+            let set = active_set(&pre[r], Some(k_aux), &dead);
+            let mut residual: Vec<f64> = err.iter().map(|e| -e).collect();
+            for &f in &set {
+                for i in 0..d {
+                    residual[i] -= pre[r][f] * w_dec(f, i);
+                }
+            }
+            g.loss += aux_coeff * residual.iter().map(|e| e * e).sum::<f64>() / rows as f64;
+            let g_ehat: Vec<f64> = residual
+                .iter()
+                .map(|e| -2.0 * aux_coeff * e / rows as f64)
+                .collect();
+            for &f in &set {
+                g_pre[f] += (0..d).map(|i| g_ehat[i] * w_dec(f, i)).sum::<f64>();
+                for i in 0..d {
+                    g.w_dec[f * d + i] += pre[r][f] * g_ehat[i];
+                }
+            }
+        }
+        for f in 0..f_n {
+            if g_pre[f] == 0.0 {
+                continue;
+            }
+            g.b_enc[f] += g_pre[f];
+            for i in 0..d {
+                g.w_enc[i * f_n + f] += g_pre[f] * xc[r][i];
+                g.b_dec[i] -= g_pre[f] * w_enc(i, f);
+            }
+        }
+    }
+    g
+}
+
+/// Largest |a - b| relative to the largest |b| (at least 1e-3).
+pub fn relative_error(a: &[f32], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y).abs())
+        .fold(0.0, f64::max)
+        / scale
+}
+
+pub fn constant_lr(cfg: SaeConfig) -> SaeConfig {
+    SaeConfig {
+        lr_schedule: LrSchedule::Constant,
+        ..cfg
+    }
+}
+
+pub fn row_norms(w: &[f32], cols: usize) -> Vec<f64> {
+    w.chunks_exact(cols)
+        .map(|r| r.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt())
+        .collect()
+}
+
+pub fn tied(cfg: SaeConfig) -> SaeConfig {
+    SaeConfig {
+        init: Init::Tied,
+        ..cfg
+    }
+}
