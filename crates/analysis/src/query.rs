@@ -199,9 +199,11 @@ pub fn report_tables(dir: &Path) -> Result<Vec<(String, TableSource)>, AnalysisE
         }
     }
     for (table, frames) in by_table {
+        // Collected once: polars 0.55's SQL count(*) fails on a lazy union.
         let all = concat(frames, UnionArgs::default())
+            .and_then(|lf| lf.collect())
             .map_err(|e| AnalysisError::Input(format!("table {table}: {e}")))?;
-        out.push((table, TableSource::Frame(Box::new(all))));
+        out.push((table, TableSource::Frame(Box::new(all.lazy()))));
     }
     Ok(out)
 }

@@ -20,8 +20,9 @@ pub struct BenchConfig {
     pub fast_epochs: usize,
     /// 0 skips the reference path (about 13 s per epoch at the notebook's shapes).
     pub reference_epochs: usize,
-    /// L1 coefficients of the sweep; empty skips it.
+    /// L1 coefficients of the sweep.
     pub sweep_l1_coeffs: Vec<f64>,
+    /// 0 skips the sweep.
     pub sweep_epochs: usize,
     pub seed: u64,
 }
@@ -186,7 +187,7 @@ pub fn run(bench: &BenchConfig) -> Result<BenchReport, SaeError> {
             &path,
         )?);
     }
-    if !bench.sweep_l1_coeffs.is_empty() {
+    if bench.sweep_epochs > 0 && !bench.sweep_l1_coeffs.is_empty() {
         let points: Vec<SweepPoint> = bench
             .sweep_l1_coeffs
             .iter()

@@ -25,7 +25,15 @@ fn command(store: &Path, args: &[&str]) -> Command {
     cmd.env("SAELAB_ARTIFACTS", store)
         .env("SAELAB_MNIST_DIR", mnist_dir())
         .args(args);
-    for fast in ["mlp.epochs=1", "sae.epochs=1"] {
+    let quick = [
+        "mlp.epochs=1",
+        "sae.epochs=1",
+        "analysis.probe.ks=[1, 4]",
+        "analysis.probe.iterations=20",
+        "analysis.dashboards_by_mi=1",
+        "analysis.dashboards_by_frequency=0",
+    ];
+    for fast in quick {
         let key = fast.split('=').next().unwrap();
         if !args.iter().any(|a| a.starts_with(key)) {
             cmd.args(["--set", fast]);
@@ -64,14 +72,50 @@ fn a_second_run_is_all_cached_and_status_explains_it() {
     let store = tempfile::tempdir().unwrap();
     let first = xtask(store.path(), &["all"]);
     assert!(first.ok, "{}\n{}", first.stdout, first.stderr);
-    for stage in ["mnist", "mlp", "extract", SAE] {
+    for stage in ["mnist", "mlp", "extract", SAE, "analysis"] {
         assert_eq!(verdict(&first, stage), "ran");
     }
+    let report = first
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("report: "))
+        .expect("the run prints the report's path");
+    assert!(
+        std::fs::read_to_string(report).unwrap().contains("<img"),
+        "the report shows plots"
+    );
     assert!(first.stdout.contains("MLP test accuracy: "));
     let second = xtask(store.path(), &["all"]);
-    for stage in ["mnist", "mlp", "extract", SAE] {
+    for stage in ["mnist", "mlp", "extract", SAE, "analysis"] {
         assert_eq!(verdict(&second, stage), "cached");
     }
+    // SQL over the analysis tables and the cached activations.
+    let top = xtask(
+        store.path(),
+        &[
+            "query",
+            "SELECT count(*) AS n FROM features",
+            "--format",
+            "csv",
+        ],
+    );
+    assert_eq!(top.stdout.trim(), "n\n1024", "{}", top.stderr);
+    let acts = xtask(
+        store.path(),
+        &[
+            "query",
+            "SELECT count(*) AS n, max(label) AS top FROM act_test_fc2_pre",
+            "--format",
+            "csv",
+        ],
+    );
+    assert_eq!(acts.stdout.trim(), "n,top\n10000,9", "{}", acts.stderr);
+    let bad = xtask(store.path(), &["query", "SELECT nope FROM features"]);
+    assert!(
+        !bad.ok && bad.stderr.contains("nope") && bad.stderr.contains("available tables"),
+        "{}",
+        bad.stderr
+    );
     let status = xtask(store.path(), &["status"]);
     assert!(
         status.stdout.lines().any(|l| l.starts_with("mlp ")
@@ -140,16 +184,16 @@ fn a_param_change_reruns_exactly_what_is_downstream() {
     );
 
     // gc keeps what the config reaches and removes the rest: the lr=0.002 MLP,
-    // its two extractions and their two SAEs.
+    // its two extractions, their two SAEs and two analyses.
     let dry = xtask(store.path(), &["gc", "--dry-run"]);
     assert!(
-        dry.stdout.contains("would remove 5 folder(s)"),
+        dry.stdout.contains("would remove 7 folder(s)"),
         "{}",
         dry.stdout
     );
     let gone = xtask(store.path(), &["gc"]);
     assert!(
-        gone.stdout.contains("removed 5 folder(s)"),
+        gone.stdout.contains("removed 7 folder(s)"),
         "{}",
         gone.stdout
     );
