@@ -143,7 +143,18 @@ pub fn load(path: &Path, sources: &ConfigSources) -> Result<Loaded> {
         check_against(&defaults, &patch, "", &source)?;
         merge(&mut table, &patch);
     }
-    let config = finish(table, &name)?;
+    let mut applied: Vec<String> = sources
+        .preset
+        .iter()
+        .map(|p| format!("--preset {p}"))
+        .collect();
+    applied.extend(sources.overrides.iter().map(|o| format!("--set {o}")));
+    let source = if applied.is_empty() {
+        name
+    } else {
+        format!("{name} with {}", applied.join(" "))
+    };
+    let config = finish(table, &source)?;
     Ok(Loaded { config, presets })
 }
 

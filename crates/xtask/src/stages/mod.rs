@@ -30,7 +30,7 @@ pub struct Pipeline {
 }
 
 pub fn build(config: &Config, ctx: &Context) -> Pipeline {
-    let sweep = sae::SweepTrainer::new(config.sae.points());
+    let sweep = sae::SweepTrainer::new(&config.sae);
     let mut stages: Vec<Box<dyn Stage>> = vec![
         Box::new(mnist::MnistStage {
             dir: ctx.mnist_dir.clone(),

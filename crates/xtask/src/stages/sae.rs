@@ -55,6 +55,8 @@ pub struct SaeSweep {
     pub resample_sample_rows: usize,
     /// "fast" (fused CPU trainer) or "reference" (candle autograd).
     pub path: String,
+    /// Where the reference path runs: "cpu", or "cuda" (build with `--features cuda`).
+    pub device: String,
 }
 
 impl Default for SaeSweep {
@@ -82,6 +84,7 @@ impl Default for SaeSweep {
             resample_until: 0,
             resample_sample_rows: 8192,
             path: "fast".into(),
+            device: "cpu".into(),
         }
     }
 }
@@ -128,6 +131,12 @@ impl SaeSweep {
         one_of("l1_reduction", &self.l1_reduction, &["sum", "mean"])?;
         one_of("init", &self.init, &["notebook", "tied", "data_mean_bdec"])?;
         one_of("path", &self.path, &["fast", "reference"])?;
+        one_of("device", &self.device, &["cpu", "cuda"])?;
+        if self.device == "cuda" && self.path != "reference" {
+            bail!(
+                "sae.device = \"cuda\" needs sae.path = \"reference\": the fast path is CPU-only"
+            );
+        }
         if self.resample_every_steps > 0 && self.resample_until < self.resample_every_steps {
             bail!("sae.resample_until = {} is below sae.resample_every_steps = {}: no resampling would happen", self.resample_until, self.resample_every_steps);
         }
@@ -243,12 +252,15 @@ pub struct SweepTrainer {
     /// Points the runner will build this time (not fresh, or forced).
     pending: Mutex<BTreeSet<String>>,
     results: Mutex<BTreeMap<String, Result<Trained, String>>>,
+    /// Reference-path points run on the first CUDA device.
+    pub cuda: bool,
 }
 
 impl SweepTrainer {
-    pub fn new(points: Vec<Point>) -> Arc<SweepTrainer> {
+    pub fn new(sweep: &SaeSweep) -> Arc<SweepTrainer> {
         Arc::new(SweepTrainer {
-            points,
+            points: sweep.points(),
+            cuda: sweep.device == "cuda",
             pending: Mutex::new(BTreeSet::new()),
             results: Mutex::new(BTreeMap::new()),
         })
@@ -302,9 +314,12 @@ impl SweepTrainer {
             })
             .collect();
         let path = if point.reference_path {
-            sae::Path::Reference {
-                device: Device::Cpu,
-            }
+            let device = if self.cuda {
+                Device::new_cuda(0)?
+            } else {
+                Device::Cpu
+            };
+            sae::Path::Reference { device }
         } else {
             sae::Path::Fast
         };
@@ -356,6 +371,7 @@ impl Stage for SaeStage {
             "layer": self.point.layer,
             "cfg": self.point.cfg,
             "path": if self.point.reference_path { "reference" } else { "fast" },
+            "device": if self.trainer.cuda { "cuda" } else { "cpu" },
         })
     }
     fn inputs(&self) -> Vec<(String, String)> {
