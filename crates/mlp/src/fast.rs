@@ -34,11 +34,13 @@ impl SparseImages {
             pixel: Vec::new(),
             delta: Vec::new(),
         };
+        let delta: [f32; 256] =
+            std::array::from_fn(|p| mnist::normalise::normalise_byte(p as u8) - base);
         for image in pixels.chunks_exact(INPUT) {
             for (j, &p) in image.iter().enumerate() {
                 if p != 0 {
                     s.pixel.push(j as u16);
-                    s.delta.push(mnist::normalise::normalise_byte(p) - base);
+                    s.delta.push(delta[p as usize]);
                 }
             }
             s.offsets.push(s.pixel.len());
@@ -200,7 +202,7 @@ pub(crate) fn train(
     cfg: &TrainConfig,
     init: Weights,
     data: Examples<'_>,
-    on_step: &mut dyn FnMut(usize, f32),
+    on_step: &mut (dyn FnMut(usize, f32) + Send),
 ) -> Result<(Weights, TrainLog), MlpError> {
     let base = mnist::normalise::normalise_byte(0);
     let images = SparseImages::new(data.pixels, base);
@@ -226,18 +228,23 @@ pub(crate) fn train(
         lr: cfg.lr as f32,
     };
     let mut log = TrainLog::default();
-    for epoch in 0..cfg.epochs {
-        let order = epoch_order(cfg, data.len(), epoch);
-        for batch in order.chunks(bs) {
-            let step = log.step_losses.len() + 1;
-            let loss = train_step(&mut t, &images, data.labels, batch, step);
-            if !loss.is_finite() {
-                return Err(MlpError::Diverged { step, loss });
+    // Inside the pool, so each step's joins hand work to the other worker
+    // directly instead of injecting it from outside twice a step.
+    rayon::scope(|_| -> Result<(), MlpError> {
+        for epoch in 0..cfg.epochs {
+            let order = epoch_order(cfg, data.len(), epoch);
+            for batch in order.chunks(bs) {
+                let step = log.step_losses.len() + 1;
+                let loss = train_step(&mut t, &images, data.labels, batch, step);
+                if !loss.is_finite() {
+                    return Err(MlpError::Diverged { step, loss });
+                }
+                log.step_losses.push(loss);
+                on_step(step, loss);
             }
-            log.step_losses.push(loss);
-            on_step(step, loss);
         }
-    }
+        Ok(())
+    })?;
     let weights = Weights {
         fc1_weight: transpose(&t.w1.w, INPUT, HIDDEN),
         fc1_bias: t.b1.w,
@@ -403,12 +410,18 @@ fn rows_forward_backward<'a>(
             axpy_n(&mut a1, d, part(net.w1, j * H));
         }
         a1.iter_mut().for_each(|v| *v = v.max(0.0));
-        // fc2, skipping inactive inputs.
-        let mut a2 = *part::<H>(net.b2, 0);
+        // fc2 over the active inputs only, listed first without branches so
+        // that the accumulator stays in registers.
+        let (mut active, mut active_value, mut n_active) = ([0usize; H], [0.0f32; H], 0);
         for (i, &v) in a1.iter().enumerate() {
-            if v > 0.0 {
-                axpy_n(&mut a2, v, part(net.w2, i * H));
-            }
+            active[n_active] = i;
+            active_value[n_active] = v;
+            n_active += (v > 0.0) as usize;
+        }
+        let (active, active_value) = (&active[..n_active], &active_value[..n_active]);
+        let mut a2 = *part::<H>(net.b2, 0);
+        for (&i, &v) in active.iter().zip(active_value) {
+            axpy_n(&mut a2, v, part(net.w2, i * H));
         }
         a2.iter_mut().for_each(|v| *v = v.max(0.0));
         // fc3 and the softmax cross-entropy, as a mean over the whole batch.
@@ -434,13 +447,10 @@ fn rows_forward_backward<'a>(
         }
         axpy_n(&mut p.db2, 1.0, &dh2);
         let dh1 = part_mut::<H>(dh1, r * H);
-        for (i, &v) in a1.iter().enumerate() {
-            dh1[i] = if v > 0.0 {
-                axpy_n(part_mut(&mut p.g2, i * H), v, &dh2);
-                dot_n(part(net.w2, i * H), &dh2)
-            } else {
-                0.0
-            };
+        *dh1 = [0.0; H];
+        for (&i, &v) in active.iter().zip(active_value) {
+            axpy_n(part_mut(&mut p.g2, i * H), v, &dh2);
+            dh1[i] = dot_n(part(net.w2, i * H), &dh2);
         }
         axpy_n(&mut p.db1, 1.0, dh1);
     }

@@ -85,7 +85,7 @@ pub fn train(
     cfg: &TrainConfig,
     data: Examples<'_>,
     path: &TrainPath,
-    on_step: &mut dyn FnMut(usize, f32),
+    on_step: &mut (dyn FnMut(usize, f32) + Send),
 ) -> Result<(Weights, TrainLog), MlpError> {
     cfg.validate()?;
     check_examples(data)?;

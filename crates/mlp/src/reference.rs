@@ -20,7 +20,7 @@ pub(crate) fn train(
     init: Weights,
     data: Examples<'_>,
     device: &Device,
-    on_step: &mut dyn FnMut(usize, f32),
+    on_step: &mut (dyn FnMut(usize, f32) + Send),
 ) -> Result<(Weights, TrainLog), MlpError> {
     let vars: HashMap<String, Var> = init
         .to_tensors(device)?
