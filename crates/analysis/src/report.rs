@@ -322,40 +322,22 @@ pub fn write_report(
                 title: "Mean and best I(A; Y) per SAE vs the neurons".into(),
                 x_label: "L0".into(),
                 y_label: "bits".into(),
-                layers: vec![
-                    Layer {
-                        name: "features, mean".into(),
-                        mark: Mark::Points { labels: Vec::new() },
-                        points: summaries
-                            .iter()
-                            .map(|s| (s.metrics.l0, s.features.mean_mi_bits))
-                            .collect(),
-                    },
-                    Layer {
-                        name: "features, best".into(),
-                        mark: Mark::Points { labels: Vec::new() },
-                        points: summaries
-                            .iter()
-                            .map(|s| (s.metrics.l0, s.features.max_mi_bits))
-                            .collect(),
-                    },
-                    Layer {
-                        name: "neurons, mean".into(),
-                        mark: Mark::Points { labels: Vec::new() },
-                        points: summaries
-                            .iter()
-                            .map(|s| (s.metrics.l0, s.neurons.mean_mi_bits))
-                            .collect(),
-                    },
-                    Layer {
-                        name: "neurons, best".into(),
-                        mark: Mark::Points { labels: Vec::new() },
-                        points: summaries
-                            .iter()
-                            .map(|s| (s.metrics.l0, s.neurons.max_mi_bits))
-                            .collect(),
-                    },
-                ],
+                layers: [
+                    (
+                        "features, mean",
+                        (|s| s.features.mean_mi_bits) as fn(&SaeSummary) -> f64,
+                    ),
+                    ("features, best", |s| s.features.max_mi_bits),
+                    ("neurons, mean", |s| s.neurons.mean_mi_bits),
+                    ("neurons, best", |s| s.neurons.max_mi_bits),
+                ]
+                .into_iter()
+                .map(|(name, mi)| Layer {
+                    name: name.into(),
+                    mark: Mark::Points { labels: Vec::new() },
+                    points: summaries.iter().map(|s| (s.metrics.l0, mi(s))).collect(),
+                })
+                .collect(),
             },
             &out_dir.join("mi_vs_l0"),
         )?;

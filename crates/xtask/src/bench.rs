@@ -17,16 +17,6 @@ pub enum Target {
     Sae,
 }
 
-/// Peak resident memory of this process so far, in MiB (VmHWM).
-pub fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
 /// Builds (or finds cached) the stages `target` names and returns their artifact folders.
 fn prepare(
     config: &Config,
@@ -97,7 +87,7 @@ fn bench_mlp(config: &Config, ctx: &Context, store: &Store) -> Result<()> {
         times[0],
         times[1],
         steps as f64 / times[1],
-        peak_rss_mib()
+        sae::bench::peak_rss_mib()
     );
     Ok(())
 }
@@ -177,7 +167,7 @@ fn bench_sae(config: &Config, ctx: &Context, store: &Store) -> Result<()> {
             seconds / epochs as f64,
             points.len(),
             steps as f64 / seconds,
-            peak_rss_mib(),
+            sae::bench::peak_rss_mib(),
             last.join(", ")
         );
     }
