@@ -107,15 +107,15 @@ pub fn load(path: &Path, sources: &ConfigSources) -> Result<Loaded> {
     } else {
         Table::new()
     };
-    let presets_table = match table.remove("presets") {
+    let mut presets_table = match table.remove("presets") {
         None => Table::new(),
         Some(Value::Table(t)) => t,
         Some(_) => bail!("{name}: presets must be a table of tables, as [presets.NAME]"),
     };
     let defaults = Value::try_from(Config::default()).expect("the default config serialises");
-    check_against(&defaults, &table, "", &name)?;
+    check_against(&defaults, &mut table, "", &name)?;
     let mut presets = BTreeMap::new();
-    for (preset, body) in &presets_table {
+    for (preset, body) in presets_table.iter_mut() {
         let Value::Table(body) = body else {
             bail!("{name}: presets.{preset} must be a table")
         };
@@ -140,7 +140,7 @@ pub fn load(path: &Path, sources: &ConfigSources) -> Result<Loaded> {
         let value = parse_value(text.trim());
         let mut patch = Table::new();
         insert_path(&mut patch, key.trim(), value);
-        check_against(&defaults, &patch, "", &source)?;
+        check_against(&defaults, &mut patch, "", &source)?;
         merge(&mut table, &patch);
     }
     let mut applied: Vec<String> = sources
@@ -218,11 +218,20 @@ fn merge(base: &mut Table, patch: &Table) {
 }
 
 /// Every key must exist in the defaults with a compatible type.
-fn check_against(defaults: &Value, table: &Table, prefix: &str, source: &str) -> Result<()> {
+/// A single value where a list is expected (`--set sae.l1_coeff=0.01`) becomes a
+/// one-element list.
+fn check_against(defaults: &Value, table: &mut Table, prefix: &str, source: &str) -> Result<()> {
     let Value::Table(known) = defaults else {
         unreachable!("checked tables only")
     };
-    for (key, value) in table {
+    for (key, value) in table.iter_mut() {
+        if let (Some(Value::Array(d)), false) =
+            (known.get(key), value.is_array() || value.is_table())
+        {
+            if d.first().is_some_and(|first| same_type(first, value)) {
+                *value = Value::Array(vec![value.clone()]);
+            }
+        }
         let path = if prefix.is_empty() {
             key.clone()
         } else {

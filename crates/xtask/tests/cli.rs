@@ -134,6 +134,16 @@ fn a_second_run_is_all_cached_and_status_explains_it() {
         "{}",
         changed.stdout
     );
+    // A single value where a sweep list is expected is a one-point list.
+    let single = xtask(store.path(), &["status", "--set", "sae.l1_coeff=0.01"]);
+    assert!(
+        single
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("sae/fc2.pre/l1-0.01/d1024/s0 ")),
+        "{}",
+        single.stdout
+    );
     let explain = xtask(
         store.path(),
         &["explain", "extract", "--set", "mlp.lr=0.01"],

@@ -49,8 +49,9 @@ pub struct SaeSweep {
     pub dead_window_steps: usize,
     pub k_aux: usize,
     pub aux_coeff: f64,
-    /// Resample dead features every this many steps (0 = never), up to `resample_until` steps.
-    pub resample_every_steps: usize,
+    /// Resample dead features every this many steps (0 = never), up to
+    /// `resample_until` steps; a sweep axis, so `[0, 20000]` compares both.
+    pub resample_every_steps: Vec<usize>,
     pub resample_until: usize,
     pub resample_sample_rows: usize,
     /// "fast" (fused CPU trainer) or "reference" (candle autograd).
@@ -80,7 +81,7 @@ impl Default for SaeSweep {
             dead_window_steps: notebook.dead_window_steps,
             k_aux: 256,
             aux_coeff: 1.0 / 32.0,
-            resample_every_steps: 0,
+            resample_every_steps: vec![0],
             resample_until: 0,
             resample_sample_rows: 8192,
             path: "fast".into(),
@@ -112,6 +113,7 @@ impl SaeSweep {
             ("variant", self.variant.is_empty()),
             ("d_sae", self.d_sae.is_empty()),
             ("seed", self.seed.is_empty()),
+            ("resample_every_steps", self.resample_every_steps.is_empty()),
         ] {
             if empty {
                 bail!("sae.{key} is an empty list: a sweep axis needs at least one value");
@@ -137,8 +139,12 @@ impl SaeSweep {
                 "sae.device = \"cuda\" needs sae.path = \"reference\": the fast path is CPU-only"
             );
         }
-        if self.resample_every_steps > 0 && self.resample_until < self.resample_every_steps {
-            bail!("sae.resample_until = {} is below sae.resample_every_steps = {}: no resampling would happen", self.resample_until, self.resample_every_steps);
+        if let Some(&every) = self
+            .resample_every_steps
+            .iter()
+            .find(|&&every| every > 0 && self.resample_until < every)
+        {
+            bail!("sae.resample_until = {} is below sae.resample_every_steps = {every}: no resampling would happen", self.resample_until);
         }
         let points = self.points();
         if points.len() > 256 {
@@ -190,13 +196,21 @@ impl SaeSweep {
                 for (variant_label, variant) in variants {
                     for &d_sae in &self.d_sae {
                         for &seed in &self.seed {
-                            let name = format!("sae/{layer}/{variant_label}/d{d_sae}/s{seed}");
-                            out.push(Point {
-                                name,
-                                layer: layer.clone(),
-                                cfg: self.config(layer, variant.clone(), d_sae, seed),
-                                reference_path: self.path == "reference",
-                            });
+                            for &every in &self.resample_every_steps {
+                                let resampled = if every > 0 {
+                                    format!("/rs{every}")
+                                } else {
+                                    String::new()
+                                };
+                                out.push(Point {
+                                    name: format!(
+                                        "sae/{layer}/{variant_label}/d{d_sae}/s{seed}{resampled}"
+                                    ),
+                                    layer: layer.clone(),
+                                    cfg: self.config(layer, variant.clone(), d_sae, seed, every),
+                                    reference_path: self.path == "reference",
+                                });
+                            }
                         }
                     }
                 }
@@ -205,10 +219,17 @@ impl SaeSweep {
         out
     }
 
-    fn config(&self, layer: &str, variant: Variant, d_sae: usize, seed: u64) -> SaeConfig {
-        let resample = (self.resample_every_steps > 0).then(|| sae::ResampleConfig {
+    fn config(
+        &self,
+        layer: &str,
+        variant: Variant,
+        d_sae: usize,
+        seed: u64,
+        resample_every_steps: usize,
+    ) -> SaeConfig {
+        let resample = (resample_every_steps > 0).then(|| sae::ResampleConfig {
             schedule: sae::ResampleSchedule::Every {
-                every_steps: self.resample_every_steps,
+                every_steps: resample_every_steps,
                 until: self.resample_until,
             },
             sample_rows: self.resample_sample_rows,
