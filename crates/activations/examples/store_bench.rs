@@ -8,8 +8,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use activations::{
-    write_split, ActivationStore, BatchConfig, BatchIter, LayerData, ShardConfig, ShardMeta,
-    VerifyMode,
+    write_split, ActivationStore, BatchConfig, BatchIter, LayerData, Residency, ShardConfig,
+    ShardMeta, VerifyMode,
 };
 
 const LAYERS: [(&str, usize); 5] = [
@@ -130,7 +130,15 @@ fn read_store(dir: &Path) {
         shards.iter().map(|s| s.size_bytes).sum::<u64>() as f64 / 1e6
     );
     memory("after open");
+    // Release-behind first: afterwards the kept passes map every page anyway.
     for (label, cfg) in [
+        (
+            "sequential epoch, batch 256, release behind",
+            BatchConfig {
+                residency: Residency::ReleaseBehind,
+                ..BatchConfig::sequential(256)
+            },
+        ),
         ("sequential epoch, batch 256", BatchConfig::sequential(256)),
         ("shuffled epoch, batch 256", BatchConfig::shuffled(256, 1)),
     ] {

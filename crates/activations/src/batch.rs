@@ -32,6 +32,18 @@ pub enum LastBatch {
     Drop,
 }
 
+/// What happens to the pages of the memory map once an epoch has read them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Residency {
+    /// Leave them mapped: right for trainers, which read the layer every epoch.
+    #[default]
+    Keep,
+    /// Release each shard's pages once the epoch is past it (sequential order
+    /// without a subset), and all of them when the epoch ends. A one-pass scan
+    /// then holds about one shard resident, not the whole layer.
+    ReleaseBehind,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchConfig {
     pub batch_size: usize,
@@ -39,6 +51,7 @@ pub struct BatchConfig {
     /// Rows (positions within the split) to iterate instead of all of them; no repeats.
     pub rows: Option<Vec<u32>>,
     pub last_batch: LastBatch,
+    pub residency: Residency,
 }
 
 impl BatchConfig {
@@ -48,6 +61,7 @@ impl BatchConfig {
             order: Order::Sequential,
             rows: None,
             last_batch: LastBatch::Keep,
+            residency: Residency::Keep,
         }
     }
 
@@ -107,6 +121,7 @@ pub struct BatchIter<'a> {
     order: Order,
     subset: Option<Vec<u32>>,
     last_batch: LastBatch,
+    residency: Residency,
 }
 
 impl<'a> BatchIter<'a> {
@@ -143,6 +158,7 @@ impl<'a> BatchIter<'a> {
             order: cfg.order,
             subset: cfg.rows.clone(),
             last_batch: cfg.last_batch,
+            residency: cfg.residency,
         })
     }
 
@@ -183,6 +199,7 @@ impl<'a> BatchIter<'a> {
             positions,
             next: 0,
             count: self.batches_per_epoch(),
+            released: 0,
         }
     }
 }
@@ -195,6 +212,23 @@ pub struct EpochBatches<'s, 'a> {
     positions: Option<Cow<'s, [u32]>>,
     next: usize,
     count: usize,
+    /// Chunks already released under [`Residency::ReleaseBehind`].
+    released: usize,
+}
+
+impl EpochBatches<'_, '_> {
+    /// Under [`Residency::ReleaseBehind`], releases every chunk before `chunk`.
+    fn release_before(&mut self, chunk: usize) {
+        if self.batches.residency != Residency::ReleaseBehind {
+            return;
+        }
+        let chunks = self.batches.view.chunks();
+        let end = chunk.min(chunks.len());
+        for c in chunks.get(self.released..end).unwrap_or_default() {
+            c.release();
+        }
+        self.released = self.released.max(end);
+    }
 }
 
 impl<'a> Iterator for EpochBatches<'_, 'a> {
@@ -202,12 +236,17 @@ impl<'a> Iterator for EpochBatches<'_, 'a> {
 
     fn next(&mut self) -> Option<Batch<'a>> {
         if self.next >= self.count {
+            self.release_before(usize::MAX);
             return None;
         }
         let size = self.batches.batch_size;
         let lo = self.next * size;
         let hi = (lo + size).min(self.batches.rows_per_epoch());
         self.next += 1;
+        if self.positions.is_none() {
+            let (chunk, _) = self.batches.view.locate(lo);
+            self.release_before(chunk);
+        }
         let view = &self.batches.view;
         Some(match &self.positions {
             None => range_batch(view, lo..hi),

@@ -24,7 +24,7 @@ mod format;
 mod store;
 mod writer;
 
-pub use batch::{Batch, BatchConfig, BatchIter, EpochBatches, LastBatch, Order};
+pub use batch::{Batch, BatchConfig, BatchIter, EpochBatches, LastBatch, Order, Residency};
 pub use error::ActivationsError;
 pub use format::{shard_file_name, LayerInfo, ShardInfo, INDEX_TENSOR, LABELS_TENSOR};
 pub use store::{ActivationStore, LayerView, ShardChunk, VerifyMode};

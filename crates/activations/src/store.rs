@@ -155,6 +155,7 @@ impl ActivationStore {
                     x: cast(&shard.map, shard.layout.layers[slot], name, path)?,
                     labels: &shard.map[shard.layout.labels.start..shard.layout.labels.end()],
                     indices: cast(&shard.map, shard.layout.index, crate::INDEX_TENSOR, path)?,
+                    map: &shard.map,
                 })
             })
             .collect::<Result<Vec<_>, ActivationsError>>()?;
@@ -355,11 +356,34 @@ pub struct ShardChunk<'a> {
     pub labels: &'a [u8],
     /// Dataset index of each row.
     pub indices: &'a [u32],
+    map: &'a Mmap,
 }
 
 impl ShardChunk<'_> {
     pub fn rows(&self) -> usize {
         self.labels.len()
+    }
+
+    /// Drops the pages of `x` from this process's resident set. The data stays
+    /// valid: the next read faults the same bytes back in from the page cache.
+    /// One-pass scans call this behind their cursor so that their RSS stays
+    /// near one shard instead of growing to the whole layer.
+    pub fn release(&self) {
+        #[cfg(unix)]
+        {
+            let offset = self.x.as_ptr() as usize - self.map.as_ptr() as usize;
+            // SAFETY: the map is a read-only shared mapping of a file nobody
+            // writes while it is mapped (artifacts are immutable), so
+            // MADV_DONTNEED only unmaps pages; reads through live borrows
+            // refault identical bytes. Failure is harmless (pages stay resident).
+            let _ = unsafe {
+                self.map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    offset,
+                    std::mem::size_of_val(self.x),
+                )
+            };
+        }
     }
 }
 
@@ -437,12 +461,16 @@ impl<'a> LayerView<'a> {
         &self.chunks
     }
 
-    /// The whole layer as one owned `[rows, width]` buffer (the only copying accessor).
+    /// The whole layer as one owned `[rows, width]` buffer (the only copying
+    /// accessor). Each shard's pages are released once copied, so the process
+    /// holds the copy, not the copy and the mapped layer.
     pub fn to_vec(&self) -> Vec<f32> {
-        self.chunks
-            .iter()
-            .flat_map(|c| c.x.iter().copied())
-            .collect()
+        let mut out = Vec::with_capacity(self.rows * self.width);
+        for c in &self.chunks {
+            out.extend_from_slice(c.x);
+            c.release();
+        }
+        out
     }
 
     pub fn labels(&self) -> Vec<u8> {
