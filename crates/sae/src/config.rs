@@ -59,8 +59,11 @@ pub enum Variant {
     /// Keep the k largest pre-activations (ReLU'd), no L1; AuxK loss on dead latents.
     TopK {
         k: usize,
+        /// AuxK reconstructs the residual from the `k_aux` largest dead latents.
         #[serde(default = "default_k_aux")]
         k_aux: usize,
+        /// Weight of AuxK's normalised MSE, against the reconstruction loss as
+        /// in OpenAI's code (see `AuxScale`).
         #[serde(default = "default_aux_coeff")]
         aux_coeff: f64,
     },

@@ -18,8 +18,8 @@
 use crate::config::{SaeConfig, Variant};
 use crate::duo::Exec;
 use crate::kernels::{self, axpy, multiversion, AdamStep, MatRef, Selection, Simd};
-use crate::model::{selection, transpose, Sae};
-use crate::train::{FeatureReset, FiringTracker, Gradients, StepStats, Trainer};
+use crate::model::{self, selection, transpose, Sae};
+use crate::train::{AuxScale, FeatureReset, FiringTracker, Gradients, StepStats, Trainer};
 use crate::SaeError;
 
 /// Whether the fast path implements `variant`.
@@ -246,6 +246,8 @@ struct StepState {
     err: Vec<f32>,
     /// AuxK's e - e_hat with e = x - x_hat; empty when AuxK is off this step.
     aux_residual: Vec<f32>,
+    /// dAux/de_hat = aux_grad_scale * (e - e_hat), from this step's residual spread.
+    aux_grad_scale: f32,
     fired: Vec<bool>,
     merge: Vec<(f32, u32)>,
     spare: [Csr; 2],
@@ -260,6 +262,7 @@ pub(crate) struct FastTrainer {
     adam_t: usize,
     halves: [Half; 2],
     step: StepState,
+    aux_scale: AuxScale,
 }
 
 multiversion! {
@@ -568,7 +571,7 @@ fn feature_pass_half_inline<S: Simd>(
 }
 
 impl FastTrainer {
-    pub fn new(sae: &Sae) -> Self {
+    pub fn new(sae: &Sae, aux_scale: AuxScale) -> Self {
         let (d_in, d_sae) = (sae.d_in(), sae.d_sae());
         let n = d_in * d_sae;
         let split = d_sae / 2;
@@ -603,6 +606,7 @@ impl FastTrainer {
                 fired: vec![false; d_sae],
                 ..StepState::default()
             },
+            aux_scale,
         }
     }
 
@@ -613,10 +617,6 @@ impl FastTrainer {
     /// Runs the per-feature pass on both halves (modes per half).
     fn feature_pass(&mut self, exec: Exec, modes: [PassMode<'_>; 2], project: bool) {
         let rows = self.step.rows;
-        let aux_coeff = match self.cfg.variant {
-            Variant::TopK { aux_coeff, .. } => aux_coeff as f32,
-            _ => 0.0,
-        };
         let inputs = PassInputs {
             d_in: self.d_in,
             x_cent: &self.step.x_cent,
@@ -624,7 +624,7 @@ impl FastTrainer {
             aux_residual: &self.step.aux_residual,
             grad_scale: 2.0 / rows as f32,
             l1_grad: self.cfg.l1_scale(rows) as f32,
-            aux_grad_scale: -2.0 * aux_coeff / rows as f32,
+            aux_grad_scale: self.step.aux_grad_scale,
             project,
         };
         let split = self.halves[1].lo;
@@ -744,6 +744,7 @@ impl Trainer for FastTrainer {
 
         let mut aux = 0.0;
         st.aux_residual.clear();
+        st.aux_grad_scale = 0.0;
         if k_aux > 0 {
             merge_top_k(&mut self.halves, &mut st.spare, &mut st.merge, k_aux, true);
             let [h0, h1] = &mut self.halves;
@@ -761,7 +762,11 @@ impl Trainer for FastTrainer {
             );
             let aux_sq: f64 = st.aux_residual.iter().map(|&r| (r * r) as f64).sum();
             if let Variant::TopK { aux_coeff, .. } = self.cfg.variant {
-                aux = aux_coeff * aux_sq / rows as f64;
+                let factor = self
+                    .aux_scale
+                    .factor(aux_coeff, model::total_variance(&st.err, d_in));
+                aux = factor * aux_sq;
+                st.aux_grad_scale = (-2.0 * factor) as f32;
             }
         }
 
@@ -871,7 +876,7 @@ mod tests {
     /// Steps `steps` batches with `exec`; returns the parameters.
     fn run(cfg: &SaeConfig, data: &[f32], steps: usize, exec: Exec) -> Sae {
         let sae = Sae::init(cfg, data).unwrap();
-        let mut trainer = FastTrainer::new(&sae);
+        let mut trainer = FastTrainer::new(&sae, AuxScale::of(data, cfg.d_in));
         let mut tracker = FiringTracker::new(cfg.d_sae, cfg.dead_window_steps);
         for (i, batch) in data
             .chunks(cfg.batch_size * cfg.d_in)

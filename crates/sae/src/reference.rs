@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor, Var, D};
 
 use crate::config::{SaeConfig, Variant};
 use crate::duo::Exec;
-use crate::train::{FeatureReset, FiringTracker, Gradients, StepStats, Trainer};
+use crate::train::{AuxScale, FeatureReset, FiringTracker, Gradients, StepStats, Trainer};
 use crate::{Sae, SaeError};
 
 pub(crate) struct ReferenceTrainer {
@@ -18,6 +18,7 @@ pub(crate) struct ReferenceTrainer {
     moments: [(Var, Var); 4],
     grads: Option<[Tensor; 4]>,
     adam_t: usize,
+    aux_scale: AuxScale,
 }
 
 const W_ENC: usize = 0;
@@ -45,7 +46,7 @@ fn normalise_rows(w: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 impl ReferenceTrainer {
-    pub fn new(sae: &Sae, device: &Device) -> Result<Self, SaeError> {
+    pub fn new(sae: &Sae, device: &Device, aux_scale: AuxScale) -> Result<Self, SaeError> {
         let (d_in, d_sae) = (sae.d_in(), sae.d_sae());
         let var = |data: &[f32], shape: &[usize]| -> candle_core::Result<Var> {
             Var::from_tensor(&Tensor::from_slice(data, shape, device)?)
@@ -75,6 +76,7 @@ impl ReferenceTrainer {
             moments,
             grads: None,
             adam_t: 0,
+            aux_scale,
         })
     }
 
@@ -140,11 +142,9 @@ impl ReferenceTrainer {
                 let aux_mask = (top_k_mask(&dead_pre, k_aux.min(n_dead))? * &positive)?;
                 let aux_acts = (&pre * &aux_mask)?;
                 let residual = (&x - &x_hat)?.detach();
-                let aux = ((residual - aux_acts.matmul(w_dec)?)?
-                    .sqr()?
-                    .sum(1)?
-                    .mean(0)?
-                    * aux_coeff)?;
+                let spread = crate::model::total_variance(&to_host(&residual)?, d_in);
+                let factor = self.aux_scale.factor(aux_coeff, spread);
+                let aux = ((residual - aux_acts.matmul(w_dec)?)?.sqr()?.sum_all()? * factor)?;
                 aux_value = aux.to_scalar::<f32>()? as f64;
                 loss = (loss + aux)?;
             }

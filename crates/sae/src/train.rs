@@ -197,11 +197,41 @@ impl FiringTracker {
     }
 }
 
-fn make_trainer(sae: &Sae, path: &Path) -> Result<Box<dyn Trainer>, SaeError> {
+/// AuxK's loss, as OpenAI's `auxk_coef * normalized_mse(e_hat, e)`, put into
+/// the units of this crate's L2 term (which is not normalised):
+/// `aux_coeff * data_variance * sum ||e - e_hat||^2 / sum ||e - mean(e)||^2`,
+/// summed over the batch's rows, with `e = x - x_hat` (detached) and
+/// `data_variance` the mean of `||x - mean(x)||^2` over the training rows.
+/// So `aux_coeff` weighs against the reconstruction loss as OpenAI's does.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AuxScale {
+    pub data_variance: f64,
+}
+
+impl AuxScale {
+    /// The factor on `sum ||e - e_hat||^2`, given `sum ||e - mean(e)||^2`;
+    /// 0 where the residual has no spread (as OpenAI's `nan_to_num(0)`).
+    pub fn factor(&self, aux_coeff: f64, residual_spread: f64) -> f64 {
+        if residual_spread > 0.0 && residual_spread.is_finite() {
+            aux_coeff * self.data_variance / residual_spread
+        } else {
+            0.0
+        }
+    }
+
+    pub fn of(data: &[f32], d_in: usize) -> Self {
+        let rows = (data.len() / d_in).max(1);
+        AuxScale {
+            data_variance: model::total_variance(data, d_in) / rows as f64,
+        }
+    }
+}
+
+fn make_trainer(sae: &Sae, path: &Path, aux: AuxScale) -> Result<Box<dyn Trainer>, SaeError> {
     Ok(match path {
-        Path::Fast if fast::supports(&sae.cfg.variant) => Box::new(FastTrainer::new(sae)),
-        Path::Fast => Box::new(ReferenceTrainer::new(sae, &Device::Cpu)?),
-        Path::Reference { device } => Box::new(ReferenceTrainer::new(sae, device)?),
+        Path::Fast if fast::supports(&sae.cfg.variant) => Box::new(FastTrainer::new(sae, aux)),
+        Path::Fast => Box::new(ReferenceTrainer::new(sae, &Device::Cpu, aux)?),
+        Path::Reference { device } => Box::new(ReferenceTrainer::new(sae, device, aux)?),
     })
 }
 
@@ -505,6 +535,7 @@ fn new_run<'a>(
     d_in: usize,
     path: &Path,
     limits: Limits,
+    aux: AuxScale,
 ) -> Result<Run<'a>, SaeError> {
     let cfg = &point.cfg;
     cfg.validate()?;
@@ -520,7 +551,7 @@ fn new_run<'a>(
     Ok(Run {
         name: &point.name,
         cfg,
-        trainer: make_trainer(&sae, path)?,
+        trainer: make_trainer(&sae, path, aux)?,
         tracker: FiringTracker::new(cfg.d_sae, cfg.dead_window_steps),
         resample_rng: model::rng(cfg.seed, STREAM_RESAMPLE),
         steps: 0,
@@ -555,7 +586,12 @@ fn drive<'a>(
     };
     let mut slots: Vec<Result<Run, SaeError>> = points
         .iter()
-        .map(|p| new_run(p, data, d_in, path, limits))
+        .map(|p| {
+            let aux = AuxScale {
+                data_variance: shared.total_variance / (data.len() / d_in).max(1) as f64,
+            };
+            new_run(p, data, d_in, path, limits, aux)
+        })
         .collect();
     let mut keys: Vec<(usize, Option<u64>)> = slots
         .iter()
@@ -682,7 +718,7 @@ pub fn loss_trajectory(
 
 /// Loss and raw gradients of `sae` on one batch (row-major `[rows, d_in]`),
 /// with `dead_features` treated as dead for TopK's AuxK (unless they fire in
-/// this batch).
+/// this batch). AuxK's data variance is the batch's own.
 pub fn gradients(
     sae: &Sae,
     batch: &[f32],
@@ -691,7 +727,7 @@ pub fn gradients(
 ) -> Result<(f64, Gradients), SaeError> {
     sae.cfg.validate()?;
     let rows = check_rows("gradient batch", batch, sae.d_in())?;
-    let mut trainer = make_trainer(sae, path)?;
+    let mut trainer = make_trainer(sae, path, AuxScale::of(batch, sae.d_in()))?;
     let window = usize::MAX / 2;
     let mut tracker = FiringTracker::new(sae.d_sae(), window);
     for &f in dead_features {

@@ -70,6 +70,16 @@ fn top_k_and_aux_k_gradients_match_f64_host_on_both_paths() {
     // Half the features dead: AuxK reconstructs the residual from them.
     let dead: Vec<usize> = (0..48).filter(|f| f % 2 == 1).collect();
     check_gradients(&cfg, &dead, 4);
+
+    // One row: the residual has no spread, so AuxK adds nothing (and no NaN).
+    let sae = perturbed_sae(&cfg, 4);
+    let row = structured_data(1, cfg.d_in, 5);
+    let host = host_gradients(&sae, &row, &vec![true; cfg.d_sae]);
+    for path in [Path::Fast, reference()] {
+        let (loss, g) = gradients(&sae, &row, &dead, &path).unwrap();
+        assert!(loss.is_finite() && ((loss - host.loss) / host.loss).abs() < 1e-5);
+        assert!(relative_error(&g.w_enc, &host.w_enc) < 2e-5, "{path:?}");
+    }
 }
 
 #[test]

@@ -107,6 +107,30 @@ pub fn host_gradients(sae: &Sae, x: &[f32], dead: &[bool]) -> HostGradients {
     let dead: Vec<bool> = (0..f_n).map(|f| dead[f] && !fired[f]).collect();
     let any_dead = dead.iter().any(|&x| x);
 
+    // err = x_hat - x per row.
+    let err: Vec<Vec<f64>> = (0..rows)
+        .map(|r| {
+            (0..d)
+                .map(|i| {
+                    let dec: f64 = active[r].iter().map(|&f| pre[r][f] * w_dec(f, i)).sum();
+                    sae.b_dec[i] as f64 + dec - x[r * d + i] as f64
+                })
+                .collect()
+        })
+        .collect();
+    // AuxK as OpenAI's normalised MSE of the residual, times the batch's
+    // variance (the unit `sae::gradients` uses): its factor on sum ||e - e_hat||^2.
+    let spread = |v: &dyn Fn(usize, usize) -> f64| -> f64 {
+        (0..d)
+            .map(|i| {
+                let mean = (0..rows).map(|r| v(r, i)).sum::<f64>() / rows as f64;
+                (0..rows).map(|r| (v(r, i) - mean).powi(2)).sum::<f64>()
+            })
+            .sum()
+    };
+    let data_variance = spread(&|r, i| x[r * d + i] as f64) / rows as f64;
+    let residual_spread = spread(&|r, i| err[r][i]);
+
     let mut g = HostGradients {
         loss: 0.0,
         w_enc: vec![0.0; d * f_n],
@@ -115,13 +139,7 @@ pub fn host_gradients(sae: &Sae, x: &[f32], dead: &[bool]) -> HostGradients {
         b_dec: vec![0.0; d],
     };
     for r in 0..rows {
-        let mut err = vec![0.0; d];
-        for i in 0..d {
-            err[i] = sae.b_dec[i] as f64 - x[r * d + i] as f64;
-            for &f in &active[r] {
-                err[i] += pre[r][f] * w_dec(f, i);
-            }
-        }
+        let err = &err[r];
         g.loss += err.iter().map(|e| e * e).sum::<f64>() / rows as f64;
         let g_xhat: Vec<f64> = err.iter().map(|e| 2.0 * e / rows as f64).collect();
         let mut g_pre = vec![0.0; f_n];
@@ -148,11 +166,14 @@ pub fn host_gradients(sae: &Sae, x: &[f32], dead: &[bool]) -> HostGradients {
                     residual[i] -= pre[r][f] * w_dec(f, i);
                 }
             }
-            g.loss += aux_coeff * residual.iter().map(|e| e * e).sum::<f64>() / rows as f64;
-            let g_ehat: Vec<f64> = residual
-                .iter()
-                .map(|e| -2.0 * aux_coeff * e / rows as f64)
-                .collect();
+            // A residual without spread (one row) has no normalised MSE: 0, as OpenAI's nan_to_num.
+            let factor = if residual_spread > 0.0 {
+                aux_coeff * data_variance / residual_spread
+            } else {
+                0.0
+            };
+            g.loss += factor * residual.iter().map(|e| e * e).sum::<f64>();
+            let g_ehat: Vec<f64> = residual.iter().map(|e| -2.0 * factor * e).collect();
             for &f in &set {
                 g_pre[f] += (0..d).map(|i| g_ehat[i] * w_dec(f, i)).sum::<f64>();
                 for i in 0..d {
