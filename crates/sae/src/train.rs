@@ -261,7 +261,8 @@ struct Run<'a> {
     resamples: Vec<ResampleEvent>,
     losses: Option<Vec<f64>>,
     failed: Option<SaeError>,
-    started: Instant,
+    /// Wall time of the run's group, once it has trained.
+    seconds: f64,
 }
 
 /// How far [`drive`] goes and what it records.
@@ -562,7 +563,7 @@ fn new_run<'a>(
         resamples: Vec::new(),
         losses: limits.record_losses.then(Vec::new),
         failed: None,
-        started: Instant::now(),
+        seconds: 0.0,
     })
 }
 
@@ -605,7 +606,11 @@ fn drive<'a>(
             .filter_map(|s| s.as_mut().ok())
             .filter(|r| order_key(r.cfg) == key)
             .collect();
+        // Each group's own clock: groups train one after another.
+        let start = Instant::now();
         drive_group(&mut group, &shared);
+        let seconds = start.elapsed().as_secs_f64();
+        group.iter_mut().for_each(|r| r.seconds = seconds);
     }
     slots
         .into_iter()
@@ -614,7 +619,7 @@ fn drive<'a>(
             match run.failed.take() {
                 Some(e) => Err(e),
                 None => {
-                    let seconds = run.started.elapsed().as_secs_f64();
+                    let seconds = run.seconds;
                     Ok((run, seconds))
                 }
             }

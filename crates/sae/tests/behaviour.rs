@@ -331,6 +331,39 @@ fn same_seed_same_sae_and_sweeps_match_single_runs() {
 }
 
 #[test]
+fn sweep_groups_report_their_own_training_time() {
+    let data = structured_data(64 * 20, 32, 27);
+    let base = SaeConfig {
+        epochs: 30,
+        ..config(Variant::L1 { l1_coeff: 3e-3 }, 32, 256)
+    };
+    // Different batch sizes cannot share batches: two groups, one after the other.
+    let points = [
+        SweepPoint {
+            name: "b64".into(),
+            cfg: base.clone(),
+        },
+        SweepPoint {
+            name: "b32".into(),
+            cfg: SaeConfig {
+                batch_size: 32,
+                ..base
+            },
+        },
+    ];
+    let started = std::time::Instant::now();
+    let swept = train_sweep(&points, &data, 32, &quiet());
+    let total = started.elapsed().as_secs_f64();
+    let seconds: Vec<f64> = swept.iter().map(|r| r.as_ref().unwrap().seconds).collect();
+    assert!(seconds.iter().all(|&s| s > 0.0), "{seconds:?}");
+    // Each group's clock covers only its own training, so they add up to at most the whole.
+    assert!(
+        seconds[0] + seconds[1] <= total,
+        "{seconds:?} add up to more than the sweep's {total} s"
+    );
+}
+
+#[test]
 fn bad_config_values_are_refused_naming_the_key() {
     let good = config(Variant::L1 { l1_coeff: 3e-3 }, 8, 16);
     good.validate().unwrap();

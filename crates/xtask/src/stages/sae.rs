@@ -434,9 +434,11 @@ impl Stage for SaeStage {
             "train_seconds": trained.seconds,
             "final_epoch": last,
             "resampled": trained.resamples.iter().map(|r| r.features.len()).sum::<usize>(),
+            // Points of a sweep train together, so the stage's own wall time
+            // is the group's for the first point and ~0 for the rest.
             "headline": format!(
-                "L0 {:.1}, EV {:.3}, dead {}/{}, CE recovered {:.3}",
-                on_test.l0, on_test.explained_variance, on_train.dead, trained.sae.d_sae(), downstream["ce_recovered_zero"].as_f64().unwrap_or(f64::NAN)
+                "L0 {:.1}, EV {:.3}, dead {}/{}, CE recovered {:.3}, trained in {:.1} s",
+                on_test.l0, on_test.explained_variance, on_train.dead, trained.sae.d_sae(), downstream["ce_recovered_zero"].as_f64().unwrap_or(f64::NAN), trained.seconds
             ),
         });
         super::write_json(out, "metrics.json", &metrics)?;
