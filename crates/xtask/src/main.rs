@@ -383,13 +383,41 @@ fn status(session: &Session, graph: &Graph<'_>) {
         rows.push(vec![
             planned.name.clone(),
             planned.key.to_string(),
-            changed.join(" "),
-            planned.state.label(),
+            clip(&changed.join(" ")),
+            first_reason(&planned.state),
             headline,
             wall,
         ]);
     }
     print_table(&rows);
+    if rows.iter().flatten().any(|cell| cell.ends_with(CLIPPED)) {
+        println!("(cells ending in {CLIPPED} are cut short: `cargo xtask explain STAGE` shows them whole)");
+    }
+}
+
+/// Where a table cell was cut to keep `status` one screen wide.
+const CLIPPED: &str = "…";
+const MAX_CELL_CHARS: usize = 72;
+
+fn clip(cell: &str) -> String {
+    if cell.chars().count() <= MAX_CELL_CHARS {
+        return cell.to_string();
+    }
+    let kept: String = cell.chars().take(MAX_CELL_CHARS - 1).collect();
+    format!("{kept}{CLIPPED}")
+}
+
+/// The state with only its first reason to be stale, and how many more there are.
+fn first_reason(state: &State) -> String {
+    let State::Stale(why) = state else {
+        return state.label();
+    };
+    let reasons: Vec<&str> = why.split("; ").collect();
+    match reasons.as_slice() {
+        [one] => format!("stale: {}", clip(one)),
+        [first, rest @ ..] => format!("stale: {} (+{} more)", clip(first), rest.len()),
+        [] => state.label(),
+    }
 }
 
 fn print_table(rows: &[Vec<String>]) {

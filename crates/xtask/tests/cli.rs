@@ -134,6 +134,19 @@ fn a_second_run_is_all_cached_and_status_explains_it() {
         "{}",
         changed.stdout
     );
+    // Downstream stages have several reasons; the table shows the first and a count.
+    let analysis_line = changed
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("analysis "))
+        .unwrap();
+    assert!(
+        analysis_line.contains("stale: input")
+            && analysis_line.contains("more)")
+            && changed.stdout.lines().all(|l| l.chars().count() < 300),
+        "{}",
+        changed.stdout
+    );
     // A single value where a sweep list is expected is a one-point list.
     let single = xtask(store.path(), &["status", "--set", "sae.l1_coeff=0.01"]);
     assert!(
