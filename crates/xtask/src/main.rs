@@ -234,7 +234,7 @@ fn execute(
         Event::Running(p) => {
             let why = match &p.state {
                 State::Fresh(_) => "forced".to_string(),
-                other => other.label(),
+                other => first_reason(other),
             };
             eprintln!("{:<10} running ({why})", p.name);
         }
