@@ -220,9 +220,13 @@ impl AuxScale {
     }
 
     pub fn of(data: &[f32], d_in: usize) -> Self {
-        let rows = (data.len() / d_in).max(1);
+        Self::from_total_variance(model::total_variance(data, d_in), data.len() / d_in)
+    }
+
+    /// From [`model::total_variance`] of `rows` rows, where it is already known.
+    pub fn from_total_variance(total_variance: f64, rows: usize) -> Self {
         AuxScale {
-            data_variance: model::total_variance(data, d_in) / rows as f64,
+            data_variance: total_variance / rows.max(1) as f64,
         }
     }
 }
@@ -574,7 +578,7 @@ fn drive<'a>(
     path: &Path,
     progress: &(dyn Fn(&ProgressEvent) + Sync),
     limits: Limits,
-) -> Vec<Result<(Run<'a>, f64), SaeError>> {
+) -> Vec<Result<Run<'a>, SaeError>> {
     if let Err(e) = check_rows("training data", data, d_in) {
         return points.iter().map(|_| Err(clone_shape_error(&e))).collect();
     }
@@ -585,14 +589,10 @@ fn drive<'a>(
         progress,
         limits,
     };
+    let aux = AuxScale::from_total_variance(shared.total_variance, data.len() / d_in);
     let mut slots: Vec<Result<Run, SaeError>> = points
         .iter()
-        .map(|p| {
-            let aux = AuxScale {
-                data_variance: shared.total_variance / (data.len() / d_in).max(1) as f64,
-            };
-            new_run(p, data, d_in, path, limits, aux)
-        })
+        .map(|p| new_run(p, data, d_in, path, limits, aux))
         .collect();
     let mut keys: Vec<(usize, Option<u64>)> = slots
         .iter()
@@ -618,10 +618,7 @@ fn drive<'a>(
             let mut run = slot?;
             match run.failed.take() {
                 Some(e) => Err(e),
-                None => {
-                    let seconds = run.seconds;
-                    Ok((run, seconds))
-                }
+                None => Ok(run),
             }
         })
         .collect()
@@ -638,13 +635,13 @@ fn clone_shape_error(e: &SaeError) -> SaeError {
     }
 }
 
-fn finish(run: Run, seconds: f64) -> Result<Trained, SaeError> {
+fn finish(run: Run) -> Result<Trained, SaeError> {
     Ok(Trained {
         sae: run.trainer.export()?,
         curve: run.curve,
         resamples: run.resamples,
         steps: run.steps,
-        seconds,
+        seconds: run.seconds,
     })
 }
 
@@ -665,7 +662,7 @@ pub fn train_sweep_on(
 ) -> Vec<Result<Trained, SaeError>> {
     drive(points, data, d_in, path, progress, FULL)
         .into_iter()
-        .map(|r| r.and_then(|(run, seconds)| finish(run, seconds)))
+        .map(|r| r.and_then(finish))
         .collect()
 }
 
@@ -711,7 +708,7 @@ pub fn loss_trajectory(
         max_steps: Some(max_steps),
         record_losses: true,
     };
-    let (mut run, _) = drive(&point, data, cfg.d_in, path, &|_| {}, limits)
+    let mut run = drive(&point, data, cfg.d_in, path, &|_| {}, limits)
         .pop()
         .expect("one result per point")?;
     Ok(Trajectory {
