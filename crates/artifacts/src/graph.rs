@@ -53,7 +53,8 @@ impl StageInputs {
 pub enum State {
     Fresh(Box<Manifest>),
     Missing,
-    Stale(String),
+    /// Every reason it would run, each one sentence.
+    Stale(Vec<String>),
 }
 
 impl State {
@@ -61,7 +62,7 @@ impl State {
         match self {
             State::Fresh(_) => "fresh".into(),
             State::Missing => "missing".into(),
-            State::Stale(why) => format!("stale: {why}"),
+            State::Stale(why) => format!("stale: {}", why.join("; ")),
         }
     }
 }
@@ -197,14 +198,14 @@ impl<'s> Graph<'s> {
             let key = spec.key();
             let state = match store.check(stage.kind(), &key) {
                 Check::Fresh(m) => State::Fresh(m),
-                Check::Invalid(why) => State::Stale(why),
+                Check::Invalid(why) => State::Stale(vec![why]),
                 Check::Missing => match store.latest(stage.name()) {
                     Some(before) if before.key() != key => {
                         let why = spec.differences(&before);
                         if why.is_empty() {
                             State::Missing
                         } else {
-                            State::Stale(why.join("; "))
+                            State::Stale(why)
                         }
                     }
                     _ => State::Missing,

@@ -409,10 +409,9 @@ fn clip(cell: &str) -> String {
 
 /// The state with only its first reason to be stale, and how many more there are.
 fn first_reason(state: &State) -> String {
-    let State::Stale(why) = state else {
+    let State::Stale(reasons) = state else {
         return state.label();
     };
-    let reasons: Vec<&str> = why.split("; ").collect();
     match reasons.as_slice() {
         [one] => format!("stale: {}", clip(one)),
         [first, rest @ ..] => format!("stale: {} (+{} more)", clip(first), rest.len()),
@@ -452,7 +451,7 @@ fn explain(session: &Session, graph: &Graph<'_>, name: &str) {
             }
             State::Stale(why) => {
                 println!("  stale; it would run because:");
-                for reason in why.split("; ") {
+                for reason in why {
                     println!("    - {reason}");
                 }
             }
