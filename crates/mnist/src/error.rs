@@ -39,6 +39,14 @@ pub enum MnistError {
     #[error("npm package {package}: {problem}")]
     Npm { package: String, problem: String },
 
+    /// The directory the user named fails verification; nothing else is tried.
+    #[error(
+        "{}: the MNIST directory you named (--mnist-dir, {MNIST_DIR_ENV} or mnist.dir) fails verification, so it is not used: {}",
+        dir.display(),
+        problems.join("; ")
+    )]
+    ExplicitDirRefused { dir: PathBuf, problems: Vec<String> },
+
     /// Every configured source failed; the message lists each one.
     #[error("{}", fetch_failure_message(tried, not_configured))]
     FetchFailed {

@@ -98,13 +98,21 @@ type VerifiedFiles = Vec<Vec<u8>>;
 
 /// Obtains the four verified files and writes them uncompressed into `out_dir`.
 /// Passing `out_dir` itself in `cached_copies` makes a re-run a cheap re-verify.
+///
+/// A directory named by the user (`cfg.dir`) is used or refused, never
+/// silently replaced: if any of its files fails, the error lists each file's
+/// reason and no other source is tried.
 pub fn fetch(cfg: &FetchConfig, out_dir: &Path) -> Result<FetchReport, MnistError> {
-    let mut sources = Vec::new();
-    let mut not_configured = Vec::new();
-    match &cfg.dir {
-        Some(dir) => sources.push(FetchSource::ExplicitDir(dir.clone())),
-        None => not_configured.push("explicit directory"),
+    if let Some(dir) = &cfg.dir {
+        let files = read_explicit_dir(dir, &cfg.pins)?;
+        return Ok(FetchReport {
+            source: FetchSource::ExplicitDir(dir.clone()),
+            files: write_files(out_dir, &files)?,
+            failed_before: Vec::new(),
+        });
     }
+    let mut sources = Vec::new();
+    let mut not_configured = vec!["explicit directory"];
     if cfg.cached_copies.is_empty() {
         not_configured.push("cached copies");
     }
@@ -141,6 +149,47 @@ pub fn fetch(cfg: &FetchConfig, out_dir: &Path) -> Result<FetchReport, MnistErro
         tried: failures,
         not_configured,
     })
+}
+
+/// Fetches into `cache_dir`, shared by every process that names it: an
+/// exclusive lock on `<cache_dir>.lock` serialises them, and the cache itself
+/// is the first cached copy tried, so only the first caller downloads and the
+/// others re-verify.
+pub fn fetch_into_shared_cache(
+    cfg: &FetchConfig,
+    cache_dir: &Path,
+) -> Result<FetchReport, MnistError> {
+    let parent = cache_dir.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| MnistError::io(parent, "create directory", e))?;
+    let lock_path = cache_dir.with_extension("lock");
+    let lock = File::create(&lock_path).map_err(|e| MnistError::io(&lock_path, "create", e))?;
+    lock.lock()
+        .map_err(|e| MnistError::io(&lock_path, "lock", e))?;
+    let mut cfg = cfg.clone();
+    if cfg.dir.is_none() {
+        cfg.cached_copies.insert(0, cache_dir.to_path_buf());
+    }
+    fetch(&cfg, cache_dir)
+}
+
+/// The user's directory, all four files verified, or every file's reason.
+fn read_explicit_dir(dir: &Path, pins: &Pins) -> Result<VerifiedFiles, MnistError> {
+    let mut files = Vec::new();
+    let mut problems = Vec::new();
+    for &file in &MnistFile::ALL {
+        match read_verified_file(dir, file, pins) {
+            Ok((_, bytes)) => files.push(bytes),
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    if problems.is_empty() {
+        Ok(files)
+    } else {
+        Err(MnistError::ExplicitDirRefused {
+            dir: dir.to_path_buf(),
+            problems,
+        })
+    }
 }
 
 /// Reads the four files of `dir` (raw or .gz), checking each against `pins`;

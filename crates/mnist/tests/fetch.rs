@@ -117,11 +117,12 @@ fn explicit_dir_with_a_corrupt_file_names_that_file() {
         dir: Some(dir.path().to_path_buf()),
         ..offline_config(&fixture)
     };
-    let message = fetch_error(&cfg);
+    let message = fetch(&cfg, tempfile::tempdir().unwrap().path())
+        .unwrap_err()
+        .to_string();
     assert!(
         message.contains(&format!(
-            "[1] explicit directory {} ({}: corrupt gzip stream",
-            dir.path().display(),
+            "fails verification, so it is not used: {}: corrupt gzip stream",
             corrupt.display()
         )),
         "{message}"
@@ -152,33 +153,83 @@ fn explicit_dir_with_other_content_fails_the_checksum() {
 }
 
 #[test]
-fn cached_copy_is_used_when_the_explicit_dir_fails() {
+fn explicit_dir_that_fails_is_refused_not_replaced() {
     let fixture = Fixture::new();
-    let (empty, cache, out) = (
+    let (named, cache, out) = (
         tempfile::tempdir().unwrap(),
         tempfile::tempdir().unwrap(),
         tempfile::tempdir().unwrap(),
     );
+    // A cached copy is there, but the user named another directory: that one
+    // is used or refused, with every file's reason.
     fixture.write_dir(cache.path(), Compression::Raw);
+    fixture.write_dir(named.path(), Compression::Raw);
+    std::fs::remove_file(named.path().join("t10k-labels-idx1-ubyte")).unwrap();
+    let mut bad = fixture.raw(MnistFile::TrainImages);
+    bad[20] ^= 1;
+    std::fs::write(named.path().join("train-images-idx3-ubyte"), bad).unwrap();
     let cfg = FetchConfig {
-        dir: Some(empty.path().to_path_buf()),
+        dir: Some(named.path().to_path_buf()),
         cached_copies: vec![cache.path().to_path_buf()],
         ..offline_config(&fixture)
     };
-    let report = fetch(&cfg, out.path()).unwrap();
-    assert_eq!(
-        report.source,
-        FetchSource::CachedCopy(cache.path().to_path_buf())
+    let error = fetch(&cfg, out.path()).unwrap_err();
+    assert!(
+        matches!(error, MnistError::ExplicitDirRefused { .. }),
+        "{error:?}"
     );
-    assert_eq!(report.failed_before.len(), 1);
-    assert_eq!(
-        report.failed_before[0].to_string(),
-        format!(
-            "explicit directory {0} ({0}: neither train-images-idx3-ubyte nor train-images-idx3-ubyte.gz is there)",
-            empty.path().display()
-        )
+    let message = error.to_string();
+    let dir = named.path().display().to_string();
+    assert!(!message.contains('\n'), "{message:?}");
+    assert!(
+        message.starts_with(&format!("{dir}: the MNIST directory you named")),
+        "{message}"
     );
-    assert_fixture_written(&report, &fixture, out.path());
+    assert!(
+        message.contains(&format!("{dir}/train-images-idx3-ubyte: checksum mismatch")),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!(
+            "{dir}: neither t10k-labels-idx1-ubyte nor t10k-labels-idx1-ubyte.gz is there"
+        )),
+        "{message}"
+    );
+    assert!(!message.contains("train-labels"), "{message}");
+    assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn shared_cache_fetches_once_for_parallel_callers() {
+    let fixture = Fixture::new();
+    let server = TestServer::start(mirror_routes(&fixture, "/m/"), 4);
+    let root = tempfile::tempdir().unwrap();
+    let cache = root.path().join("mnist");
+    let cfg = FetchConfig {
+        mirrors: vec![format!("{}/m/", server.base)],
+        ..offline_config(&fixture)
+    };
+    let sources: Vec<FetchSource> = std::thread::scope(|scope| {
+        let callers: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| mnist::fetch_into_shared_cache(&cfg, &cache).unwrap()))
+            .collect();
+        callers
+            .into_iter()
+            .map(|c| c.join().unwrap().source)
+            .collect()
+    });
+    // One caller downloaded the four files; the others found them verified.
+    assert_eq!(server.finish().len(), 4);
+    let downloaded = sources
+        .iter()
+        .filter(|s| matches!(s, FetchSource::Mirror(_)))
+        .count();
+    assert_eq!(downloaded, 1, "{sources:?}");
+    assert!(sources.iter().all(
+        |s| matches!(s, FetchSource::Mirror(_)) || *s == FetchSource::CachedCopy(cache.clone())
+    ));
+    let mnist = load_verified(&cache, &fixture.pins()).unwrap();
+    assert_eq!(mnist.train.images, fixture.train_images);
 }
 
 #[test]
@@ -293,24 +344,19 @@ fn all_sources_failing_lists_each_one() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://{}/gone/", listener.local_addr().unwrap())
     };
-    let (empty, scratch) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let scratch = tempfile::tempdir().unwrap();
     let absent_cache = scratch.path().join("no-such-cache");
     let cfg = FetchConfig {
-        dir: Some(empty.path().to_path_buf()),
         cached_copies: vec![absent_cache.clone()],
         mirrors: vec![missing.clone(), refused.clone()],
         ..offline_config(&fixture)
     };
     let message = fetch_error(&cfg);
     let expected_parts = [
-        format!(
-            "could not obtain the four verified MNIST files; tried [1] explicit directory {0} ({0}: neither train-images-idx3-ubyte nor train-images-idx3-ubyte.gz is there); ",
-            empty.path().display()
-        ),
-        format!("[2] cached copy {0} ({0}: cannot list directory: ", absent_cache.display()),
-        format!("[3] mirror {missing} (GET {missing}train-images-idx3-ubyte.gz: HTTP 404 Not Found); "),
-        format!("[4] mirror {refused} (GET {refused}train-images-idx3-ubyte.gz: Connection Failed: "),
-        " (not configured: npm); point saelab at a directory holding them (canonical names, raw or .gz) with `--mnist-dir DIR` or SAELAB_MNIST_DIR=DIR".to_string(),
+        format!("could not obtain the four verified MNIST files; tried [1] cached copy {0} ({0}: cannot list directory: ", absent_cache.display()),
+        format!("[2] mirror {missing} (GET {missing}train-images-idx3-ubyte.gz: HTTP 404 Not Found); "),
+        format!("[3] mirror {refused} (GET {refused}train-images-idx3-ubyte.gz: Connection Failed: "),
+        " (not configured: explicit directory, npm); point saelab at a directory holding them (canonical names, raw or .gz) with `--mnist-dir DIR` or SAELAB_MNIST_DIR=DIR".to_string(),
     ];
     let mut rest = message.as_str();
     for part in &expected_parts {
