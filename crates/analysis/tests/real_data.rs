@@ -1,7 +1,7 @@
 //! The full analysis on the pipeline's real artifacts, with timings.
 //!
 //! Needs `cargo xtask all` to have run (artifacts/{mlp,activations}) and the
-//! MNIST files (SAELAB_MNIST_DIR, default /work/shared/mnist). Ignored by default:
+//! MNIST files (through the fetch chain, `testkit`). Ignored by default:
 //! `cargo test --release -p analysis --test real_data -- --ignored --nocapture`.
 //! Set ANALYSIS_OUT to keep the output folder.
 
@@ -25,9 +25,7 @@ fn first_dir(stage: &str, file: &str) -> PathBuf {
 #[test]
 #[ignore = "needs the pipeline's artifacts; run with --ignored"]
 fn real_sae_analysis_with_timings() {
-    let mnist_dir =
-        std::env::var("SAELAB_MNIST_DIR").unwrap_or_else(|_| "/work/shared/mnist".into());
-    let data = mnist::load_verified(Path::new(&mnist_dir), &mnist::Pins::canonical()).unwrap();
+    let data = testkit::mnist();
     let weights =
         mlp::Weights::load(&first_dir("mlp", "model.safetensors").join("model.safetensors"))
             .unwrap();

@@ -5,22 +5,16 @@ use candle_core::Device;
 use mlp::{train, Examples, Mlp, Optimizer, TrainConfig, TrainPath, Weights};
 
 struct Data {
-    train: mnist::Split,
-    test: mnist::Split,
+    train: &'static mnist::Split,
+    test: &'static mnist::Split,
 }
 
-/// The genuine MNIST files: `SAELAB_MNIST_DIR`, else the repo's `../shared/mnist`.
+/// The genuine MNIST files, through the fetch chain (`testkit`).
 fn mnist_data() -> Data {
-    let dir = std::env::var_os("SAELAB_MNIST_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/mnist")
-        });
-    let m = mnist::load_verified(&dir, &mnist::Pins::canonical())
-        .expect("MNIST files (set SAELAB_MNIST_DIR)");
+    let m = testkit::mnist();
     Data {
-        train: m.train,
-        test: m.test,
+        train: &m.train,
+        test: &m.test,
     }
 }
 

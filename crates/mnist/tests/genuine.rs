@@ -1,20 +1,32 @@
-//! The real MNIST files from the shared directory (no network).
+//! The real MNIST files, obtained through the fetch chain (`testkit`).
 
-mod common;
-
-use common::genuine_mnist_dir;
 use mnist::{fetch, load_verified, normalise, sha256, FetchConfig, FetchSource, MnistFile, Pins};
+use testkit::mnist_dir as genuine_mnist_dir;
+
+/// The published SHA256SUMS of the uncompressed files, kept beside the tests.
+const SHA256SUMS: &str = include_str!("SHA256SUMS");
 
 #[test]
-fn pins_in_code_match_the_shared_sha256sums() {
-    let sums = std::fs::read_to_string(genuine_mnist_dir().join("SHA256SUMS")).unwrap();
+fn pins_and_files_match_the_published_sha256sums() {
     let pins = Pins::canonical();
     for file in MnistFile::ALL {
-        let line = sums
+        let line = SHA256SUMS
             .lines()
             .find(|l| l.ends_with(&format!("  {}", file.canonical_name())))
             .unwrap_or_else(|| panic!("SHA256SUMS lacks {}", file.canonical_name()));
         assert_eq!(&line[..64], hex::encode(pins.digest(file)));
+        // The bytes themselves, hashed here rather than by the crate's verifier.
+        let dir = genuine_mnist_dir();
+        let raw = dir.join(file.canonical_name());
+        let bytes = if raw.is_file() {
+            std::fs::read(raw).unwrap()
+        } else {
+            let gz = std::fs::File::open(dir.join(file.gz_name())).unwrap();
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(gz), &mut bytes).unwrap();
+            bytes
+        };
+        assert_eq!(&line[..64], hex::encode(sha256(&bytes)));
     }
 }
 

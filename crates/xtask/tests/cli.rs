@@ -1,7 +1,7 @@
 //! `cargo xtask` end to end on the real MNIST files, each test in its own store.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 /// The default config's one SAE.
@@ -13,17 +13,11 @@ struct Run {
     stderr: String,
 }
 
-fn mnist_dir() -> PathBuf {
-    std::env::var_os("SAELAB_MNIST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/mnist"))
-}
-
 /// `xtask` with a store in `store`, one MLP and one SAE epoch unless `args` set others.
 fn command(store: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
     cmd.env("SAELAB_ARTIFACTS", store)
-        .env("SAELAB_MNIST_DIR", mnist_dir())
+        .env("SAELAB_MNIST_DIR", testkit::mnist_dir())
         .args(args);
     let quick = [
         "mlp.epochs=1",

@@ -1,24 +1,18 @@
 //! The SAE's fast path against the candle-autograd reference on the real
 //! cached activations (fc2.pre of an MLP trained by the pipeline).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use activations::{ActivationStore, ShardInfo, VerifyMode};
 use sae::{loss_trajectory, SaeConfig, Variant};
-
-fn mnist_dir() -> PathBuf {
-    std::env::var_os("SAELAB_MNIST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/mnist"))
-}
 
 /// Train rows of `fc2.pre`, extracted by `xtask run extract` into a fresh store.
 fn real_fc2_pre(rows: usize) -> Vec<f32> {
     let store = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
         .env("SAELAB_ARTIFACTS", store.path())
-        .env("SAELAB_MNIST_DIR", mnist_dir())
+        .env("SAELAB_MNIST_DIR", testkit::mnist_dir())
         .args([
             "run",
             "extract",

@@ -4,7 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -12,14 +12,6 @@ use std::time::{Duration, Instant};
 
 use flate2::write::GzEncoder;
 use mnist::{sha256, Compression, Images, Labels, MnistFile, Pins};
-
-/// The directory holding the genuine MNIST .gz files.
-pub fn genuine_mnist_dir() -> PathBuf {
-    match std::env::var_os("SAELAB_MNIST_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/mnist"),
-    }
-}
 
 /// IDX image bytes built by hand: magic 0x00000803 then big-endian dims.
 pub fn idx_images(count: u32, rows: u32, cols: u32, pixels: &[u8]) -> Vec<u8> {
