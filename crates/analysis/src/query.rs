@@ -25,15 +25,9 @@ impl TableSource {
                         path.display()
                     )));
                 }
-                let path_text = path.to_string_lossy().to_string();
-                LazyFrame::scan_parquet(
-                    PlRefPath::new(path_text.as_str()),
-                    ScanArgsParquet::default(),
-                )
-                .map_err(AnalysisError::polars(format!(
-                    "scanning {}",
-                    path.display()
-                )))
+                // Read eagerly: the tables are small, and it keeps polars' streaming
+                // engine (and the cloud stack it pulls in) out of the build.
+                Ok(crate::tables::read_parquet(path)?.lazy())
             }
         }
     }
