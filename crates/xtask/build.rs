@@ -23,7 +23,11 @@ const STAGES: &[(&str, &[&str])] = &[
 ];
 
 fn main() {
-    let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    // Read at run time: `env!` would bake in the checkout this script was first
+    // compiled for, and a target dir shared between clones reuses the script.
+    let manifest_dir =
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let crates = Path::new(&manifest_dir).join("..");
     for (stage, sources) in STAGES {
         let mut files = Vec::new();
         for source in *sources {
@@ -41,7 +45,13 @@ fn main() {
         for file in files {
             let rel = file.strip_prefix(&crates).unwrap_or(&file);
             hasher.update(rel.to_string_lossy().as_bytes());
-            hasher.update(std::fs::read(&file).unwrap_or_default());
+            let bytes = std::fs::read(&file).unwrap_or_else(|e| {
+                panic!(
+                    "stage {stage}'s fingerprint needs {}, which cannot be read: {e}",
+                    file.display()
+                )
+            });
+            hasher.update(bytes);
         }
         println!(
             "cargo:rustc-env=SAELAB_FP_{stage}={}",

@@ -54,42 +54,70 @@ struct Cli {
     command: Command,
 }
 
+/// Names a stage as `cargo xtask stages` lists them: mnist, mlp, extract,
+/// sae/<layer>/<variant>/d<d_sae>/s<seed>, analysis; or a kind (sae: every SAE).
+const STAGE_HELP: &str = "A stage as `cargo xtask stages` lists it (mnist, mlp, extract, sae/..., analysis), or the kind sae for every SAE point";
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run every stage that is not up to date, then print a summary.
     All {
-        /// Rebuild this stage (name or kind) even if fresh; repeatable.
-        #[arg(long, value_name = "STAGE")]
+        /// Rebuild STAGE even if it is fresh (repeatable); with no STAGE, rebuild every stage.
+        #[arg(long, value_name = "STAGE", num_args = 0..=1, default_missing_value = ALL_STAGES)]
         force: Vec<String>,
     },
-    /// Run one stage and what it needs.
+    /// Run one stage and the stages it needs.
     Run {
+        #[arg(help = STAGE_HELP)]
         stage: String,
-        #[arg(long)]
-        force: bool,
+        /// Rebuild STAGE even if it is fresh (repeatable); with no STAGE, the stage being run.
+        #[arg(long, value_name = "STAGE", num_args = 0..=1, default_missing_value = THIS_STAGE)]
+        force: Vec<String>,
     },
+    /// List the stages this config has, upstream first, with what each reads.
+    Stages,
     /// One table of every stage: key, changed params, state, headline metric, wall time.
     Status,
-    /// Why a stage would run or not.
-    Explain { stage: String },
+    /// Why a stage would run or not, with every reason and its full params.
+    Explain {
+        #[arg(help = STAGE_HELP)]
+        stage: String,
+    },
+    /// Print the path of this config's report.html (after `cargo xtask all`).
+    Report {
+        /// Also open it in the desktop's browser (xdg-open or open), where there is one.
+        #[arg(long)]
+        open: bool,
+    },
     /// Remove artifacts that neither the config nor any of its presets reaches.
     Gc {
+        /// List what would be removed, and remove nothing.
         #[arg(long)]
         dry_run: bool,
     },
     /// Measure a stage's speed: mlp or sae.
-    Bench { target: bench::Target },
+    Bench {
+        /// What to time: mlp (the MLP trainer) or sae (the SAE trainers).
+        target: bench::Target,
+    },
     /// SQL (polars) over the analysis tables (sweep, features, feature_labels,
     /// feature_acts, neurons, probes) and the cached activations (act_<split>_<layer>).
     Query {
+        /// The query, e.g. "SELECT * FROM sweep".
         sql: String,
+        /// How to print the result; parquet needs --output.
         #[arg(long, value_enum, default_value = "table")]
         format: QueryFormat,
-        /// Where `--format parquet` writes.
+        /// Write the result to FILE instead of printing it.
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
     },
 }
+
+/// `--force` with no value on `all`: every stage.
+const ALL_STAGES: &str = "*";
+/// `--force` with no value on `run`: the stage being run.
+const THIS_STAGE: &str = ".";
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 enum QueryFormat {
@@ -164,23 +192,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let graph = pipeline.graph()?;
     match cli.command {
         Command::All { force } => {
-            check_stage_names(&graph, &force)?;
+            let force = forced(&graph, force, None)?;
             execute(
                 &session,
                 &pipeline,
                 RunOptions {
-                    force: force.into_iter().collect(),
+                    force,
                     targets: BTreeSet::new(),
                 },
             )
         }
         Command::Run { stage, force } => {
             check_stage_names(&graph, std::slice::from_ref(&stage))?;
-            let force = if force {
-                [stage.clone()].into()
-            } else {
-                BTreeSet::new()
-            };
+            let force = forced(&graph, force, Some(&stage))?;
             execute(
                 &session,
                 &pipeline,
@@ -190,6 +214,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 },
             )
         }
+        Command::Stages => {
+            stages_list(&graph);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Report { open } => report(&session, &graph, open),
         Command::Status => {
             status(&session, &graph);
             Ok(ExitCode::SUCCESS)
@@ -210,6 +239,62 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The stage names `--force` stands for: `*` every stage, `.` the stage being run.
+fn forced(graph: &Graph<'_>, force: Vec<String>, this: Option<&str>) -> Result<BTreeSet<String>> {
+    let mut names = BTreeSet::new();
+    for name in force {
+        match (name.as_str(), this) {
+            (ALL_STAGES, _) => names.extend(graph.stages().map(|s| s.name().to_string())),
+            (THIS_STAGE, Some(stage)) => {
+                names.insert(stage.to_string());
+            }
+            _ => {
+                check_stage_names(graph, std::slice::from_ref(&name))?;
+                names.insert(name);
+            }
+        }
+    }
+    Ok(names)
+}
+
+fn stages_list(graph: &Graph<'_>) {
+    let mut rows = vec![["stage", "kind", "reads"].map(String::from).to_vec()];
+    for stage in graph.stages() {
+        let reads: Vec<String> = stage.inputs().into_iter().map(|(_, from)| from).collect();
+        rows.push(vec![
+            stage.name().to_string(),
+            stage.kind().to_string(),
+            reads.join(", "),
+        ]);
+    }
+    print_table(&rows);
+}
+
+/// The current config's report(s); `open` hands the first to the desktop's browser.
+fn report(session: &Session, graph: &Graph<'_>, open: bool) -> Result<ExitCode> {
+    let (dir, manifest) = fresh(session, graph, "analysis")?;
+    let reports = stages::analysis::report_paths(&dir, &manifest);
+    for path in &reports {
+        println!("{}", path.display());
+    }
+    if open {
+        let Some(first) = reports.first() else {
+            bail!("the analysis artifact {} lists no report", dir.display());
+        };
+        let opener = if cfg!(target_os = "macos") {
+            "open"
+        } else {
+            "xdg-open"
+        };
+        match std::process::Command::new(opener).arg(first).status() {
+            Ok(status) if status.success() => {}
+            Ok(status) => bail!("{opener} {} failed ({status}); open the path above in a browser", first.display()),
+            Err(e) => bail!("cannot run {opener} ({e}): no desktop browser here; open the path above in a browser"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn check_stage_names(graph: &Graph<'_>, names: &[String]) -> Result<()> {
@@ -345,13 +430,27 @@ fn query(
     let store = stages::extract::open_store(&extract_dir, activations::VerifyMode::Sizes)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     tables.extend(analysis::activation_tables(&store)?);
-    let format = match (format, output) {
-        (QueryFormat::Table, _) => analysis::OutputFormat::Table,
-        (QueryFormat::Csv, _) => analysis::OutputFormat::Csv,
-        (QueryFormat::Parquet, Some(path)) => analysis::OutputFormat::Parquet(path),
-        (QueryFormat::Parquet, None) => bail!("--format parquet needs --output FILE"),
+    let text_format = match format {
+        QueryFormat::Table => analysis::OutputFormat::Table,
+        QueryFormat::Csv => analysis::OutputFormat::Csv,
+        QueryFormat::Parquet => {
+            let Some(path) = output else {
+                bail!("--format parquet needs --output FILE");
+            };
+            let said = analysis::query(sql, &tables, &analysis::OutputFormat::Parquet(path))?;
+            println!("{}", said.trim_end());
+            return Ok(ExitCode::SUCCESS);
+        }
     };
-    println!("{}", analysis::query(sql, &tables, &format)?.trim_end());
+    let text = analysis::query(sql, &tables, &text_format)?;
+    match output {
+        Some(path) => {
+            std::fs::write(&path, &text)
+                .with_context(|| format!("cannot write the query result to {}", path.display()))?;
+            println!("wrote {}", path.display());
+        }
+        None => println!("{}", text.trim_end()),
+    }
     Ok(ExitCode::SUCCESS)
 }
 
