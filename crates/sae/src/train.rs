@@ -62,7 +62,8 @@ pub struct CurvePoint {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProgressKind {
-    /// Every [`PROGRESS_EVERY_STEPS`] steps; `loss` and `l0` are that step's.
+    /// Every [`PROGRESS_EVERY_STEPS`] steps; `loss` and `l0` are the means over
+    /// the epoch so far (a single step's jump with the short last batch).
     Step,
     /// After an epoch; `loss` and `l0` are the epoch's means per step and per row.
     EpochEnd,
@@ -339,8 +340,8 @@ impl Run<'_> {
                 epochs: self.cfg.epochs,
                 step: self.steps,
                 steps_total: self.steps_total,
-                loss: stats.loss,
-                l0: stats.active as f64 / rows as f64,
+                loss: self.sums.loss / self.sums.steps as f64,
+                l0: self.sums.active as f64 / self.sums.rows as f64,
             });
         }
         Ok(())

@@ -611,3 +611,43 @@ fn initialisations() {
     }
     assert_eq!(mean.w_enc, notebook.w_enc);
 }
+
+#[test]
+fn progress_reports_the_epoch_mean_loss_not_the_last_batch() {
+    // 6,500 rows, batch 64: 102 steps an epoch, the last with 36 rows, so a
+    // step event falls at step 100 of epoch 1 and at step 200 of epoch 2.
+    let data = structured_data(6500, 16, 5);
+    let cfg = SaeConfig {
+        epochs: 2,
+        ..config(Variant::L1 { l1_coeff: 3e-3 }, 16, 32)
+    };
+    let events = std::sync::Mutex::new(Vec::new());
+    train(&cfg, &data, &Path::Fast, &|e: &sae::ProgressEvent| {
+        events.lock().unwrap().push((e.kind, e.step, e.loss))
+    })
+    .unwrap();
+    let losses = loss_trajectory(&cfg, &data, &Path::Fast, 204)
+        .unwrap()
+        .losses;
+    let mean = |steps: std::ops::Range<usize>| {
+        let n = steps.len() as f64;
+        losses[steps].iter().sum::<f64>() / n
+    };
+    let expected = [
+        (sae::ProgressKind::Step, 100, mean(0..100)),
+        (sae::ProgressKind::EpochEnd, 102, mean(0..102)),
+        (sae::ProgressKind::Step, 200, mean(102..200)),
+        (sae::ProgressKind::EpochEnd, 204, mean(102..204)),
+    ];
+    let events = events.into_inner().unwrap();
+    assert_eq!(events.len(), expected.len(), "{events:?}");
+    for ((kind, step, loss), (want_kind, want_step, want_loss)) in events.iter().zip(expected) {
+        assert_eq!((*kind, *step), (want_kind, want_step));
+        assert!(
+            (loss - want_loss).abs() <= 1e-9 * want_loss.abs(),
+            "step {step}: {loss} vs {want_loss}"
+        );
+    }
+    // The last batch alone differs from the epoch's mean: the test can tell them apart.
+    assert!((losses[101] - mean(0..102)).abs() > 1e-3 * mean(0..102));
+}
