@@ -83,6 +83,40 @@ fn a_second_run_is_all_cached_and_status_explains_it() {
     for stage in ["mnist", "mlp", "extract", SAE, "analysis"] {
         assert_eq!(verdict(&second, stage), "cached");
     }
+    // `report` prints the same path the run did; `stages` lists every stage name.
+    let printed = xtask(store.path(), &["report"]);
+    assert!(printed.ok, "{}", printed.stderr);
+    assert_eq!(printed.stdout.trim(), report);
+    let listed = xtask(store.path(), &["stages"]);
+    let names: Vec<&str> = listed
+        .stdout
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(names, ["mnist", "mlp", "extract", SAE, "analysis"]);
+    // `--output` writes the file in every text format, and prints nothing else.
+    for (format, expected) in [("csv", "n\n1024\n"), ("table", "1024")] {
+        let file = store.path().join(format!("out.{format}"));
+        let written = xtask(
+            store.path(),
+            &[
+                "query",
+                "SELECT count(*) AS n FROM features",
+                "--format",
+                format,
+                "--output",
+                file.to_str().unwrap(),
+            ],
+        );
+        assert!(written.ok, "{}", written.stderr);
+        assert_eq!(written.stdout.trim(), format!("wrote {}", file.display()));
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(
+            text == expected || (format == "table" && text.contains(expected)),
+            "{format}: {text:?}"
+        );
+    }
     // SQL over the analysis tables and the cached activations.
     let top = xtask(
         store.path(),
@@ -163,6 +197,41 @@ fn a_second_run_is_all_cached_and_status_explains_it() {
 }
 
 #[test]
+fn report_before_a_run_says_what_to_do_and_an_unknown_stage_lists_the_stages() {
+    let store = tempfile::tempdir().unwrap();
+    let report = xtask(store.path(), &["report"]);
+    assert!(!report.ok);
+    assert!(
+        report
+            .stderr
+            .contains("the analysis stage for this config is missing")
+            && report.stderr.contains("run `cargo xtask all`"),
+        "{}",
+        report.stderr
+    );
+    for args in [
+        &["all", "--force", "nosuch"][..],
+        &["run", "mlp", "--force", "nosuch"][..],
+        &["run", "nosuch"][..],
+    ] {
+        let refused = xtask(store.path(), args);
+        assert!(!refused.ok);
+        assert!(
+            refused
+                .stderr
+                .contains("there is no stage named nosuch; the stages are mnist, mlp, extract, "),
+            "{args:?}: {}",
+            refused.stderr
+        );
+        assert_eq!(
+            std::fs::read_dir(store.path()).unwrap().count(),
+            0,
+            "{args:?} touched the store"
+        );
+    }
+}
+
+#[test]
 fn a_param_change_reruns_exactly_what_is_downstream() {
     let store = tempfile::tempdir().unwrap();
     assert!(xtask(store.path(), &["all"]).ok);
@@ -216,6 +285,11 @@ fn a_param_change_reruns_exactly_what_is_downstream() {
     );
     let after = xtask(store.path(), &["all"]);
     assert_eq!(verdict(&after, "extract"), "cached");
+    // `--force` without a stage rebuilds every stage.
+    let everything = xtask(store.path(), &["all", "--force"]);
+    for stage in ["mnist", "mlp", "extract", SAE, "analysis"] {
+        assert_eq!(verdict(&everything, stage), "ran", "{}", everything.stdout);
+    }
 }
 
 #[test]
