@@ -13,8 +13,9 @@ pub enum Optimizer {
     Adam,
 }
 
+/// A partial `[mlp]` table takes the other keys' defaults.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
     pub optimizer: Optimizer,
     pub lr: f64,

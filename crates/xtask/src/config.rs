@@ -366,3 +366,119 @@ fn validate_analysis(cfg: &analysis::AnalysisConfig) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Loads `toml` (written to a temporary file) with `--preset`/`--set` sources.
+    fn load_text(toml: &str, preset: Option<&str>, overrides: &[&str]) -> Result<Loaded> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("saelab.toml");
+        std::fs::write(&path, toml).unwrap();
+        load(
+            &path,
+            &ConfigSources {
+                preset: preset.map(str::to_string),
+                overrides: overrides.iter().map(|s| s.to_string()).collect(),
+            },
+        )
+    }
+
+    fn refusal(toml: &str, overrides: &[&str]) -> String {
+        match load_text(toml, None, overrides) {
+            Ok(_) => panic!("{toml:?} {overrides:?} was accepted"),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    #[test]
+    fn the_shipped_saelab_toml_without_presets_is_the_built_in_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../saelab.toml");
+        let loaded = load(&path, &ConfigSources::default()).unwrap();
+        assert_eq!(loaded.config, Config::default());
+        // Every preset loads and differs from the defaults.
+        let names: Vec<&String> = loaded.presets.keys().collect();
+        assert_eq!(
+            names,
+            ["adam", "dead-features", "l1-sweep", "resample", "topk"]
+        );
+        for (name, preset) in &loaded.presets {
+            assert_ne!(preset, &Config::default(), "preset {name}");
+        }
+    }
+
+    #[test]
+    fn an_empty_file_and_partial_tables_take_the_defaults() {
+        assert_eq!(load_text("", None, &[]).unwrap().config, Config::default());
+        let partial = load_text("[mlp]\nlr = 0.01\n", None, &[]).unwrap().config;
+        assert_eq!(
+            partial.mlp,
+            mlp::TrainConfig {
+                lr: 0.01,
+                ..mlp::TrainConfig::default()
+            }
+        );
+        assert_eq!(partial.sae, Config::default().sae);
+    }
+
+    #[test]
+    fn presets_and_overrides_apply_in_order() {
+        let toml = "[presets.fast.mlp]\nepochs = 2\nlr = 0.5\n";
+        let loaded = load_text(toml, Some("fast"), &["mlp.lr=0.25", "sae.k=[8, 16]"]).unwrap();
+        assert_eq!(loaded.config.mlp.epochs, 2);
+        assert_eq!(loaded.config.mlp.lr, 0.25);
+        assert_eq!(loaded.config.sae.k, [8, 16]);
+        // An integer where a float is expected widens; a scalar where a list is expected is one point.
+        let widened = load_text("", None, &["mlp.lr=1", "sae.l1_coeff=0.01"]).unwrap();
+        assert_eq!(widened.config.mlp.lr, 1.0);
+        assert_eq!(widened.config.sae.l1_coeff, [0.01]);
+    }
+
+    #[test]
+    fn bad_values_are_refused_naming_the_key_and_the_source() {
+        let cases: [(&str, &[&str], &[&str]); 6] = [
+            (
+                "[mlp]\nlearning_rate = 0.1\n",
+                &[],
+                &["unknown key mlp.learning_rate", "the keys in [mlp] are"],
+            ),
+            (
+                "",
+                &["mlp.lr=\"fast\""],
+                &["--set mlp.lr=\"fast\"", "mlp.lr must be a float"],
+            ),
+            (
+                "",
+                &["sae.d_sae=[1024, \"x\"]"],
+                &["sae.d_sae must be a list of integers"],
+            ),
+            ("", &["sae.variant=[\"relu\"]"], &["sae.variant", "relu"]),
+            (
+                "",
+                &["extract.layers=[\"fc9\"]"],
+                &["extract.layers", "fc9"],
+            ),
+            (
+                "[presets.x]\nmlp = 3\n",
+                &[],
+                &["[presets.x]", "mlp must be a table"],
+            ),
+        ];
+        for (toml, overrides, needles) in cases {
+            let message = refusal(toml, overrides);
+            assert!(!message.contains('\n'), "{message:?}");
+            for needle in needles {
+                assert!(message.contains(needle), "{needle:?} not in {message:?}");
+            }
+        }
+        let missing_preset = match load_text("", Some("nope"), &[]) {
+            Ok(_) => panic!("an unknown preset was accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            missing_preset.contains("--preset nope") && missing_preset.contains("no preset"),
+            "{missing_preset}"
+        );
+    }
+}
