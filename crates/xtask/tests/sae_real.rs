@@ -1,7 +1,6 @@
 //! The SAE's fast path against the candle-autograd reference on the real
 //! cached activations (fc2.pre of an MLP trained by the pipeline).
 
-use std::path::Path;
 use std::process::Command;
 
 use activations::{ActivationStore, ShardInfo, VerifyMode};
