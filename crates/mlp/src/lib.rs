@@ -11,10 +11,12 @@ mod config;
 mod fast;
 mod model;
 mod reference;
+mod splice;
 mod weights;
 
 pub use config::{Optimizer, TrainConfig};
 pub use model::{Evaluation, Layers, Mlp};
+pub use splice::SpliceMetrics;
 pub use weights::Weights;
 
 use candle_core::Device;
@@ -39,6 +41,9 @@ pub fn layer_width(name: &str) -> Option<usize> {
 pub enum MlpError {
     #[error("{0}")]
     Config(String),
+    /// Data of the wrong shape handed to a function of this crate.
+    #[error("{0}")]
+    Input(String),
     #[error("{file}: {problem}")]
     File { file: String, problem: String },
     #[error("training diverged at step {step}: loss {loss}")]

@@ -108,3 +108,43 @@ pub fn load(dir: &Path) -> Result<Sae, SaeError> {
     sae.b_dec = loaded.next().unwrap_or_default();
     Ok(sae)
 }
+
+/// `curve.json`: how a run trained, written beside the checkpoint.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingRecord {
+    /// One point per epoch.
+    pub curve: Vec<crate::CurvePoint>,
+    pub resamples: Vec<crate::ResampleEvent>,
+    pub steps: usize,
+    /// Wall time of the run's sweep group.
+    pub seconds: f64,
+}
+
+pub const RECORD_FILE: &str = "curve.json";
+
+impl TrainingRecord {
+    pub fn of(trained: &crate::Trained) -> TrainingRecord {
+        TrainingRecord {
+            curve: trained.curve.clone(),
+            resamples: trained.resamples.clone(),
+            steps: trained.steps,
+            seconds: trained.seconds,
+        }
+    }
+
+    /// Writes `dir/curve.json`.
+    pub fn save(&self, dir: &Path) -> Result<(), SaeError> {
+        let path = dir.join(RECORD_FILE);
+        let json = serde_json::to_string_pretty(self).expect("a training record serialises");
+        std::fs::write(&path, json + "\n").map_err(io_error(&path))
+    }
+
+    /// Reads `dir/curve.json`; a file that does not parse is an error naming it.
+    pub fn load(dir: &Path) -> Result<TrainingRecord, SaeError> {
+        let path = dir.join(RECORD_FILE);
+        let json = std::fs::read_to_string(&path).map_err(io_error(&path))?;
+        serde_json::from_str(&json)
+            .map_err(|e| checkpoint_error(&path, format!("not a training record: {e}")))
+    }
+}

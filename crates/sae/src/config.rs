@@ -79,6 +79,107 @@ fn default_aux_coeff() -> f64 {
     1.0 / 32.0
 }
 
+/// An SAE architecture, as `sae.variant` names it. Each one is declared here
+/// once: its config name, its label in point names, the sweep axes it reads
+/// and the columns it adds to the sweep table all derive from this enum and
+/// [`Variant`]. Adding one: a value here, its `Variant`, its training (the
+/// reference path first), and its line in `saelab.toml`'s comment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Architecture {
+    /// The notebook's SAE, corrected: ReLU, L1 penalty, unit-norm decoder rows.
+    #[serde(rename = "l1")]
+    L1,
+    /// TopK with AuxK on dead latents.
+    #[serde(rename = "topk")]
+    TopK,
+    /// L1 weighted by each decoder row's norm; no decoder constraint.
+    #[serde(rename = "norm_weighted_l1")]
+    NormWeightedL1,
+}
+
+/// The sweep axes an architecture's variants are drawn from.
+#[derive(Clone, Copy, Debug)]
+pub struct VariantAxes<'a> {
+    pub l1_coeff: &'a [f64],
+    pub k: &'a [usize],
+    pub k_aux: usize,
+    pub aux_coeff: f64,
+}
+
+impl Architecture {
+    pub const ALL: [Architecture; 3] = [
+        Architecture::L1,
+        Architecture::TopK,
+        Architecture::NormWeightedL1,
+    ];
+
+    /// The value `sae.variant` takes for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Architecture::L1 => "l1",
+            Architecture::TopK => "topk",
+            Architecture::NormWeightedL1 => "norm_weighted_l1",
+        }
+    }
+
+    /// One variant per value of the sweep axis it reads.
+    pub fn variants(self, axes: &VariantAxes) -> Vec<Variant> {
+        match self {
+            Architecture::L1 => axes
+                .l1_coeff
+                .iter()
+                .map(|&l1_coeff| Variant::L1 { l1_coeff })
+                .collect(),
+            Architecture::NormWeightedL1 => axes
+                .l1_coeff
+                .iter()
+                .map(|&l1_coeff| Variant::NormWeightedL1 { l1_coeff })
+                .collect(),
+            Architecture::TopK => axes
+                .k
+                .iter()
+                .map(|&k| Variant::TopK {
+                    k,
+                    k_aux: axes.k_aux,
+                    aux_coeff: axes.aux_coeff,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Variant {
+    pub fn architecture(&self) -> Architecture {
+        match self {
+            Variant::L1 { .. } => Architecture::L1,
+            Variant::TopK { .. } => Architecture::TopK,
+            Variant::NormWeightedL1 { .. } => Architecture::NormWeightedL1,
+        }
+    }
+
+    /// Its part of a sweep point's name: `l1-0.003`, `topk-k32`, `nwl1-0.003`.
+    pub fn label(&self) -> String {
+        match self {
+            Variant::L1 { l1_coeff } => format!("l1-{l1_coeff}"),
+            Variant::TopK { k, .. } => format!("topk-k{k}"),
+            Variant::NormWeightedL1 { l1_coeff } => format!("nwl1-{l1_coeff}"),
+        }
+    }
+
+    /// The sweep coordinates it adds to the sweep table, by config key; the
+    /// keys of every architecture appear, null where they do not apply.
+    pub fn sweep_coordinates(&self) -> [(&'static str, serde_json::Value); 2] {
+        use serde_json::Value;
+        let (l1_coeff, k) = match self {
+            Variant::L1 { l1_coeff } | Variant::NormWeightedL1 { l1_coeff } => {
+                (Value::from(*l1_coeff), Value::Null)
+            }
+            Variant::TopK { k, .. } => (Value::Null, Value::from(*k)),
+        };
+        [("l1_coeff", l1_coeff), ("k", k)]
+    }
+}
+
 impl Default for Variant {
     fn default() -> Self {
         Variant::L1 { l1_coeff: 3e-3 }
@@ -103,6 +204,7 @@ impl Variant {
 
 /// Reduction of the sparsity penalty over the batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Reduction {
     /// The notebook's: summed over batch and features.
     Sum,
@@ -111,6 +213,7 @@ pub enum Reduction {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Init {
     /// PyTorch `nn.Linear` default (uniform, bound 1/sqrt(fan_in)), zero biases,
     /// then unit-norm decoder rows.

@@ -27,12 +27,13 @@ mod reference;
 pub mod synthetic;
 mod train;
 
-pub use checkpoint::{load, save, CONFIG_FILE, WEIGHTS_FILE};
+pub use checkpoint::{load, save, TrainingRecord, CONFIG_FILE, RECORD_FILE, WEIGHTS_FILE};
 pub use config::{
-    AdamConfig, Init, LrSchedule, Reduction, ResampleConfig, ResampleSchedule, SaeConfig, Variant,
+    AdamConfig, Architecture, Init, LrSchedule, Reduction, ResampleConfig, ResampleSchedule,
+    SaeConfig, Variant, VariantAxes,
 };
 pub use error::SaeError;
-pub use model::{encode, evaluate, explained_variance, reconstruct, EvalMetrics, Sae};
+pub use model::{column_mean, encode, evaluate, explained_variance, reconstruct, EvalMetrics, Sae};
 pub use train::{
     gradients, loss_trajectory, train, train_sweep, train_sweep_on, CurvePoint, Gradients, Path,
     ProgressEvent, ProgressKind, ResampleEvent, SweepPoint, Trained, Trajectory,

@@ -195,7 +195,8 @@ pub(crate) fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     t
 }
 
-pub(crate) fn column_mean(data: &[f32], rows: usize, cols: usize) -> Vec<f64> {
+/// The mean of each column of row-major `data` (`rows` x `cols`), summed in f64.
+pub fn column_mean(data: &[f32], rows: usize, cols: usize) -> Vec<f64> {
     let mut mean = vec![0.0f64; cols];
     for row in data.chunks_exact(cols) {
         for (m, &x) in mean.iter_mut().zip(row) {

@@ -108,3 +108,35 @@ fn python_reconstruction_matches_rust() {
         eprintln!("{stdout}");
     }
 }
+
+#[test]
+fn the_training_record_round_trips_and_a_damaged_one_names_its_file() {
+    let cfg = SaeConfig {
+        epochs: 2,
+        ..config(Variant::L1 { l1_coeff: 3e-3 }, 16, 32)
+    };
+    let data = structured_data(200, 16, 4);
+    let run = train(&cfg, &data, &Path::Fast, &|_| {}).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let record = sae::TrainingRecord::of(&run);
+    assert_eq!(record.curve.len(), 2);
+    record.save(dir.path()).unwrap();
+    assert_eq!(sae::TrainingRecord::load(dir.path()).unwrap(), record);
+
+    let file = dir.path().join(sae::RECORD_FILE);
+    for damage in ["{\"curve\": []}", "not json", ""] {
+        std::fs::write(&file, damage).unwrap();
+        let message = sae::TrainingRecord::load(dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.starts_with(&file.display().to_string()) && !message.contains('\n'),
+            "{damage:?}: {message}"
+        );
+    }
+    std::fs::remove_file(&file).unwrap();
+    let missing = sae::TrainingRecord::load(dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(missing.contains(&file.display().to_string()), "{missing}");
+}

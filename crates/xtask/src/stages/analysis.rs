@@ -11,8 +11,8 @@ use candle_core::Device;
 use serde_json::{json, Value};
 
 use super::extract::open_store;
-use super::mlp::{load_mnist, load_weights};
-use super::sae::{Point, CURVE_FILE};
+use super::mlp::{load_mnist, load_weights, MlpMetricsFile, MLP_METRICS_FILE};
+use super::sae::{Point, SaeMetricsFile, METRICS_FILE};
 
 pub struct AnalysisStage {
     pub points: Vec<Point>,
@@ -54,9 +54,8 @@ impl Stage for AnalysisStage {
     fn run(&self, inputs: &StageInputs, out: &Path) -> Result<Value, StageError> {
         let data = load_mnist(inputs.dir("mnist"))?;
         let model = mlp::Mlp::new(&load_weights(inputs.dir("mlp"))?, &Device::Cpu)?;
-        let mlp_metrics: Value =
-            serde_json::from_slice(&std::fs::read(inputs.dir("mlp").join("metrics.json"))?)?;
-        let mlp_losses: Vec<f32> = serde_json::from_value(mlp_metrics["step_losses"].clone())?;
+        let mlp_metrics: MlpMetricsFile = super::read_json(inputs.dir("mlp"), MLP_METRICS_FILE)?;
+        let mlp_losses = mlp_metrics.step_losses;
         let store = open_store(inputs.dir("activations"), VerifyMode::Sizes)?;
         let mut layers: Vec<&str> = self.points.iter().map(|p| p.layer.as_str()).collect();
         layers.dedup();
@@ -82,24 +81,15 @@ impl Stage for AnalysisStage {
             for point in &points {
                 let dir = inputs.dir(&point.name);
                 let sae = sae::load(dir)?;
-                let curve_file: Value =
-                    serde_json::from_slice(&std::fs::read(dir.join(CURVE_FILE))?)?;
-                let curve: Vec<sae::CurvePoint> =
-                    serde_json::from_value(curve_file["curve"].clone())?;
-                let m = &inputs.manifest(&point.name).metrics;
+                let curve = sae::TrainingRecord::load(dir)?.curve;
+                let m: SaeMetricsFile = super::read_json(dir, METRICS_FILE)?;
                 let metrics = SaeMetrics {
-                    l0: m["test"]["l0"].as_f64().unwrap_or(f64::NAN),
-                    mse: m["test"]["mse"].as_f64().unwrap_or(f64::NAN),
-                    explained_variance: m["test"]["explained_variance"]
-                        .as_f64()
-                        .unwrap_or(f64::NAN),
-                    dead: m["train"]["dead"].as_u64().unwrap_or(0) as usize,
-                    ce_recovered: m["downstream"]["ce_recovered_zero"]
-                        .as_f64()
-                        .unwrap_or(f64::NAN),
-                    spliced_accuracy: m["downstream"]["spliced"]["accuracy"]
-                        .as_f64()
-                        .unwrap_or(f64::NAN),
+                    l0: m.test.l0,
+                    mse: m.test.mse,
+                    explained_variance: m.test.explained_variance,
+                    dead: m.train.dead,
+                    ce_recovered: m.downstream.ce_recovered_zero,
+                    spliced_accuracy: m.downstream.spliced.accuracy,
                 };
                 loaded.push((run_folder(point), sweep_params(point), sae, curve, metrics));
             }
@@ -140,21 +130,18 @@ impl Stage for AnalysisStage {
 /// The point's sweep coordinates, flat, for the sweep table.
 fn sweep_params(point: &Point) -> Value {
     let cfg = &point.cfg;
-    let (variant, coeff, k) = match &cfg.variant {
-        sae::Variant::L1 { l1_coeff } => ("l1", Some(*l1_coeff), None),
-        sae::Variant::NormWeightedL1 { l1_coeff } => ("norm_weighted_l1", Some(*l1_coeff), None),
-        sae::Variant::TopK { k, .. } => ("topk", None, Some(*k)),
-    };
-    json!({
+    let mut params = json!({
         "layer": point.layer,
-        "variant": variant,
-        "l1_coeff": coeff,
-        "k": k,
+        "variant": cfg.variant.architecture().name(),
         "d_sae": cfg.d_sae,
         "seed": cfg.seed,
         "epochs": cfg.epochs,
         "resample": cfg.resample.is_some(),
-    })
+    });
+    for (key, value) in cfg.variant.sweep_coordinates() {
+        params[key] = value;
+    }
+    params
 }
 
 /// The report pages of a fresh analysis artifact.

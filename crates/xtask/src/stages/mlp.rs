@@ -14,6 +14,17 @@ pub struct MlpStage {
 }
 
 pub const MODEL_FILE: &str = "model.safetensors";
+pub const MLP_METRICS_FILE: &str = "metrics.json";
+
+/// `metrics.json` of an MLP artifact, written here and read by the analysis stage.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MlpMetricsFile {
+    /// The training loss at every step.
+    pub step_losses: Vec<f32>,
+    pub test: mlp::Evaluation,
+    pub train_seconds: f64,
+}
 
 /// Loads the verified MNIST files of a `mnist` artifact.
 pub fn load_mnist(dir: &Path) -> Result<mnist::Mnist, StageError> {
@@ -67,8 +78,12 @@ impl Stage for MlpStage {
         });
         super::write_json(
             out,
-            "metrics.json",
-            &json!({ "step_losses": log.step_losses, "test": test, "train_seconds": train_seconds }),
+            MLP_METRICS_FILE,
+            &MlpMetricsFile {
+                step_losses: log.step_losses,
+                test,
+                train_seconds,
+            },
         )?;
         Ok(metrics)
     }

@@ -97,3 +97,49 @@ pub fn write_json(
     std::fs::write(dir.join(name), serde_json::to_vec_pretty(value)?)?;
     Ok(())
 }
+
+/// Reads `dir/name` as `T`; a file that is missing or does not parse is an
+/// error that names it (never a default).
+pub fn read_json<T: serde::de::DeserializeOwned>(
+    dir: &std::path::Path,
+    name: &str,
+) -> Result<T, artifacts::StageError> {
+    let path = dir.join(name);
+    let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| format!("{}: not the file saelab wrote: {e}", path.display()).into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sae::{SaeMetricsFile, METRICS_FILE};
+
+    #[test]
+    fn an_artifact_file_that_does_not_parse_is_an_error_naming_it_not_a_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(METRICS_FILE);
+        // A renamed key, a missing one, garbage, and no file at all.
+        for text in [
+            r#"{"train": {}, "test": {}, "downstream": {}, "deads": 3}"#,
+            "{}",
+            "[1, 2",
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let message = super::read_json::<SaeMetricsFile>(dir.path(), METRICS_FILE)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                message.starts_with(&format!("{}: not the file saelab wrote: ", path.display())),
+                "{text}: {message}"
+            );
+        }
+        std::fs::remove_file(&path).unwrap();
+        let missing = super::read_json::<SaeMetricsFile>(dir.path(), METRICS_FILE)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            missing.starts_with(&path.display().to_string()),
+            "{missing}"
+        );
+    }
+}

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use activations::VerifyMode;
 use anyhow::{bail, Result};
 use artifacts::{Stage, StageError, StageInputs};
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use mlp::Mlp;
 use sae::{SaeConfig, SweepPoint, Trained, Variant};
 use serde::{Deserialize, Serialize};
@@ -26,8 +26,7 @@ use crate::progress::Progress;
 #[serde(deny_unknown_fields, default)]
 pub struct SaeSweep {
     pub layer: Vec<String>,
-    /// "l1", "topk" or "norm_weighted_l1".
-    pub variant: Vec<String>,
+    pub variant: Vec<sae::Architecture>,
     /// For the l1 and norm_weighted_l1 variants.
     pub l1_coeff: Vec<f64>,
     /// For the topk variant.
@@ -38,10 +37,8 @@ pub struct SaeSweep {
     pub epochs: usize,
     pub batch_size: usize,
     pub shuffle: bool,
-    /// "sum" (the notebook: L1 summed over the batch) or "mean".
-    pub l1_reduction: String,
-    /// "notebook", "tied" (W_enc = W_dec^T) or "data_mean_bdec".
-    pub init: String,
+    pub l1_reduction: sae::Reduction,
+    pub init: sae::Init,
     /// StepLR: every `lr_step_epochs` epochs multiply the lr by `lr_gamma` (gamma 1 = constant).
     pub lr_step_epochs: usize,
     pub lr_gamma: f64,
@@ -54,38 +51,70 @@ pub struct SaeSweep {
     pub resample_every_steps: Vec<usize>,
     pub resample_until: usize,
     pub resample_sample_rows: usize,
-    /// "fast" (fused CPU trainer) or "reference" (candle autograd).
-    pub path: String,
-    /// Where the reference path runs: "cpu", or "cuda" (build with `--features cuda`).
-    pub device: String,
+    pub path: TrainerPath,
+    pub device: TrainerDevice,
+}
+
+/// `sae.path`: which trainer runs the points.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainerPath {
+    /// The fused CPU trainer.
+    Fast,
+    /// candle autograd (also on a GPU).
+    Reference,
+}
+
+/// `sae.device`: where the reference path runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainerDevice {
+    Cpu,
+    /// The first CUDA GPU; needs a build with `--features cuda`.
+    Cuda,
 }
 
 impl Default for SaeSweep {
     fn default() -> Self {
         let notebook = SaeConfig::default();
+        let (lr_step_epochs, lr_gamma) = match notebook.lr_schedule {
+            sae::LrSchedule::StepLr { step_epochs, gamma } => (step_epochs, gamma),
+            sae::LrSchedule::Constant => (1, 1.0),
+        };
+        let Variant::TopK {
+            k,
+            k_aux,
+            aux_coeff,
+        } = Variant::top_k(32)
+        else {
+            unreachable!("top_k makes a TopK variant")
+        };
+        let Variant::L1 { l1_coeff } = Variant::default() else {
+            unreachable!("the default variant is the notebook's L1")
+        };
         SaeSweep {
             layer: vec!["fc2.pre".into()],
-            variant: vec!["l1".into()],
-            l1_coeff: vec![3e-3],
-            k: vec![32],
+            variant: vec![Variant::default().architecture()],
+            l1_coeff: vec![l1_coeff],
+            k: vec![k],
             d_sae: vec![notebook.d_sae],
-            seed: vec![0],
+            seed: vec![notebook.seed],
             lr: notebook.optimizer.lr,
             epochs: notebook.epochs,
             batch_size: notebook.batch_size,
             shuffle: notebook.shuffle,
-            l1_reduction: "sum".into(),
-            init: "notebook".into(),
-            lr_step_epochs: 10,
-            lr_gamma: 0.99,
+            l1_reduction: notebook.l1_reduction,
+            init: notebook.init,
+            lr_step_epochs,
+            lr_gamma,
             dead_window_steps: notebook.dead_window_steps,
-            k_aux: 256,
-            aux_coeff: 1.0 / 32.0,
+            k_aux,
+            aux_coeff,
             resample_every_steps: vec![0],
             resample_until: 0,
             resample_sample_rows: 8192,
-            path: "fast".into(),
-            device: "cpu".into(),
+            path: TrainerPath::Fast,
+            device: TrainerDevice::Cpu,
         }
     }
 }
@@ -97,13 +126,6 @@ pub struct Point {
     pub layer: String,
     pub cfg: SaeConfig,
     pub reference_path: bool,
-}
-
-fn one_of(key: &str, value: &str, allowed: &[&str]) -> Result<()> {
-    if !allowed.contains(&value) {
-        bail!("sae.{key} = {value:?} is not one of {}", allowed.join(", "));
-    }
-    Ok(())
 }
 
 impl SaeSweep {
@@ -127,14 +149,7 @@ impl SaeSweep {
                 );
             }
         }
-        for v in &self.variant {
-            one_of("variant", v, &["l1", "topk", "norm_weighted_l1"])?;
-        }
-        one_of("l1_reduction", &self.l1_reduction, &["sum", "mean"])?;
-        one_of("init", &self.init, &["notebook", "tied", "data_mean_bdec"])?;
-        one_of("path", &self.path, &["fast", "reference"])?;
-        one_of("device", &self.device, &["cpu", "cuda"])?;
-        if self.device == "cuda" && self.path != "reference" {
+        if self.device == TrainerDevice::Cuda && self.path != TrainerPath::Reference {
             bail!(
                 "sae.device = \"cuda\" needs sae.path = \"reference\": the fast path is CPU-only"
             );
@@ -166,34 +181,16 @@ impl SaeSweep {
     pub fn points(&self) -> Vec<Point> {
         let mut out = Vec::new();
         for layer in &self.layer {
-            for variant_name in &self.variant {
-                let variants: Vec<(String, Variant)> = match variant_name.as_str() {
-                    "topk" => self
-                        .k
-                        .iter()
-                        .map(|&k| {
-                            (
-                                format!("topk-k{k}"),
-                                Variant::TopK {
-                                    k,
-                                    k_aux: self.k_aux,
-                                    aux_coeff: self.aux_coeff,
-                                },
-                            )
-                        })
-                        .collect(),
-                    "norm_weighted_l1" => self
-                        .l1_coeff
-                        .iter()
-                        .map(|&c| (format!("nwl1-{c}"), Variant::NormWeightedL1 { l1_coeff: c }))
-                        .collect(),
-                    _ => self
-                        .l1_coeff
-                        .iter()
-                        .map(|&c| (format!("l1-{c}"), Variant::L1 { l1_coeff: c }))
-                        .collect(),
+            for architecture in &self.variant {
+                let axes = sae::VariantAxes {
+                    l1_coeff: &self.l1_coeff,
+                    k: &self.k,
+                    k_aux: self.k_aux,
+                    aux_coeff: self.aux_coeff,
                 };
-                for (variant_label, variant) in variants {
+                let variants = architecture.variants(&axes);
+                for variant in variants {
+                    let variant_label = variant.label();
                     for &d_sae in &self.d_sae {
                         for &seed in &self.seed {
                             for &every in &self.resample_every_steps {
@@ -208,7 +205,7 @@ impl SaeSweep {
                                     ),
                                     layer: layer.clone(),
                                     cfg: self.config(layer, variant.clone(), d_sae, seed, every),
-                                    reference_path: self.path == "reference",
+                                    reference_path: self.path == TrainerPath::Reference,
                                 });
                             }
                         }
@@ -238,16 +235,8 @@ impl SaeSweep {
             d_in: mlp::layer_width(layer).unwrap_or(0),
             d_sae,
             variant,
-            l1_reduction: if self.l1_reduction == "mean" {
-                sae::Reduction::Mean
-            } else {
-                sae::Reduction::Sum
-            },
-            init: match self.init.as_str() {
-                "tied" => sae::Init::Tied,
-                "data_mean_bdec" => sae::Init::DataMeanBdec,
-                _ => sae::Init::Notebook,
-            },
+            l1_reduction: self.l1_reduction,
+            init: self.init,
             optimizer: sae::AdamConfig {
                 lr: self.lr,
                 ..sae::AdamConfig::default()
@@ -281,7 +270,7 @@ impl SweepTrainer {
     pub fn new(sweep: &SaeSweep) -> Arc<SweepTrainer> {
         Arc::new(SweepTrainer {
             points: sweep.points(),
-            cuda: sweep.device == "cuda",
+            cuda: sweep.device == TrainerDevice::Cuda,
             pending: Mutex::new(BTreeSet::new()),
             results: Mutex::new(BTreeMap::new()),
         })
@@ -375,7 +364,50 @@ pub struct SaeStage {
     pub trainer: Arc<SweepTrainer>,
 }
 
-pub const CURVE_FILE: &str = "curve.json";
+/// `metrics.json` of an SAE artifact (also its manifest's metrics): written
+/// here and read back by the analysis stage through this one type.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaeMetricsFile {
+    pub train: SplitMetrics,
+    pub test: SplitMetrics,
+    /// On the test split, the layer replaced by the SAE's reconstruction.
+    pub downstream: mlp::SpliceMetrics,
+    /// The sweep group's training time (points of a sweep train together).
+    pub train_seconds: f64,
+    pub final_epoch: Option<sae::CurvePoint>,
+    /// Features reset by resampling, over the whole run.
+    pub resampled: usize,
+    pub headline: String,
+}
+
+pub const METRICS_FILE: &str = "metrics.json";
+
+/// [`sae::EvalMetrics`] on one split, without the per-feature firing counts
+/// (the analysis tables hold those).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitMetrics {
+    pub mse: f64,
+    pub l2_sum: f64,
+    pub l1: f64,
+    pub l0: f64,
+    pub explained_variance: f64,
+    pub dead: usize,
+}
+
+impl From<&sae::EvalMetrics> for SplitMetrics {
+    fn from(m: &sae::EvalMetrics) -> Self {
+        SplitMetrics {
+            mse: m.mse,
+            l2_sum: m.l2_sum,
+            l1: m.l1,
+            l0: m.l0,
+            explained_variance: m.explained_variance,
+            dead: m.dead,
+        }
+    }
+}
 
 impl Stage for SaeStage {
     fn name(&self) -> &str {
@@ -409,85 +441,43 @@ impl Stage for SaeStage {
         let (train, test) = (train_view.to_vec(), test_view.to_vec());
         let trained = self.trainer.trained(&self.point, &train)?;
         sae::save(&trained.sae, out)?;
-        super::write_json(
-            out,
-            CURVE_FILE,
-            &json!({ "curve": trained.curve, "resamples": trained.resamples, "steps": trained.steps, "seconds": trained.seconds }),
-        )?;
+        sae::TrainingRecord::of(&trained).save(out)?;
 
         let on_train = sae::evaluate(&trained.sae, &train)?;
         let on_test = sae::evaluate(&trained.sae, &test)?;
         let model = Mlp::new(&load_weights(inputs.dir("mlp"))?, &Device::Cpu)?;
-        let downstream = splice_metrics(
-            &model,
+        let d_in = self.point.cfg.d_in;
+        let mean_row: Vec<f32> = sae::column_mean(&train, train.len() / d_in, d_in)
+            .into_iter()
+            .map(|m| m as f32)
+            .collect();
+        let downstream = model.splice_metrics(
             layer,
             &test,
-            &test_view.labels(),
             &sae::reconstruct(&trained.sae, &test)?,
-            &train,
+            &mean_row,
+            &test_view.labels(),
         )?;
-        let last = trained.curve.last();
-        let metrics = json!({
-            "train": eval_json(&on_train),
-            "test": eval_json(&on_test),
-            "downstream": downstream,
-            "train_seconds": trained.seconds,
-            "final_epoch": last,
-            "resampled": trained.resamples.iter().map(|r| r.features.len()).sum::<usize>(),
+        let metrics = SaeMetricsFile {
             // Points of a sweep train together, so the stage's own wall time
             // is the group's for the first point and ~0 for the rest.
-            "headline": format!(
+            headline: format!(
                 "L0 {:.1}, EV {:.3}, dead {}/{}, CE recovered {:.3}, trained in {:.1} s",
-                on_test.l0, on_test.explained_variance, on_train.dead, trained.sae.d_sae(), downstream["ce_recovered_zero"].as_f64().unwrap_or(f64::NAN), trained.seconds
+                on_test.l0,
+                on_test.explained_variance,
+                on_train.dead,
+                trained.sae.d_sae(),
+                downstream.ce_recovered_zero,
+                trained.seconds
             ),
-        });
-        super::write_json(out, "metrics.json", &metrics)?;
-        Ok(metrics)
+            train: SplitMetrics::from(&on_train),
+            test: SplitMetrics::from(&on_test),
+            downstream,
+            train_seconds: trained.seconds,
+            final_epoch: trained.curve.last().cloned(),
+            resampled: trained.resamples.iter().map(|r| r.features.len()).sum(),
+        };
+        super::write_json(out, METRICS_FILE, &metrics)?;
+        Ok(serde_json::to_value(&metrics)?)
     }
-}
-
-fn eval_json(m: &sae::EvalMetrics) -> Value {
-    json!({ "mse": m.mse, "l2_sum": m.l2_sum, "l1": m.l1, "l0": m.l0, "explained_variance": m.explained_variance, "dead": m.dead })
-}
-
-/// Test cross-entropy and accuracy with the layer replaced by the SAE's
-/// reconstruction, by zeros, and by its train mean; CE recovered for both ablations.
-fn splice_metrics(
-    model: &Mlp,
-    layer: &str,
-    test: &[f32],
-    labels: &[u8],
-    x_hat: &[f32],
-    train: &[f32],
-) -> Result<Value, StageError> {
-    let width = mlp::layer_width(layer).expect("validated layer");
-    let rows = test.len() / width;
-    let as_tensor = |v: &[f32]| Tensor::from_slice(v, (rows, width), &Device::Cpu);
-    let score = |v: &[f32]| -> Result<mlp::Evaluation, StageError> {
-        Ok(Mlp::score(
-            &model.logits_from(layer, &as_tensor(v)?)?,
-            labels,
-        )?)
-    };
-    let mut mean = vec![0f64; width];
-    for row in train.chunks_exact(width) {
-        for (m, x) in mean.iter_mut().zip(row) {
-            *m += *x as f64;
-        }
-    }
-    let train_rows = (train.len() / width).max(1) as f64;
-    let mean_row: Vec<f32> = mean.iter().map(|m| (m / train_rows) as f32).collect();
-    let clean = score(test)?;
-    let spliced = score(x_hat)?;
-    let zero = score(&vec![0.0; test.len()])?;
-    let mean_ablated = score(&mean_row.repeat(rows))?;
-    let recovered = |ablated: f64| (ablated - spliced.loss) / (ablated - clean.loss);
-    Ok(json!({
-        "clean": clean,
-        "spliced": spliced,
-        "zero_ablated": zero,
-        "mean_ablated": mean_ablated,
-        "ce_recovered_zero": recovered(zero.loss),
-        "ce_recovered_mean": recovered(mean_ablated.loss),
-    }))
 }
