@@ -651,3 +651,62 @@ fn progress_reports_the_epoch_mean_loss_not_the_last_batch() {
     // The last batch alone differs from the epoch's mean: the test can tell them apart.
     assert!((losses[101] - mean(0..102)).abs() > 1e-3 * mean(0..102));
 }
+
+#[test]
+fn the_first_step_moves_decoder_rows_along_the_projected_gradient() {
+    // One batch of 64 rows, one Adam step. Adam's first step is lr * g / (|g| + eps)
+    // per element, so the direction of every decoder row's step is exactly the
+    // sign pattern of its (projected) gradient: computed here in f64 from the
+    // raw gradients, projected onto the row's tangent space, stepped and renormalised.
+    let (d_in, d_sae) = (16, 48);
+    let data = structured_data(64, d_in, 9);
+    let cfg = SaeConfig {
+        epochs: 1,
+        ..config(Variant::L1 { l1_coeff: 3e-3 }, d_in, d_sae)
+    };
+    let initial = Sae::init(&cfg, &data).unwrap();
+    let (lr, eps) = (cfg.optimizer.lr, cfg.optimizer.eps);
+    for path in [Path::Fast, reference()] {
+        let (_, raw) = sae::gradients(&initial, &data, &[], &path).unwrap();
+        let step = |project: bool| -> Vec<f64> {
+            let mut out = Vec::with_capacity(d_sae * d_in);
+            for f in 0..d_sae {
+                let w: Vec<f64> = initial.w_dec[f * d_in..(f + 1) * d_in]
+                    .iter()
+                    .map(|&x| x as f64)
+                    .collect();
+                let g: Vec<f64> = raw.w_dec[f * d_in..(f + 1) * d_in]
+                    .iter()
+                    .map(|&x| x as f64)
+                    .collect();
+                let along: f64 = w.iter().zip(&g).map(|(a, b)| a * b).sum();
+                let moved: Vec<f64> = w
+                    .iter()
+                    .zip(&g)
+                    .map(|(wi, gi)| {
+                        let gi = if project { gi - along * wi } else { *gi };
+                        wi - lr * gi / (gi.abs() + eps)
+                    })
+                    .collect();
+                let norm = moved.iter().map(|x| x * x).sum::<f64>().sqrt();
+                out.extend(moved.iter().map(|x| x / norm));
+            }
+            out
+        };
+        let trained = loss_trajectory(&cfg, &data, &path, 1).unwrap().sae.w_dec;
+        let gap = |expected: &[f64]| {
+            trained
+                .iter()
+                .zip(expected)
+                .map(|(&t, e)| (t as f64 - e).abs())
+                .fold(0.0, f64::max)
+        };
+        let (projected, unprojected) = (gap(&step(true)), gap(&step(false)));
+        assert!(projected < 2e-6, "{path:?}: {projected}");
+        // Without the projection the rows would land elsewhere: the check can fail.
+        assert!(
+            unprojected > 100.0 * projected.max(1e-7),
+            "{path:?}: {unprojected}"
+        );
+    }
+}
