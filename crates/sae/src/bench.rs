@@ -191,12 +191,15 @@ pub fn run(bench: &BenchConfig) -> Result<BenchReport, SaeError> {
         let points: Vec<SweepPoint> = bench
             .sweep_l1_coeffs
             .iter()
-            .map(|&l1_coeff| SweepPoint {
-                name: format!("l1={l1_coeff}"),
-                cfg: SaeConfig {
-                    variant: Variant::L1 { l1_coeff },
-                    ..notebook_config(bench, bench.sweep_epochs)
-                },
+            .map(|&l1_coeff| {
+                let variant = Variant::L1 { l1_coeff };
+                SweepPoint {
+                    name: variant.label(),
+                    cfg: SaeConfig {
+                        variant,
+                        ..notebook_config(bench, bench.sweep_epochs)
+                    },
+                }
             })
             .collect();
         let label = format!("fast sweep ({} L1 points)", points.len());

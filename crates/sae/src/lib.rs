@@ -24,6 +24,7 @@ mod fast;
 mod kernels;
 mod model;
 mod reference;
+mod sweep;
 pub mod synthetic;
 mod train;
 
@@ -34,6 +35,7 @@ pub use config::{
 };
 pub use error::SaeError;
 pub use model::{column_mean, encode, evaluate, explained_variance, reconstruct, EvalMetrics, Sae};
+pub use sweep::{ScheduledPoint, SweepScheduler};
 pub use train::{
     gradients, loss_trajectory, train, train_sweep, train_sweep_on, CurvePoint, Gradients, Path,
     ProgressEvent, ProgressKind, ResampleEvent, SweepPoint, Trained, Trajectory,

@@ -118,10 +118,11 @@ fn bench_sae(config: &Config, ctx: &Context, store: &Store) -> Result<()> {
     let sweep: Vec<_> = [1e-3, 3e-3, 1e-2, 3e-2]
         .iter()
         .map(|&c| {
+            let variant = sae::Variant::L1 { l1_coeff: c };
             point(
-                &format!("l1={c}"),
+                &variant.label(),
                 sae::SaeConfig {
-                    variant: sae::Variant::L1 { l1_coeff: c },
+                    variant,
                     ..notebook.clone()
                 },
             )

@@ -275,7 +275,7 @@ fn stages_list(graph: &Graph<'_>) {
 /// The current config's report(s); `open` hands the first to the desktop's browser.
 fn report(session: &Session, graph: &Graph<'_>, open: bool) -> Result<ExitCode> {
     let (dir, manifest) = fresh(session, graph, "analysis")?;
-    let reports = stages::analysis::report_paths(&dir, &manifest);
+    let reports = stages::analysis::report_paths(&dir, &manifest).map_err(anyhow::Error::msg)?;
     for path in &reports {
         println!("{}", path.display());
     }
@@ -376,10 +376,11 @@ fn summary(session: &Session, outcomes: &[Outcome]) {
         );
     }
     if let Some(m) = find("analysis") {
-        for report in
-            stages::analysis::report_paths(&session.store.artifact_dir("analysis", &m.key), m)
-        {
-            println!("report: {}", report.display());
+        match stages::analysis::report_paths(&session.store.artifact_dir("analysis", &m.key), m) {
+            Ok(reports) => reports
+                .iter()
+                .for_each(|report| println!("report: {}", report.display())),
+            Err(e) => eprintln!("error: {e}"),
         }
     }
     println!("artifacts: {}", session.store.root().display());
@@ -410,7 +411,8 @@ fn query(
     output: Option<PathBuf>,
 ) -> Result<ExitCode> {
     let (analysis_dir, manifest) = fresh(session, graph, "analysis")?;
-    let reports = stages::analysis::report_paths(&analysis_dir, &manifest);
+    let reports =
+        stages::analysis::report_paths(&analysis_dir, &manifest).map_err(anyhow::Error::msg)?;
     let mut tables = Vec::new();
     for report in &reports {
         let folder = report.parent().unwrap_or(&analysis_dir);

@@ -12,7 +12,8 @@ use serde_json::{json, Value};
 
 use super::extract::open_store;
 use super::mlp::{load_mnist, load_weights, MlpMetricsFile, MLP_METRICS_FILE};
-use super::sae::{Point, SaeMetricsFile, METRICS_FILE};
+use super::sae::{SaeMetricsFile, METRICS_FILE};
+use crate::config::Point;
 
 pub struct AnalysisStage {
     pub points: Vec<Point>,
@@ -123,7 +124,7 @@ impl Stage for AnalysisStage {
                     .unwrap_or(report),
             );
         }
-        Ok(json!({ "reports": reports, "headline": headline }))
+        Ok(serde_json::to_value(AnalysisMetrics { reports, headline })?)
     }
 }
 
@@ -144,15 +145,27 @@ fn sweep_params(point: &Point) -> Value {
     params
 }
 
-/// The report pages of a fresh analysis artifact.
-pub fn report_paths(dir: &Path, manifest: &artifacts::Manifest) -> Vec<PathBuf> {
-    manifest.metrics["reports"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|p| p.as_str())
-                .map(|p| dir.join(p))
-                .collect()
-        })
-        .unwrap_or_default()
+/// The analysis artifact's manifest metrics, read back through this type.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnalysisMetrics {
+    /// `report.html` of each layer, relative to the artifact folder.
+    pub reports: Vec<PathBuf>,
+    pub headline: String,
+}
+
+/// The report pages of a fresh analysis artifact; a manifest without them is
+/// an error naming the artifact.
+pub fn report_paths(
+    dir: &Path,
+    manifest: &artifacts::Manifest,
+) -> Result<Vec<PathBuf>, StageError> {
+    let metrics: AnalysisMetrics =
+        serde_json::from_value(manifest.metrics.clone()).map_err(|e| {
+            format!(
+                "{}: its manifest's metrics are not an analysis's: {e}",
+                dir.display()
+            )
+        })?;
+    Ok(metrics.reports.iter().map(|p| dir.join(p)).collect())
 }
