@@ -710,3 +710,57 @@ fn the_first_step_moves_decoder_rows_along_the_projected_gradient() {
         );
     }
 }
+
+#[test]
+fn the_scheduler_trains_a_group_once_and_hands_each_point_its_own_result() {
+    let data = structured_data(128, 16, 8);
+    let point = |name: &str, l1_coeff: f64, group: &str| sae::ScheduledPoint {
+        point: SweepPoint {
+            name: name.into(),
+            cfg: SaeConfig {
+                epochs: 2,
+                ..config(Variant::L1 { l1_coeff }, 16, 32)
+            },
+        },
+        group: group.into(),
+    };
+    let points = vec![
+        point("a", 1e-3, "g"),
+        point("b", 1e-2, "g"),
+        point("c", 3e-3, "other"),
+        point("d", 3e-2, "g"),
+    ];
+    let scheduler = sae::SweepScheduler::new(points.clone());
+    // d is fresh (not pending): it must not train with a and b.
+    scheduler.set_pending(["a", "b", "c"].map(String::from).into());
+    let trained_points = std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let record = |e: &sae::ProgressEvent| {
+        trained_points.lock().unwrap().insert(e.point.to_string());
+    };
+    let b = scheduler.trained("b", &data, &Path::Fast, &record).unwrap();
+    assert_eq!(
+        *trained_points.lock().unwrap(),
+        ["a", "b"].map(String::from).into()
+    );
+    trained_points.lock().unwrap().clear();
+    let a = scheduler.trained("a", &data, &Path::Fast, &record).unwrap();
+    assert!(
+        trained_points.lock().unwrap().is_empty(),
+        "a was trained twice"
+    );
+    // Each result is the point's own, as if trained alone.
+    for (got, p) in [(&a, &points[0]), (&b, &points[1])] {
+        let alone = train(&p.point.cfg, &data, &Path::Fast, &quiet()).unwrap();
+        assert_eq!(got.sae.w_dec, alone.sae.w_dec, "{}", p.point.name);
+    }
+    scheduler.trained("c", &data, &Path::Fast, &record).unwrap();
+    assert_eq!(
+        *trained_points.lock().unwrap(),
+        ["c"].map(String::from).into()
+    );
+    let unknown = match scheduler.trained("nope", &data, &Path::Fast, &record) {
+        Ok(_) => panic!("an unknown point trained"),
+        Err(e) => e.to_string(),
+    };
+    assert!(unknown.contains("nope"), "{unknown}");
+}
