@@ -241,30 +241,37 @@ fn mutual_information_matches_polars_on_synthetic_data() {
     assert_mi_agrees(&f.train, WIDTH, &f.train_labels);
 }
 
-/// The train split of the pipeline's activation store, when `cargo xtask all` has
-/// produced one. (Splits are opened separately: their shards record different
-/// dataset digests.)
-fn real_train_store() -> Option<activations::ActivationStore> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../artifacts/activations");
-    let dir = std::fs::read_dir(root)
-        .ok()?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .find(|p| p.join("shards.json").is_file())?;
-    let shards: Vec<activations::ShardInfo> =
-        serde_json::from_slice(&std::fs::read(dir.join("shards.json")).unwrap()).unwrap();
-    let train: Vec<_> = shards.into_iter().filter(|s| s.split == "train").collect();
-    Some(activations::ActivationStore::open(&dir, &train, activations::VerifyMode::Sizes).unwrap())
+/// Real `fc2.pre` activations of the train split, in dataset order, from an
+/// MLP trained here for one epoch of the notebook's config on the genuine
+/// MNIST files (through `testkit`, so the test runs wherever the suite does).
+fn real_fc2_pre() -> (Vec<f32>, Vec<u8>) {
+    let data = testkit::mnist();
+    let examples = mlp::Examples {
+        pixels: &data.train.images.pixels,
+        labels: &data.train.labels.labels,
+    };
+    let cfg = mlp::TrainConfig {
+        epochs: 1,
+        ..mlp::TrainConfig::default()
+    };
+    let (weights, _) = mlp::train(&cfg, examples, &mlp::TrainPath::Fast, &mut |_, _| {}).unwrap();
+    let model = mlp::Mlp::new(&weights, &candle_core::Device::Cpu).unwrap();
+    let layers = model
+        .forward_all(&model.input(examples.pixels).unwrap())
+        .unwrap();
+    let fc2_pre = layers["fc2.pre"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    (fc2_pre, data.train.labels.labels.clone())
 }
 
 #[test]
 fn mutual_information_matches_polars_on_real_activations() {
-    let Some(store) = real_train_store() else {
-        eprintln!("note: no artifacts/activations; run `cargo xtask all` to check on real data");
-        return;
-    };
-    let view = store.layer("train", "fc2.pre").unwrap();
-    assert_mi_agrees(&view.to_vec(), view.width(), &view.labels());
+    let (fc2_pre, labels) = real_fc2_pre();
+    assert_eq!(fc2_pre.len(), 60000 * mlp::HIDDEN);
+    assert_mi_agrees(&fc2_pre, mlp::HIDDEN, &labels);
 }
 
 #[test]

@@ -138,6 +138,30 @@ fn a_second_run_is_all_cached_and_status_explains_it() {
         ],
     );
     assert_eq!(acts.stdout.trim(), "n,top\n10000,9", "{}", acts.stderr);
+    // Rows are in dataset order: the cached labels are MNIST's, row for row.
+    let order = xtask(
+        store.path(),
+        &[
+            "query",
+            "SELECT dataset_index, label FROM act_train_fc2_pre",
+            "--format",
+            "csv",
+        ],
+    );
+    let rows: Vec<(usize, u8)> = order
+        .stdout
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let (index, label) = l.split_once(',').unwrap();
+            (index.parse().unwrap(), label.parse().unwrap())
+        })
+        .collect();
+    let mnist_labels = &testkit::mnist().train.labels.labels;
+    assert_eq!(rows.len(), mnist_labels.len(), "{}", order.stderr);
+    for (row, (&(index, label), &truth)) in rows.iter().zip(mnist_labels).enumerate() {
+        assert_eq!((index, label), (row, truth), "row {row}");
+    }
     let bad = xtask(store.path(), &["query", "SELECT nope FROM features"]);
     assert!(
         !bad.ok && bad.stderr.contains("nope") && bad.stderr.contains("available tables"),
