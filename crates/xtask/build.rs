@@ -18,7 +18,12 @@ const STAGES: &[(&str, &[&str])] = &[
             "xtask/src/stages/extract.rs",
         ],
     ),
-    ("SAE", &["sae", "xtask/src/stages/sae.rs"]),
+    // config.rs turns `[sae]` into each point's SaeConfig (the key holds the
+    // user's values, so the code that maps them must be in the fingerprint).
+    (
+        "SAE",
+        &["sae", "xtask/src/stages/sae.rs", "xtask/src/config.rs"],
+    ),
     ("ANALYSIS", &["analysis", "xtask/src/stages/analysis.rs"]),
 ];
 

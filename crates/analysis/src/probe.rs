@@ -17,10 +17,12 @@ pub struct ProbeConfig {
     /// Probes train on the first `train_rows` train rows (all when larger).
     pub train_rows: usize,
     pub iterations: usize,
-    pub learning_rate: f32,
-    pub momentum: f32,
+    /// f64 like every float of the config, so it reads back as written
+    /// (`1e-4`, not `9.999999747378752e-05`); the probe itself runs in f32.
+    pub learning_rate: f64,
+    pub momentum: f64,
     /// L2 penalty on the weights (not the bias).
-    pub l2: f32,
+    pub l2: f64,
 }
 
 impl Default for ProbeConfig {
@@ -132,12 +134,14 @@ impl Softmax {
                     a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
                     a
                 });
+            let (l2, momentum, learning_rate) =
+                (cfg.l2 as f32, cfg.momentum as f32, cfg.learning_rate as f32);
             for (i, v) in velocity.iter_mut().enumerate() {
                 let mut g = grad[i] / n as f32;
                 if i < k * CLASSES {
-                    g += cfg.l2 * model.weights[i];
+                    g += l2 * model.weights[i];
                 }
-                *v = cfg.momentum * *v - cfg.learning_rate * g;
+                *v = momentum * *v - learning_rate * g;
             }
             for (i, v) in velocity.iter().enumerate() {
                 if i < k * CLASSES {

@@ -473,6 +473,10 @@ pub struct Point {
     pub layer: String,
     pub cfg: SaeConfig,
     pub reference_path: bool,
+    /// The `[sae]` keys that shape this point, with its values, as the user
+    /// writes them: the stage's params, so `status` and `explain` speak in
+    /// config keys. `cfg` is a function of these and the code.
+    pub params: serde_json::Value,
 }
 
 impl SaeSweep {
@@ -553,6 +557,7 @@ impl SaeSweep {
                                     layer: layer.clone(),
                                     cfg: self.config(layer, variant.clone(), d_sae, seed, every),
                                     reference_path: self.path == TrainerPath::Reference,
+                                    params: self.point_params(layer, &variant, d_sae, seed, every),
                                 });
                             }
                         }
@@ -561,6 +566,49 @@ impl SaeSweep {
             }
         }
         out
+    }
+
+    /// A point's `[sae]` keys and values: the shared keys, its sweep
+    /// coordinates, and its variant's own params (named as in the config).
+    fn point_params(
+        &self,
+        layer: &str,
+        variant: &Variant,
+        d_sae: usize,
+        seed: u64,
+        resample_every_steps: usize,
+    ) -> serde_json::Value {
+        let mut params = serde_json::json!({
+            "layer": layer,
+            "variant": variant.architecture(),
+            "d_sae": d_sae,
+            "seed": seed,
+            "lr": self.lr,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "shuffle": self.shuffle,
+            "l1_reduction": self.l1_reduction,
+            "init": self.init,
+            "lr_step_epochs": self.lr_step_epochs,
+            "lr_gamma": self.lr_gamma,
+            "dead_window_steps": self.dead_window_steps,
+            "resample_every_steps": resample_every_steps,
+            "path": self.path,
+            "device": self.device,
+        });
+        if resample_every_steps > 0 {
+            params["resample_until"] = self.resample_until.into();
+            params["resample_sample_rows"] = self.resample_sample_rows.into();
+        }
+        // The variant's own fields carry their config names (l1_coeff, k, k_aux, aux_coeff).
+        if let serde_json::Value::Object(fields) =
+            serde_json::to_value(variant).expect("a variant serialises")
+        {
+            for (key, value) in fields.into_iter().filter(|(key, _)| key != "kind") {
+                params[key] = value;
+            }
+        }
+        params
     }
 
     fn config(

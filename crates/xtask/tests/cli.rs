@@ -171,7 +171,7 @@ fn a_second_run_is_all_cached_and_status_explains_it() {
     let status = xtask(store.path(), &["status"]);
     assert!(
         status.stdout.lines().any(|l| l.starts_with("mlp ")
-            && l.contains("epochs=1")
+            && l.contains("mlp.epochs=1")
             && l.contains("fresh")
             && l.contains("test accuracy")),
         "{}",
@@ -182,7 +182,7 @@ fn a_second_run_is_all_cached_and_status_explains_it() {
         changed
             .stdout
             .lines()
-            .any(|l| l.starts_with("mlp ") && l.contains("stale: param lr: 0.001 -> 0.01")),
+            .any(|l| l.starts_with("mlp ") && l.contains("stale: param mlp.lr: 0.001 -> 0.01")),
         "{}",
         changed.stdout
     );
@@ -198,6 +198,24 @@ fn a_second_run_is_all_cached_and_status_explains_it() {
             && changed.stdout.lines().all(|l| l.chars().count() < 300),
         "{}",
         changed.stdout
+    );
+    // SAE params are the user's config keys, with the values as written.
+    let coeff = xtask(store.path(), &["status", "--set", "sae.l1_coeff=[1e-4]"]);
+    assert!(
+        coeff
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("sae/fc2.pre/l1-0.0001/d1024/s0 ")
+                && l.contains(" sae.l1_coeff=0.0001 ")),
+        "{}",
+        coeff.stdout
+    );
+    let probe = xtask(store.path(), &["status", "--set", "analysis.probe.l2=1e-3"]);
+    assert!(
+        probe.stdout.lines().any(|l| l.starts_with("analysis ")
+            && l.contains("stale: param analysis.probe.l2: 0.0001 -> 0.001")),
+        "{}",
+        probe.stdout
     );
     // A single value where a sweep list is expected is a one-point list.
     let single = xtask(store.path(), &["status", "--set", "sae.l1_coeff=0.01"]);

@@ -41,7 +41,7 @@ impl Stage for AnalysisStage {
         env!("SAELAB_FP_ANALYSIS").into()
     }
     fn params(&self) -> Value {
-        json!({ "config": self.cfg })
+        json!({ "analysis": self.cfg })
     }
     fn inputs(&self) -> Vec<(String, String)> {
         let mut inputs = vec![

@@ -41,7 +41,7 @@ impl Stage for ExtractStage {
         env!("SAELAB_FP_EXTRACT").into()
     }
     fn params(&self) -> Value {
-        serde_json::to_value(&self.cfg).expect("an extract config serialises")
+        serde_json::json!({ "extract": self.cfg })
     }
     fn inputs(&self) -> Vec<(String, String)> {
         vec![

@@ -49,7 +49,8 @@ impl Stage for MlpStage {
         env!("SAELAB_FP_MLP").into()
     }
     fn params(&self) -> Value {
-        serde_json::to_value(&self.cfg).expect("a train config serialises")
+        // Keyed by config section, so `status` and `explain` name `mlp.lr`.
+        serde_json::json!({ "mlp": self.cfg })
     }
     fn inputs(&self) -> Vec<(String, String)> {
         vec![("mnist".into(), "mnist".into())]

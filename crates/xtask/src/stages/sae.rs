@@ -144,12 +144,7 @@ impl Stage for SaeStage {
         env!("SAELAB_FP_SAE").into()
     }
     fn params(&self) -> Value {
-        json!({
-            "layer": self.point.layer,
-            "cfg": self.point.cfg,
-            "path": if self.point.reference_path { "reference" } else { "fast" },
-            "device": if self.trainer.cuda { "cuda" } else { "cpu" },
-        })
+        json!({ "sae": self.point.params })
     }
     fn inputs(&self) -> Vec<(String, String)> {
         vec![
