@@ -3,32 +3,15 @@
 //! per class, the label distribution and the effect of removing the feature on
 //! each class logit.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::Tensor;
-use serde::{Deserialize, Serialize};
 
-use crate::analyse::{AnalysisConfig, LayerData};
 use crate::plots::{self, DigitGrid, Figure, Layer, Mark, Tile};
 use crate::stats::{UnitCounts, UnitStats, CLASSES};
+pub use crate::types::Dashboard;
+use crate::types::{AnalysisConfig, LayerData};
 use crate::AnalysisError;
-
-/// One rendered dashboard; image paths are relative to the SAE's folder.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Dashboard {
-    pub feature: usize,
-    /// Why it was chosen: `top MI` or `top frequency`.
-    pub reason: String,
-    pub mi_bits: f64,
-    pub freq_train: f64,
-    pub purity: Option<f64>,
-    pub top_label: Option<u8>,
-    /// Mean change of each class logit when the feature is removed from the
-    /// reconstruction, over the rows it was measured on.
-    pub logit_effect: Vec<f64>,
-    pub logit_effect_rows: usize,
-    pub images: Vec<PathBuf>,
-}
 
 /// Features to show: the top `dashboards_by_mi` by MI, then the most frequent not yet shown.
 pub fn pick(stats: &[UnitStats], cfg: &AnalysisConfig) -> Vec<(usize, String)> {

@@ -37,11 +37,9 @@ mod query;
 mod report;
 pub mod stats;
 pub mod tables;
+mod types;
 
-pub use analyse::{
-    analyse_sae, analyse_sweep, AnalysisConfig, Baseline, FeatureTables, LayerData, SaeMetrics,
-    SaeRun, SaeSummary, Timings, TABLES,
-};
+pub use analyse::{analyse_sae, analyse_sweep, Baseline, FeatureTables, TABLES};
 pub use dashboard::Dashboard;
 pub use error::AnalysisError;
 pub use probe::{ProbeConfig, ProbeResult};
@@ -51,3 +49,4 @@ pub use query::{
 };
 pub use report::{base64, probe_table, sweep_table, write_report, SummaryRow};
 pub use stats::{MiSummary, UnitCounts, UnitStats};
+pub use types::{AnalysisConfig, LayerData, SaeMetrics, SaeRun, SaeSummary, Timings};

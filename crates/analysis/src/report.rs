@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::analyse::SaeSummary;
 use crate::plots::{self, Figure, Layer, Mark};
 use crate::probe::ProbeResult;
 use crate::stats::MiSummary;
 use crate::tables;
+use crate::types::SaeSummary;
 use crate::AnalysisError;
 
 /// `probes`: one row per probe: source (`features` or `neurons`), k, accuracies, the units read.

@@ -19,7 +19,7 @@ use crate::config::{SaeConfig, Variant};
 use crate::duo::Exec;
 use crate::kernels::{self, axpy, multiversion, AdamStep, MatRef, Selection, Simd};
 use crate::model::{self, selection, transpose, Sae};
-use crate::train::{AuxScale, FeatureReset, FiringTracker, Gradients, StepStats, Trainer};
+use crate::trainer::{AuxScale, FeatureReset, FiringTracker, Gradients, StepStats, Trainer};
 use crate::SaeError;
 
 /// Whether the fast path implements `variant`.

@@ -15,6 +15,7 @@
 //! reference path leaves threading to candle. `evaluate`/`encode`/`reconstruct`
 //! use the rayon pool.
 
+#[doc(hidden)] // Measurement code for `cargo xtask bench`, not an API.
 pub mod bench;
 mod checkpoint;
 mod config;
@@ -27,6 +28,7 @@ mod reference;
 mod sweep;
 pub mod synthetic;
 mod train;
+mod trainer;
 
 pub use checkpoint::{load, save, TrainingRecord, CONFIG_FILE, RECORD_FILE, WEIGHTS_FILE};
 pub use config::{
@@ -37,13 +39,12 @@ pub use error::SaeError;
 pub use model::{column_mean, encode, evaluate, explained_variance, reconstruct, EvalMetrics, Sae};
 pub use sweep::{ScheduledPoint, SweepScheduler};
 pub use train::{
-    gradients, loss_trajectory, train, train_sweep, train_sweep_on, CurvePoint, Gradients, Path,
-    ProgressEvent, ProgressKind, ResampleEvent, SweepPoint, Trained, Trajectory,
-    PROGRESS_EVERY_STEPS,
+    train, train_sweep, train_sweep_on, CurvePoint, Path, ProgressEvent, ProgressKind,
+    ResampleEvent, SweepPoint, Trained, PROGRESS_EVERY_STEPS,
 };
-
-/// Whether [`Path::Fast`] runs `variant` itself (otherwise it falls back to the
-/// reference path on the CPU).
-pub fn fast_path_supports(variant: &Variant) -> bool {
-    fast::supports(variant)
-}
+// Test hooks (gradients at one batch, per-step losses) for this crate's tests
+// and the real-data comparison in xtask: not part of the API.
+#[doc(hidden)]
+pub use train::{gradients, loss_trajectory, Trajectory};
+#[doc(hidden)]
+pub use trainer::Gradients;

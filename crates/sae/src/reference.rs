@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor, Var, D};
 
 use crate::config::{SaeConfig, Variant};
 use crate::duo::Exec;
-use crate::train::{AuxScale, FeatureReset, FiringTracker, Gradients, StepStats, Trainer};
+use crate::trainer::{AuxScale, FeatureReset, FiringTracker, Gradients, StepStats, Trainer};
 use crate::{Sae, SaeError};
 
 pub(crate) struct ReferenceTrainer {

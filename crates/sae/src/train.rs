@@ -15,6 +15,7 @@ use crate::error::check_rows;
 use crate::fast::{self, FastTrainer};
 use crate::model::{self, row_squared_errors, Sae, STREAM_RESAMPLE, STREAM_SHUFFLE};
 use crate::reference::ReferenceTrainer;
+use crate::trainer::{AuxScale, FeatureReset, FiringTracker, Gradients, Trainer};
 use crate::SaeError;
 
 /// Which implementation trains the SAE. Both follow the same config.
@@ -107,129 +108,6 @@ pub struct Trajectory {
     pub losses: Vec<f64>,
     pub sae: Sae,
     pub resamples: Vec<ResampleEvent>,
-}
-
-/// Loss and raw gradients (before the decoder projection) at one batch, in the public layout.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Gradients {
-    pub w_enc: Vec<f32>,
-    pub w_dec: Vec<f32>,
-    pub b_enc: Vec<f32>,
-    pub b_dec: Vec<f32>,
-}
-
-/// What a trainer reports about one batch.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct StepStats {
-    pub loss: f64,
-    /// Mean over the batch of the per-row squared error.
-    pub l2: f64,
-    pub sq_err_sum: f64,
-    /// The sparsity term as it enters the loss.
-    pub l1: f64,
-    pub aux: f64,
-    pub active: u64,
-}
-
-/// A dead feature's new parameters.
-pub(crate) struct FeatureReset {
-    pub feature: usize,
-    pub decoder_row: Vec<f32>,
-    pub encoder_column: Vec<f32>,
-}
-
-/// One training implementation. A step is `compute` (forward, loss, raw
-/// gradients; records which features fired) then `apply` (decoder gradient
-/// projection, Adam, renormalisation).
-pub(crate) trait Trainer: Send {
-    fn compute(
-        &mut self,
-        x: &[f32],
-        rows: usize,
-        tracker: &mut FiringTracker,
-        exec: Exec,
-    ) -> Result<StepStats, SaeError>;
-    fn apply(&mut self, lr: f64, exec: Exec) -> Result<(), SaeError>;
-    /// The raw gradients at the last `compute`.
-    fn gradients(&mut self) -> Result<Gradients, SaeError>;
-    fn export(&self) -> Result<Sae, SaeError>;
-    /// Sets the features' parameters, zeroes their `b_enc` and their Adam moments.
-    fn reset_features(&mut self, resets: &[FeatureReset]) -> Result<(), SaeError>;
-    /// Whether `Exec::Duo` speeds this trainer up (candle has its own threads).
-    fn uses_helper_thread(&self) -> bool {
-        false
-    }
-}
-
-/// Steps since each feature last fired.
-pub(crate) struct FiringTracker {
-    since_fired: Vec<u64>,
-    window: u64,
-    dead: Vec<bool>,
-}
-
-impl FiringTracker {
-    pub fn new(d_sae: usize, window: usize) -> Self {
-        FiringTracker {
-            since_fired: vec![0; d_sae],
-            window: window as u64,
-            dead: vec![false; d_sae],
-        }
-    }
-
-    pub fn record(&mut self, fired: &[bool]) {
-        for ((since, dead), &fired) in self.since_fired.iter_mut().zip(&mut self.dead).zip(fired) {
-            *since = if fired { 0 } else { *since + 1 };
-            *dead = *since >= self.window;
-        }
-    }
-
-    pub fn dead_mask(&self) -> &[bool] {
-        &self.dead
-    }
-
-    pub fn dead_count(&self) -> usize {
-        self.dead.iter().filter(|&&d| d).count()
-    }
-
-    fn revive(&mut self, f: usize) {
-        self.since_fired[f] = 0;
-        self.dead[f] = false;
-    }
-}
-
-/// AuxK's loss, as OpenAI's `auxk_coef * normalized_mse(e_hat, e)`, put into
-/// the units of this crate's L2 term (which is not normalised):
-/// `aux_coeff * data_variance * sum ||e - e_hat||^2 / sum ||e - mean(e)||^2`,
-/// summed over the batch's rows, with `e = x - x_hat` (detached) and
-/// `data_variance` the mean of `||x - mean(x)||^2` over the training rows.
-/// So `aux_coeff` weighs against the reconstruction loss as OpenAI's does.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct AuxScale {
-    pub data_variance: f64,
-}
-
-impl AuxScale {
-    /// The factor on `sum ||e - e_hat||^2`, given `sum ||e - mean(e)||^2`;
-    /// 0 where the residual has no spread (as OpenAI's `nan_to_num(0)`).
-    pub fn factor(&self, aux_coeff: f64, residual_spread: f64) -> f64 {
-        if residual_spread > 0.0 && residual_spread.is_finite() {
-            aux_coeff * self.data_variance / residual_spread
-        } else {
-            0.0
-        }
-    }
-
-    pub fn of(data: &[f32], d_in: usize) -> Self {
-        Self::from_total_variance(model::total_variance(data, d_in), data.len() / d_in)
-    }
-
-    /// From [`model::total_variance`] of `rows` rows, where it is already known.
-    pub fn from_total_variance(total_variance: f64, rows: usize) -> Self {
-        AuxScale {
-            data_variance: total_variance / rows.max(1) as f64,
-        }
-    }
 }
 
 fn make_trainer(sae: &Sae, path: &Path, aux: AuxScale) -> Result<Box<dyn Trainer>, SaeError> {

@@ -1,0 +1,155 @@
+//! The analysis's data types, in their own module so that the modules that
+//! compute (`analyse`), render (`dashboard`, `report`) and query them import
+//! these and never each other in a circle.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::probe::{ProbeConfig, ProbeResult};
+use crate::stats::{check_matrix, MiSummary};
+use crate::AnalysisError;
+
+/// The MLP layer the SAEs read, with everything the analysis needs from it.
+/// Shared by every SAE of a sweep.
+pub struct LayerData<'a> {
+    /// Layer name, e.g. `fc2.pre`.
+    pub layer: &'a str,
+    pub width: usize,
+    /// Row-major `[train rows, width]`, dataset order.
+    pub train: &'a [f32],
+    pub test: &'a [f32],
+    pub train_labels: &'a [u8],
+    pub test_labels: &'a [u8],
+    /// Raw MNIST train pixels `[train rows, 784]`, same order.
+    pub train_pixels: &'a [u8],
+    pub mlp: &'a mlp::Mlp,
+}
+
+impl LayerData<'_> {
+    pub(crate) fn check(&self) -> Result<(), AnalysisError> {
+        check_matrix(
+            &format!("{} train activations", self.layer),
+            self.train,
+            self.width,
+            self.train_labels,
+        )?;
+        check_matrix(
+            &format!("{} test activations", self.layer),
+            self.test,
+            self.width,
+            self.test_labels,
+        )?;
+        if self.train_pixels.len() != self.train_labels.len() * 784 {
+            return Err(AnalysisError::Input(format!(
+                "train pixels have {} bytes, expected {} rows x 784",
+                self.train_pixels.len(),
+                self.train_labels.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Metrics of one SAE that the caller measured (the analysis does not recompute them).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SaeMetrics {
+    pub l0: f64,
+    pub mse: f64,
+    pub explained_variance: f64,
+    pub dead: usize,
+    pub ce_recovered: f64,
+    /// Test accuracy with the reconstruction spliced into the MLP.
+    pub spliced_accuracy: f64,
+}
+
+/// One trained SAE to analyse.
+pub struct SaeRun<'a> {
+    /// Folder-safe name, unique within the sweep.
+    pub name: &'a str,
+    /// Its parameters as a flat JSON object (nested values are shown as JSON text).
+    pub params: serde_json::Value,
+    pub sae: &'a sae::Sae,
+    pub curve: &'a [sae::CurvePoint],
+    pub metrics: SaeMetrics,
+}
+
+/// What to compute besides the tables.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AnalysisConfig {
+    pub probe: ProbeConfig,
+    /// Dashboards for this many features with the highest MI ...
+    pub dashboards_by_mi: usize,
+    /// ... and for this many of the most frequent features (not already shown).
+    pub dashboards_by_frequency: usize,
+    /// Digit images per dashboard quantile group.
+    pub digits_per_group: usize,
+    /// Rows (first active ones in dataset order) used for a dashboard's logit effect.
+    pub logit_effect_rows: usize,
+}
+
+impl Default for AnalysisConfig {
+    fn default() -> Self {
+        AnalysisConfig {
+            probe: ProbeConfig::default(),
+            dashboards_by_mi: 6,
+            dashboards_by_frequency: 3,
+            digits_per_group: 8,
+            logit_effect_rows: 2048,
+        }
+    }
+}
+
+/// Wall time of the table stage of one SAE.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    /// `sae::encode` of train and test.
+    pub encode_s: f64,
+    /// Counting, statistics, sparse extraction and building every DataFrame.
+    pub tables_s: f64,
+    /// Writing the parquet files.
+    pub parquet_s: f64,
+    pub probes_s: f64,
+    pub plots_s: f64,
+}
+
+/// Everything the report needs about one analysed SAE. Paths are relative to its folder.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SaeSummary {
+    pub name: String,
+    pub params: serde_json::Value,
+    pub layer: String,
+    pub d_sae: usize,
+    pub metrics: SaeMetrics,
+    pub features: MiSummary,
+    pub neurons: MiSummary,
+    pub feature_probes: Vec<ProbeResult>,
+    pub neuron_probes: Vec<ProbeResult>,
+    /// Non-zeros in `feature_acts` (train + test).
+    pub nonzeros: usize,
+    /// The SAE's folder.
+    pub dir: PathBuf,
+    pub tables: Vec<PathBuf>,
+    /// PNG files (an SVG sits next to each chart).
+    pub plots: Vec<PathBuf>,
+    pub dashboards: Vec<Dashboard>,
+    pub timings: Timings,
+}
+
+/// One rendered dashboard; image paths are relative to the SAE's folder.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Dashboard {
+    pub feature: usize,
+    /// Why it was chosen: `top MI` or `top frequency`.
+    pub reason: String,
+    pub mi_bits: f64,
+    pub freq_train: f64,
+    pub purity: Option<f64>,
+    pub top_label: Option<u8>,
+    /// Mean change of each class logit when the feature is removed from the
+    /// reconstruction, over the rows it was measured on.
+    pub logit_effect: Vec<f64>,
+    pub logit_effect_rows: usize,
+    pub images: Vec<PathBuf>,
+}
