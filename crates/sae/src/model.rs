@@ -264,6 +264,7 @@ pub fn reconstruct(sae: &Sae, x: &[f32]) -> Result<Vec<f32>, SaeError> {
 
 /// Metrics of an SAE over a whole data set.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EvalMetrics {
     /// Mean over rows and dims of `(x - x_hat)^2`.
     pub mse: f64,
@@ -276,7 +277,9 @@ pub struct EvalMetrics {
     pub explained_variance: f64,
     /// Features never active on these rows.
     pub dead: usize,
-    /// Per feature, the number of rows on which it is active.
+    /// Per feature, the number of rows on which it is active. Not written to
+    /// metrics files (the analysis tables hold them); empty when read back.
+    #[serde(skip)]
     pub firing_counts: Vec<u64>,
 }
 

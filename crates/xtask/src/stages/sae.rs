@@ -93,8 +93,8 @@ pub struct SaeStage {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SaeMetricsFile {
-    pub train: SplitMetrics,
-    pub test: SplitMetrics,
+    pub train: sae::EvalMetrics,
+    pub test: sae::EvalMetrics,
     /// On the test split, the layer replaced by the SAE's reconstruction.
     pub downstream: mlp::SpliceMetrics,
     /// The sweep group's training time (points of a sweep train together).
@@ -106,32 +106,6 @@ pub struct SaeMetricsFile {
 }
 
 pub const METRICS_FILE: &str = "metrics.json";
-
-/// [`sae::EvalMetrics`] on one split, without the per-feature firing counts
-/// (the analysis tables hold those).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SplitMetrics {
-    pub mse: f64,
-    pub l2_sum: f64,
-    pub l1: f64,
-    pub l0: f64,
-    pub explained_variance: f64,
-    pub dead: usize,
-}
-
-impl From<&sae::EvalMetrics> for SplitMetrics {
-    fn from(m: &sae::EvalMetrics) -> Self {
-        SplitMetrics {
-            mse: m.mse,
-            l2_sum: m.l2_sum,
-            l1: m.l1,
-            l0: m.l0,
-            explained_variance: m.explained_variance,
-            dead: m.dead,
-        }
-    }
-}
 
 impl Stage for SaeStage {
     fn name(&self) -> &str {
@@ -189,8 +163,8 @@ impl Stage for SaeStage {
                 downstream.ce_recovered_zero,
                 trained.seconds
             ),
-            train: SplitMetrics::from(&on_train),
-            test: SplitMetrics::from(&on_test),
+            train: on_train,
+            test: on_test,
             downstream,
             train_seconds: trained.seconds,
             final_epoch: trained.curve.last().cloned(),
