@@ -62,7 +62,7 @@ fn real_sae_analysis_with_timings() {
         ..Default::default()
     };
     let start = Instant::now();
-    let trained = sae::train(&cfg, &train, &sae::Path::Fast, &|_| {}).unwrap();
+    let trained = sae::train(&cfg, &train, &sae::TrainPath::Fast, &|_| {}).unwrap();
     println!(
         "trained a 2-epoch SAE in {:.1} s",
         start.elapsed().as_secs_f64()

@@ -9,7 +9,7 @@ use candle_core::Device;
 use serde::Serialize;
 
 use crate::synthetic;
-use crate::train::{train_sweep_on, Path, ProgressEvent, ProgressKind, SweepPoint};
+use crate::train::{train_sweep_on, ProgressEvent, ProgressKind, SweepPoint, TrainPath};
 use crate::{SaeConfig, SaeError, Variant};
 
 #[derive(Clone, Debug)]
@@ -96,7 +96,7 @@ fn time_run(
     points: &[SweepPoint],
     data: &[f32],
     d_in: usize,
-    path: &Path,
+    path: &TrainPath,
 ) -> Result<RunTiming, SaeError> {
     let epoch_ends = Mutex::new(Vec::new());
     let progress = |e: &ProgressEvent| {
@@ -155,7 +155,7 @@ pub fn run(bench: &BenchConfig) -> Result<BenchReport, SaeError> {
             &point,
             &data,
             d_in,
-            &Path::Fast,
+            &TrainPath::Fast,
         )?);
         let mut topk = notebook_config(bench, bench.fast_epochs);
         topk.variant = Variant::top_k(32);
@@ -168,7 +168,7 @@ pub fn run(bench: &BenchConfig) -> Result<BenchReport, SaeError> {
             &point,
             &data,
             d_in,
-            &Path::Fast,
+            &TrainPath::Fast,
         )?);
     }
     if bench.reference_epochs > 0 {
@@ -176,7 +176,7 @@ pub fn run(bench: &BenchConfig) -> Result<BenchReport, SaeError> {
             name: "reference".into(),
             cfg: notebook_config(bench, bench.reference_epochs),
         }];
-        let path = Path::Reference {
+        let path = TrainPath::Reference {
             device: Device::Cpu,
         };
         runs.push(time_run(
@@ -203,7 +203,7 @@ pub fn run(bench: &BenchConfig) -> Result<BenchReport, SaeError> {
             })
             .collect();
         let label = format!("fast sweep ({} L1 points)", points.len());
-        runs.push(time_run(&label, &points, &data, d_in, &Path::Fast)?);
+        runs.push(time_run(&label, &points, &data, d_in, &TrainPath::Fast)?);
     }
     Ok(BenchReport {
         rows: bench.rows,

@@ -39,8 +39,8 @@ pub use error::SaeError;
 pub use model::{column_mean, encode, evaluate, explained_variance, reconstruct, EvalMetrics, Sae};
 pub use sweep::{ScheduledPoint, SweepScheduler};
 pub use train::{
-    train, train_sweep, train_sweep_on, CurvePoint, Path, ProgressEvent, ProgressKind,
-    ResampleEvent, SweepPoint, Trained, PROGRESS_EVERY_STEPS,
+    train, train_sweep, train_sweep_on, CurvePoint, ProgressEvent, ProgressKind, ResampleEvent,
+    SweepPoint, TrainPath, Trained, PROGRESS_EVERY_STEPS,
 };
 // Test hooks (gradients at one batch, per-step losses) for this crate's tests
 // and the real-data comparison in xtask: not part of the API.

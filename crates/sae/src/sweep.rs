@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
-use crate::train::{train_sweep_on, Path, ProgressEvent, SweepPoint, Trained};
+use crate::train::{train_sweep_on, ProgressEvent, SweepPoint, TrainPath, Trained};
 use crate::SaeError;
 
 /// One point of a sweep and the group of points it can train with (those
@@ -47,7 +47,7 @@ impl SweepScheduler {
         &self,
         name: &str,
         data: &[f32],
-        path: &Path,
+        path: &TrainPath,
         progress: &(dyn Fn(&ProgressEvent) + Sync),
     ) -> Result<Trained, SaeError> {
         if let Some(done) = self

@@ -20,7 +20,7 @@ use crate::SaeError;
 
 /// Which implementation trains the SAE. Both follow the same config.
 #[derive(Clone, Debug)]
-pub enum Path {
+pub enum TrainPath {
     /// candle autograd with a hand-written Adam on candle tensors; runs on any device.
     Reference { device: Device },
     /// Fused CPU trainer over raw f32 buffers. Covers `L1` and `TopK`; other
@@ -110,11 +110,11 @@ pub struct Trajectory {
     pub resamples: Vec<ResampleEvent>,
 }
 
-fn make_trainer(sae: &Sae, path: &Path, aux: AuxScale) -> Result<Box<dyn Trainer>, SaeError> {
+fn make_trainer(sae: &Sae, path: &TrainPath, aux: AuxScale) -> Result<Box<dyn Trainer>, SaeError> {
     Ok(match path {
-        Path::Fast if fast::supports(&sae.cfg.variant) => Box::new(FastTrainer::new(sae, aux)),
-        Path::Fast => Box::new(ReferenceTrainer::new(sae, &Device::Cpu, aux)?),
-        Path::Reference { device } => Box::new(ReferenceTrainer::new(sae, device, aux)?),
+        TrainPath::Fast if fast::supports(&sae.cfg.variant) => Box::new(FastTrainer::new(sae, aux)),
+        TrainPath::Fast => Box::new(ReferenceTrainer::new(sae, &Device::Cpu, aux)?),
+        TrainPath::Reference { device } => Box::new(ReferenceTrainer::new(sae, device, aux)?),
     })
 }
 
@@ -417,7 +417,7 @@ fn new_run<'a>(
     point: &'a SweepPoint,
     data: &[f32],
     d_in: usize,
-    path: &Path,
+    path: &TrainPath,
     limits: Limits,
     aux: AuxScale,
 ) -> Result<Run<'a>, SaeError> {
@@ -454,7 +454,7 @@ fn drive<'a>(
     points: &'a [SweepPoint],
     data: &[f32],
     d_in: usize,
-    path: &Path,
+    path: &TrainPath,
     progress: &(dyn Fn(&ProgressEvent) + Sync),
     limits: Limits,
 ) -> Vec<Result<Run<'a>, SaeError>> {
@@ -536,7 +536,7 @@ pub fn train_sweep_on(
     points: &[SweepPoint],
     data: &[f32],
     d_in: usize,
-    path: &Path,
+    path: &TrainPath,
     progress: &(dyn Fn(&ProgressEvent) + Sync),
 ) -> Vec<Result<Trained, SaeError>> {
     drive(points, data, d_in, path, progress, FULL)
@@ -552,14 +552,14 @@ pub fn train_sweep(
     d_in: usize,
     progress: &(dyn Fn(&ProgressEvent) + Sync),
 ) -> Vec<Result<Trained, SaeError>> {
-    train_sweep_on(points, data, d_in, &Path::Fast, progress)
+    train_sweep_on(points, data, d_in, &TrainPath::Fast, progress)
 }
 
 /// Trains one SAE (reported as point `sae`) on row-major `data` `[rows, cfg.d_in]`.
 pub fn train(
     cfg: &SaeConfig,
     data: &[f32],
-    path: &Path,
+    path: &TrainPath,
     progress: &(dyn Fn(&ProgressEvent) + Sync),
 ) -> Result<Trained, SaeError> {
     let point = [SweepPoint {
@@ -576,7 +576,7 @@ pub fn train(
 pub fn loss_trajectory(
     cfg: &SaeConfig,
     data: &[f32],
-    path: &Path,
+    path: &TrainPath,
     max_steps: usize,
 ) -> Result<Trajectory, SaeError> {
     let point = [SweepPoint {
@@ -604,7 +604,7 @@ pub fn gradients(
     sae: &Sae,
     batch: &[f32],
     dead_features: &[usize],
-    path: &Path,
+    path: &TrainPath,
 ) -> Result<(f64, Gradients), SaeError> {
     sae.cfg.validate()?;
     let rows = check_rows("gradient batch", batch, sae.d_in())?;

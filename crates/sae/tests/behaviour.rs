@@ -7,12 +7,12 @@ use candle_core::Device;
 use common::*;
 use sae::{
     encode, evaluate, explained_variance, loss_trajectory, reconstruct, train, train_sweep,
-    AdamConfig, Init, LrSchedule, Path, ResampleConfig, ResampleSchedule, Sae, SaeConfig, SaeError,
-    SweepPoint, Variant,
+    AdamConfig, Init, LrSchedule, ResampleConfig, ResampleSchedule, Sae, SaeConfig, SaeError,
+    SweepPoint, TrainPath, Variant,
 };
 
-fn reference() -> Path {
-    Path::Reference {
+fn reference() -> TrainPath {
+    TrainPath::Reference {
         device: Device::Cpu,
     }
 }
@@ -34,9 +34,9 @@ fn explained_variance_hand_case() {
 fn decoder_rows_stay_unit_norm_after_every_step() {
     let data = structured_data(64 * 4, 32, 21);
     for (variant, path) in [
-        (Variant::L1 { l1_coeff: 3e-3 }, Path::Fast),
+        (Variant::L1 { l1_coeff: 3e-3 }, TrainPath::Fast),
         (Variant::L1 { l1_coeff: 3e-3 }, reference()),
-        (Variant::top_k(4), Path::Fast),
+        (Variant::top_k(4), TrainPath::Fast),
         (Variant::top_k(4), reference()),
     ] {
         let cfg = SaeConfig {
@@ -71,7 +71,7 @@ fn norm_weighted_l1_leaves_decoder_norms_free() {
         },
         ..config(Variant::NormWeightedL1 { l1_coeff: 1e-2 }, 32, 64)
     };
-    let trained = train(&cfg, &data, &Path::Fast, &quiet()).unwrap();
+    let trained = train(&cfg, &data, &TrainPath::Fast, &quiet()).unwrap();
     let norms = row_norms(&trained.sae.w_dec, 32);
     let spread = norms.iter().fold(0.0f64, |m, n| m.max((n - 1.0).abs()));
     assert!(spread > 1e-2, "decoder norms stayed at 1: {norms:?}");
@@ -103,7 +103,7 @@ fn resampling_sets_documented_values_and_resets_adam() {
     let data = structured_data(64 * 16, 32, 23);
     let at = 40;
     let cfg = resampling_config(at);
-    for path in [Path::Fast, reference()] {
+    for path in [TrainPath::Fast, reference()] {
         let before = loss_trajectory(&cfg, &data, &path, at - 1).unwrap().sae;
         let after = loss_trajectory(&cfg, &data, &path, at).unwrap();
         let next = loss_trajectory(&cfg, &data, &path, at + 1).unwrap().sae;
@@ -200,8 +200,8 @@ fn resampling_revives_dead_features() {
         }),
         ..without.clone()
     };
-    let plain = train(&without, &data, &Path::Fast, &quiet()).unwrap();
-    let resampled = train(&with, &data, &Path::Fast, &quiet()).unwrap();
+    let plain = train(&without, &data, &TrainPath::Fast, &quiet()).unwrap();
+    let resampled = train(&with, &data, &TrainPath::Fast, &quiet()).unwrap();
     let steps: Vec<usize> = resampled.resamples.iter().map(|e| e.step).collect();
     assert_eq!(steps, [20, 40, 60]);
     let never_fired = |s: &Sae| evaluate(s, &data).unwrap().dead;
@@ -281,8 +281,8 @@ fn same_seed_same_sae_and_sweeps_match_single_runs() {
         dead_window_steps: 5,
         ..cfg.clone()
     };
-    let a = train(&cfg, &data, &Path::Fast, &quiet()).unwrap();
-    let b = train(&cfg, &data, &Path::Fast, &quiet()).unwrap();
+    let a = train(&cfg, &data, &TrainPath::Fast, &quiet()).unwrap();
+    let b = train(&cfg, &data, &TrainPath::Fast, &quiet()).unwrap();
     assert_eq!(a.sae, b.sae, "same config and seed must give the same bits");
     assert_eq!(a.curve, b.curve);
     let other_seed = train(
@@ -291,7 +291,7 @@ fn same_seed_same_sae_and_sweeps_match_single_runs() {
             ..cfg.clone()
         },
         &data,
-        &Path::Fast,
+        &TrainPath::Fast,
         &quiet(),
     )
     .unwrap();
@@ -302,7 +302,7 @@ fn same_seed_same_sae_and_sweeps_match_single_runs() {
             ..cfg.clone()
         },
         &data,
-        &Path::Fast,
+        &TrainPath::Fast,
         &quiet(),
     )
     .unwrap();
@@ -324,7 +324,7 @@ fn same_seed_same_sae_and_sweeps_match_single_runs() {
         },
     ];
     let swept = train_sweep(&points, &data, 32, &quiet());
-    let single_topk = train(&topk, &data, &Path::Fast, &quiet()).unwrap();
+    let single_topk = train(&topk, &data, &TrainPath::Fast, &quiet()).unwrap();
     assert_eq!(swept[0].as_ref().unwrap().sae, a.sae);
     assert_eq!(swept[1].as_ref().unwrap().sae, single_topk.sae);
     assert_eq!(swept[2].as_ref().unwrap().sae, a.sae);
@@ -476,9 +476,9 @@ fn bad_config_values_are_refused_naming_the_key() {
             "{message}"
         );
         // Training refuses it too, before touching data.
-        assert!(train(&cfg, &[0.0; 8], &Path::Fast, &quiet()).is_err());
+        assert!(train(&cfg, &[0.0; 8], &TrainPath::Fast, &quiet()).is_err());
     }
-    let wrong_width = train(&good, &[0.0; 12], &Path::Fast, &quiet()).unwrap_err();
+    let wrong_width = train(&good, &[0.0; 12], &TrainPath::Fast, &quiet()).unwrap_err();
     assert!(wrong_width.to_string().contains("width 8"), "{wrong_width}");
 }
 
@@ -494,7 +494,7 @@ fn curve_metrics_schedule_and_partial_batches() {
         },
         ..config(Variant::L1 { l1_coeff: 3e-3 }, 16, 32)
     };
-    let trained = train(&cfg, &data, &Path::Fast, &quiet()).unwrap();
+    let trained = train(&cfg, &data, &TrainPath::Fast, &quiet()).unwrap();
     assert_eq!(trained.steps, 10);
     let lrs: Vec<f64> = trained.curve.iter().map(|p| p.lr).collect();
     assert_eq!(lrs, [1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4]);
@@ -505,7 +505,7 @@ fn curve_metrics_schedule_and_partial_batches() {
     // The first epoch's losses are measured at the initial parameters for
     // batch 1: check the L2 term of batch 1 plus batch 2 against the loss
     // trajectory's first two steps.
-    let steps = loss_trajectory(&cfg, &data, &Path::Fast, 2).unwrap();
+    let steps = loss_trajectory(&cfg, &data, &TrainPath::Fast, 2).unwrap();
     assert!((trained.curve[0].loss - (steps.losses[0] + steps.losses[1])).abs() < 1e-9);
 }
 
@@ -516,7 +516,7 @@ fn encode_reconstruct_evaluate_agree_with_hand_computation() {
         epochs: 3,
         ..config(Variant::L1 { l1_coeff: 3e-3 }, 16, 40)
     };
-    let sae = train(&cfg, &data, &Path::Fast, &quiet()).unwrap().sae;
+    let sae = train(&cfg, &data, &TrainPath::Fast, &quiet()).unwrap().sae;
     let acts = encode(&sae, &data).unwrap();
     let x_hat = reconstruct(&sae, &data).unwrap();
     let (d, f_n) = (16, 40);
@@ -560,7 +560,7 @@ fn encode_reconstruct_evaluate_agree_with_hand_computation() {
 fn top_k_codes_have_at_most_k_features() {
     let data = structured_data(256, 16, 29);
     let cfg = config(Variant::top_k(3), 16, 40);
-    let sae = train(&cfg, &data, &Path::Fast, &quiet()).unwrap().sae;
+    let sae = train(&cfg, &data, &TrainPath::Fast, &quiet()).unwrap().sae;
     let acts = encode(&sae, &data).unwrap();
     for row in acts.chunks_exact(40) {
         assert!(row.iter().filter(|&&a| a > 0.0).count() <= 3);
@@ -622,11 +622,11 @@ fn progress_reports_the_epoch_mean_loss_not_the_last_batch() {
         ..config(Variant::L1 { l1_coeff: 3e-3 }, 16, 32)
     };
     let events = std::sync::Mutex::new(Vec::new());
-    train(&cfg, &data, &Path::Fast, &|e: &sae::ProgressEvent| {
+    train(&cfg, &data, &TrainPath::Fast, &|e: &sae::ProgressEvent| {
         events.lock().unwrap().push((e.kind, e.step, e.loss))
     })
     .unwrap();
-    let losses = loss_trajectory(&cfg, &data, &Path::Fast, 204)
+    let losses = loss_trajectory(&cfg, &data, &TrainPath::Fast, 204)
         .unwrap()
         .losses;
     let mean = |steps: std::ops::Range<usize>| {
@@ -666,7 +666,7 @@ fn the_first_step_moves_decoder_rows_along_the_projected_gradient() {
     };
     let initial = Sae::init(&cfg, &data).unwrap();
     let (lr, eps) = (cfg.optimizer.lr, cfg.optimizer.eps);
-    for path in [Path::Fast, reference()] {
+    for path in [TrainPath::Fast, reference()] {
         let (_, raw) = sae::gradients(&initial, &data, &[], &path).unwrap();
         let step = |project: bool| -> Vec<f64> {
             let mut out = Vec::with_capacity(d_sae * d_in);
@@ -737,28 +737,34 @@ fn the_scheduler_trains_a_group_once_and_hands_each_point_its_own_result() {
     let record = |e: &sae::ProgressEvent| {
         trained_points.lock().unwrap().insert(e.point.to_string());
     };
-    let b = scheduler.trained("b", &data, &Path::Fast, &record).unwrap();
+    let b = scheduler
+        .trained("b", &data, &TrainPath::Fast, &record)
+        .unwrap();
     assert_eq!(
         *trained_points.lock().unwrap(),
         ["a", "b"].map(String::from).into()
     );
     trained_points.lock().unwrap().clear();
-    let a = scheduler.trained("a", &data, &Path::Fast, &record).unwrap();
+    let a = scheduler
+        .trained("a", &data, &TrainPath::Fast, &record)
+        .unwrap();
     assert!(
         trained_points.lock().unwrap().is_empty(),
         "a was trained twice"
     );
     // Each result is the point's own, as if trained alone.
     for (got, p) in [(&a, &points[0]), (&b, &points[1])] {
-        let alone = train(&p.point.cfg, &data, &Path::Fast, &quiet()).unwrap();
+        let alone = train(&p.point.cfg, &data, &TrainPath::Fast, &quiet()).unwrap();
         assert_eq!(got.sae.w_dec, alone.sae.w_dec, "{}", p.point.name);
     }
-    scheduler.trained("c", &data, &Path::Fast, &record).unwrap();
+    scheduler
+        .trained("c", &data, &TrainPath::Fast, &record)
+        .unwrap();
     assert_eq!(
         *trained_points.lock().unwrap(),
         ["c"].map(String::from).into()
     );
-    let unknown = match scheduler.trained("nope", &data, &Path::Fast, &record) {
+    let unknown = match scheduler.trained("nope", &data, &TrainPath::Fast, &record) {
         Ok(_) => panic!("an unknown point trained"),
         Err(e) => e.to_string(),
     };

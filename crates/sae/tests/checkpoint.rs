@@ -7,7 +7,7 @@ use std::path::Path as FsPath;
 use std::process::Command;
 
 use common::*;
-use sae::{load, reconstruct, save, train, Path, SaeConfig, Variant};
+use sae::{load, reconstruct, save, train, SaeConfig, TrainPath, Variant};
 
 fn trained(variant: Variant) -> (sae::Sae, Vec<f32>) {
     let data = structured_data(200, 16, 41);
@@ -15,7 +15,10 @@ fn trained(variant: Variant) -> (sae::Sae, Vec<f32>) {
         epochs: 2,
         ..config(variant, 16, 40)
     };
-    (train(&cfg, &data, &Path::Fast, &|_| {}).unwrap().sae, data)
+    (
+        train(&cfg, &data, &TrainPath::Fast, &|_| {}).unwrap().sae,
+        data,
+    )
 }
 
 #[test]
@@ -116,7 +119,7 @@ fn the_training_record_round_trips_and_a_damaged_one_names_its_file() {
         ..config(Variant::L1 { l1_coeff: 3e-3 }, 16, 32)
     };
     let data = structured_data(200, 16, 4);
-    let run = train(&cfg, &data, &Path::Fast, &|_| {}).unwrap();
+    let run = train(&cfg, &data, &TrainPath::Fast, &|_| {}).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let record = sae::TrainingRecord::of(&run);
     assert_eq!(record.curve.len(), 2);

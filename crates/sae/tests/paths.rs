@@ -5,10 +5,10 @@ mod common;
 
 use candle_core::Device;
 use common::*;
-use sae::{gradients, loss_trajectory, Path, Reduction, SaeConfig, Variant};
+use sae::{gradients, loss_trajectory, Reduction, SaeConfig, TrainPath, Variant};
 
-fn reference() -> Path {
-    Path::Reference {
+fn reference() -> TrainPath {
+    TrainPath::Reference {
         device: Device::Cpu,
     }
 }
@@ -20,7 +20,7 @@ fn check_gradients(cfg: &SaeConfig, dead: &[usize], seed: u64) {
     let mut dead_mask = vec![false; cfg.d_sae];
     dead.iter().for_each(|&f| dead_mask[f] = true);
     let host = host_gradients(&sae, &batch, &dead_mask);
-    for path in [Path::Fast, reference()] {
+    for path in [TrainPath::Fast, reference()] {
         let (loss, g) = gradients(&sae, &batch, dead, &path).unwrap();
         let label = format!("{:?} {:?}", cfg.variant, path);
         assert!(
@@ -75,7 +75,7 @@ fn top_k_and_aux_k_gradients_match_f64_host_on_both_paths() {
     let sae = perturbed_sae(&cfg, 4);
     let row = structured_data(1, cfg.d_in, 5);
     let host = host_gradients(&sae, &row, &vec![true; cfg.d_sae]);
-    for path in [Path::Fast, reference()] {
+    for path in [TrainPath::Fast, reference()] {
         let (loss, g) = gradients(&sae, &row, &dead, &path).unwrap();
         assert!(loss.is_finite() && ((loss - host.loss) / host.loss).abs() < 1e-5);
         assert!(relative_error(&g.w_enc, &host.w_enc) < 2e-5, "{path:?}");
@@ -90,7 +90,7 @@ fn norm_weighted_l1_gradients_match_f64_host() {
 
 /// Loss at every step of both paths; returns the largest relative gap.
 fn trajectory_gap(cfg: &SaeConfig, data: &[f32], steps: usize) -> f64 {
-    let fast = loss_trajectory(cfg, data, &Path::Fast, steps).unwrap();
+    let fast = loss_trajectory(cfg, data, &TrainPath::Fast, steps).unwrap();
     let refr = loss_trajectory(cfg, data, &reference(), steps).unwrap();
     assert_eq!(fast.losses.len(), steps);
     assert_eq!(refr.losses.len(), steps);
@@ -149,7 +149,7 @@ fn top_k_paths_follow_the_same_loss_trajectory_for_320_steps() {
     );
     // The same 320 steps (4 epochs of 80) had dead latents, so AuxK was exercised.
     let cfg = SaeConfig { epochs: 4, ..cfg };
-    let trained = sae::train(&cfg, &data, &Path::Fast, &|_| {}).unwrap();
+    let trained = sae::train(&cfg, &data, &TrainPath::Fast, &|_| {}).unwrap();
     assert!(
         trained.curve.iter().all(|p| p.aux > 0.0),
         "{:?}",

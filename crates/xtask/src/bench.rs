@@ -128,25 +128,25 @@ fn bench_sae(config: &Config, ctx: &Context, store: &Store) -> Result<()> {
             )
         })
         .collect();
-    let runs: [(&str, Vec<sae::SweepPoint>, sae::Path); 4] = [
+    let runs: [(&str, Vec<sae::SweepPoint>, sae::TrainPath); 4] = [
         (
             "fast path, L1",
             vec![point("l1", notebook.clone())],
-            sae::Path::Fast,
+            sae::TrainPath::Fast,
         ),
         (
             "fast path, TopK k=32",
             vec![point("topk", topk)],
-            sae::Path::Fast,
+            sae::TrainPath::Fast,
         ),
         (
             "reference path (candle autograd), L1",
             vec![point("reference", reference)],
-            sae::Path::Reference {
+            sae::TrainPath::Reference {
                 device: candle_core::Device::Cpu,
             },
         ),
-        ("fast path, 4-point L1 sweep", sweep, sae::Path::Fast),
+        ("fast path, 4-point L1 sweep", sweep, sae::TrainPath::Fast),
     ];
     for (label, points, path) in runs {
         let started = Instant::now();

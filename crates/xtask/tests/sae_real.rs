@@ -40,11 +40,11 @@ fn real_fc2_pre(rows: usize) -> Vec<f32> {
 }
 
 fn largest_relative_gap(cfg: &SaeConfig, data: &[f32], steps: usize) -> f64 {
-    let fast = loss_trajectory(cfg, data, &sae::Path::Fast, steps).unwrap();
+    let fast = loss_trajectory(cfg, data, &sae::TrainPath::Fast, steps).unwrap();
     let reference = loss_trajectory(
         cfg,
         data,
-        &sae::Path::Reference {
+        &sae::TrainPath::Reference {
             device: candle_core::Device::Cpu,
         },
         steps,

@@ -58,9 +58,9 @@ impl SweepTrainer {
             } else {
                 Device::Cpu
             };
-            sae::Path::Reference { device }
+            sae::TrainPath::Reference { device }
         } else {
-            sae::Path::Fast
+            sae::TrainPath::Fast
         };
         let bars: Mutex<BTreeMap<String, Progress>> = Mutex::new(BTreeMap::new());
         let trained = self.scheduler.trained(&point.name, train, &path, &|event| {
