@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use activations::{
-    write_split, ActivationStore, BatchConfig, BatchIter, LayerData, Residency, ShardConfig,
+    write_split, ActivationStore, BatchConfig, BatchIter, LayerValues, Residency, ShardConfig,
     ShardMeta, VerifyMode,
 };
 
@@ -57,10 +57,10 @@ fn write_store(dir: &Path) -> Vec<activations::ShardInfo> {
                     .collect()
             })
             .collect();
-        let layers: Vec<LayerData<'_>> = LAYERS
+        let layers: Vec<LayerValues<'_>> = LAYERS
             .iter()
             .zip(&data)
-            .map(|(&(name, width), data)| LayerData { name, width, data })
+            .map(|(&(name, width), data)| LayerValues { name, width, data })
             .collect();
         let labels: Vec<u8> = (0..rows).map(|r| (r % 10) as u8).collect();
         let index: Vec<u32> = (0..rows as u32).collect();

@@ -28,4 +28,4 @@ pub use batch::{Batch, BatchConfig, BatchIter, EpochBatches, LastBatch, Order, R
 pub use error::ActivationsError;
 pub use format::{shard_file_name, LayerInfo, ShardInfo, INDEX_TENSOR, LABELS_TENSOR};
 pub use store::{ActivationStore, LayerView, ShardChunk, VerifyMode};
-pub use writer::{write_split, LayerData, ShardConfig, ShardMeta};
+pub use writer::{write_split, LayerValues, ShardConfig, ShardMeta};

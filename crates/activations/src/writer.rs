@@ -18,7 +18,7 @@ use crate::format::{
 
 /// One layer's activations for every row of a split, f32 row-major `[rows, width]`.
 #[derive(Debug, Clone, Copy)]
-pub struct LayerData<'a> {
+pub struct LayerValues<'a> {
     pub name: &'a str,
     pub width: usize,
     pub data: &'a [f32],
@@ -55,7 +55,7 @@ pub struct ShardMeta {
 pub fn write_split(
     out_dir: &Path,
     split: &str,
-    layers: &[LayerData<'_>],
+    layers: &[LayerValues<'_>],
     labels: &[u8],
     index: &[u32],
     cfg: &ShardConfig,
@@ -88,7 +88,7 @@ pub fn write_split(
 
 fn check_inputs(
     split: &str,
-    layers: &[LayerData<'_>],
+    layers: &[LayerValues<'_>],
     rows: usize,
     index_len: usize,
     cfg: &ShardConfig,
@@ -162,7 +162,7 @@ struct ShardRows<'a> {
 fn write_shard(
     out_dir: &Path,
     shard: &ShardRows<'_>,
-    layers: &[LayerData<'_>],
+    layers: &[LayerValues<'_>],
     labels: &[u8],
     index: &[u32],
     meta: &ShardMeta,

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::io::Write;
 
 use activations::{
-    ActivationStore, ActivationsError, BatchConfig, BatchIter, LastBatch, LayerData, Order,
+    ActivationStore, ActivationsError, BatchConfig, BatchIter, LastBatch, LayerValues, Order,
     ShardConfig, ShardInfo, VerifyMode,
 };
 use safetensors::{Dtype, SafeTensors};
@@ -374,14 +374,14 @@ fn unknown_layer_or_split_lists_what_exists() {
 fn writer_refuses_inconsistent_inputs() {
     let dir = tempfile::tempdir().unwrap();
     let data = vec![0f32; 12];
-    let write = |split: &str, layers: &[LayerData<'_>], labels: &[u8], rows_per_shard: usize| {
+    let write = |split: &str, layers: &[LayerValues<'_>], labels: &[u8], rows_per_shard: usize| {
         let index: Vec<u32> = (0..labels.len() as u32).collect();
         let cfg = ShardConfig { rows_per_shard };
         activations::write_split(dir.path(), split, layers, labels, &index, &cfg, &meta())
             .unwrap_err()
             .to_string()
     };
-    let layer = |name, width| LayerData {
+    let layer = |name, width| LayerValues {
         name,
         width,
         data: &data,

@@ -2,7 +2,7 @@
 //! of (split, row, unit, layer), mirrored in `check_shards.py`.
 #![allow(dead_code)]
 
-use activations::{write_split, LayerData, ShardConfig, ShardInfo, ShardMeta};
+use activations::{write_split, LayerValues, ShardConfig, ShardInfo, ShardMeta};
 
 /// Layer names and widths of the synthetic store, in writer order.
 pub const LAYERS: [(&str, usize); 3] = [("fc1.pre", 8), ("fc2.post", 5), ("logits", 3)];
@@ -57,10 +57,10 @@ pub fn build_store(splits: &[(&str, usize)], rows_per_shard: usize) -> Synthetic
                     .collect()
             })
             .collect();
-        let layers: Vec<LayerData<'_>> = LAYERS
+        let layers: Vec<LayerValues<'_>> = LAYERS
             .iter()
             .zip(&data)
-            .map(|(&(name, width), data)| LayerData { name, width, data })
+            .map(|(&(name, width), data)| LayerValues { name, width, data })
             .collect();
         let labels: Vec<u8> = (0..rows).map(label).collect();
         let index: Vec<u32> = (0..rows).map(dataset_index).collect();

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use activations::{ActivationStore, LayerData, ShardConfig, ShardInfo, ShardMeta, VerifyMode};
+use activations::{ActivationStore, LayerValues, ShardConfig, ShardInfo, ShardMeta, VerifyMode};
 use artifacts::{Stage, StageError, StageInputs};
 use mlp::Mlp;
 use rayon::prelude::*;
@@ -57,12 +57,12 @@ impl Stage for ExtractStage {
         let mut bytes = 0u64;
         for (name, split) in SPLITS.iter().zip([&data.train, &data.test]) {
             let layers = forward_in_chunks(&model, &split.images.pixels, &self.cfg.layers)?;
-            let layer_data: Vec<LayerData<'_>> = self
+            let layer_data: Vec<LayerValues<'_>> = self
                 .cfg
                 .layers
                 .iter()
                 .zip(&layers)
-                .map(|(layer, values)| LayerData {
+                .map(|(layer, values)| LayerValues {
                     name: layer,
                     width: mlp::layer_width(layer).expect("validated"),
                     data: values,
