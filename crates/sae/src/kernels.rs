@@ -324,6 +324,11 @@ pub(crate) fn normalise_rows_inline<S: Simd>(w: &mut [f32], cols: usize) {
     }
 }
 
+/// Dispatch by CPU feature to an entry point generic over [`Simd`]. Not the
+/// `multiversion` crate (which `mlp` uses): that recompiles one body per
+/// target, while these kernels choose an implementation type (`Avx2`, with
+/// explicit intrinsics for the reductions LLVM vectorises badly) that must stay
+/// bit-identical to `Portable`, which a `target_feature` clone cannot express.
 macro_rules! multiversion {
     ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? => $inner:ident) => {
         $(#[$meta])*
