@@ -571,7 +571,7 @@ fn activation_tables_expose_cached_layers() {
         ("test", &f.test, &f.test_labels),
     ] {
         let index: Vec<u32> = (0..labels.len() as u32).map(|i| i + 1000).collect();
-        let layers = [activations::LayerData {
+        let layers = [activations::LayerValues {
             name: "fc2.pre",
             width: WIDTH,
             data: values,
