@@ -17,6 +17,9 @@ pub enum ActivationsError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The shard list beside the shards does not parse.
+    #[error("{path}: not a shard list saelab wrote: {problem}")]
+    BadShardList { path: PathBuf, problem: String },
     #[error("unknown split `{split}`; the store holds: {available}")]
     UnknownSplit { split: String, available: String },
     #[error("unknown layer `{layer}`; the store holds: {available}")]

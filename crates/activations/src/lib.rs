@@ -27,5 +27,7 @@ mod writer;
 pub use batch::{Batch, BatchConfig, BatchIter, EpochBatches, LastBatch, Order, Residency};
 pub use error::ActivationsError;
 pub use format::{shard_file_name, LayerInfo, ShardInfo, INDEX_TENSOR, LABELS_TENSOR};
-pub use store::{ActivationStore, LayerView, ShardChunk, VerifyMode};
+pub use store::{
+    write_shard_list, ActivationStore, LayerView, ShardChunk, VerifyMode, SHARD_LIST_FILE,
+};
 pub use writer::{write_split, LayerValues, ShardConfig, ShardMeta};

@@ -55,6 +55,19 @@ impl std::fmt::Debug for ActivationStore {
 }
 
 impl ActivationStore {
+    /// Opens the store an extraction wrote into `dir`, as its `shards.json`
+    /// lists it.
+    pub fn open_dir(dir: &Path, verify: VerifyMode) -> Result<Self, ActivationsError> {
+        let path = dir.join(SHARD_LIST_FILE);
+        let text = std::fs::read(&path).map_err(|e| ActivationsError::io("read", &path, e))?;
+        let shards: Vec<ShardInfo> =
+            serde_json::from_slice(&text).map_err(|e| ActivationsError::BadShardList {
+                path: path.clone(),
+                problem: e.to_string(),
+            })?;
+        Self::open(dir, &shards, verify)
+    }
+
     /// Checks the shard list, then every listed file in `dir` against its entry
     /// (existence, exact size, header, dtypes, shapes, metadata, and under
     /// [`VerifyMode::Digests`] the SHA-256), then maps them.
@@ -486,4 +499,14 @@ impl<'a> LayerView<'a> {
             .flat_map(|c| c.indices.iter().copied())
             .collect()
     }
+}
+
+/// The list of an extraction's shards, written beside them.
+pub const SHARD_LIST_FILE: &str = "shards.json";
+
+/// Writes `dir/shards.json`, which [`ActivationStore::open_dir`] reads.
+pub fn write_shard_list(dir: &Path, shards: &[ShardInfo]) -> Result<(), ActivationsError> {
+    let path = dir.join(SHARD_LIST_FILE);
+    let json = serde_json::to_vec_pretty(shards).expect("a shard list serialises");
+    std::fs::write(&path, json).map_err(|e| ActivationsError::io("write", &path, e))
 }

@@ -635,3 +635,26 @@ fn gaps_and_mismatched_manifests_are_refused() {
         "`logits` has shape",
     );
 }
+
+#[test]
+fn open_dir_names_a_missing_or_damaged_shard_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join(activations::SHARD_LIST_FILE);
+    let missing = activations::ActivationStore::open_dir(dir.path(), VerifyMode::Sizes)
+        .unwrap_err()
+        .to_string();
+    assert!(missing.contains(&list.display().to_string()), "{missing}");
+    for damage in ["not json", "[{\"split\": 3}]"] {
+        std::fs::write(&list, damage).unwrap();
+        let message = activations::ActivationStore::open_dir(dir.path(), VerifyMode::Sizes)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.starts_with(&format!(
+                "{}: not a shard list saelab wrote: ",
+                list.display()
+            )),
+            "{damage}: {message}"
+        );
+    }
+}

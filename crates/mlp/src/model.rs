@@ -79,6 +79,35 @@ impl Mlp {
             .collect())
     }
 
+    /// `layers` of a forward pass over raw `pixels`, in chunks of rows on
+    /// every core; each layer is one row-major buffer in the pixels' row order.
+    pub fn layers_in_chunks(
+        &self,
+        pixels: &[u8],
+        layers: &[String],
+    ) -> Result<Vec<Vec<f32>>, MlpError> {
+        use rayon::prelude::*;
+        const CHUNK_ROWS: usize = 2048;
+        let chunks: Vec<Vec<Vec<f32>>> = pixels
+            .par_chunks(CHUNK_ROWS * INPUT)
+            .map(|chunk| -> Result<Vec<Vec<f32>>, MlpError> {
+                let all = self.forward_all(&self.input(chunk)?)?;
+                layers
+                    .iter()
+                    .map(|l| {
+                        let tensor = all.get(l.as_str()).ok_or_else(|| {
+                            MlpError::Input(format!("{l:?} is not a layer of the MLP"))
+                        })?;
+                        Ok(tensor.flatten_all()?.to_vec1::<f32>()?)
+                    })
+                    .collect()
+            })
+            .collect::<Result<_, _>>()?;
+        Ok((0..layers.len())
+            .map(|l| chunks.iter().flat_map(|c| c[l].iter().copied()).collect())
+            .collect())
+    }
+
     /// Logits computed from a replacement for layer `name` (e.g. an SAE's
     /// reconstruction spliced in place of `fc2.pre`).
     pub fn logits_from(&self, name: &str, value: &Tensor) -> Result<Tensor, MlpError> {

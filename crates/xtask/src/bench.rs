@@ -94,7 +94,7 @@ fn bench_mlp(config: &Config, ctx: &Context, store: &Store) -> Result<()> {
 
 fn bench_sae(config: &Config, ctx: &Context, store: &Store) -> Result<()> {
     let dir = prepare(config, ctx, store, "extract")?;
-    let activations = stages::extract::open_store(&dir, activations::VerifyMode::Sizes)
+    let activations = activations::ActivationStore::open_dir(&dir, activations::VerifyMode::Sizes)
         .map_err(|e| anyhow!("{e}"))?;
     let data = activations.layer("train", "fc2.pre")?.to_vec();
     let notebook = sae::SaeConfig {

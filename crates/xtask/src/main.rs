@@ -429,8 +429,9 @@ fn query(
         }
     }
     let (extract_dir, _) = fresh(session, graph, "extract")?;
-    let store = stages::extract::open_store(&extract_dir, activations::VerifyMode::Sizes)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let store =
+        activations::ActivationStore::open_dir(&extract_dir, activations::VerifyMode::Sizes)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
     tables.extend(analysis::activation_tables(&store)?);
     let text_format = match format {
         QueryFormat::Table => analysis::OutputFormat::Table,

@@ -4,13 +4,12 @@
 
 use std::path::{Path, PathBuf};
 
-use activations::VerifyMode;
+use activations::{ActivationStore, VerifyMode};
 use analysis::{AnalysisConfig, LayerData, SaeMetrics, SaeRun};
 use artifacts::{Stage, StageError, StageInputs};
 use candle_core::Device;
 use serde_json::{json, Value};
 
-use super::extract::open_store;
 use super::mlp::{load_mnist, load_weights, MlpMetricsFile, MLP_METRICS_FILE};
 use super::sae::{SaeMetricsFile, METRICS_FILE};
 use crate::config::Point;
@@ -57,7 +56,7 @@ impl Stage for AnalysisStage {
         let model = mlp::Mlp::new(&load_weights(inputs.dir("mlp"))?, &Device::Cpu)?;
         let mlp_metrics: MlpMetricsFile = super::read_json(inputs.dir("mlp"), MLP_METRICS_FILE)?;
         let mlp_losses = mlp_metrics.step_losses;
-        let store = open_store(inputs.dir("activations"), VerifyMode::Sizes)?;
+        let store = ActivationStore::open_dir(inputs.dir("activations"), VerifyMode::Sizes)?;
         let mut layers: Vec<&str> = self.points.iter().map(|p| p.layer.as_str()).collect();
         layers.dedup();
         let mut reports = Vec::new();

@@ -5,10 +5,9 @@
 use std::path::Path;
 use std::time::Instant;
 
-use activations::{ActivationStore, LayerValues, ShardConfig, ShardInfo, ShardMeta, VerifyMode};
+use activations::{LayerValues, ShardConfig, ShardMeta};
 use artifacts::{Stage, StageError, StageInputs};
 use mlp::Mlp;
-use rayon::prelude::*;
 use serde_json::{json, Value};
 
 use super::mlp::{load_mnist, load_weights};
@@ -18,17 +17,7 @@ pub struct ExtractStage {
     pub cfg: ExtractConfig,
 }
 
-pub const SHARDS_FILE: &str = "shards.json";
 pub const SPLITS: [&str; 2] = ["train", "test"];
-
-/// Opens the shards of an `extract` artifact (sizes and headers checked; digests too with `Digests`).
-pub fn open_store(dir: &Path, verify: VerifyMode) -> Result<ActivationStore, StageError> {
-    let text = std::fs::read(dir.join(SHARDS_FILE))
-        .map_err(|e| format!("{}: {e}", dir.join(SHARDS_FILE).display()))?;
-    let shards: Vec<ShardInfo> = serde_json::from_slice(&text)
-        .map_err(|e| format!("{}: {e}", dir.join(SHARDS_FILE).display()))?;
-    Ok(ActivationStore::open(dir, &shards, verify)?)
-}
 
 impl Stage for ExtractStage {
     fn name(&self) -> &str {
@@ -56,7 +45,7 @@ impl Stage for ExtractStage {
         let mut shards = Vec::new();
         let mut bytes = 0u64;
         for (name, split) in SPLITS.iter().zip([&data.train, &data.test]) {
-            let layers = forward_in_chunks(&model, &split.images.pixels, &self.cfg.layers)?;
+            let layers = model.layers_in_chunks(&split.images.pixels, &self.cfg.layers)?;
             let layer_data: Vec<LayerValues<'_>> = self
                 .cfg
                 .layers
@@ -88,7 +77,7 @@ impl Stage for ExtractStage {
             shards.extend(written);
         }
         let seconds = started.elapsed().as_secs_f64();
-        super::write_json(out, SHARDS_FILE, &shards)?;
+        activations::write_shard_list(out, &shards)?;
         Ok(json!({
             "rows": data.train.len() + data.test.len(),
             "layers": self.cfg.layers,
@@ -98,29 +87,6 @@ impl Stage for ExtractStage {
             "headline": format!("{} rows x {} layers, {:.0} MB in {seconds:.2} s", data.train.len() + data.test.len(), self.cfg.layers.len(), bytes as f64 / 1e6),
         }))
     }
-}
-
-/// Forward passes over chunks of rows on every core; returns each requested
-/// layer as one row-major buffer in dataset order.
-fn forward_in_chunks(
-    model: &Mlp,
-    pixels: &[u8],
-    layers: &[String],
-) -> Result<Vec<Vec<f32>>, StageError> {
-    const CHUNK_ROWS: usize = 2048;
-    let chunks: Vec<Vec<Vec<f32>>> = pixels
-        .par_chunks(CHUNK_ROWS * mlp::INPUT)
-        .map(|chunk| -> Result<Vec<Vec<f32>>, StageError> {
-            let all = model.forward_all(&model.input(chunk)?)?;
-            layers
-                .iter()
-                .map(|l| Ok(all[l.as_str()].flatten_all()?.to_vec1::<f32>()?))
-                .collect()
-        })
-        .collect::<Result<_, _>>()?;
-    Ok((0..layers.len())
-        .map(|l| chunks.iter().flat_map(|c| c[l].iter().copied()).collect())
-        .collect())
 }
 
 fn dataset_digest(mnist: &artifacts::Manifest) -> String {

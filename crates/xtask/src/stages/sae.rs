@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use activations::VerifyMode;
+use activations::{ActivationStore, VerifyMode};
 use artifacts::{Stage, StageError, StageInputs};
 use candle_core::Device;
 use mlp::Mlp;
@@ -15,7 +15,6 @@ use sae::{SweepPoint, Trained};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::extract::open_store;
 use super::mlp::load_weights;
 use crate::config::{Point, SaeSweep, TrainerDevice};
 use crate::progress::Progress;
@@ -127,7 +126,7 @@ impl Stage for SaeStage {
         ]
     }
     fn run(&self, inputs: &StageInputs, out: &Path) -> Result<Value, StageError> {
-        let store = open_store(inputs.dir("activations"), VerifyMode::Sizes)?;
+        let store = ActivationStore::open_dir(inputs.dir("activations"), VerifyMode::Sizes)?;
         let layer = &self.point.layer;
         let train_view = store.layer("train", layer)?;
         let test_view = store.layer("test", layer)?;
