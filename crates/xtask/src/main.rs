@@ -361,12 +361,17 @@ fn summary(session: &Session, outcomes: &[Outcome]) {
             .and_then(|o| o.manifest())
     };
     if let Some(m) = find("mlp") {
-        if let Some(acc) = m.metrics.get("test_accuracy").and_then(|v| v.as_f64()) {
-            println!(
+        let dir = session.store.artifact_dir("mlp", &m.key);
+        match serde_json::from_value::<stages::mlp::MlpSummary>(m.metrics.clone()) {
+            Ok(mlp) => println!(
                 "MLP test accuracy: {:.2}% ({})",
-                100.0 * acc,
-                session.store.artifact_dir("mlp", &m.key).display()
-            );
+                100.0 * mlp.test_accuracy,
+                dir.display()
+            ),
+            Err(e) => eprintln!(
+                "error: {}: its manifest's metrics are not an MLP's: {e}",
+                dir.display()
+            ),
         }
     }
     if let Some(m) = find("extract") {

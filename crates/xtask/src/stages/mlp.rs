@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use artifacts::{Stage, StageError, StageInputs};
 use mlp::{Examples, Mlp, TrainConfig, TrainPath, Weights};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::progress::Progress;
 
@@ -15,6 +15,17 @@ pub struct MlpStage {
 
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const MLP_METRICS_FILE: &str = "metrics.json";
+
+/// The MLP artifact's manifest metrics, read back (by the run's summary) through this type.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MlpSummary {
+    pub test_accuracy: f64,
+    pub test_loss: f64,
+    pub train_seconds: f64,
+    pub final_train_loss: Option<f32>,
+    pub headline: String,
+}
 
 /// `metrics.json` of an MLP artifact, written here and read by the analysis stage.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -70,13 +81,13 @@ impl Stage for MlpStage {
         progress.finish();
         weights.save(&out.join(MODEL_FILE))?;
         let test = Mlp::new(&weights, &candle_core::Device::Cpu)?.evaluate(examples(&data.test))?;
-        let metrics = json!({
-            "test_accuracy": test.accuracy,
-            "test_loss": test.loss,
-            "train_seconds": train_seconds,
-            "final_train_loss": log.step_losses.last(),
-            "headline": format!("test accuracy {:.2}%", 100.0 * test.accuracy),
-        });
+        let metrics = MlpSummary {
+            test_accuracy: test.accuracy,
+            test_loss: test.loss,
+            train_seconds,
+            final_train_loss: log.step_losses.last().copied(),
+            headline: format!("test accuracy {:.2}%", 100.0 * test.accuracy),
+        };
         super::write_json(
             out,
             MLP_METRICS_FILE,
@@ -86,7 +97,7 @@ impl Stage for MlpStage {
                 train_seconds,
             },
         )?;
-        Ok(metrics)
+        Ok(serde_json::to_value(&metrics)?)
     }
 }
 
