@@ -22,7 +22,12 @@ const STAGES: &[(&str, &[&str])] = &[
     // user's values, so the code that maps them must be in the fingerprint).
     (
         "SAE",
-        &["sae", "xtask/src/stages/sae.rs", "xtask/src/config.rs"],
+        &[
+            "sae",
+            "xtask/src/stages/sae.rs",
+            "xtask/src/sweep.rs",
+            "xtask/src/config.rs",
+        ],
     ),
     ("ANALYSIS", &["analysis", "xtask/src/stages/analysis.rs"]),
 ];

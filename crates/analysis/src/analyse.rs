@@ -140,7 +140,7 @@ pub fn analyse_sae(
 
     let summary = SaeSummary {
         name: run.name.to_string(),
-        params: run.params.clone(),
+        params: crate::types::sweep_params(layer.layer, &run.sae.cfg),
         layer: layer.layer.to_string(),
         d_sae: run.sae.d_sae(),
         metrics: run.metrics.clone(),

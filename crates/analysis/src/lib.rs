@@ -49,4 +49,6 @@ pub use query::{
 };
 pub use report::{base64, probe_table, sweep_table, write_report, SummaryRow};
 pub use stats::{MiSummary, UnitCounts, UnitStats};
-pub use types::{AnalysisConfig, LayerData, SaeMetrics, SaeRun, SaeSummary, Timings};
+pub use types::{
+    headline, sweep_params, AnalysisConfig, LayerData, SaeMetrics, SaeRun, SaeSummary, Timings,
+};

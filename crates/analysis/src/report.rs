@@ -59,42 +59,35 @@ pub fn probe_table(
     .map_err(AnalysisError::polars("building the probes table"))
 }
 
-/// Flattens nested JSON objects into `a_b` keys; arrays and scalars are leaves.
-fn flatten(prefix: &str, value: &serde_json::Value, out: &mut Vec<(String, serde_json::Value)>) {
-    match value {
-        serde_json::Value::Object(map) => {
-            for (k, v) in map {
-                let key = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}_{k}")
-                };
-                flatten(&key, v, out);
-            }
-        }
-        other => out.push((prefix.to_string(), other.clone())),
+/// One typed column from JSON values: nulls stay null; integers, floats,
+/// booleans and text each get their own dtype (mixed kinds become text).
+fn typed_column(name: PlSmallStr, values: &[&serde_json::Value]) -> Column {
+    use serde_json::Value;
+    let present = || values.iter().filter(|v| !v.is_null());
+    if present().all(|v| v.is_u64() || v.is_i64()) {
+        Column::new(name, values.iter().map(|v| v.as_i64()).collect::<Vec<_>>())
+    } else if present().all(|v| v.is_number()) {
+        Column::new(name, values.iter().map(|v| v.as_f64()).collect::<Vec<_>>())
+    } else if present().all(|v| v.is_boolean()) {
+        Column::new(name, values.iter().map(|v| v.as_bool()).collect::<Vec<_>>())
+    } else {
+        let text = |v: &&Value| match v {
+            Value::Null => None,
+            Value::String(s) => Some(s.clone()),
+            other => Some(other.to_string()),
+        };
+        Column::new(name, values.iter().map(text).collect::<Vec<_>>())
     }
 }
 
-/// `sweep`: one row per SAE: `name`, its params (flattened; numbers as f64,
-/// everything else as text), the caller's metrics and the MI statistics.
+/// `sweep`: one row per SAE: `name`, its sweep coordinates as typed `param_*`
+/// columns (in the order the first SAE lists them), the caller's metrics and
+/// the MI statistics.
 pub fn sweep_table(summaries: &[SaeSummary]) -> Result<DataFrame, AnalysisError> {
-    let flat: Vec<Vec<(String, serde_json::Value)>> = summaries
-        .iter()
-        .map(|s| {
-            let mut out = Vec::new();
-            if s.params.is_object() {
-                flatten("", &s.params, &mut out);
-            } else if !s.params.is_null() {
-                out.push(("params".to_string(), s.params.clone()));
-            }
-            out
-        })
-        .collect();
-    let mut keys: Vec<String> = Vec::new();
-    for (k, _) in flat.iter().flatten() {
-        if !keys.contains(k) {
-            keys.push(k.clone());
+    let mut keys: Vec<&String> = Vec::new();
+    for key in summaries.iter().flat_map(|s| s.params.keys()) {
+        if !keys.contains(&key) {
+            keys.push(key);
         }
     }
     let n = summaries.len();
@@ -102,31 +95,12 @@ pub fn sweep_table(summaries: &[SaeSummary]) -> Result<DataFrame, AnalysisError>
         "name".into(),
         summaries.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
     )];
-    for key in &keys {
-        let values: Vec<Option<&serde_json::Value>> = flat
+    for key in keys {
+        let values: Vec<&serde_json::Value> = summaries
             .iter()
-            .map(|row| row.iter().find(|(k, _)| k == key).map(|(_, v)| v))
+            .map(|s| s.params.get(key).unwrap_or(&serde_json::Value::Null))
             .collect();
-        let name = PlSmallStr::from(format!("param_{key}"));
-        if values.iter().all(|v| v.is_none_or(|v| v.is_number())) {
-            columns.push(Column::new(
-                name,
-                values
-                    .iter()
-                    .map(|v| v.and_then(|v| v.as_f64()))
-                    .collect::<Vec<_>>(),
-            ));
-        } else {
-            let text = |v: &serde_json::Value| {
-                v.as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| v.to_string())
-            };
-            columns.push(Column::new(
-                name,
-                values.iter().map(|v| v.map(text)).collect::<Vec<_>>(),
-            ));
-        }
+        columns.push(typed_column(format!("param_{key}").into(), &values));
     }
     let metric = |name: &str, f: &dyn Fn(&SaeSummary) -> f64| {
         Column::new(name.into(), summaries.iter().map(f).collect::<Vec<_>>())

@@ -67,8 +67,7 @@ pub struct SaeMetrics {
 pub struct SaeRun<'a> {
     /// Folder-safe name, unique within the sweep.
     pub name: &'a str,
-    /// Its parameters as a flat JSON object (nested values are shown as JSON text).
-    pub params: serde_json::Value,
+    /// Its config (`sae.cfg`) gives the sweep table's `param_*` columns.
     pub sae: &'a sae::Sae,
     pub curve: &'a [sae::CurvePoint],
     pub metrics: SaeMetrics,
@@ -118,7 +117,8 @@ pub struct Timings {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SaeSummary {
     pub name: String,
-    pub params: serde_json::Value,
+    /// Its sweep coordinates ([`sweep_params`]): config key -> value.
+    pub params: serde_json::Map<String, serde_json::Value>,
     pub layer: String,
     pub d_sae: usize,
     pub metrics: SaeMetrics,
@@ -152,4 +152,35 @@ pub struct Dashboard {
     pub logit_effect: Vec<f64>,
     pub logit_effect_rows: usize,
     pub images: Vec<PathBuf>,
+}
+
+/// An SAE's sweep coordinates as the sweep table shows them, by `[sae]` key:
+/// the shared axes, then every architecture's own (null where they do not apply).
+pub fn sweep_params(
+    layer: &str,
+    cfg: &sae::SaeConfig,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut params = serde_json::Map::new();
+    params.insert("layer".into(), layer.into());
+    params.insert("variant".into(), cfg.variant.architecture().name().into());
+    params.insert("d_sae".into(), cfg.d_sae.into());
+    params.insert("seed".into(), cfg.seed.into());
+    params.insert("epochs".into(), cfg.epochs.into());
+    params.insert("resample".into(), cfg.resample.is_some().into());
+    for (key, value) in cfg.variant.sweep_coordinates() {
+        params.insert(key.into(), value);
+    }
+    params
+}
+
+/// The analysis's one line for `status`: how many SAEs, and the best MI of
+/// a feature against the best of a neuron.
+pub fn headline(layer: &str, summaries: &[SaeSummary]) -> String {
+    let best = |f: fn(&SaeSummary) -> f64| summaries.iter().map(f).fold(f64::NAN, f64::max);
+    format!(
+        "{} SAE(s) on {layer}: best MI {:.3} bits (features) vs {:.3} (neurons)",
+        summaries.len(),
+        best(|s| s.features.max_mi_bits),
+        best(|s| s.neurons.max_mi_bits)
+    )
 }

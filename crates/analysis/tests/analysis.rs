@@ -420,12 +420,19 @@ fn analysis_writes_tables_plots_and_a_report_that_renders() {
         })
         .collect();
     let dir = tempfile::tempdir().unwrap();
-    let runs: Vec<SaeRun> = [("l1_small", 0.001), ("l1_large", 0.01)]
+    let saes: Vec<(&str, f64, sae::Sae)> = [("l1_small", 0.001), ("l1_large", 0.01)]
         .into_iter()
-        .map(|(name, l1)| SaeRun {
+        .map(|(name, l1)| {
+            let mut sae = f.sae.clone();
+            sae.cfg.variant = sae::Variant::L1 { l1_coeff: l1 };
+            (name, l1, sae)
+        })
+        .collect();
+    let runs: Vec<SaeRun> = saes
+        .iter()
+        .map(|&(name, l1, ref sae)| SaeRun {
             name,
-            params: serde_json::json!({"variant": {"kind": "L1", "l1_coeff": l1}, "d_sae": 48}),
-            sae: &f.sae,
+            sae,
             curve: &curve,
             metrics: SaeMetrics {
                 l0: 1000.0 * l1,
@@ -468,21 +475,18 @@ fn analysis_writes_tables_plots_and_a_report_that_renders() {
 
     let sweep = tables::read_parquet(&dir.path().join("sweep.parquet")).unwrap();
     assert_eq!(sweep.height(), 2);
-    let coeff = sweep
-        .column("param_variant_l1_coeff")
-        .unwrap()
-        .f64()
-        .unwrap();
-    assert_eq!(coeff.get(1), Some(0.01));
+    // Typed columns from each SAE's own config: floats, integers, booleans,
+    // text, and nulls where a key does not apply (no "null" strings).
+    let column = |name: &str| sweep.column(name).unwrap().clone();
+    assert_eq!(column("param_l1_coeff").f64().unwrap().get(1), Some(0.01));
+    assert_eq!(column("param_variant").str().unwrap().get(0), Some("l1"));
     assert_eq!(
-        sweep
-            .column("param_variant_kind")
-            .unwrap()
-            .str()
-            .unwrap()
-            .get(0),
-        Some("L1")
+        column("param_d_sae").i64().unwrap().get(0),
+        Some(f.sae.d_sae() as i64)
     );
+    assert_eq!(column("param_resample").bool().unwrap().get(0), Some(false));
+    let k = column("param_k");
+    assert_eq!((k.null_count(), k.dtype()), (2, &DataType::Int64));
     let html = std::fs::read_to_string(&report).unwrap();
     let images = html.matches("<img ").count();
     assert!(images >= 2 * (s.plots.len() + 3 * 5), "{images} images");
@@ -653,7 +657,6 @@ fn mismatched_inputs_get_one_clear_sentence() {
     .unwrap();
     let run = SaeRun {
         name: "narrow",
-        params: serde_json::Value::Null,
         sae: &narrow,
         curve: &[],
         metrics: SaeMetrics::default(),

@@ -92,7 +92,6 @@ fn real_sae_analysis_with_timings() {
         .unwrap_or_else(|_| std::env::temp_dir().join("saelab_analysis_real"));
     let run = SaeRun {
         name: "l1_2epochs",
-        params: serde_json::to_value(&cfg).unwrap(),
         sae: &trained.sae,
         curve: &trained.curve,
         metrics: SaeMetrics {

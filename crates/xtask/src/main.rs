@@ -7,6 +7,7 @@ mod bench;
 mod config;
 mod progress;
 mod stages;
+mod sweep;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

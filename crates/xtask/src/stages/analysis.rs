@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use activations::{ActivationStore, VerifyMode};
-use analysis::{AnalysisConfig, LayerData, SaeMetrics, SaeRun};
+use analysis::{AnalysisConfig, LayerData, SaeRun};
 use artifacts::{Stage, StageError, StageInputs};
 use candle_core::Device;
 use serde_json::{json, Value};
@@ -76,28 +76,17 @@ impl Stage for AnalysisStage {
                 train_pixels: &data.train.images.pixels,
                 mlp: &model,
             };
-            let points: Vec<&Point> = self.points.iter().filter(|p| p.layer == layer).collect();
             let mut loaded = Vec::new();
-            for point in &points {
+            for point in self.points.iter().filter(|p| p.layer == layer) {
                 let dir = inputs.dir(&point.name);
-                let sae = sae::load(dir)?;
-                let curve = sae::TrainingRecord::load(dir)?.curve;
                 let m: SaeMetricsFile = super::read_json(dir, METRICS_FILE)?;
-                let metrics = SaeMetrics {
-                    l0: m.test.l0,
-                    mse: m.test.mse,
-                    explained_variance: m.test.explained_variance,
-                    dead: m.train.dead,
-                    ce_recovered: m.downstream.ce_recovered_zero,
-                    spliced_accuracy: m.downstream.spliced.accuracy,
-                };
-                loaded.push((run_folder(point), sweep_params(point), sae, curve, metrics));
+                let curve = sae::TrainingRecord::load(dir)?.curve;
+                loaded.push((run_folder(point), sae::load(dir)?, curve, m.analysed()));
             }
             let runs: Vec<SaeRun<'_>> = loaded
                 .iter()
-                .map(|(name, params, sae, curve, metrics)| SaeRun {
+                .map(|(name, sae, curve, metrics)| SaeRun {
                     name,
-                    params: params.clone(),
                     sae,
                     curve,
                     metrics: metrics.clone(),
@@ -107,15 +96,7 @@ impl Stage for AnalysisStage {
             std::fs::create_dir_all(&folder)?;
             let (report, summaries) =
                 analysis::analyse_sweep(&layer_data, &runs, &mlp_losses, &self.cfg, &folder)?;
-            let best = |f: fn(&analysis::SaeSummary) -> f64| {
-                summaries.iter().map(f).fold(f64::NAN, f64::max)
-            };
-            headline = format!(
-                "{} SAE(s) on {layer}: best MI {:.3} bits (features) vs {:.3} (neurons)",
-                summaries.len(),
-                best(|s| s.features.max_mi_bits),
-                best(|s| s.neurons.max_mi_bits)
-            );
+            headline = analysis::headline(layer, &summaries);
             reports.push(
                 report
                     .strip_prefix(out)
@@ -125,23 +106,6 @@ impl Stage for AnalysisStage {
         }
         Ok(serde_json::to_value(AnalysisMetrics { reports, headline })?)
     }
-}
-
-/// The point's sweep coordinates, flat, for the sweep table.
-fn sweep_params(point: &Point) -> Value {
-    let cfg = &point.cfg;
-    let mut params = json!({
-        "layer": point.layer,
-        "variant": cfg.variant.architecture().name(),
-        "d_sae": cfg.d_sae,
-        "seed": cfg.seed,
-        "epochs": cfg.epochs,
-        "resample": cfg.resample.is_some(),
-    });
-    for (key, value) in cfg.variant.sweep_coordinates() {
-        params[key] = value;
-    }
-    params
 }
 
 /// The analysis artifact's manifest metrics, read back through this type.

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use artifacts::{Event, Graph, Outcome, RunOptions, Stage, Store};
 
 use crate::config::Config;
+use crate::sweep::SweepTrainer;
 
 /// What every stage may need from the command line.
 #[derive(Clone, Debug, Default)]
@@ -26,11 +27,11 @@ pub struct Context {
 /// The stages a config asks for, upstream first, and the trainer its SAE points share.
 pub struct Pipeline {
     pub stages: Vec<Box<dyn Stage>>,
-    pub sweep: Arc<sae::SweepTrainer>,
+    pub sweep: Arc<SweepTrainer>,
 }
 
 pub fn build(config: &Config, ctx: &Context) -> Pipeline {
-    let sweep = sae::SweepTrainer::new(&config.sae);
+    let sweep = SweepTrainer::new(&config.sae);
     let mut stages: Vec<Box<dyn Stage>> = vec![
         Box::new(mnist::MnistStage {
             dir: ctx.mnist_dir.clone(),
