@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::store::Check;
-use crate::{Key, KeySpec, Manifest, Store, StoreError};
+use crate::{Key, KeySpec, Manifest, Store, StoreError, Verify};
 
 pub type StageError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -74,6 +74,9 @@ pub struct Planned {
     pub spec: KeySpec,
     pub key: Key,
     pub state: State,
+    /// Its own artifact looks fine, but an input it was built from is corrupt:
+    /// it is rebuilt after that input (a run marks it so until then).
+    pub input_corrupt: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -179,9 +182,11 @@ impl<'s> Graph<'s> {
         self.stages.iter().copied()
     }
 
-    /// Keys and states of every stage, upstream first.
+    /// Keys and states of every stage, upstream first. A stage whose artifact
+    /// is corrupt (or downstream of one) is stale, and so is everything built from it.
     pub fn plan(&self, store: &Store) -> Vec<Planned> {
         let mut keys: BTreeMap<String, Key> = BTreeMap::new();
+        let mut corrupt: BTreeSet<String> = BTreeSet::new();
         let mut plan = Vec::new();
         for stage in &self.stages {
             let inputs = stage
@@ -196,9 +201,27 @@ impl<'s> Graph<'s> {
                 inputs,
             };
             let key = spec.key();
+            let corrupt_input = stage
+                .inputs()
+                .into_iter()
+                .find(|(_, up)| corrupt.contains(up))
+                .map(|(_, up)| up);
+            let mut input_corrupt = false;
             let state = match store.check(stage.kind(), &key) {
-                Check::Fresh(m) => State::Fresh(m),
-                Check::Invalid(why) => State::Stale(vec![why]),
+                Check::Fresh(m) => match &corrupt_input {
+                    None => State::Fresh(m),
+                    Some(up) => {
+                        input_corrupt = true;
+                        corrupt.insert(stage.name().to_string());
+                        State::Stale(vec![format!(
+                            "its input {up} is corrupt, and this was built from it"
+                        )])
+                    }
+                },
+                Check::Invalid(why) => {
+                    corrupt.insert(stage.name().to_string());
+                    State::Stale(vec![why])
+                }
                 Check::Missing => match store.latest(stage.name()) {
                     Some(before) if before.key() != key => {
                         let why = spec.differences(&before);
@@ -218,6 +241,7 @@ impl<'s> Graph<'s> {
                 spec,
                 key,
                 state,
+                input_corrupt,
             });
         }
         plan
@@ -251,11 +275,25 @@ impl<'s> Graph<'s> {
         let wanted = (!options.targets.is_empty()).then(|| self.closure(&options.targets));
         let mut outcomes: Vec<Outcome> = Vec::new();
         let mut made: BTreeMap<String, (PathBuf, Manifest)> = BTreeMap::new();
-        for (stage, planned) in self.stages.iter().zip(&plan) {
-            if wanted.as_ref().is_some_and(|w| !w.contains(stage.name())) {
-                continue;
+        let wanted_stages: Vec<(&dyn Stage, &Planned)> = self
+            .stages
+            .iter()
+            .copied()
+            .zip(&plan)
+            .filter(|(stage, _)| wanted.as_ref().is_none_or(|w| w.contains(stage.name())))
+            .collect();
+        // Held until the run ends, so a concurrent gc cannot remove what it reads.
+        let _held: Vec<_> = wanted_stages
+            .iter()
+            .map(|(_, p)| store.hold(&p.kind, &p.key))
+            .collect();
+        for (_, planned) in &wanted_stages {
+            if let (true, State::Stale(why)) = (planned.input_corrupt, &planned.state) {
+                store.invalidate(&planned.kind, &planned.key, &why.join("; "))?;
             }
-            let outcome = self.build_one(store, *stage, planned, options, &made, on_event)?;
+        }
+        for (stage, planned) in wanted_stages {
+            let outcome = self.build_one(store, stage, planned, options, &made, on_event)?;
             if let Some(m) = outcome.manifest() {
                 made.insert(
                     planned.name.clone(),
@@ -294,7 +332,8 @@ impl<'s> Graph<'s> {
         }
         let forced = options.force.contains(stage.name()) || options.force.contains(stage.kind());
         if let (false, State::Fresh(m)) = (forced, &planned.state) {
-            store.record_latest(&name, &planned.spec)?;
+            // Only `explain`'s memory: a read-only store still serves its results.
+            let _ = store.record_latest(&name, &planned.spec);
             return Ok(Outcome::Cached {
                 name,
                 manifest: m.clone(),
@@ -318,10 +357,28 @@ impl<'s> Graph<'s> {
                     manifest: Box::new(manifest),
                 })
             }
-            Err(StoreError::Stage { source, .. }) => Ok(Outcome::Failed {
-                name,
-                error: source.to_string(),
-            }),
+            Err(StoreError::Stage { source, .. }) => {
+                let mut error = source.to_string();
+                // A stage that fails reading an input may have met bytes that
+                // rotted under an unchanged stat: re-hash its inputs, and mark
+                // any that no longer match so the next run rebuilds them.
+                for (role, up) in stage.inputs() {
+                    let Some((dir, manifest)) = made.get(&up) else {
+                        continue;
+                    };
+                    let kind = manifest.stage.as_str();
+                    if let Check::Invalid(why) =
+                        store.check_with(kind, &manifest.key, Verify::Digests)
+                    {
+                        let _ = store.invalidate(kind, &manifest.key, &why);
+                        error.push_str(&format!(
+                            "; its input {role} ({}) is corrupt: {why}; it is now stale and the next run rebuilds it",
+                            dir.display()
+                        ));
+                    }
+                }
+                Ok(Outcome::Failed { name, error })
+            }
             Err(other) => Err(other),
         }
     }

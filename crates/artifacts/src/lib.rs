@@ -11,6 +11,7 @@
 //! It must not know what any stage means: stages are trait objects to it.
 
 mod graph;
+mod integrity;
 mod key;
 mod manifest;
 mod store;
@@ -20,7 +21,10 @@ pub use graph::{
 };
 pub use key::{Key, KeySpec};
 pub use manifest::{FileEntry, Manifest};
-pub use store::{sha256_file, write_durably, Check, KeyLock, Store, StoreError, Verify, MANIFEST};
+pub use store::{
+    remove_own_staging, sha256_file, write_durably, Check, GcOptions, GcReport, KeyLock, Store,
+    StoreError, UseLock, Verify, MANIFEST,
+};
 
 /// saelab's version, recorded in every manifest.
 pub const SAELAB_VERSION: &str = env!("CARGO_PKG_VERSION");

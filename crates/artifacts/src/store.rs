@@ -10,6 +10,7 @@ use rayon::prelude::*;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::integrity::{self, MARKS, STAMPS};
 use crate::{FileEntry, Key, KeySpec, Manifest, SAELAB_VERSION};
 
 pub const MANIFEST: &str = "manifest.json";
@@ -50,10 +51,15 @@ pub enum Check {
     Invalid(String),
 }
 
-/// How hard [`Store::check`] looks at the files a manifest lists.
+/// How hard [`Store::check_with`] looks at the files a manifest lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verify {
+    /// Present with the recorded size (cheap, misses same-size corruption).
     Sizes,
+    /// Sizes, then the SHA-256 of every file written since it was last hashed
+    /// (its stat stamp changed): what [`Store::check`] does.
+    Stamps,
+    /// Sizes and the SHA-256 of every file, whatever its stamp says.
     Digests,
 }
 
@@ -62,9 +68,60 @@ pub struct Store {
     root: PathBuf,
 }
 
-/// Holds the per-key lock until dropped.
+/// Holds the per-key build lock until dropped.
 pub struct KeyLock {
     _file: File,
+}
+
+/// A shared hold on an artifact a run reads or builds, until dropped: `gc`
+/// does not remove an artifact anyone holds. `None` inside where the store is
+/// read-only (nobody can remove anything from it then).
+pub struct UseLock {
+    _file: Option<File>,
+}
+
+/// What `gc` may remove besides what no config reaches.
+#[derive(Debug, Clone, Copy)]
+pub struct GcOptions {
+    /// Keep unreached artifacts built less than this many seconds ago
+    /// (`None`: remove them whatever their age).
+    pub keep_newer_than_s: Option<u64>,
+    pub dry_run: bool,
+}
+
+/// What `gc` did (or, dry, would do), counted in folders.
+#[derive(Debug, Default)]
+pub struct GcReport {
+    pub removed: Vec<PathBuf>,
+    pub removed_bytes: u64,
+    /// Artifact folders kept because a config reaches them.
+    pub kept_reached: usize,
+    /// Unreached, but newer than `keep_newer_than_s`.
+    pub kept_recent: usize,
+    /// Unreached, but a running process holds them.
+    pub kept_in_use: Vec<PathBuf>,
+}
+
+/// Staging folders this process is writing, removed by [`remove_own_staging`]
+/// when it is interrupted.
+static OWN_STAGING: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Removes the staging folders this process is writing (for a signal handler:
+/// the process must exit right after). Returns what it removed.
+pub fn remove_own_staging() -> Vec<PathBuf> {
+    let mut own = OWN_STAGING.lock().unwrap_or_else(|e| e.into_inner());
+    let removed: Vec<PathBuf> = own.drain(..).filter(|p| p.exists()).collect();
+    for path in &removed {
+        let _ = fs::remove_dir_all(path);
+    }
+    removed
+}
+
+fn forget_staging(path: &Path) {
+    OWN_STAGING
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|p| p != path);
 }
 
 impl Store {
@@ -82,8 +139,10 @@ impl Store {
         self.root.join(stage).join(key.as_str())
     }
 
+    /// Whether the artifact exists and its files hold the bytes its manifest
+    /// records (sizes always; digests of files written since they were last hashed).
     pub fn check(&self, stage: &str, key: &Key) -> Check {
-        self.check_with(stage, key, Verify::Sizes)
+        self.check_with(stage, key, Verify::Stamps)
     }
 
     pub fn check_with(&self, stage: &str, key: &Key, verify: Verify) -> Check {
@@ -102,6 +161,11 @@ impl Store {
                 manifest.key
             ));
         }
+        if let Ok(reason) =
+            fs::read_to_string(integrity::side_file(&self.root, MARKS, stage, key.as_str()))
+        {
+            return Check::Invalid(reason);
+        }
         for file in &manifest.files {
             let path = dir.join(&file.path);
             match fs::metadata(&path) {
@@ -116,18 +180,31 @@ impl Store {
                 }
                 Ok(_) => {}
             }
-            if verify == Verify::Digests {
-                match sha256_file(&path) {
-                    Ok(d) if d == file.sha256 => {}
-                    Ok(_) => {
-                        return Check::Invalid(format!(
-                            "{}: SHA-256 does not match the manifest",
-                            path.display()
-                        ))
-                    }
-                    Err(e) => return Check::Invalid(e.to_string()),
-                }
+        }
+        let stamp_file = integrity::side_file(&self.root, STAMPS, stage, key.as_str());
+        let to_hash: Vec<&FileEntry> = match verify {
+            Verify::Sizes => Vec::new(),
+            Verify::Digests => manifest.files.iter().collect(),
+            Verify::Stamps => {
+                integrity::changed(&dir, &manifest.files, &integrity::read_stamps(&stamp_file))
             }
+        };
+        if !to_hash.is_empty() {
+            let mismatch = to_hash.par_iter().find_map_first(|file| {
+                let path = dir.join(&file.path);
+                match sha256_file(&path) {
+                    Ok(d) if d == file.sha256 => None,
+                    Ok(_) => Some(format!(
+                        "{} changed since it was built: its SHA-256 no longer matches the manifest",
+                        path.display()
+                    )),
+                    Err(e) => Some(e.to_string()),
+                }
+            });
+            if let Some(why) = mismatch {
+                return Check::Invalid(why);
+            }
+            integrity::write_stamps(&stamp_file, &dir, &manifest.files);
         }
         Check::Fresh(Box::new(manifest))
     }
@@ -177,11 +254,27 @@ impl Store {
             unique_suffix()
         ));
         fs::create_dir(&staging).map_err(io_err(&staging))?;
+        OWN_STAGING
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(staging.clone());
+        let result = self.build_and_seal(spec, &key, &staging, build);
+        forget_staging(&staging);
+        result
+    }
+
+    fn build_and_seal(
+        &self,
+        spec: &KeySpec,
+        key: &Key,
+        staging: &Path,
+        build: impl FnOnce(&Path) -> Result<Value, Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Result<Manifest, StoreError> {
         let started = Instant::now();
-        let metrics = match build(&staging) {
+        let metrics = match build(staging) {
             Ok(m) => m,
             Err(source) => {
-                let _ = fs::remove_dir_all(&staging);
+                let _ = fs::remove_dir_all(staging);
                 return Err(StoreError::Stage {
                     stage: spec.stage.clone(),
                     source,
@@ -189,9 +282,9 @@ impl Store {
             }
         };
         let wall_time_s = started.elapsed().as_secs_f64();
-        let result = self.seal(spec, &key, &staging, metrics, wall_time_s);
+        let result = self.seal(spec, key, staging, metrics, wall_time_s);
         if result.is_err() {
-            let _ = fs::remove_dir_all(&staging);
+            let _ = fs::remove_dir_all(staging);
         }
         result
     }
@@ -231,6 +324,17 @@ impl Store {
         }
         fs::rename(staging, &target).map_err(io_err(&target))?;
         sync_dir(target.parent().expect("an artifact folder has a parent"));
+        let _ = fs::remove_file(integrity::side_file(
+            &self.root,
+            MARKS,
+            &spec.stage,
+            key.as_str(),
+        ));
+        integrity::write_stamps(
+            &integrity::side_file(&self.root, STAMPS, &spec.stage, key.as_str()),
+            &target,
+            &manifest.files,
+        );
         Ok(manifest)
     }
 
@@ -252,14 +356,50 @@ impl Store {
         Ok(out)
     }
 
-    /// Removes every artifact not in `keep`, and leftovers of killed runs.
-    /// Returns what was (or, with `dry_run`, would be) removed.
+    /// Marks an artifact corrupt: it is stale, with `reason`, until rebuilt.
+    pub fn invalidate(&self, stage: &str, key: &Key, reason: &str) -> Result<(), StoreError> {
+        let path = integrity::side_file(&self.root, MARKS, stage, key.as_str());
+        let parent = path.parent().expect("a mark has a folder");
+        fs::create_dir_all(parent).map_err(io_err(parent))?;
+        write_durably(&path, reason.as_bytes())
+    }
+
+    fn use_lock_path(&self, stage: &str, key: &Key) -> PathBuf {
+        self.root.join(LOCKS).join(format!("{stage}-{key}.use"))
+    }
+
+    /// Holds `key` against `gc` until the returned lock is dropped. Never
+    /// fails: where the lock file cannot be made (a read-only store), it holds
+    /// nothing, since nothing can be removed there either.
+    pub fn hold(&self, stage: &str, key: &Key) -> UseLock {
+        let path = self.use_lock_path(stage, key);
+        let file = fs::create_dir_all(self.root.join(LOCKS))
+            .and_then(|()| {
+                File::options()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&path)
+            })
+            .or_else(|_| File::open(&path))
+            .ok()
+            .filter(|file| file.lock_shared().is_ok());
+        UseLock { _file: file }
+    }
+
+    /// Removes every artifact not in `keep` that is older than the options
+    /// allow and that no running process holds, and leftovers of killed runs.
     pub fn gc(
         &self,
         keep: &BTreeSet<(String, Key)>,
-        dry_run: bool,
-    ) -> Result<Vec<PathBuf>, StoreError> {
-        let mut doomed = Vec::new();
+        options: GcOptions,
+    ) -> Result<GcReport, StoreError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut report = GcReport::default();
+        let mut held = Vec::new();
         for stage in sorted_entries(&self.root)? {
             let stage_name = file_name(&stage);
             if stage_name.starts_with('.') || !stage.is_dir() {
@@ -267,21 +407,70 @@ impl Store {
             }
             for entry in sorted_entries(&stage)? {
                 let name = file_name(&entry);
-                let unreached =
-                    Key::parse(&name).is_some_and(|k| !keep.contains(&(stage_name.clone(), k)));
                 let leftover =
                     name.starts_with(TRASH_PREFIX) || self.is_abandoned_staging(&stage_name, &name);
-                if unreached || leftover {
-                    doomed.push(entry);
+                let key = Key::parse(&name);
+                if let Some(key) = &key {
+                    if keep.contains(&(stage_name.clone(), key.clone())) {
+                        report.kept_reached += 1;
+                        continue;
+                    }
+                    let built = read_manifest(&entry).map(|m| m.created_unix_s).ok();
+                    if let (Some(limit), Some(built)) = (options.keep_newer_than_s, built) {
+                        if now.saturating_sub(built) < limit {
+                            report.kept_recent += 1;
+                            continue;
+                        }
+                    }
+                    // Taken exclusively and kept until removal: a run that
+                    // starts now waits for it, then finds the artifact gone.
+                    match self.try_exclusive(&stage_name, key) {
+                        Some(lock) => held.push(lock),
+                        None => {
+                            report.kept_in_use.push(entry);
+                            continue;
+                        }
+                    }
+                } else if !leftover {
+                    continue;
+                }
+                report.removed_bytes += folder_bytes(&entry);
+                report.removed.push(entry);
+            }
+        }
+        if !options.dry_run {
+            for path in &report.removed {
+                fs::remove_dir_all(path).map_err(io_err(path))?;
+                if let (Some(kind), Some(key)) = (
+                    path.parent().map(file_name),
+                    path.file_name()
+                        .and_then(|n| Key::parse(&n.to_string_lossy())),
+                ) {
+                    for folder in [STAMPS, MARKS] {
+                        let _ = fs::remove_file(integrity::side_file(
+                            &self.root,
+                            folder,
+                            &kind,
+                            key.as_str(),
+                        ));
+                    }
                 }
             }
         }
-        if !dry_run {
-            for path in &doomed {
-                fs::remove_dir_all(path).map_err(io_err(path))?;
-            }
-        }
-        Ok(doomed)
+        drop(held);
+        Ok(report)
+    }
+
+    /// The exclusive use lock of `key`, or `None` while someone holds it.
+    fn try_exclusive(&self, stage: &str, key: &Key) -> Option<File> {
+        let path = self.use_lock_path(stage, key);
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .ok()?;
+        file.try_lock().ok().map(|()| file)
     }
 
     /// A staging folder whose key nobody holds the lock for belongs to a dead process.
@@ -394,6 +583,18 @@ fn sync_dir(dir: &Path) {
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
     }
+}
+
+fn folder_bytes(dir: &Path) -> u64 {
+    sorted_entries(dir)
+        .unwrap_or_default()
+        .iter()
+        .map(|p| match fs::symlink_metadata(p) {
+            Ok(m) if m.is_dir() => folder_bytes(p),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {

@@ -9,7 +9,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use artifacts::{
-    Check, Graph, KeySpec, Outcome, RunOptions, Stage, StageError, StageInputs, Store,
+    Check, GcOptions, Graph, Key, KeySpec, Outcome, RunOptions, Stage, StageError, StageInputs,
+    Store, Verify,
 };
 use serde_json::{json, Value};
 
@@ -198,6 +199,166 @@ fn a_damaged_artifact_is_stale_and_rebuilt() {
     );
 }
 
+fn key_of(stages: &[&dyn Stage], store: &Store, name: &str) -> Key {
+    let plan = Graph::new(stages).unwrap().plan(store);
+    plan.into_iter().find(|p| p.name == name).unwrap().key
+}
+
+fn states(stages: &[&dyn Stage], store: &Store) -> Vec<String> {
+    let plan = Graph::new(stages).unwrap().plan(store);
+    plan.iter().map(|p| p.state.label()).collect()
+}
+
+/// Overwrites one byte in place: same size, so only a digest can tell.
+fn flip_byte(path: &Path, at: usize, to: u8) {
+    let mut bytes = fs::read(path).unwrap();
+    bytes[at] = to;
+    fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn a_same_size_corruption_makes_the_artifact_and_everything_built_from_it_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (a, b, c, d) = (
+        toy("a", 1, &[]),
+        toy("b", 2, &["a"]),
+        toy("c", 3, &["b"]),
+        toy("d", 4, &[]),
+    );
+    let stages: [&dyn Stage; 4] = [&a, &b, &c, &d];
+    run_all(&store, &stages);
+    let a_file = store
+        .artifact_dir("a", &key_of(&stages, &store, "a"))
+        .join("out.txt");
+    flip_byte(&a_file, 0, b'7');
+    let labels = states(&stages, &store);
+    assert_eq!(
+        labels[0],
+        format!(
+            "stale: {} changed since it was built: its SHA-256 no longer matches the manifest",
+            a_file.display()
+        )
+    );
+    // Upstream first: a, then d and b, then c.
+    assert_eq!(
+        labels[1..],
+        [
+            "fresh",
+            "stale: its input a is corrupt, and this was built from it",
+            "stale: its input b is corrupt, and this was built from it",
+        ]
+    );
+    // Fresh stays fresh; the corrupt one and its dependants are rebuilt, from good bytes.
+    let outcomes = run_all(&store, &stages);
+    assert_eq!(ran(&outcomes), vec!["a", "b", "c"]);
+    assert_eq!(fs::read_to_string(&a_file).unwrap(), "1");
+    assert_eq!(outcomes[3].manifest().unwrap().headline(), "6");
+    assert!(states(&stages, &store).iter().all(|s| s == "fresh"));
+    assert!(ran(&run_all(&store, &stages)).is_empty());
+}
+
+#[test]
+fn a_run_marks_the_dependants_of_a_corrupt_artifact_until_they_are_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let a = toy("a", 1, &[]);
+    let mut b = toy("b", 2, &["a"]);
+    let stages: [&dyn Stage; 2] = [&a, &b];
+    run_all(&store, &stages);
+    flip_byte(
+        &store
+            .artifact_dir("a", &key_of(&stages, &store, "a"))
+            .join("out.txt"),
+        0,
+        b'5',
+    );
+    // The rebuild of b fails after a is repaired: b must stay stale, not
+    // become fresh again because a now matches.
+    b.fail = true;
+    let outcomes = run_all(&store, &[&a, &b]);
+    assert_eq!(ran(&outcomes), vec!["a"]);
+    b.fail = false;
+    assert_eq!(
+        states(&[&a, &b], &store)[1],
+        "stale: its input a is corrupt, and this was built from it"
+    );
+    assert_eq!(ran(&run_all(&store, &[&a, &b])), vec!["b"]);
+    assert_eq!(states(&[&a, &b], &store), ["fresh", "fresh"]);
+}
+
+/// Rewrites the store's stat stamps of an artifact to the files' current stat,
+/// as if the bytes had rotted on disk without anyone writing them.
+fn restamp_as_if_untouched(store: &Store, kind: &str, key: &Key) {
+    use std::os::unix::fs::MetadataExt;
+    let stamp_file = store.root().join(".stamps").join(format!("{kind}-{key}"));
+    let mut stamps: Vec<Value> = serde_json::from_slice(&fs::read(&stamp_file).unwrap()).unwrap();
+    for stamp in &mut stamps {
+        let path = store
+            .artifact_dir(kind, key)
+            .join(stamp["path"].as_str().unwrap());
+        let meta = fs::metadata(path).unwrap();
+        stamp["ctime_ns"] = json!(meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128);
+        stamp["mtime_ns"] = json!(meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128);
+        stamp["inode"] = json!(meta.ino());
+    }
+    fs::write(stamp_file, serde_json::to_vec(&stamps).unwrap()).unwrap();
+}
+
+#[test]
+fn rot_under_an_unchanged_stat_is_found_by_digests_and_by_a_stage_that_fails_on_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (a, b) = (toy("a", 1, &[]), toy("b", 2, &["a"]));
+    run_all(&store, &[&a]);
+    let key = key_of(&[&a], &store, "a");
+    let file = store.artifact_dir("a", &key).join("out.txt");
+    flip_byte(&file, 0, b'x');
+    restamp_as_if_untouched(&store, "a", &key);
+    assert!(
+        matches!(store.check("a", &key), Check::Fresh(_)),
+        "the stamp is trusted"
+    );
+    assert!(
+        matches!(store.check_with("a", &key, Verify::Digests), Check::Invalid(why) if why.contains("out.txt changed since it was built")),
+    );
+    // b cannot parse "x": the failure re-hashes its input, names it, and marks it.
+    let outcomes = run_all(&store, &[&a, &b]);
+    let Outcome::Failed { error, .. } = &outcomes[1] else {
+        panic!("{outcomes:?}")
+    };
+    assert!(
+        error.contains("its input a (")
+            && error.contains("is corrupt: ")
+            && error.contains("the next run rebuilds it"),
+        "{error}"
+    );
+    assert!(states(&[&a], &store)[0].contains("out.txt changed since it was built"));
+    assert_eq!(ran(&run_all(&store, &[&a, &b])), vec!["a", "b"]);
+}
+
+#[test]
+fn an_invalidated_artifact_is_stale_with_the_reason_until_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let a = toy("a", 1, &[]);
+    run_all(&store, &[&a]);
+    let key = key_of(&[&a], &store, "a");
+    store
+        .invalidate("a", &key, "verify found it corrupt")
+        .unwrap();
+    assert_eq!(states(&[&a], &store), ["stale: verify found it corrupt"]);
+    assert_eq!(ran(&run_all(&store, &[&a])), vec!["a"]);
+    assert_eq!(states(&[&a], &store), ["fresh"]);
+}
+
+fn gc_options(dry_run: bool) -> GcOptions {
+    GcOptions {
+        keep_newer_than_s: None,
+        dry_run,
+    }
+}
+
 #[test]
 fn gc_removes_what_no_config_reaches() {
     let dir = tempfile::tempdir().unwrap();
@@ -211,14 +372,47 @@ fn gc_removes_what_no_config_reaches() {
         .into_iter()
         .map(|p| (p.kind, p.key))
         .collect();
-    let old = Graph::new(&[&a1]).unwrap().plan(&store)[0].key.clone();
-    let doomed = store.gc(&keep, true).unwrap();
-    assert_eq!(doomed, vec![store.artifact_dir("a", &old)]);
+    let old = key_of(&[&a1], &store, "a");
+    // Built just now: a 7-day age limit keeps it.
+    let recent = store
+        .gc(
+            &keep,
+            GcOptions {
+                keep_newer_than_s: Some(7 * 86400),
+                dry_run: false,
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        (
+            recent.removed.len(),
+            recent.kept_recent,
+            recent.kept_reached
+        ),
+        (0, 1, 1)
+    );
+    let dry = store.gc(&keep, gc_options(true)).unwrap();
+    assert_eq!(dry.removed, vec![store.artifact_dir("a", &old)]);
+    assert_eq!(
+        dry.removed_bytes,
+        fs::metadata(store.artifact_dir("a", &old).join("manifest.json"))
+            .unwrap()
+            .len()
+            + 1
+    );
     assert!(
         store.artifact_dir("a", &old).exists(),
         "a dry run removes nothing"
     );
-    store.gc(&keep, false).unwrap();
+    // A running process holds it: gc keeps it and says so.
+    let held = store.hold("a", &old);
+    let busy = store.gc(&keep, gc_options(false)).unwrap();
+    assert_eq!(
+        (busy.removed.len(), busy.kept_in_use.clone()),
+        (0, vec![store.artifact_dir("a", &old)])
+    );
+    drop(held);
+    store.gc(&keep, gc_options(false)).unwrap();
     assert!(!store.artifact_dir("a", &old).exists());
     assert_eq!(store.list().unwrap().len(), 1);
 }
@@ -308,7 +502,7 @@ fn a_writer_killed_mid_write_leaves_nothing_that_counts() {
         Check::Fresh(_)
     ));
     let keep = [("slow".to_string(), slow_spec().key())].into();
-    let leftovers = store.gc(&keep, false).unwrap();
+    let leftovers = store.gc(&keep, gc_options(false)).unwrap().removed;
     assert_eq!(leftovers.len(), 1, "{leftovers:?}");
     assert!(leftovers[0]
         .file_name()
