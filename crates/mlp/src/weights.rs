@@ -113,8 +113,12 @@ impl Weights {
 
     /// Writes `fc1.weight`, `fc1.bias`, ... as PyTorch's `state_dict` names them.
     pub fn save(&self, path: &Path) -> Result<(), MlpError> {
-        candle_core::safetensors::save(&self.to_tensors(&Device::Cpu)?, path)?;
-        Ok(())
+        candle_core::safetensors::save(&self.to_tensors(&Device::Cpu)?, path).map_err(|e| {
+            MlpError::File {
+                file: path.display().to_string(),
+                problem: format!("cannot write it: {e}"),
+            }
+        })
     }
 
     pub fn load(path: &Path) -> Result<Weights, MlpError> {

@@ -302,9 +302,11 @@ impl ResampleSchedule {
 }
 
 fn invalid(key: &str, rule: &str, value: impl std::fmt::Display) -> SaeError {
-    SaeError::InvalidConfig(format!(
-        "SAE config key `{key}` must be {rule}, got {value}."
-    ))
+    SaeError::InvalidKey {
+        key: key.to_string(),
+        rule: rule.to_string(),
+        value: value.to_string(),
+    }
 }
 
 fn positive_finite(key: &str, value: f64) -> Result<(), SaeError> {

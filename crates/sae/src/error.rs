@@ -5,6 +5,14 @@ pub enum SaeError {
     /// One sentence naming the config key and the refused value.
     #[error("{0}")]
     InvalidConfig(String),
+    /// A value of `SaeConfig` out of range; `key` is its path in `SaeConfig`
+    /// (e.g. `variant.k`), so a caller can name it as its own config does.
+    #[error("SAE config key `{key}` must be {rule}, got {value}.")]
+    InvalidKey {
+        key: String,
+        rule: String,
+        value: String,
+    },
     #[error("SAE training of `{point}` diverged at step {step}: the loss became {loss}.")]
     Diverged {
         point: String,

@@ -91,9 +91,11 @@ pub struct ConfigSources {
     pub overrides: Vec<String>,
 }
 
-/// The config a run uses, and the file's presets (gc keeps what any of them reaches).
+/// The config a run uses, the file's own (no preset, no `--set`) and its
+/// presets (gc keeps what any of them reaches).
 pub struct Loaded {
     pub config: Config,
+    pub file_default: Config,
     pub presets: BTreeMap<String, Config>,
 }
 
@@ -114,6 +116,7 @@ pub fn load(path: &Path, sources: &ConfigSources) -> Result<Loaded> {
     };
     let defaults = Value::try_from(Config::default()).expect("the default config serialises");
     check_against(&defaults, &mut table, "", &name)?;
+    let file_default = finish(table.clone(), &name)?;
     let mut presets = BTreeMap::new();
     for (preset, body) in presets_table.iter_mut() {
         let Value::Table(body) = body else {
@@ -137,6 +140,9 @@ pub fn load(path: &Path, sources: &ConfigSources) -> Result<Loaded> {
         let (key, text) = assignment
             .split_once('=')
             .with_context(|| format!("{source}: expected KEY=VALUE, e.g. mlp.lr=0.01"))?;
+        if key.trim().split('.').any(str::is_empty) {
+            bail!("{source}: {:?} is not a key: expected KEY=VALUE with a dotted key before the '=', e.g. mlp.lr=0.01", key.trim());
+        }
         let value = parse_value(text.trim());
         let mut patch = Table::new();
         insert_path(&mut patch, key.trim(), value);
@@ -155,16 +161,22 @@ pub fn load(path: &Path, sources: &ConfigSources) -> Result<Loaded> {
         format!("{name} with {}", applied.join(" "))
     };
     let config = finish(table, &source)?;
-    Ok(Loaded { config, presets })
+    Ok(Loaded {
+        config,
+        file_default,
+        presets,
+    })
 }
 
 /// Turns a checked table into a validated config.
 fn finish(mut table: Table, source: &str) -> Result<Config> {
     let defaults = Value::try_from(Config::default()).expect("the default config serialises");
     widen_integers(&defaults, &mut table);
-    let config: Config = Value::Table(table)
-        .try_into()
-        .map_err(|e: toml::de::Error| anyhow::anyhow!("{source}: {}", e.message()))?;
+    let config: Config = serde_path_to_error::deserialize(Value::Table(table)).map_err(
+        |e: serde_path_to_error::Error<toml::de::Error>| {
+            anyhow::anyhow!("{source}: {}: {}", e.path(), e.inner().message())
+        },
+    )?;
     config
         .mlp
         .validate()
@@ -178,11 +190,37 @@ fn finish(mut table: Table, source: &str) -> Result<Config> {
         .validate()
         .map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
     validate_analysis(&config.analysis).map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
+    check_across_sections(&config).map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
     Ok(config)
+}
+
+/// What one section's values mean for another's, checked before any stage
+/// runs rather than after the stages that precede the one that would fail.
+fn check_across_sections(config: &Config) -> Result<()> {
+    if let Some(layer) = config
+        .sae
+        .layer
+        .iter()
+        .find(|l| !config.extract.layers.contains(l))
+    {
+        bail!(
+            "sae.layer names {layer:?}, but extract.layers = {:?} does not cache it: add it to extract.layers",
+            config.extract.layers
+        );
+    }
+    if config.sae.device == TrainerDevice::Cuda && !cfg!(feature = "cuda") {
+        bail!("sae.device = \"cuda\" needs an xtask built with CUDA, and this one was built without it: run `cargo run --release -p xtask --features cuda -- ...`");
+    }
+    Ok(())
 }
 
 /// A TOML literal if it parses as one (`0.01`, `true`, `[1, 2]`, `"x"`), else a bare string.
 fn parse_value(text: &str) -> Value {
+    // TOML spells these in lower case only; a user typing NaN means the float.
+    let lower = text.to_ascii_lowercase();
+    if ["nan", "+nan", "-nan", "inf", "+inf", "-inf"].contains(&lower.as_str()) {
+        return Value::Float(lower.parse().expect("Rust parses nan and inf"));
+    }
     format!("v = {text}")
         .parse::<Table>()
         .ok()
@@ -263,13 +301,33 @@ fn check_against(defaults: &Value, table: &mut Table, prefix: &str, source: &str
                             first.type_str()
                         );
                     }
+                    if let (Value::Integer(_), Some(bad)) = (
+                        first,
+                        v.iter()
+                            .find(|item| item.as_integer().is_some_and(|i| i < 0)),
+                    ) {
+                        bail!("{source}: {path} holds {bad}, which is out of range: every value must be a whole number >= 0");
+                    }
                 }
+            }
+            (Value::Array(d), v) if !v.is_table() => {
+                let item = d
+                    .first()
+                    .map_or("value".to_string(), |f| f.type_str().to_string());
+                bail!(
+                    "{source}: {path} must be {} or a list of {item}s, got {v}",
+                    with_article(&item)
+                )
             }
             (d, v) if !same_type(d, v) => {
                 bail!(
                     "{source}: {path} must be {}, got {v}",
                     with_article(d.type_str())
                 )
+            }
+            // Every integer saelab reads is a count, a size or a seed.
+            (Value::Integer(_), Value::Integer(i)) if *i < 0 => {
+                bail!("{source}: {path} = {i} is out of range: it must be a whole number >= 0")
             }
             _ => {}
         }
@@ -520,15 +578,20 @@ impl SaeSweep {
             );
         }
         for point in points {
-            point
-                .cfg
-                .validate()
-                .map_err(|e| anyhow::anyhow!("sae point {}: {e}", point.name))?;
+            point.cfg.validate().map_err(|e| match e {
+                sae::SaeError::InvalidKey { key, rule, value } => anyhow::anyhow!(
+                    "sae.{} = {value} is out of range: it must be {rule} (in sweep point {})",
+                    sweep_key(&key),
+                    point.name
+                ),
+                other => anyhow::anyhow!("sae point {}: {other}", point.name),
+            })?;
         }
         Ok(())
     }
 
     /// Every combination of the list-valued keys.
+    /// (See [`sweep_key`] for how a point's `SaeConfig` keys map back to these.)
     pub fn points(&self) -> Vec<Point> {
         let mut out = Vec::new();
         for layer in &self.layer {
@@ -755,6 +818,33 @@ mod tests {
                 assert!(message.contains(needle), "{needle:?} not in {message:?}");
             }
         }
+        // Each refusal is one sentence naming the key as written and the value.
+        let exact: [(&str, &[&str], &str); 9] = [
+            ("[mlp]\nepochs = -3\n", &[], "mlp.epochs = -3 is out of range: it must be a whole number >= 0"),
+            ("", &["sae.seed=[0, -1]"], "sae.seed holds -1, which is out of range: every value must be a whole number >= 0"),
+            ("", &["sae.l1_coeff=NaN"], "sae.l1_coeff = NaN is out of range: it must be a finite number >= 0 (in sweep point sae/fc2.pre/l1-NaN/d1024/s0)"),
+            ("", &["sae.l1_coeff=\"x\""], "sae.l1_coeff must be a float or a list of floats, got \"x\""),
+            ("", &["=3"], "\"\" is not a key: expected KEY=VALUE with a dotted key before the '=', e.g. mlp.lr=0.01"),
+            ("[sae]\nvariant = [\"topk\"]\nk = [2000]\n", &[], "sae.k = 2000 is out of range: it must be between 1 and d_sae = 1024 (in sweep point sae/fc2.pre/topk-k2000/d1024/s0)"),
+            ("[sae]\nd_sae = [0]\n", &[], "sae.d_sae = 0 is out of range: it must be at least 1 (in sweep point sae/fc2.pre/l1-0.003/d0/s0)"),
+            ("[mlp]\noptimizer = \"lion\"\n", &[], "mlp.optimizer: unknown variant `lion`, expected `sgd` or `adam`"),
+            // Checked before any stage runs: the SAE reads a layer extract does not cache.
+            ("[extract]\nlayers = [\"fc1.pre\"]\n", &[], "sae.layer names \"fc2.pre\", but extract.layers = [\"fc1.pre\"] does not cache it: add it to extract.layers"),
+        ];
+        for (toml, overrides, expected) in exact {
+            let message = refusal(toml, overrides);
+            assert!(
+                message.ends_with(expected),
+                "{toml:?} {overrides:?}: {message}"
+            );
+        }
+        if !cfg!(feature = "cuda") {
+            let cuda = refusal("[sae]\npath = \"reference\"\ndevice = \"cuda\"\n", &[]);
+            assert!(
+                cuda.contains("sae.device = \"cuda\" needs an xtask built with CUDA"),
+                "{cuda}"
+            );
+        }
         let missing_preset = match load_text("", Some("nope"), &[]) {
             Ok(_) => panic!("an unknown preset was accepted"),
             Err(e) => e.to_string(),
@@ -763,5 +853,18 @@ mod tests {
             missing_preset.contains("--preset nope") && missing_preset.contains("no preset"),
             "{missing_preset}"
         );
+    }
+}
+
+/// The `[sae]` key a `SaeConfig` key comes from: a variant's own params keep
+/// their names (`variant.k` is `k`), the rest are spelt flat.
+fn sweep_key(cfg_key: &str) -> String {
+    match cfg_key {
+        "optimizer.lr" => "lr".into(),
+        "lr_schedule.step_epochs" => "lr_step_epochs".into(),
+        "lr_schedule.gamma" => "lr_gamma".into(),
+        "resample.sample_rows" => "resample_sample_rows".into(),
+        "resample.schedule.every_steps" => "resample_every_steps".into(),
+        other => other.strip_prefix("variant.").unwrap_or(other).into(),
     }
 }

@@ -5,6 +5,8 @@
 
 mod bench;
 mod config;
+#[cfg(test)]
+mod fingerprint;
 mod progress;
 mod stages;
 mod sweep;
@@ -90,11 +92,28 @@ enum Command {
         #[arg(long)]
         open: bool,
     },
-    /// Remove artifacts that neither the config nor any of its presets reaches.
+    /// Remove artifacts that no protected config reaches and that are older
+    /// than --older-than days. Protected: this config (with its --set and
+    /// --preset), the config file without them, and each of its presets.
+    /// Artifacts a running saelab holds are never removed.
     Gc {
         /// List what would be removed, and remove nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Keep unreached artifacts built in the last DAYS days.
+        #[arg(long, value_name = "DAYS", default_value_t = 7)]
+        older_than: u64,
+        /// Remove unreached artifacts whatever their age (as --older-than 0).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Re-hash every file of every artifact this config reaches against its
+    /// manifest (with --all, every artifact in the store), list the corrupt
+    /// ones and mark them stale, so the next run rebuilds them.
+    Verify {
+        /// Every artifact in the store, not only those this config reaches.
+        #[arg(long)]
+        all: bool,
     },
     /// Measure a stage's speed: mlp or sae.
     Bench {
@@ -132,14 +151,28 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", describe(&e));
             ExitCode::FAILURE
         }
     }
 }
 
+/// An error and its causes in one line, each cause once: many errors already
+/// print their source (`path: Read-only file system`), and `{:#}` would repeat it.
+fn describe(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text = format!("{text}: {cause}");
+        }
+    }
+    text
+}
+
 struct Session {
     config: Config,
+    file_default: Config,
     presets: std::collections::BTreeMap<String, Config>,
     ctx: Context,
     store: Store,
@@ -178,6 +211,7 @@ fn open(cli: &Cli) -> Result<Session> {
     let store = Store::open(&store_root)?;
     Ok(Session {
         config: loaded.config,
+        file_default: loaded.file_default,
         presets: loaded.presets,
         ctx: Context {
             mnist_dir,
@@ -229,7 +263,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             explain(&session, &graph, &stage);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Gc { dry_run } => gc(&session, &graph, dry_run),
+        Command::Gc {
+            dry_run,
+            older_than,
+            all,
+        } => {
+            let options = artifacts::GcOptions {
+                keep_newer_than_s: (!all).then_some(older_than * 86_400),
+                dry_run,
+            };
+            gc(&session, &graph, options)
+        }
+        Command::Verify { all } => verify(&session, &graph, all),
         Command::Query {
             sql,
             format,
@@ -311,17 +356,46 @@ fn check_stage_names(graph: &Graph<'_>, names: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// The stage this process is building, for the line an interrupt prints.
+static BUILDING: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Ctrl-C and SIGTERM: remove this run's staging folders, say what was cut
+/// short, and exit at once (130). Finished artifacts are committed atomically,
+/// so stopping between two writes loses nothing already stored.
+fn stop_cleanly_on_interrupt() {
+    let installed = ctrlc::set_handler(|| {
+        let removed = artifacts::remove_own_staging();
+        let building = BUILDING.lock().map(|b| b.clone()).unwrap_or(None);
+        let what = match building {
+            Some(stage) => format!("while building {stage}"),
+            None => "between stages".to_string(),
+        };
+        eprintln!(
+            "\ninterrupted {what}: removed {} staging folder(s); every artifact already built is kept",
+            removed.len()
+        );
+        std::process::exit(130);
+    });
+    if let Err(e) = installed {
+        eprintln!("warning: Ctrl-C will not clean up this run: {e}");
+    }
+}
+
 fn execute(
     session: &Session,
     pipeline: &stages::Pipeline,
     options: RunOptions,
 ) -> Result<ExitCode> {
+    stop_cleanly_on_interrupt();
     let outcomes = pipeline.run(&session.store, &options, &|event| match event {
         Event::Running(p) => {
             let why = match &p.state {
                 State::Fresh(_) => "forced".to_string(),
                 other => first_reason(other),
             };
+            if let Ok(mut building) = BUILDING.lock() {
+                *building = Some(p.name.clone());
+            }
             eprintln!("{:<10} running ({why})", p.name);
         }
         Event::Waiting(p) => eprintln!("{:<10} waiting: another saelab run is building it", p.name),
@@ -572,14 +646,14 @@ fn explain(session: &Session, graph: &Graph<'_>, name: &str) {
     }
 }
 
-fn gc(session: &Session, graph: &Graph<'_>, dry_run: bool) -> Result<ExitCode> {
+fn gc(session: &Session, graph: &Graph<'_>, options: artifacts::GcOptions) -> Result<ExitCode> {
     let mut keep: BTreeSet<(String, artifacts::Key)> = graph
         .plan(&session.store)
         .into_iter()
         .map(|p| (p.kind, p.key))
         .collect();
-    for preset in session.presets.values() {
-        let pipeline = stages::build(preset, &session.ctx);
+    for protected in std::iter::once(&session.file_default).chain(session.presets.values()) {
+        let pipeline = stages::build(protected, &session.ctx);
         keep.extend(
             pipeline
                 .graph()?
@@ -588,15 +662,79 @@ fn gc(session: &Session, graph: &Graph<'_>, dry_run: bool) -> Result<ExitCode> {
                 .map(|p| (p.kind, p.key)),
         );
     }
-    let removed = session.store.gc(&keep, dry_run).context("gc")?;
-    let verb = if dry_run { "would remove" } else { "removed" };
-    for path in &removed {
+    let report = session.store.gc(&keep, options).context("gc")?;
+    let verb = if options.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
+    for path in &report.removed {
         println!("{verb} {}", path.display());
     }
+    for path in &report.kept_in_use {
+        println!("kept {} (a running saelab holds it)", path.display());
+    }
+    let recent = match options.keep_newer_than_s {
+        Some(s) => format!(
+            "{} built in the last {} day(s) (--older-than, --all)",
+            report.kept_recent,
+            s / 86_400
+        ),
+        None => "0 for their age (--all)".to_string(),
+    };
     println!(
-        "{verb} {} folder(s); kept {} artifact(s) reached by the config and its presets",
-        removed.len(),
-        keep.len()
+        "{verb} {} folder(s), {:.1} MB; kept {} folder(s): {} reached by this config, the config file or a preset; {recent}; {} in use",
+        report.removed.len(),
+        report.removed_bytes as f64 / 1e6,
+        report.kept_reached + report.kept_recent + report.kept_in_use.len(),
+        report.kept_reached,
+        report.kept_in_use.len()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+fn verify(session: &Session, graph: &Graph<'_>, all: bool) -> Result<ExitCode> {
+    let started = std::time::Instant::now();
+    let targets: Vec<(String, artifacts::Key)> = if all {
+        let listed = session.store.list().context("verify")?;
+        listed
+            .into_iter()
+            .map(|(kind, key, _)| (kind, key))
+            .collect()
+    } else {
+        let plan = graph.plan(&session.store);
+        plan.into_iter().map(|p| (p.kind, p.key)).collect()
+    };
+    let (mut artifacts, mut files, mut bytes, mut corrupt) = (0, 0, 0u64, 0);
+    for (kind, key) in targets {
+        match session
+            .store
+            .check_with(&kind, &key, artifacts::Verify::Digests)
+        {
+            artifacts::Check::Missing => {}
+            artifacts::Check::Fresh(m) => {
+                artifacts += 1;
+                files += m.files.len();
+                bytes += m.files.iter().map(|f| f.size).sum::<u64>();
+            }
+            artifacts::Check::Invalid(why) => {
+                artifacts += 1;
+                corrupt += 1;
+                println!("CORRUPT {kind}/{key}: {why}");
+                if let Err(e) = session.store.invalidate(&kind, &key, &why) {
+                    println!("  (cannot mark it stale, the next run may not rebuild it: {e})");
+                }
+            }
+        }
+    }
+    println!(
+        "verified {artifacts} artifact(s), {files} file(s), {:.1} MB in {:.2} s: {corrupt} corrupt",
+        bytes as f64 / 1e6,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(if corrupt > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

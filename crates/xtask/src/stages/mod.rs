@@ -95,8 +95,9 @@ pub fn write_json(
     name: &str,
     value: &impl serde::Serialize,
 ) -> Result<(), artifacts::StageError> {
-    std::fs::write(dir.join(name), serde_json::to_vec_pretty(value)?)?;
-    Ok(())
+    let path = dir.join(name);
+    std::fs::write(&path, serde_json::to_vec_pretty(value)?)
+        .map_err(|e| format!("{}: cannot write it: {e}", path.display()).into())
 }
 
 /// Reads `dir/name` as `T`; a file that is missing or does not parse is an
