@@ -213,9 +213,7 @@ impl<'s> Graph<'s> {
                     Some(up) => {
                         input_corrupt = true;
                         corrupt.insert(stage.name().to_string());
-                        State::Stale(vec![format!(
-                            "its input {up} is corrupt, and this was built from it"
-                        )])
+                        State::Stale(vec![format!("built from {up}, which is corrupt")])
                     }
                 },
                 Check::Invalid(why) => {

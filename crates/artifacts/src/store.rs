@@ -166,14 +166,14 @@ impl Store {
         {
             return Check::Invalid(reason);
         }
+        // Reasons name the file inside the artifact; `explain` shows the folder.
         for file in &manifest.files {
-            let path = dir.join(&file.path);
-            match fs::metadata(&path) {
-                Err(_) => return Check::Invalid(format!("{} is missing", path.display())),
+            match fs::metadata(dir.join(&file.path)) {
+                Err(_) => return Check::Invalid(format!("file {} is missing", file.path)),
                 Ok(meta) if meta.len() != file.size => {
                     return Check::Invalid(format!(
-                        "{} has {} bytes, manifest says {}",
-                        path.display(),
+                        "file {} has {} bytes, manifest says {}",
+                        file.path,
                         meta.len(),
                         file.size
                     ))
@@ -195,8 +195,8 @@ impl Store {
                 match sha256_file(&path) {
                     Ok(d) if d == file.sha256 => None,
                     Ok(_) => Some(format!(
-                        "{} changed since it was built: its SHA-256 no longer matches the manifest",
-                        path.display()
+                        "file {} changed since it was built: its SHA-256 no longer matches the manifest",
+                        file.path
                     )),
                     Err(e) => Some(e.to_string()),
                 }

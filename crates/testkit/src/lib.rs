@@ -6,7 +6,8 @@
 //! that every test process shares; an exclusive lock makes parallel test
 //! processes wait for the first one's download instead of repeating it.
 //! Invariant: no test reads MNIST from outside the repository except through
-//! that chain.
+//! that chain. It also owns disposable copies of stores: a test builds a store
+//! once and damages copies of it ([`copy_of`]), never the original.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -77,4 +78,27 @@ pub fn mnist() -> &'static mnist::Mnist {
     DATA.get_or_init(|| {
         mnist::load_verified(&dir, &mnist::Pins::canonical()).unwrap_or_else(|e| panic!("{e}"))
     })
+}
+
+/// A copy of the folder tree `src` (e.g. a store a test built once) in a new
+/// temporary folder, for a test to damage; symlinks are not followed.
+pub fn copy_of(src: &Path) -> tempfile::TempDir {
+    fn copy_tree(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("{}: {e}", to.display()));
+        let entries = std::fs::read_dir(from).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
+        for entry in entries {
+            let entry = entry.expect("a readable entry");
+            let (path, target) = (entry.path(), to.join(entry.file_name()));
+            let kind = entry.file_type().expect("a file type");
+            if kind.is_dir() {
+                copy_tree(&path, &target);
+            } else if kind.is_file() {
+                std::fs::copy(&path, &target)
+                    .unwrap_or_else(|e| panic!("{} -> {}: {e}", path.display(), target.display()));
+            }
+        }
+    }
+    let copy = tempfile::tempdir().expect("a temporary folder");
+    copy_tree(src, copy.path());
+    copy
 }

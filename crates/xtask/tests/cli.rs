@@ -1,65 +1,11 @@
 //! `cargo xtask` end to end on the real MNIST files, each test in its own store.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 
-/// The default config's one SAE.
-const SAE: &str = "sae/fc2.pre/l1-0.003/d1024/s0";
+mod support;
 
-struct Run {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-/// `xtask` with a store in `store`, one MLP and one SAE epoch unless `args` set others.
-fn command(store: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
-    cmd.env("SAELAB_ARTIFACTS", store)
-        .env("SAELAB_MNIST_DIR", testkit::mnist_dir())
-        .args(args);
-    let quick = [
-        "mlp.epochs=1",
-        "sae.epochs=1",
-        "analysis.probe.ks=[1, 4]",
-        "analysis.probe.iterations=20",
-        "analysis.dashboards_by_mi=1",
-        "analysis.dashboards_by_frequency=0",
-    ];
-    for fast in quick {
-        let key = fast.split('=').next().unwrap();
-        if !args.iter().any(|a| a.starts_with(key)) {
-            cmd.args(["--set", fast]);
-        }
-    }
-    cmd
-}
-
-fn xtask(store: &Path, args: &[&str]) -> Run {
-    finished(command(store, args).output().unwrap())
-}
-
-fn finished(out: Output) -> Run {
-    Run {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into(),
-        stderr: String::from_utf8_lossy(&out.stderr).into(),
-    }
-}
-
-/// The word after the stage name on the stage's result line: ran, cached, FAILED...
-fn verdict(run: &Run, stage: &str) -> String {
-    run.stdout
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(stage)
-                .filter(|rest| rest.starts_with(' '))
-                .and_then(|rest| rest.split_whitespace().next())
-        })
-        .unwrap_or_else(|| panic!("no line for {stage} in:\n{}\n{}", run.stdout, run.stderr))
-        .to_string()
-}
+use support::{command, finished, verdict, xtask, SAE};
 
 #[test]
 fn a_second_run_is_all_cached_and_status_explains_it() {
@@ -311,15 +257,23 @@ fn a_param_change_reruns_exactly_what_is_downstream() {
         forced.stdout
     );
 
-    // gc keeps what the config reaches and removes the rest: the lr=0.002 MLP,
-    // its two extractions, their two SAEs and two analyses.
-    let dry = xtask(store.path(), &["gc", "--dry-run"]);
+    // gc keeps what the config reaches, and (by default) anything built in
+    // the last 7 days; --all removes the rest: the lr=0.002 MLP, its two
+    // extractions, their two SAEs and two analyses.
+    let recent = xtask(store.path(), &["gc", "--dry-run"]);
+    assert!(
+        recent.stdout.contains("would remove 0 folder(s)")
+            && recent.stdout.contains("7 built in the last 7 day(s)"),
+        "{}",
+        recent.stdout
+    );
+    let dry = xtask(store.path(), &["gc", "--all", "--dry-run"]);
     assert!(
         dry.stdout.contains("would remove 7 folder(s)"),
         "{}",
         dry.stdout
     );
-    let gone = xtask(store.path(), &["gc"]);
+    let gone = xtask(store.path(), &["gc", "--all"]);
     assert!(
         gone.stdout.contains("removed 7 folder(s)"),
         "{}",
@@ -361,6 +315,15 @@ fn bad_config_is_refused_in_one_sentence_that_names_the_key() {
             "extract.layers names \"fc7\", which is not a layer",
         ),
         (&["--set", "nonsense"], "--set nonsense: expected KEY=VALUE"),
+        // Found from the config alone, before mnist, mlp and extract run.
+        (
+            &["--set", "extract.layers=[\"fc1.pre\"]"],
+            "sae.layer names \"fc2.pre\", but extract.layers = [\"fc1.pre\"] does not cache it",
+        ),
+        (
+            &["--set", "mlp.epochs=-3"],
+            "mlp.epochs = -3 is out of range: it must be a whole number >= 0",
+        ),
         (&["--preset", "fast"], "--preset fast: "),
     ];
     for (args, message) in cases {

@@ -1,0 +1,404 @@
+//! The store as a hostile but realistic user meets it: bytes flipped in place,
+//! bookkeeping that cannot be written, a run stopped by a signal, and gc
+//! beside a run. Every damage is done to a copy of one store built once.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use support::{built_store, command, verdict, xtask, Run, SAE};
+
+/// The one artifact folder of `kind` in `store`.
+fn artifact(store: &Path, kind: &str) -> PathBuf {
+    let dirs: Vec<PathBuf> = std::fs::read_dir(store.join(kind))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .collect();
+    assert_eq!(dirs.len(), 1, "{kind}: {dirs:?}");
+    dirs[0].clone()
+}
+
+/// Byte range of tensor `name`'s data in a safetensors file.
+fn tensor_bytes(path: &Path, name: &str) -> std::ops::Range<usize> {
+    let bytes = std::fs::read(path).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let offsets = &header[name]["data_offsets"];
+    let start = 8 + header_len + offsets[0].as_u64().unwrap() as usize;
+    start..8 + header_len + offsets[1].as_u64().unwrap() as usize
+}
+
+/// Rewrites one byte in place (same size: only a digest can tell).
+fn rewrite_byte(path: &Path, at: usize, change: impl Fn(u8) -> u8) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[at] = change(bytes[at]);
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// The `state` cell of `stage`'s row in `status`.
+fn state(status: &Run, stage: &str) -> String {
+    let line = status
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("{stage} ")))
+        .unwrap_or_else(|| panic!("no row for {stage}:\n{}", status.stdout));
+    let key_end = line.find(char::is_whitespace).unwrap();
+    let rest = line[key_end..].trim_start();
+    let after_key = rest[rest.find(char::is_whitespace).unwrap()..].trim_start();
+    // No non-default params in these rows' cells under the quick settings
+    // that matter here: the state is what follows the params column.
+    after_key
+        .split("  ")
+        .map(str::trim)
+        .find(|cell| {
+            cell.starts_with("fresh") || cell.starts_with("stale") || cell.starts_with("missing")
+        })
+        .unwrap_or_else(|| panic!("no state in {line}"))
+        .to_string()
+}
+
+#[test]
+fn a_flipped_label_byte_is_found_named_and_rebuilt_with_everything_built_from_it() {
+    let store = testkit::copy_of(built_store());
+    let store = store.path();
+    let shard = artifact(store, "activations").join("train-00001.safetensors");
+    let labels = tensor_bytes(&shard, "labels");
+    rewrite_byte(&shard, labels.start + 5, |label| (label + 1) % 10);
+
+    let status = xtask(store, &["status"]);
+    assert_eq!(state(&status, "mnist"), "fresh");
+    assert_eq!(state(&status, "mlp"), "fresh");
+    assert!(
+        state(&status, "extract")
+            .starts_with("stale: file train-00001.safetensors changed since it was built"),
+        "{}",
+        status.stdout
+    );
+    for downstream in [SAE, "analysis"] {
+        assert_eq!(
+            state(&status, downstream),
+            "stale: built from extract, which is corrupt"
+        );
+    }
+    let verify = xtask(store, &["verify"]);
+    assert!(!verify.ok, "verify must fail on a corrupt store");
+    assert!(
+        verify.stdout.contains(&format!(
+            "CORRUPT activations/{}: file train-00001.safetensors changed since it was built",
+            artifact(store, "activations")
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+        )) && verify.stdout.contains(": 1 corrupt"),
+        "{}",
+        verify.stdout
+    );
+
+    let repaired = xtask(store, &["all"]);
+    assert!(repaired.ok, "{}\n{}", repaired.stdout, repaired.stderr);
+    for (stage, expected) in [
+        ("mnist", "cached"),
+        ("mlp", "cached"),
+        ("extract", "ran"),
+        (SAE, "ran"),
+        ("analysis", "ran"),
+    ] {
+        assert_eq!(verdict(&repaired, stage), expected, "{stage}");
+    }
+    // The served labels are MNIST's again, class by class.
+    let counts = xtask(
+        store,
+        &[
+            "query",
+            "SELECT label, count(*) AS n FROM act_train_fc2_pre GROUP BY label ORDER BY label",
+            "--format",
+            "csv",
+        ],
+    );
+    let mut truth = [0usize; 10];
+    for &label in &testkit::mnist().train.labels.labels {
+        truth[label as usize] += 1;
+    }
+    let expected: String = std::iter::once("label,n".to_string())
+        .chain(truth.iter().enumerate().map(|(l, n)| format!("{l},{n}")))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(counts.stdout.trim(), expected);
+    let clean = xtask(store, &["verify"]);
+    assert!(
+        clean.ok && clean.stdout.contains(": 0 corrupt"),
+        "{}",
+        clean.stdout
+    );
+}
+
+#[test]
+fn a_flipped_weight_or_a_garbage_cfg_makes_the_sae_and_its_analysis_stale() {
+    let store = testkit::copy_of(built_store());
+    let store = store.path();
+    let sae_dir = artifact(store, "sae");
+    let weights = sae_dir.join("sae.safetensors");
+    // The exponent byte of W_enc[0] (little-endian f32): the kind of flip that
+    // used to make a later stage blame its own code.
+    rewrite_byte(&weights, tensor_bytes(&weights, "W_enc").start + 3, |b| {
+        b ^ 0x40
+    });
+    let status = xtask(store, &["status"]);
+    assert!(
+        state(&status, SAE).starts_with("stale: file sae.safetensors changed since it was built"),
+        "{}",
+        status.stdout
+    );
+    assert_eq!(
+        state(&status, "analysis"),
+        format!("stale: built from {SAE}, which is corrupt")
+    );
+    let repaired = xtask(store, &["all"]);
+    assert_eq!(
+        [SAE, "analysis", "extract"].map(|s| verdict(&repaired, s)),
+        ["ran", "ran", "cached"]
+    );
+
+    let cfg = sae_dir.join("cfg.json");
+    let garbage = "x".repeat(std::fs::metadata(&cfg).unwrap().len() as usize);
+    std::fs::write(&cfg, garbage).unwrap();
+    let status = xtask(store, &["status"]);
+    assert!(
+        state(&status, SAE).starts_with("stale: file cfg.json changed since it was built"),
+        "{}",
+        status.stdout
+    );
+    assert_eq!(verdict(&xtask(store, &["all"]), SAE), "ran");
+
+    // A flipped byte in the cached MNIST files: everything is rebuilt from good bytes.
+    let images = artifact(store, "mnist").join("train-images-idx3-ubyte.gz");
+    let images = if images.exists() {
+        images
+    } else {
+        artifact(store, "mnist").join("train-images-idx3-ubyte")
+    };
+    let len = std::fs::metadata(&images).unwrap().len() as usize;
+    rewrite_byte(&images, len / 2, |b| b.wrapping_add(1));
+    let status = xtask(store, &["status"]);
+    assert!(
+        state(&status, "mnist").contains("changed since it was built"),
+        "{}",
+        status.stdout
+    );
+    assert_eq!(
+        state(&status, "mlp"),
+        "stale: built from mnist, which is corrupt"
+    );
+    let rebuilt = xtask(store, &["all"]);
+    assert!(rebuilt.ok, "{}\n{}", rebuilt.stdout, rebuilt.stderr);
+    assert_eq!(verdict(&rebuilt, "mnist"), "ran");
+    assert_eq!(verdict(&rebuilt, "analysis"), "ran");
+}
+
+#[test]
+fn a_store_whose_bookkeeping_cannot_be_written_still_serves_cached_results() {
+    let store = testkit::copy_of(built_store());
+    let store = store.path();
+    // Plain files where the store keeps its own notes: every write there fails
+    // (as on a read-only mount), whoever runs the test.
+    for notes in [".latest", ".locks", ".stamps", ".invalid"] {
+        let path = store.join(notes);
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path).unwrap();
+        }
+        std::fs::write(&path, "").unwrap();
+    }
+    let cached = xtask(store, &["all"]);
+    assert!(cached.ok, "{}\n{}", cached.stdout, cached.stderr);
+    for stage in ["mnist", "mlp", "extract", SAE, "analysis"] {
+        assert_eq!(verdict(&cached, stage), "cached");
+    }
+    let status = xtask(store, &["status"]);
+    assert_eq!(state(&status, "analysis"), "fresh");
+    assert!(xtask(store, &["explain", "mlp"]).stdout.contains("fresh"));
+    let query = xtask(
+        store,
+        &[
+            "query",
+            "SELECT count(*) AS n FROM features",
+            "--format",
+            "csv",
+        ],
+    );
+    assert_eq!(query.stdout.trim(), "n\n1024");
+    assert!(xtask(store, &["verify"]).ok);
+}
+
+#[test]
+fn sigterm_stops_the_run_at_once_says_what_it_cut_short_and_leaves_no_staging() {
+    let store = testkit::copy_of(built_store());
+    let store = store.path();
+    let mut child = command(store, &["all", "--set", "sae.epochs=60"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap() > 0 {
+        if line.starts_with(SAE) && line.contains("running") {
+            break;
+        }
+        line.clear();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let sent = Instant::now();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = child.wait().unwrap();
+    let stopped_in = sent.elapsed();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert_eq!(status.code(), Some(130), "{rest}");
+    assert!(
+        stopped_in < Duration::from_secs(2),
+        "took {stopped_in:?} to stop"
+    );
+    assert!(
+        rest.contains(&format!(
+            "interrupted while building {SAE}: removed 1 staging folder(s); every artifact already built is kept"
+        )),
+        "{rest}"
+    );
+    let left: Vec<_> = std::fs::read_dir(store.join("sae"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".staging-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// The binary with `config` and no quick overrides (the config file holds them).
+fn with_config(store: &Path, config: &Path, args: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"));
+    cmd.env("SAELAB_ARTIFACTS", store)
+        .env("SAELAB_MNIST_DIR", testkit::mnist_dir())
+        .arg("--config")
+        .arg(config)
+        .args(args);
+    cmd
+}
+
+fn ok(mut cmd: std::process::Command) -> String {
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn gc_keeps_the_file_default_every_preset_recent_work_and_what_a_run_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, config) = (dir.path().join("store"), dir.path().join("saelab.toml"));
+    std::fs::write(
+        &config,
+        "[mlp]\nepochs = 1\n[sae]\nepochs = 1\n[analysis]\ndashboards_by_mi = 1\n\
+         dashboards_by_frequency = 0\n[analysis.probe]\nks = [1, 4]\niterations = 20\n\
+         [presets.wide.sae]\nd_sae = [512]\n",
+    )
+    .unwrap();
+    ok(with_config(&store, &config, &["all"]));
+    ok(with_config(&store, &config, &["--preset", "wide", "all"]));
+    ok(with_config(
+        &store,
+        &config,
+        &["--set", "sae.seed=[1]", "all"],
+    ));
+    let one_off = |kind: &str| {
+        let plan = ok(with_config(
+            &store,
+            &config,
+            &["--set", "sae.seed=[1]", "status"],
+        ));
+        let row = plan
+            .lines()
+            .find(|l| l.starts_with(kind))
+            .unwrap()
+            .to_string();
+        store
+            .join(kind.split('/').next().unwrap())
+            .join(row.split_whitespace().nth(1).unwrap())
+    };
+    let (sae, analysis) = (one_off("sae/"), one_off("analysis"));
+
+    // Built today: the default age limit keeps everything.
+    let gc = ok(with_config(&store, &config, &["gc"]));
+    assert!(gc.starts_with("removed 0 folder(s)"), "{gc}");
+    // A preset's point of view still protects the file's default and every preset.
+    let dry = ok(with_config(
+        &store,
+        &config,
+        &["--preset", "wide", "gc", "--all", "--dry-run"],
+    ));
+    let mut doomed: Vec<&str> = dry
+        .lines()
+        .filter_map(|l| l.strip_prefix("would remove "))
+        .filter(|l| l.starts_with('/'))
+        .collect();
+    doomed.sort();
+    let mut expected = [analysis.to_str().unwrap(), sae.to_str().unwrap()];
+    expected.sort();
+    assert_eq!(doomed, expected, "{dry}");
+    assert!(dry.contains("would remove 2 folder(s)"), "{dry}");
+    assert!(sae.exists(), "a dry run removes nothing");
+
+    // A run that holds the one-off MLP and activations: gc keeps them and the run finishes.
+    let mut run = with_config(
+        &store,
+        &config,
+        &["--set", "mlp.seed=7", "--set", "sae.epochs=20", "all"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut stderr = BufReader::new(run.stderr.take().unwrap());
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap() > 0 {
+        if line.starts_with("sae/") && line.contains("running") {
+            break;
+        }
+        line.clear();
+    }
+    let gc = ok(with_config(&store, &config, &["gc", "--all"]));
+    assert!(
+        gc.contains("(a running saelab holds it)") && gc.contains("/mlp/"),
+        "{gc}"
+    );
+    let finished = run.wait_with_output().unwrap();
+    assert!(
+        finished.status.success(),
+        "{}",
+        String::from_utf8_lossy(&finished.stdout)
+    );
+    let report = String::from_utf8_lossy(&finished.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("report: ").map(PathBuf::from))
+        .unwrap();
+    assert!(report.is_file(), "the run's report survived gc");
+    assert!(
+        !sae.exists() && !analysis.exists(),
+        "the one-off sweep point went"
+    );
+    // The file's default and the preset are still all cached.
+    for args in [&["all"][..], &["--preset", "wide", "all"]] {
+        let again = ok(with_config(&store, &config, args));
+        assert!(!again.contains(" ran "), "{args:?}: {again}");
+    }
+}
