@@ -738,3 +738,34 @@ fn verify(session: &Session, graph: &Graph<'_>, all: bool) -> Result<ExitCode> {
         ExitCode::SUCCESS
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_error_prints_each_cause_once() {
+        // As artifacts' Io error does: the message already holds its source.
+        #[derive(Debug)]
+        struct WithPath(std::io::Error);
+        impl std::fmt::Display for WithPath {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "/store/.locks/mlp.lock: {}", self.0)
+            }
+        }
+        impl std::error::Error for WithPath {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let read_only = std::io::Error::from_raw_os_error(30);
+        let error = anyhow::Error::new(WithPath(read_only)).context("cannot build mlp");
+        let text = super::describe(&error);
+        assert_eq!(
+            text,
+            format!(
+                "cannot build mlp: /store/.locks/mlp.lock: {}",
+                std::io::Error::from_raw_os_error(30)
+            )
+        );
+        assert_eq!(text.matches("os error 30").count(), 1, "{text}");
+    }
+}
