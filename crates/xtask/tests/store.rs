@@ -233,6 +233,19 @@ fn a_store_whose_bookkeeping_cannot_be_written_still_serves_cached_results() {
     assert!(xtask(store, &["verify"]).ok);
 }
 
+/// Reads a spawned run's stderr until its SAE stage starts; the rest stays readable.
+fn until_sae_runs(child: &mut std::process::Child) -> BufReader<std::process::ChildStderr> {
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap() > 0 {
+        if line.starts_with("sae/") && line.contains("running") {
+            break;
+        }
+        line.clear();
+    }
+    stderr
+}
+
 #[test]
 fn sigterm_stops_the_run_at_once_says_what_it_cut_short_and_leaves_no_staging() {
     let store = testkit::copy_of(built_store());
@@ -242,14 +255,7 @@ fn sigterm_stops_the_run_at_once_says_what_it_cut_short_and_leaves_no_staging() 
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while stderr.read_line(&mut line).unwrap() > 0 {
-        if line.starts_with(SAE) && line.contains("running") {
-            break;
-        }
-        line.clear();
-    }
+    let mut stderr = until_sae_runs(&mut child);
     std::thread::sleep(Duration::from_millis(300));
     let sent = Instant::now();
     let kill = std::process::Command::new("kill")
@@ -368,14 +374,7 @@ fn gc_keeps_the_file_default_every_preset_recent_work_and_what_a_run_holds() {
     .stderr(Stdio::piped())
     .spawn()
     .unwrap();
-    let mut stderr = BufReader::new(run.stderr.take().unwrap());
-    let mut line = String::new();
-    while stderr.read_line(&mut line).unwrap() > 0 {
-        if line.starts_with("sae/") && line.contains("running") {
-            break;
-        }
-        line.clear();
-    }
+    let _stderr = until_sae_runs(&mut run);
     let gc = ok(with_config(&store, &config, &["gc", "--all"]));
     assert!(
         gc.contains("(a running saelab holds it)") && gc.contains("/mlp/"),
