@@ -6,6 +6,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::dashboard;
+use crate::labelinfo;
 use crate::plots::{self, Figure, Layer, Mark};
 use crate::probe::{self, ProbeData, ProbeResult};
 use crate::stats::{self, MiSummary, UnitCounts, UnitStats};
@@ -28,7 +29,13 @@ impl Baseline {
         layer.check()?;
         let train = UnitCounts::count(layer.train, layer.width, layer.train_labels)?;
         let test = UnitCounts::count(layer.test, layer.width, layer.test_labels)?;
-        let stats = stats::unit_stats(&train, &test);
+        let info = labelinfo::label_info(
+            &SparseActs::from_dense(layer.train, layer.width),
+            layer.train_labels,
+            layer.width,
+            cfg.mi_bins,
+        );
+        let stats = stats::unit_stats(&train, &test, &info, cfg.min_support);
         let relu = |v: &[f32]| v.iter().map(|x| x.max(0.0)).collect::<Vec<f32>>();
         let (train_relu, test_relu) = (relu(layer.train), relu(layer.test));
         let probes = probe::k_sparse_probes(
@@ -41,7 +48,7 @@ impl Baseline {
             },
             &stats::rank_by_mi(&stats),
             &cfg.probe,
-        );
+        )?;
         Ok(Baseline {
             layer: layer.layer.to_string(),
             mi: MiSummary::of(&stats),
@@ -89,7 +96,7 @@ pub fn analyse_sae(
     timings.encode_s = start.elapsed().as_secs_f64();
 
     let start = Instant::now();
-    let mut tables = FeatureTables::build(run.sae, baseline, layer, &acts_train, &acts_test)?;
+    let mut tables = FeatureTables::build(run.sae, baseline, layer, &acts_train, &acts_test, cfg)?;
     timings.tables_s = start.elapsed().as_secs_f64();
 
     let start = Instant::now();
@@ -108,7 +115,7 @@ pub fn analyse_sae(
         },
         &ranking,
         &cfg.probe,
-    );
+    )?;
     let mut probe_df = crate::report::probe_table(&feature_probes, &baseline.probes)?;
     let probes_path = out_dir.join("probes.parquet");
     tables::write_parquet(&mut probe_df, &probes_path)?;
@@ -180,6 +187,7 @@ impl FeatureTables {
         layer: &LayerData,
         acts_train: &[f32],
         acts_test: &[f32],
+        cfg: &AnalysisConfig,
     ) -> Result<FeatureTables, AnalysisError> {
         let d_sae = sae.d_sae();
         let ((train_counts, test_counts), (sparse_train, sparse_test)) = rayon::join(
@@ -197,7 +205,8 @@ impl FeatureTables {
             },
         );
         let (train_counts, test_counts) = (train_counts?, test_counts?);
-        let stats = stats::unit_stats(&train_counts, &test_counts);
+        let info = labelinfo::label_info(&sparse_train, layer.train_labels, d_sae, cfg.mi_bins);
+        let stats = stats::unit_stats(&train_counts, &test_counts, &info, cfg.min_support);
         let decoder_norms: Vec<f64> = sae
             .w_dec
             .chunks_exact(sae.d_in())
@@ -408,6 +417,6 @@ pub fn analyse_sweep(
             &out_dir.join(run.name),
         )?);
     }
-    let report = crate::write_report(&summaries, mlp_losses, out_dir)?;
+    let report = crate::write_report(&summaries, mlp_losses, cfg, out_dir)?;
     Ok((report, summaries))
 }

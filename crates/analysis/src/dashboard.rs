@@ -13,24 +13,65 @@ pub use crate::types::Dashboard;
 use crate::types::{AnalysisConfig, LayerData};
 use crate::AnalysisError;
 
-/// Features to show: the top `dashboards_by_mi` by MI, then the most frequent not yet shown.
+/// Features to show, each with why: the top `dashboards_per_criterion` live
+/// features by binary MI, binned MI, detector F1, purity (where supported) and
+/// frequency, in that order, none twice.
 pub fn pick(stats: &[UnitStats], cfg: &AnalysisConfig) -> Vec<(usize, String)> {
-    let mut chosen: Vec<(usize, String)> = crate::stats::rank_by_mi(stats)
-        .into_iter()
-        .filter(|&f| !stats[f].dead)
-        .take(cfg.dashboards_by_mi)
-        .map(|f| (f, "top MI".to_string()))
-        .collect();
-    let by_freq: Vec<usize> = crate::stats::rank_by_frequency(stats)
-        .into_iter()
-        .filter(|&f| !stats[f].dead && !chosen.iter().any(|(c, _)| *c == f))
-        .take(cfg.dashboards_by_frequency)
-        .collect();
-    chosen.extend(
-        by_freq
-            .into_iter()
-            .map(|f| (f, "top frequency".to_string())),
-    );
+    let live = |f: &usize| !stats[*f].dead;
+    let by = |key: fn(&UnitStats) -> Option<f64>| -> Vec<usize> {
+        let mut order: Vec<usize> = (0..stats.len())
+            .filter(|&f| live(&f) && key(&stats[f]).is_some())
+            .collect();
+        order.sort_by(|&a, &b| {
+            key(&stats[b])
+                .unwrap()
+                .total_cmp(&key(&stats[a]).unwrap())
+                .then(a.cmp(&b))
+        });
+        order
+    };
+    // Each criterion names its own picks; a feature already shown for an
+    // earlier one is skipped and the next of this criterion taken instead.
+    let criteria: [(&str, usize, Vec<usize>); 5] = [
+        (
+            "top binary MI",
+            cfg.dashboards_per_criterion,
+            by(|s| Some(s.mi_bits)),
+        ),
+        (
+            "top binned MI",
+            cfg.dashboards_per_criterion,
+            by(|s| Some(s.mi_binned_bits)),
+        ),
+        (
+            "best detector F1",
+            cfg.dashboards_per_criterion,
+            by(|s| s.detector.as_ref().map(|d| d.f1)),
+        ),
+        (
+            "purest (with support)",
+            cfg.dashboards_per_criterion,
+            by(|s| s.purity),
+        ),
+        (
+            "most frequent",
+            cfg.dashboards_per_criterion,
+            by(|s| Some(s.freq_train)),
+        ),
+    ];
+    let mut chosen: Vec<(usize, String)> = Vec::new();
+    for (why, count, order) in criteria {
+        let mut taken = 0;
+        for f in order {
+            if taken == count {
+                break;
+            }
+            if chosen.iter().all(|(c, _)| *c != f) {
+                chosen.push((f, why.to_string()));
+                taken += 1;
+            }
+        }
+    }
     chosen
 }
 
@@ -156,11 +197,11 @@ pub fn render(
         plots::save_figure(
             &Figure {
                 title: format!(
-                    "feature {feature}: mean logit change when removed ({} rows)",
+                    "feature {feature}: its effect on each class logit ({} rows)",
                     rows.len()
                 ),
                 x_label: "class".into(),
-                y_label: "logit(without) - logit(with)".into(),
+                y_label: "logit(with) - logit(without)".into(),
                 layers: vec![Layer {
                     name: "effect".into(),
                     mark: Mark::Bars { width: 1.0 },
@@ -242,7 +283,8 @@ fn digit_grid(input: &DashboardInput, feature: usize, active: &[(usize, f32)]) -
     }
 }
 
-/// Mean over `rows` of logits(x_hat - act_f * W_dec[f]) - logits(x_hat), per class.
+/// The feature's own effect, as sae_vis and Neuronpedia show it: mean over
+/// `rows` of logits(x_hat) - logits(x_hat - act_f * W_dec[f]), per class.
 fn logit_effect(
     input: &DashboardInput,
     feature: usize,
@@ -278,7 +320,7 @@ fn logit_effect(
     let mut effect = vec![0.0f64; CLASSES];
     for (a, b) in with.iter().zip(&without) {
         for c in 0..CLASSES.min(a.len()) {
-            effect[c] += (b[c] - a[c]) as f64;
+            effect[c] += (a[c] - b[c]) as f64;
         }
     }
     Ok(effect.into_iter().map(|e| e / rows.len() as f64).collect())

@@ -16,8 +16,12 @@
 //! - `features`: `feature`, `freq_train`, `freq_test` (fraction of rows with the
 //!   activation > 0), `dead` (never active on train), `mean_act` and `max_act`
 //!   (over the train rows where active; null when dead), `decoder_norm`,
-//!   `mi_bits` (I(A_f; Y) on train), `h_y_given_on_bits` (H(Y | A_f = 1)),
-//!   `purity` (max_y P(y | A_f = 1)), `top_label`.
+//!   `mi_bits` (I(A_f; Y) on train, A_f = active), `mi_binned_bits` (I(B_f; Y),
+//!   B_f = off or one of `mi_bins` quantile bins of the positive values),
+//!   `h_y_given_on_bits` (H(Y | A_f = 1)), `purity` (max_y P(y | A_f = 1)) and
+//!   `top_label` (the three null below `min_support` active rows), and the best
+//!   one-vs-rest detector: `detector_class`, `_precision`, `_recall`, `_f1`,
+//!   `_auroc` (of the value as a score for that class) (see [`labelinfo`]).
 //! - `neurons`: the same (no `decoder_norm`) for the layer's neurons, active
 //!   where the value is > 0 (for `fc2.pre`: where `fc2.post` > 0).
 //! - `feature_labels`: `feature`, `label`, `count` (train rows with the feature
@@ -31,6 +35,7 @@
 mod analyse;
 pub mod dashboard;
 mod error;
+pub mod labelinfo;
 pub mod plots;
 pub mod probe;
 mod query;
@@ -47,7 +52,7 @@ pub use query::{
     activation_frame, activation_table_name, activation_tables, folder_tables, query,
     report_tables, OutputFormat, TableSource,
 };
-pub use report::{base64, probe_table, sweep_table, write_report, SummaryRow};
+pub use report::{base64, probe_table, sweep_table, verdict, write_report, SummaryRow};
 pub use stats::{MiSummary, UnitCounts, UnitStats};
 pub use types::{
     headline, sweep_params, AnalysisConfig, LayerData, SaeMetrics, SaeRun, SaeSummary, Timings,

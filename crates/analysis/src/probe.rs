@@ -2,7 +2,9 @@
 //! k units with the highest train MI, scored on test.
 //!
 //! Deterministic full-batch gradient descent with momentum on standardised
-//! inputs (train mean and std), zero initialisation, fixed iteration count.
+//! inputs (train mean and std), zero initialisation, until the largest
+//! gradient component is below `tolerance` or `iterations` steps have run
+//! (the result says which). A non-finite loss is an error, never a score.
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -16,7 +18,10 @@ pub struct ProbeConfig {
     pub ks: Vec<usize>,
     /// Probes train on the first `train_rows` train rows (all when larger).
     pub train_rows: usize,
+    /// At most this many full-batch steps.
     pub iterations: usize,
+    /// Converged when no gradient component (mean over rows) exceeds this.
+    pub tolerance: f64,
     /// f64 like every float of the config, so it reads back as written
     /// (`1e-4`, not `9.999999747378752e-05`); the probe itself runs in f32.
     pub learning_rate: f64,
@@ -30,7 +35,8 @@ impl Default for ProbeConfig {
         ProbeConfig {
             ks: vec![1, 2, 4, 8, 16, 32],
             train_rows: 20_000,
-            iterations: 200,
+            iterations: 500,
+            tolerance: 1e-4,
             learning_rate: 1.0,
             momentum: 0.9,
             l2: 1e-4,
@@ -46,6 +52,11 @@ pub struct ProbeResult {
     pub units: Vec<usize>,
     pub train_accuracy: f64,
     pub test_accuracy: f64,
+    /// Steps run, whether the gradient fell below the tolerance, and the final
+    /// mean train cross-entropy (nats).
+    pub steps: usize,
+    pub converged: bool,
+    pub train_loss: f64,
 }
 
 /// Gathers columns `units` of `[rows, width]` into `[rows, units.len()]`.
@@ -70,8 +81,14 @@ pub struct Softmax {
 const CHUNK_ROWS: usize = 1024;
 
 impl Softmax {
-    /// Trains on `x` `[labels.len(), k]`.
-    pub fn fit(x: &[f32], k: usize, labels: &[u8], cfg: &ProbeConfig) -> Softmax {
+    /// Trains on `x` `[labels.len(), k]`; returns the model, the steps run,
+    /// whether it converged and the last mean train loss. Errs on a non-finite loss.
+    pub fn fit(
+        x: &[f32],
+        k: usize,
+        labels: &[u8],
+        cfg: &ProbeConfig,
+    ) -> Result<(Softmax, usize, bool, f64), String> {
         let rows = labels.len();
         let mut mean = vec![0.0f64; k];
         let mut sq = vec![0.0f64; k];
@@ -109,14 +126,17 @@ impl Softmax {
             bias: [0.0; CLASSES],
         };
         let mut velocity = vec![0.0f32; (k + 1) * CLASSES];
+        let (mut steps, mut converged, mut loss) = (0, false, f64::NAN);
         for _ in 0..cfg.iterations {
-            let grad = z
+            // The last slot of each chunk's vector carries its summed loss.
+            let mut grad = z
                 .par_chunks(CHUNK_ROWS * k)
                 .zip(labels.par_chunks(CHUNK_ROWS))
                 .map(|(block, block_labels)| {
-                    let mut g = vec![0.0f32; (k + 1) * CLASSES];
+                    let mut g = vec![0.0f32; (k + 1) * CLASSES + 1];
                     for (row, &y) in block.chunks_exact(k).zip(block_labels) {
                         let p = model.probabilities(row);
+                        g[(k + 1) * CLASSES] -= p[y as usize].max(f32::MIN_POSITIVE).ln();
                         for c in 0..CLASSES {
                             let d = p[c] - (c == y as usize) as u8 as f32;
                             for j in 0..k {
@@ -130,10 +150,33 @@ impl Softmax {
                 // Collected in chunk order and summed sequentially: bit-identical across runs.
                 .collect::<Vec<_>>()
                 .into_iter()
-                .fold(vec![0.0f32; (k + 1) * CLASSES], |mut a, b| {
+                .fold(vec![0.0f32; (k + 1) * CLASSES + 1], |mut a, b| {
                     a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
                     a
                 });
+            loss = grad.pop().expect("the loss slot") as f64 / n;
+            if !loss.is_finite() || grad.iter().any(|g| !g.is_finite()) {
+                return Err(format!(
+                    "the k = {k} probe's loss became {loss} at step {steps}: its inputs or learning rate are out of range"
+                ));
+            }
+            let largest = grad
+                .iter()
+                .enumerate()
+                .map(|(i, g)| {
+                    let g = g / n as f32;
+                    if i < k * CLASSES {
+                        (g + cfg.l2 as f32 * model.weights[i]).abs()
+                    } else {
+                        g.abs()
+                    }
+                })
+                .fold(0.0f32, f32::max);
+            if (largest as f64) < cfg.tolerance {
+                converged = true;
+                break;
+            }
+            steps += 1;
             let (l2, momentum, learning_rate) =
                 (cfg.l2 as f32, cfg.momentum as f32, cfg.learning_rate as f32);
             for (i, v) in velocity.iter_mut().enumerate() {
@@ -151,7 +194,7 @@ impl Softmax {
                 }
             }
         }
-        model
+        Ok((model, steps, converged, loss))
     }
 
     /// Class probabilities of one standardised row.
@@ -200,7 +243,11 @@ pub struct ProbeData<'a> {
 }
 
 /// One probe per k in `cfg.ks` (k capped at the width), reading the first k of `ranking`.
-pub fn k_sparse_probes(data: &ProbeData, ranking: &[usize], cfg: &ProbeConfig) -> Vec<ProbeResult> {
+pub fn k_sparse_probes(
+    data: &ProbeData,
+    ranking: &[usize],
+    cfg: &ProbeConfig,
+) -> Result<Vec<ProbeResult>, crate::AnalysisError> {
     let train_rows = cfg.train_rows.min(data.train_labels.len());
     let test_rows = data.test_labels.len();
     cfg.ks
@@ -211,13 +258,18 @@ pub fn k_sparse_probes(data: &ProbeData, ranking: &[usize], cfg: &ProbeConfig) -
             let x_train = gather(data.train, data.width, train_rows, &units);
             let x_test = gather(data.test, data.width, test_rows, &units);
             let labels = &data.train_labels[..train_rows];
-            let model = Softmax::fit(&x_train, units.len(), labels, cfg);
-            ProbeResult {
+            let (model, steps, converged, train_loss) =
+                Softmax::fit(&x_train, units.len(), labels, cfg)
+                    .map_err(crate::AnalysisError::Input)?;
+            Ok(ProbeResult {
                 k,
                 train_accuracy: model.accuracy(&x_train, labels),
                 test_accuracy: model.accuracy(&x_test, data.test_labels),
                 units,
-            }
+                steps,
+                converged,
+                train_loss,
+            })
         })
         .collect()
 }

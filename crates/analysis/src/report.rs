@@ -10,7 +10,7 @@ use crate::plots::{self, Figure, Layer, Mark};
 use crate::probe::ProbeResult;
 use crate::stats::MiSummary;
 use crate::tables;
-use crate::types::SaeSummary;
+use crate::types::{AnalysisConfig, SaeSummary};
 use crate::AnalysisError;
 
 /// `probes`: one row per probe: source (`features` or `neurons`), k, accuracies, the units read.
@@ -41,6 +41,18 @@ pub fn probe_table(
             Column::new(
                 "train_accuracy".into(),
                 rows.iter().map(|r| r.1.train_accuracy).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "steps".into(),
+                rows.iter().map(|r| r.1.steps as u32).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "converged".into(),
+                rows.iter().map(|r| r.1.converged).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "train_loss".into(),
+                rows.iter().map(|r| r.1.train_loss).collect::<Vec<_>>(),
             ),
             Column::new(
                 "units".into(),
@@ -80,21 +92,47 @@ fn typed_column(name: PlSmallStr, values: &[&serde_json::Value]) -> Column {
     }
 }
 
-/// `sweep`: one row per SAE: `name`, its sweep coordinates as typed `param_*`
-/// columns (in the order the first SAE lists them), the caller's metrics and
-/// the MI statistics.
+/// `sweep`: one row per SAE: `name`, its metrics (each header says its split:
+/// quality on test, dead features on train, label information on train), then
+/// its sweep coordinates as typed `param_*` columns (in the order the first SAE
+/// lists them).
 pub fn sweep_table(summaries: &[SaeSummary]) -> Result<DataFrame, AnalysisError> {
+    let n = summaries.len();
+    let metric = |name: &str, f: &dyn Fn(&SaeSummary) -> f64| {
+        Column::new(name.into(), summaries.iter().map(f).collect::<Vec<_>>())
+    };
+    let count = |name: &str, f: &dyn Fn(&SaeSummary) -> usize| {
+        Column::new(
+            name.into(),
+            summaries.iter().map(|s| f(s) as u32).collect::<Vec<_>>(),
+        )
+    };
+    let mut columns = vec![
+        Column::new(
+            "name".into(),
+            summaries.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+        ),
+        metric("l0_test", &|s| s.metrics.l0),
+        metric("ev_test", &|s| s.metrics.explained_variance),
+        metric("mse_test", &|s| s.metrics.mse),
+        metric("ce_recovered_test", &|s| s.metrics.ce_recovered),
+        metric("spliced_accuracy_test", &|s| s.metrics.spliced_accuracy),
+        count("dead_train", &|s| s.metrics.dead),
+        count("d_sae", &|s| s.d_sae),
+        metric("max_mi_bits_train", &|s| s.features.max_mi_bits),
+        metric("max_mi_binned_bits_train", &|s| {
+            s.features.max_mi_binned_bits
+        }),
+        metric("best_detector_f1_train", &|s| {
+            s.features.best_detector.as_ref().map_or(0.0, |d| d.1.f1)
+        }),
+    ];
     let mut keys: Vec<&String> = Vec::new();
     for key in summaries.iter().flat_map(|s| s.params.keys()) {
-        if !keys.contains(&key) {
+        if !keys.contains(&key) && key != "d_sae" {
             keys.push(key);
         }
     }
-    let n = summaries.len();
-    let mut columns = vec![Column::new(
-        "name".into(),
-        summaries.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
-    )];
     for key in keys {
         let values: Vec<&serde_json::Value> = summaries
             .iter()
@@ -102,43 +140,6 @@ pub fn sweep_table(summaries: &[SaeSummary]) -> Result<DataFrame, AnalysisError>
             .collect();
         columns.push(typed_column(format!("param_{key}").into(), &values));
     }
-    let metric = |name: &str, f: &dyn Fn(&SaeSummary) -> f64| {
-        Column::new(name.into(), summaries.iter().map(f).collect::<Vec<_>>())
-    };
-    columns.extend([
-        Column::new(
-            "layer".into(),
-            summaries
-                .iter()
-                .map(|s| s.layer.clone())
-                .collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "d_sae".into(),
-            summaries.iter().map(|s| s.d_sae as u32).collect::<Vec<_>>(),
-        ),
-        metric("l0", &|s| s.metrics.l0),
-        metric("mse", &|s| s.metrics.mse),
-        metric("explained_variance", &|s| s.metrics.explained_variance),
-        Column::new(
-            "dead".into(),
-            summaries
-                .iter()
-                .map(|s| s.metrics.dead as u32)
-                .collect::<Vec<_>>(),
-        ),
-        metric("ce_recovered", &|s| s.metrics.ce_recovered),
-        metric("spliced_accuracy", &|s| s.metrics.spliced_accuracy),
-        metric("mean_mi_bits", &|s| s.features.mean_mi_bits),
-        metric("max_mi_bits", &|s| s.features.max_mi_bits),
-        Column::new(
-            "features_above_0_1_bits".into(),
-            summaries
-                .iter()
-                .map(|s| s.features.above_0_1_bits as u32)
-                .collect::<Vec<_>>(),
-        ),
-    ]);
     DataFrame::new(n, columns).map_err(AnalysisError::polars("building the sweep table"))
 }
 
@@ -225,6 +226,7 @@ fn embed_png(path: &Path, alt: &str) -> Result<String, AnalysisError> {
 pub fn write_report(
     summaries: &[SaeSummary],
     mlp_losses: &[f32],
+    cfg: &AnalysisConfig,
     out_dir: &Path,
 ) -> Result<PathBuf, AnalysisError> {
     std::fs::create_dir_all(out_dir).map_err(AnalysisError::io(out_dir))?;
@@ -318,7 +320,7 @@ pub fn write_report(
         sweep_plots.push(("MI vs L0".into(), png));
     }
 
-    let html = render_html(summaries, &sweep, &sweep_plots, out_dir)?;
+    let html = render_html(summaries, &sweep, &sweep_plots, cfg, out_dir)?;
     let path = out_dir.join("report.html");
     std::fs::write(&path, html).map_err(AnalysisError::io(&path))?;
     Ok(path)
@@ -370,17 +372,19 @@ th{background:#eee}.scroll{overflow-x:auto}img{max-width:100%;margin:4px;border:
 .grid{display:flex;flex-wrap:wrap;align-items:flex-start}.grid figure{margin:4px;width:420px}\
 .grid img{width:400px}figcaption{font-size:small}";
 
-fn summary_html(summaries: &[SaeSummary]) -> String {
-    let mut out = String::from(
-        "<table><tr><th>SAE</th><th>units</th><th>units</th><th>dead</th><th>&gt; 0.1 bit</th><th>&gt; 0.5 bit</th>\
-<th>&gt; 1 bit</th><th>best MI</th><th>mean MI</th>",
+fn summary_html(summaries: &[SaeSummary], cfg: &AnalysisConfig) -> String {
+    let mut out = format!(
+        "<div class=\"scroll\"><table><tr><th>SAE</th><th>units of</th><th>count</th><th>dead</th>\
+<th>binary MI &gt; 0.1</th><th>binary MI &gt; 0.5</th><th>best binary MI</th><th>mean binary MI</th>\
+<th>best binned MI ({} bins)</th><th>mean binned MI</th><th>best detector (unit: class, F1, AUROC)</th>",
+        cfg.mi_bins
     );
     let ks: Vec<usize> = summaries
         .first()
         .map(|s| s.feature_probes.iter().map(|p| p.k).collect())
         .unwrap_or_default();
     for k in &ks {
-        let _ = write!(out, "<th>probe k={k}</th>");
+        let _ = write!(out, "<th>probe k={k} (test)</th>");
     }
     out.push_str("</tr>");
     for s in summaries {
@@ -392,22 +396,28 @@ fn summary_html(summaries: &[SaeSummary]) -> String {
                 row.probes.iter().map(|p| Some(p.1)).collect::<Vec<_>>(),
             ),
             (
-                "neurons",
+                "MLP neurons",
                 &row.neurons,
                 row.probes.iter().map(|p| p.2).collect::<Vec<_>>(),
             ),
         ] {
+            let detector = mi
+                .best_detector
+                .as_ref()
+                .map(|(u, d)| format!("{u}: {}, {:.3}, {:.3}", d.class, d.f1, d.auroc))
+                .unwrap_or_default();
             let _ = write!(
                 out,
-                "<tr><td>{}</td><td>{kind}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.3}</td><td>{:.3}</td>",
+                "<tr><td>{}</td><td>{kind}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{detector}</td>",
                 escape(&row.name),
                 mi.units,
                 mi.dead,
                 mi.above_0_1_bits,
                 mi.above_0_5_bits,
-                mi.above_1_bits,
                 mi.max_mi_bits,
-                mi.mean_mi_bits
+                mi.mean_mi_bits,
+                mi.max_mi_binned_bits,
+                mi.mean_mi_binned_bits,
             );
             for acc in accs {
                 let _ = write!(
@@ -419,24 +429,137 @@ fn summary_html(summaries: &[SaeSummary]) -> String {
             out.push_str("</tr>");
         }
     }
-    out.push_str("</table>");
+    out.push_str("</table></div>");
     out
+}
+
+/// Which side wins a comparison, in words.
+fn more(features: f64, neurons: f64) -> &'static str {
+    if features > neurons {
+        "SAE features"
+    } else if neurons > features {
+        "MLP neurons"
+    } else {
+        "neither"
+    }
+}
+
+/// The answer to the notebook's question for one SAE, written from its numbers.
+pub fn verdict(s: &SaeSummary, cfg: &AnalysisConfig) -> Vec<String> {
+    let (f, n) = (&s.features, &s.neurons);
+    let mut lines = vec![format!(
+        "One unit at a time, {} carry more label information: the best binary I(active; Y) is {:.3} bits for a feature vs {:.3} for a neuron; with the magnitude in {} quantile bins, {:.3} vs {:.3} bits (mean over units {:.3} vs {:.3}).",
+        more(f.max_mi_binned_bits, n.max_mi_binned_bits),
+        f.max_mi_bits,
+        n.max_mi_bits,
+        cfg.mi_bins,
+        f.max_mi_binned_bits,
+        n.max_mi_binned_bits,
+        f.mean_mi_binned_bits,
+        n.mean_mi_binned_bits
+    )];
+    if let (Some((fu, fd)), Some((nu, nd))) = (&f.best_detector, &n.best_detector) {
+        lines.push(format!(
+            "As single-class detectors, {} win: feature {fu} detects {} with F1 {:.3} (precision {:.3}, recall {:.3}, AUROC {:.3}); the best neuron, {nu}, detects {} with F1 {:.3} (precision {:.3}, recall {:.3}, AUROC {:.3}).",
+            more(fd.f1, nd.f1),
+            fd.class,
+            fd.f1,
+            fd.precision,
+            fd.recall,
+            fd.auroc,
+            nd.class,
+            nd.f1,
+            nd.precision,
+            nd.recall,
+            nd.auroc
+        ));
+    }
+    let (mut feature_wins, mut neuron_wins) = (Vec::new(), Vec::new());
+    for p in &s.feature_probes {
+        if let Some(q) = s.neuron_probes.iter().find(|q| q.k == p.k) {
+            if p.test_accuracy > q.test_accuracy {
+                feature_wins.push(format!(
+                    "k={} ({:.3} vs {:.3})",
+                    p.k, p.test_accuracy, q.test_accuracy
+                ));
+            } else {
+                neuron_wins.push(format!(
+                    "k={} ({:.3} vs {:.3})",
+                    p.k, q.test_accuracy, p.test_accuracy
+                ));
+            }
+        }
+    }
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    lines.push(format!(
+        "Sparse probes on the k most informative units (test accuracy): SAE features win at {}; neurons at {}.",
+        list(&feature_wins),
+        list(&neuron_wins)
+    ));
+    let unconverged = s
+        .feature_probes
+        .iter()
+        .chain(&s.neuron_probes)
+        .filter(|p| !p.converged)
+        .count();
+    if unconverged > 0 {
+        lines.push(format!(
+            "{unconverged} of {} probes stopped at the step limit before converging (see probes.parquet: steps, converged).",
+            s.feature_probes.len() + s.neuron_probes.len()
+        ));
+    }
+    let live = f.units - f.dead;
+    lines.push(format!(
+        "Dead features: {} of {} ({:.0}%) never fire on the train split, so the comparison is between {live} live features and {} neurons ({} of them never active). Test L0 {:.1}, explained variance {:.3}, CE recovered {:.3}.",
+        f.dead,
+        f.units,
+        100.0 * f.dead as f64 / f.units.max(1) as f64,
+        n.units,
+        n.dead,
+        s.metrics.l0,
+        s.metrics.explained_variance,
+        s.metrics.ce_recovered
+    ));
+    lines
 }
 
 fn render_html(
     summaries: &[SaeSummary],
     sweep: &DataFrame,
     sweep_plots: &[(String, PathBuf)],
+    cfg: &AnalysisConfig,
     out_dir: &Path,
 ) -> Result<String, AnalysisError> {
+    let mut answer = String::new();
+    for s in summaries {
+        let _ = write!(answer, "<h3>{}</h3><ul>", escape(&s.name));
+        for line in verdict(s, cfg) {
+            let _ = write!(answer, "<li>{}</li>", escape(&line));
+        }
+        answer.push_str("</ul>");
+    }
     let mut html = format!(
-        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>saelab report</title><style>{STYLE}</style></head><body>\
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
+<title>saelab report</title><style>{STYLE}</style></head><body>\
 <h1>saelab report</h1>\
-<p>Do SAE features carry more information about the digit than the MLP's own neurons? \
-I(A; Y) is the mutual information in bits between a unit being active (value &gt; 0) and the label, on the train split. \
-Probes: multinomial logistic regression on the k units with the highest MI, test accuracy.</p>\
-<h2>Summary</h2>{}<h2>Sweep</h2>{}<p><a href=\"sweep.parquet\">sweep.parquet</a></p><div class=\"grid\">",
-        summary_html(summaries),
+<p>Do SAE features carry more information about the digit than the MLP's own neurons?</p>\
+<h2>The answer</h2>{answer}\
+<h2>Summary</h2><p>All on the train split. Binary MI: I(A; Y) between a unit being active (value &gt; 0) and the label; it cannot exceed 1 bit and is small for rare units however pure. \
+Binned MI: I(B; Y) with B = off or one of {} equal-count quantile bins of the unit's positive values. \
+Detector: the class for which \"active\" has the best F1, and the AUROC of the value for it. \
+Probes: multinomial logistic regression on the k units with the highest binary MI, test accuracy. \
+Purity and top label need {} active rows (analysis.min_support).</p>{}\
+<h2>Sweep</h2><p>Metrics first (the suffix says the split), then the sweep coordinates.</p>{}\
+<p><a href=\"sweep.parquet\">sweep.parquet</a></p><div class=\"grid\">",
+        cfg.mi_bins,
+        cfg.min_support,
+        summary_html(summaries, cfg),
         html_table(sweep)
     );
     for (title, png) in sweep_plots {
@@ -485,15 +608,24 @@ Probes: multinomial logistic regression on the k units with the highest MI, test
         for d in &s.dashboards {
             let _ = write!(
                 html,
-                "<h3>Feature {} ({}): I = {:.3} bits, frequency {:.4}, purity {}, top label {}</h3>\
-<p>Mean logit change per class when removed: {}</p><div class=\"grid\">",
+                "<h3 id=\"{}-feature-{}\">Feature {} (picked for: {})</h3>\
+<p>Binary MI {:.3} bits, frequency {:.4} on train, purity {}, top label {}. \
+Its effect on each class logit (with it minus without it, mean over {} rows): {}</p><div class=\"grid\">",
+                escape(&s.name),
+                d.feature,
                 d.feature,
                 escape(&d.reason),
                 d.mi_bits,
                 d.freq_train,
-                d.purity.map(|p| format!("{p:.3}")).unwrap_or_default(),
-                d.top_label.map(|l| l.to_string()).unwrap_or_default(),
-                d.logit_effect.iter().map(|e| format!("{e:+.3}")).collect::<Vec<_>>().join(" ")
+                d.purity.map(|p| format!("{p:.3}")).unwrap_or_else(|| "- (below min_support)".into()),
+                d.top_label.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+                d.logit_effect_rows,
+                d.logit_effect
+                    .iter()
+                    .enumerate()
+                    .map(|(c, e)| format!("{c}: {e:+.3}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             for png in &d.images {
                 let name = png

@@ -8,6 +8,7 @@
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::labelinfo::{Detector, LabelInfo};
 use crate::AnalysisError;
 
 /// Number of digit classes.
@@ -205,20 +206,33 @@ pub struct UnitStats {
     pub mean_act: Option<f64>,
     /// Largest train value (rows where active).
     pub max_act: Option<f64>,
+    /// I(A; Y) of the binary "active" variable.
     pub mi_bits: f64,
+    /// I(B; Y) with the magnitude binned ([`crate::labelinfo`]).
+    pub mi_binned_bits: f64,
+    /// H(Y | A = 1); null below the minimum support.
     pub h_y_given_on_bits: Option<f64>,
-    /// max_y P(y | A = 1).
+    /// max_y P(y | A = 1); null below the minimum support.
     pub purity: Option<f64>,
-    /// argmax_y P(y | A = 1).
+    /// argmax_y P(y | A = 1); null below the minimum support.
     pub top_label: Option<u8>,
+    /// The best one-vs-rest detector; null when dead.
+    pub detector: Option<Detector>,
 }
 
-/// Per-unit statistics from the train and test counts.
-pub fn unit_stats(train: &UnitCounts, test: &UnitCounts) -> Vec<UnitStats> {
+/// Per-unit statistics from the train and test counts and the units' label
+/// information; purity, its label and H(Y | on) need `min_support` active train rows.
+pub fn unit_stats(
+    train: &UnitCounts,
+    test: &UnitCounts,
+    info: &[LabelInfo],
+    min_support: usize,
+) -> Vec<UnitStats> {
     (0..train.width)
         .map(|unit| {
             let active = train.active_of(unit);
             let on: u64 = active.iter().sum();
+            let supported = on > 0 && on >= min_support as u64;
             let (top, top_count) =
                 active.iter().enumerate().fold(
                     (0, 0),
@@ -232,39 +246,60 @@ pub fn unit_stats(train: &UnitCounts, test: &UnitCounts) -> Vec<UnitStats> {
                 mean_act: (on > 0).then(|| train.sums_of(unit).iter().sum::<f64>() / on as f64),
                 max_act: (on > 0).then(|| train.max[unit] as f64),
                 mi_bits: mutual_information_bits(&active, &train.label_totals),
-                h_y_given_on_bits: conditional_entropy_bits(&active),
-                purity: (on > 0).then(|| top_count as f64 / on as f64),
-                top_label: (on > 0).then_some(top as u8),
+                mi_binned_bits: info[unit].mi_binned_bits,
+                h_y_given_on_bits: conditional_entropy_bits(&active).filter(|_| supported),
+                purity: supported.then(|| top_count as f64 / on as f64),
+                top_label: supported.then_some(top as u8),
+                detector: info[unit].detector.clone(),
             }
         })
         .collect()
 }
 
-/// How many units carry more than each threshold, the best and mean MI.
+/// A set of units' label information at a glance: how many carry more than
+/// each threshold, the best and mean of each measure, and the best detector.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MiSummary {
     pub units: usize,
     pub dead: usize,
-    /// Units with I(A; Y) > 0.1, 0.5 and 1 bit.
+    /// Units with binary I(A; Y) > 0.1 and 0.5 bit (it cannot exceed 1 bit).
     pub above_0_1_bits: usize,
     pub above_0_5_bits: usize,
-    pub above_1_bits: usize,
     pub max_mi_bits: f64,
     /// Mean over all units, dead ones included (they carry 0 bits).
     pub mean_mi_bits: f64,
+    /// Units with binned I(B; Y) > 0.5 bit.
+    pub binned_above_0_5_bits: usize,
+    pub max_mi_binned_bits: f64,
+    pub mean_mi_binned_bits: f64,
+    /// The unit whose detector has the best F1, and that detector.
+    pub best_detector: Option<(usize, Detector)>,
 }
 
 impl MiSummary {
     pub fn of(stats: &[UnitStats]) -> MiSummary {
         let above = |t: f64| stats.iter().filter(|s| s.mi_bits > t).count();
+        let mean =
+            |f: fn(&UnitStats) -> f64| stats.iter().map(f).sum::<f64>() / stats.len().max(1) as f64;
+        let best_detector = stats
+            .iter()
+            .filter_map(|s| s.detector.as_ref().map(|d| (s.unit, d)))
+            .fold(None::<(usize, &Detector)>, |best, (unit, d)| match best {
+                Some((_, b)) if b.f1 >= d.f1 => best,
+                _ => Some((unit, d)),
+            })
+            .map(|(unit, d)| (unit, d.clone()));
         MiSummary {
             units: stats.len(),
             dead: stats.iter().filter(|s| s.dead).count(),
             above_0_1_bits: above(0.1),
             above_0_5_bits: above(0.5),
-            above_1_bits: above(1.0),
             max_mi_bits: stats.iter().map(|s| s.mi_bits).fold(0.0, f64::max),
-            mean_mi_bits: stats.iter().map(|s| s.mi_bits).sum::<f64>() / stats.len().max(1) as f64,
+            mean_mi_bits: mean(|s| s.mi_bits),
+            binned_above_0_5_bits: stats.iter().filter(|s| s.mi_binned_bits > 0.5).count(),
+            max_mi_binned_bits: stats.iter().map(|s| s.mi_binned_bits).fold(0.0, f64::max),
+            mean_mi_binned_bits: mean(|s| s.mi_binned_bits),
+            best_detector,
         }
     }
 }

@@ -51,6 +51,10 @@ pub fn unit_table(
             stats.iter().map(|s| s.mi_bits).collect::<Vec<_>>(),
         ),
         Column::new(
+            "mi_binned_bits".into(),
+            stats.iter().map(|s| s.mi_binned_bits).collect::<Vec<_>>(),
+        ),
+        Column::new(
             "h_y_given_on_bits".into(),
             stats
                 .iter()
@@ -65,6 +69,22 @@ pub fn unit_table(
             "top_label".into(),
             stats.iter().map(|s| s.top_label).collect::<Vec<_>>(),
         ),
+    ]);
+    let detector = |f: fn(&crate::labelinfo::Detector) -> f64| -> Vec<Option<f64>> {
+        stats.iter().map(|s| s.detector.as_ref().map(f)).collect()
+    };
+    columns.extend([
+        Column::new(
+            "detector_class".into(),
+            stats
+                .iter()
+                .map(|s| s.detector.as_ref().map(|d| d.class))
+                .collect::<Vec<_>>(),
+        ),
+        Column::new("detector_precision".into(), detector(|d| d.precision)),
+        Column::new("detector_recall".into(), detector(|d| d.recall)),
+        Column::new("detector_f1".into(), detector(|d| d.f1)),
+        Column::new("detector_auroc".into(), detector(|d| d.auroc)),
     ]);
     DataFrame::new(stats.len(), columns).map_err(AnalysisError::polars(format!(
         "building the {id_column} table"

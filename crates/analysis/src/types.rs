@@ -78,24 +78,29 @@ pub struct SaeRun<'a> {
 #[serde(default, deny_unknown_fields)]
 pub struct AnalysisConfig {
     pub probe: ProbeConfig,
-    /// Dashboards for this many features with the highest MI ...
-    pub dashboards_by_mi: usize,
-    /// ... and for this many of the most frequent features (not already shown).
-    pub dashboards_by_frequency: usize,
+    /// Dashboards for this many features per criterion (binary MI, binned MI,
+    /// detector F1, purity with support, frequency), none shown twice.
+    pub dashboards_per_criterion: usize,
     /// Digit images per dashboard quantile group.
     pub digits_per_group: usize,
     /// Rows (first active ones in dataset order) used for a dashboard's logit effect.
     pub logit_effect_rows: usize,
+    /// Quantile bins of a unit's positive values for the binned I(B; Y) (plus a zero bin).
+    pub mi_bins: usize,
+    /// Active train rows a unit needs before its purity, top label and
+    /// H(Y | on) are reported (below it they are null).
+    pub min_support: usize,
 }
 
 impl Default for AnalysisConfig {
     fn default() -> Self {
         AnalysisConfig {
             probe: ProbeConfig::default(),
-            dashboards_by_mi: 6,
-            dashboards_by_frequency: 3,
+            dashboards_per_criterion: 3,
             digits_per_group: 8,
             logit_effect_rows: 2048,
+            mi_bins: 4,
+            min_support: 25,
         }
     }
 }

@@ -101,10 +101,10 @@ fn small_config() -> AnalysisConfig {
             iterations: 60,
             ..Default::default()
         },
-        dashboards_by_mi: 2,
-        dashboards_by_frequency: 1,
+        dashboards_per_criterion: 1,
         digits_per_group: 4,
         logit_effect_rows: 64,
+        ..Default::default()
     }
 }
 
@@ -217,8 +217,9 @@ fn mi_with_polars(acts: &DataFrame, labels: &[u8], units: usize) -> Vec<f64> {
 
 fn assert_mi_agrees(values: &[f32], width: usize, labels: &[u8]) {
     let counts = UnitCounts::count(values, width, labels).unwrap();
-    let direct = stats::unit_stats(&counts, &counts);
     let sparse = SparseActs::from_dense(values, width);
+    let info = analysis::labelinfo::label_info(&sparse, labels, width, 4);
+    let direct = stats::unit_stats(&counts, &counts, &info, 1);
     let table = tables::feature_acts_table("train", &sparse, labels).unwrap();
     let via_polars = mi_with_polars(&table, labels, width);
     let mut informative = 0;
@@ -283,7 +284,8 @@ fn tables_agree_with_statistics_and_round_trip_through_parquet() {
     let acts_train = sae::encode(&f.sae, &f.train).unwrap();
     let acts_test = sae::encode(&f.sae, &f.test).unwrap();
     let mut built =
-        analysis::FeatureTables::build(&f.sae, &baseline, &layer, &acts_train, &acts_test).unwrap();
+        analysis::FeatureTables::build(&f.sae, &baseline, &layer, &acts_train, &acts_test, &cfg)
+            .unwrap();
     let dir = tempfile::tempdir().unwrap();
     built.write(dir.path()).unwrap();
 
@@ -339,13 +341,47 @@ fn probes_find_label_information() {
     };
     // Neurons 0..9 each mark one digit: one of them identifies ~1/10 of rows plus
     // the "none of them" class; all ten separate the classes almost perfectly.
-    let results = analysis::probe::k_sparse_probes(&data, &(0..WIDTH).collect::<Vec<_>>(), &cfg);
+    let results =
+        analysis::probe::k_sparse_probes(&data, &(0..WIDTH).collect::<Vec<_>>(), &cfg).unwrap();
     assert_eq!(results.len(), 2);
     assert!(
         results[0].test_accuracy > 0.15 && results[0].test_accuracy < 0.3,
         "{results:?}"
     );
     assert!(results[1].test_accuracy > 0.95, "{results:?}");
+    assert!(
+        results.iter().all(|r| !r.converged && r.steps == 100),
+        "{results:?}"
+    );
+
+    // Given room, it stops when the gradient is flat, and says so.
+    let roomy = ProbeConfig {
+        ks: vec![10],
+        iterations: 5000,
+        tolerance: 1e-3,
+        ..Default::default()
+    };
+    let converged =
+        analysis::probe::k_sparse_probes(&data, &(0..WIDTH).collect::<Vec<_>>(), &roomy).unwrap();
+    assert!(
+        converged[0].converged && converged[0].steps < 5000,
+        "{converged:?}"
+    );
+    assert!(
+        converged[0].train_loss.is_finite() && converged[0].train_loss < 0.01,
+        "{converged:?}"
+    );
+
+    // A step size that blows up is an error naming the probe, not a score.
+    let wild = ProbeConfig {
+        ks: vec![10],
+        learning_rate: 1e30,
+        ..Default::default()
+    };
+    let err = analysis::probe::k_sparse_probes(&data, &(0..WIDTH).collect::<Vec<_>>(), &wild)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("the k = 10 probe's loss became"), "{err}");
 }
 
 fn chromium() -> Option<PathBuf> {
@@ -468,7 +504,22 @@ fn analysis_writes_tables_plots_and_a_report_that_renders() {
         );
         assert!(path.with_extension("svg").is_file());
     }
-    assert_eq!(s.dashboards.len(), 3);
+    // One per criterion, none twice, each saying why it was picked.
+    assert_eq!(s.dashboards.len(), 5);
+    let reasons: Vec<&str> = s.dashboards.iter().map(|d| d.reason.as_str()).collect();
+    assert_eq!(
+        reasons,
+        [
+            "top binary MI",
+            "top binned MI",
+            "best detector F1",
+            "purest (with support)",
+            "most frequent"
+        ]
+    );
+    let mut shown: Vec<usize> = s.dashboards.iter().map(|d| d.feature).collect();
+    shown.dedup();
+    assert_eq!(shown.len(), 5);
     assert_eq!(s.dashboards[0].logit_effect.len(), CLASSES);
     let probes = tables::read_parquet(&s.dir.join("probes.parquet")).unwrap();
     assert_eq!(probes.height(), 4);
@@ -481,16 +532,51 @@ fn analysis_writes_tables_plots_and_a_report_that_renders() {
     assert_eq!(column("param_l1_coeff").f64().unwrap().get(1), Some(0.01));
     assert_eq!(column("param_variant").str().unwrap().get(0), Some("l1"));
     assert_eq!(
-        column("param_d_sae").i64().unwrap().get(0),
-        Some(f.sae.d_sae() as i64)
+        column("d_sae").u32().unwrap().get(0),
+        Some(f.sae.d_sae() as u32)
     );
+    // Metrics (with their split) before the params, every header once.
+    let names: Vec<String> = sweep
+        .get_column_names()
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(names[..3], ["name", "l0_test", "ev_test"]);
+    let first_param = names.iter().position(|n| n.starts_with("param_")).unwrap();
+    assert!(
+        names[first_param..].iter().all(|n| n.starts_with("param_")),
+        "{names:?}"
+    );
+    assert!(names.contains(&"dead_train".to_string()) && !names.contains(&"layer".to_string()));
+    let mut unique = names.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), names.len(), "{names:?}");
     assert_eq!(column("param_resample").bool().unwrap().get(0), Some(false));
     let k = column("param_k");
     assert_eq!((k.null_count(), k.dtype()), (2, &DataType::Int64));
     let html = std::fs::read_to_string(&report).unwrap();
+    // The page opens with the answer, written from the numbers.
+    let answer = html.find("<h2>The answer</h2>").expect("an answer section");
+    assert!(answer < html.find("<h2>Summary</h2>").unwrap());
+    let first = analysis::verdict(&summaries[0], &cfg);
+    assert!(first[0].starts_with("One unit at a time, "), "{first:?}");
+    assert!(
+        first[0].contains(&format!(
+            "{:.3} bits for a feature",
+            summaries[0].features.max_mi_bits
+        )),
+        "{first:?}"
+    );
+    assert!(html.contains(
+        &first[0]
+            .replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    ));
     let images = html.matches("<img ").count();
     assert!(images >= 2 * (s.plots.len() + 3 * 5), "{images} images");
-    assert!(html.contains("&gt; 0.1 bit") && html.contains("l1_large/features.parquet"));
+    assert!(html.contains("binary MI &gt; 0.1") && html.contains("l1_large/features.parquet"));
 
     match chromium() {
         Some(browser) => {
@@ -518,7 +604,13 @@ fn analysis_writes_tables_plots_and_a_report_that_renders() {
 fn queries_run_sql_and_explain_bad_ones() {
     let f = fixture(300, 100, 8);
     let counts = UnitCounts::count(&f.train, WIDTH, &f.train_labels).unwrap();
-    let stats = stats::unit_stats(&counts, &counts);
+    let info = analysis::labelinfo::label_info(
+        &SparseActs::from_dense(&f.train, WIDTH),
+        &f.train_labels,
+        WIDTH,
+        4,
+    );
+    let stats = stats::unit_stats(&counts, &counts, &info, 1);
     let neurons = tables::unit_table("neuron", &stats, None).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("neurons.parquet");

@@ -134,7 +134,13 @@ fn real_sae_analysis_with_timings() {
                 .collect()
         })
         .unwrap_or_default();
-    let report = analysis::write_report(std::slice::from_ref(&summary), &mlp_losses, &out).unwrap();
+    let report = analysis::write_report(
+        std::slice::from_ref(&summary),
+        &mlp_losses,
+        &analysis_cfg,
+        &out,
+    )
+    .unwrap();
     println!("report: {}", report.display());
     assert!(
         summary.timings.tables_s < 1.0,

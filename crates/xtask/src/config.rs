@@ -419,8 +419,17 @@ fn validate_analysis(cfg: &analysis::AnalysisConfig) -> Result<()> {
     if probe.iterations == 0 || !(probe.learning_rate > 0.0 && probe.learning_rate.is_finite()) {
         bail!("analysis.probe.iterations and analysis.probe.learning_rate must be positive");
     }
-    if cfg.dashboards_by_mi + cfg.dashboards_by_frequency > 64 {
-        bail!("analysis.dashboards_by_mi + analysis.dashboards_by_frequency = {} is out of range: at most 64 dashboards", cfg.dashboards_by_mi + cfg.dashboards_by_frequency);
+    if cfg.dashboards_per_criterion > 12 {
+        bail!("analysis.dashboards_per_criterion = {} is out of range: at most 12 (5 criteria, 60 dashboards)", cfg.dashboards_per_criterion);
+    }
+    if !(1..=64).contains(&cfg.mi_bins) {
+        bail!(
+            "analysis.mi_bins = {} is out of range: it must be in 1..=64",
+            cfg.mi_bins
+        );
+    }
+    if cfg.min_support == 0 {
+        bail!("analysis.min_support = 0 is out of range: it must be at least 1 row");
     }
     Ok(())
 }

@@ -314,8 +314,8 @@ fn gc_keeps_the_file_default_every_preset_recent_work_and_what_a_run_holds() {
     let (store, config) = (dir.path().join("store"), dir.path().join("saelab.toml"));
     std::fs::write(
         &config,
-        "[mlp]\nepochs = 1\n[sae]\nepochs = 1\n[analysis]\ndashboards_by_mi = 1\n\
-         dashboards_by_frequency = 0\n[analysis.probe]\nks = [1, 4]\niterations = 20\n\
+        "[mlp]\nepochs = 1\n[sae]\nepochs = 1\n[analysis]\ndashboards_per_criterion = 1\n\
+         [analysis.probe]\nks = [1, 4]\niterations = 20\n\
          [presets.wide.sae]\nd_sae = [512]\n",
     )
     .unwrap();

@@ -27,8 +27,7 @@ pub fn command(store: &Path, args: &[&str]) -> Command {
         "sae.epochs=1",
         "analysis.probe.ks=[1, 4]",
         "analysis.probe.iterations=20",
-        "analysis.dashboards_by_mi=1",
-        "analysis.dashboards_by_frequency=0",
+        "analysis.dashboards_per_criterion=1",
     ];
     for fast in quick {
         let key = fast.split('=').next().unwrap();
