@@ -13,7 +13,7 @@ pub enum AnalysisError {
         source: polars::error::PolarsError,
     },
     /// A SQL query that polars rejected, with the tables it could have used.
-    #[error("query failed: {message}\navailable tables:\n{tables}")]
+    #[error("query failed: {message}\nthe tables (column: type):\n{tables}")]
     Query { message: String, tables: String },
     #[error("cannot write or read {path}: {source}")]
     Io {

@@ -52,7 +52,10 @@ pub use query::{
     activation_frame, activation_table_name, activation_tables, folder_tables, query,
     report_tables, OutputFormat, TableSource,
 };
-pub use report::{base64, probe_table, sweep_table, verdict, write_report, SummaryRow};
+pub use report::{
+    base64, probe_table, records_source, records_table, sweep_table, verdict, write_report, Record,
+    SummaryRow,
+};
 pub use stats::{MiSummary, UnitCounts, UnitStats};
 pub use types::{
     headline, sweep_params, AnalysisConfig, LayerData, SaeMetrics, SaeRun, SaeSummary, Timings,

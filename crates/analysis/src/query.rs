@@ -43,23 +43,64 @@ pub enum OutputFormat {
     Parquet(PathBuf),
 }
 
-/// Each table's name and its columns with types, one table per line.
+/// Each table's name and its columns with types, one short line per table:
+/// numbered columns of one type collapse (`u0..u127: f32`).
 fn describe(tables: &[(String, LazyFrame)]) -> String {
     tables
         .iter()
         .map(|(name, lf)| {
             let columns = match lf.clone().collect_schema() {
-                Ok(schema) => schema
-                    .iter()
-                    .map(|(c, t)| format!("{c}: {t}"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                Ok(schema) => {
+                    let named: Vec<(String, String)> = schema
+                        .iter()
+                        .map(|(c, t)| (c.to_string(), t.to_string()))
+                        .collect();
+                    collapse_numbered(&named).join(", ")
+                }
                 Err(e) => format!("(schema unavailable: {e})"),
             };
             format!("  {name}({columns})")
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// `name: type` for each column, with runs like `u0, u1, ... u127` of one type
+/// written `u0..u127: type`.
+fn collapse_numbered(columns: &[(String, String)]) -> Vec<String> {
+    let split = |name: &str| -> Option<(String, u64)> {
+        let digits = name.len() - name.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+        (digits > 0 && digits < name.len())
+            .then(|| {
+                (
+                    name[..name.len() - digits].to_string(),
+                    name[name.len() - digits..].parse().ok(),
+                )
+            })
+            .and_then(|(p, n)| n.map(|n| (p, n)))
+    };
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < columns.len() {
+        let (name, dtype) = &columns[i];
+        let mut j = i + 1;
+        if let Some((prefix, first)) = split(name) {
+            while j < columns.len()
+                && columns[j].1 == *dtype
+                && split(&columns[j].0) == Some((prefix.clone(), first + (j - i) as u64))
+            {
+                j += 1;
+            }
+        }
+        if j - i > 2 {
+            out.push(format!("{name}..{}: {dtype}", columns[j - 1].0));
+        } else {
+            j = i + 1;
+            out.push(format!("{name}: {dtype}"));
+        }
+        i = j;
+    }
+    out
 }
 
 /// Runs `sql` over `tables` (registered under their names). A query polars

@@ -92,6 +92,43 @@ fn typed_column(name: PlSmallStr, values: &[&serde_json::Value]) -> Column {
     }
 }
 
+/// One row of [`records_table`]: (column, value) pairs in column order.
+pub type Record = Vec<(String, serde_json::Value)>;
+
+/// A table from records: one typed column per key (in first-seen order),
+/// null where a record lacks the key.
+pub fn records_table(records: &[Record]) -> Result<DataFrame, AnalysisError> {
+    let mut keys: Vec<&String> = Vec::new();
+    for (key, _) in records.iter().flatten() {
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    let columns = keys
+        .into_iter()
+        .map(|key| {
+            let values: Vec<&serde_json::Value> = records
+                .iter()
+                .map(|r| {
+                    r.iter()
+                        .find(|(k, _)| k == key)
+                        .map_or(&serde_json::Value::Null, |(_, v)| v)
+                })
+                .collect();
+            typed_column(key.as_str().into(), &values)
+        })
+        .collect();
+    DataFrame::new(records.len(), columns)
+        .map_err(AnalysisError::polars("building a table from records"))
+}
+
+/// [`records_table`] as a table `query` can read.
+pub fn records_source(records: &[Record]) -> Result<crate::TableSource, AnalysisError> {
+    Ok(crate::TableSource::Frame(Box::new(
+        records_table(records)?.lazy(),
+    )))
+}
+
 /// `sweep`: one row per SAE: `name`, its metrics (each header says its split:
 /// quality on test, dead features on train, label information on train), then
 /// its sweep coordinates as typed `param_*` columns (in the order the first SAE

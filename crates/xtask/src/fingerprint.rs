@@ -18,16 +18,11 @@ pub const STAGES: &[(&str, &[&str])] = &[
             "xtask/src/stages/extract.rs",
         ],
     ),
-    // config.rs turns `[sae]` into each point's SaeConfig (the key holds the
+    // sweep.rs turns `[sae]` into each point's SaeConfig (the key holds the
     // user's values, so the code that maps them must be in the fingerprint).
     (
         "SAE",
-        &[
-            "sae",
-            "xtask/src/stages/sae.rs",
-            "xtask/src/sweep.rs",
-            "xtask/src/config.rs",
-        ],
+        &["sae", "xtask/src/stages/sae.rs", "xtask/src/sweep.rs"],
     ),
     ("ANALYSIS", &["analysis", "xtask/src/stages/analysis.rs"]),
 ];
@@ -154,7 +149,7 @@ mod tests {
             ("mlp/src/lib.rs", &["MLP"]),
             ("mlp/src/model.rs", &["EXTRACT", "MLP"]),
             ("sae/src/kernels.rs", &["EXTRACT", "MLP", "SAE"]),
-            ("xtask/src/config.rs", &["EXTRACT", "MLP", "SAE"]),
+            ("xtask/src/sweep.rs", &["EXTRACT", "MLP", "SAE"]),
             (
                 "analysis/Cargo.toml",
                 &["ANALYSIS", "EXTRACT", "MLP", "SAE"],

@@ -8,6 +8,7 @@ mod config;
 #[cfg(test)]
 mod fingerprint;
 mod progress;
+mod runs;
 mod stages;
 mod sweep;
 
@@ -114,6 +115,13 @@ enum Command {
         /// Every artifact in the store, not only those this config reaches.
         #[arg(long)]
         all: bool,
+    },
+    /// Every SAE in the store, whatever config built it: its [sae] params and
+    /// its test/train metrics, newest first (also the table `runs` in `query`).
+    Runs {
+        /// How to print it.
+        #[arg(long, value_enum, default_value = "table")]
+        format: QueryFormat,
     },
     /// Measure a stage's speed: mlp or sae.
     Bench {
@@ -275,6 +283,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             gc(&session, &graph, options)
         }
         Command::Verify { all } => verify(&session, &graph, all),
+        Command::Runs { format } => {
+            let (runs, skipped) = runs::table(&session.store)?;
+            let format = match format {
+                QueryFormat::Table => analysis::OutputFormat::Table,
+                QueryFormat::Csv => analysis::OutputFormat::Csv,
+                QueryFormat::Parquet => bail!("runs prints a table or CSV; for parquet use `query \"SELECT * FROM runs\" --format parquet --output FILE`"),
+            };
+            let text =
+                analysis::query("SELECT * FROM runs", &[("runs".to_string(), runs)], &format)?;
+            println!("{}", text.trim_end());
+            for why in skipped {
+                eprintln!("not listed: {why}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Query {
             sql,
             format,
@@ -513,6 +536,7 @@ fn query(
         activations::ActivationStore::open_dir(&extract_dir, activations::VerifyMode::Sizes)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
     tables.extend(analysis::activation_tables(&store)?);
+    tables.push(("runs".to_string(), runs::table(&session.store)?.0));
     let text_format = match format {
         QueryFormat::Table => analysis::OutputFormat::Table,
         QueryFormat::Csv => analysis::OutputFormat::Csv,

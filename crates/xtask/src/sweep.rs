@@ -1,7 +1,8 @@
-//! The SAE sweep as the stages see it: the points of a config, trained on
-//! first demand by [`sae::SweepScheduler`], on the path and device the config
-//! names, with a progress bar per point. In the SAE fingerprint: it picks the
-//! trainer path.
+//! The SAE sweep: the `[sae]` table of the config (`SaeSweep`), the points it
+//! expands to (each an `SaeConfig`), and the trainer that builds them on first
+//! demand (`sae::SweepScheduler`, on the path and device the config names,
+//! with a progress bar per point). The SAE fingerprint covers this file, and
+//! only this file of the config: it decides what each SAE is trained with.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -10,7 +11,10 @@ use artifacts::StageError;
 use candle_core::Device;
 use sae::{SweepPoint, Trained};
 
-use crate::config::{Point, SaeSweep, TrainerDevice};
+use anyhow::{bail, Result};
+use sae::{SaeConfig, Variant};
+use serde::{Deserialize, Serialize};
+
 use crate::progress::Progress;
 
 /// The sweep's points, trained on first demand by [`sae::SweepScheduler`]
@@ -73,5 +77,306 @@ impl SweepTrainer {
             .values()
             .for_each(Progress::finish);
         Ok(trained?)
+    }
+}
+
+/// The `[sae]` table: lists are sweep axes (every combination is one SAE),
+/// scalars are shared by every point. Defaults are the notebook's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SaeSweep {
+    pub layer: Vec<String>,
+    pub variant: Vec<sae::Architecture>,
+    /// For the l1 and norm_weighted_l1 variants.
+    pub l1_coeff: Vec<f64>,
+    /// For the topk variant.
+    pub k: Vec<usize>,
+    pub d_sae: Vec<usize>,
+    pub seed: Vec<u64>,
+    pub lr: f64,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub shuffle: bool,
+    pub l1_reduction: sae::Reduction,
+    pub init: sae::Init,
+    /// StepLR: every `lr_step_epochs` epochs multiply the lr by `lr_gamma` (gamma 1 = constant).
+    pub lr_step_epochs: usize,
+    pub lr_gamma: f64,
+    /// Steps without firing after which a feature counts as dead.
+    pub dead_window_steps: usize,
+    pub k_aux: usize,
+    pub aux_coeff: f64,
+    /// Resample dead features every this many steps (0 = never), up to
+    /// `resample_until` steps; a sweep axis, so `[0, 20000]` compares both.
+    pub resample_every_steps: Vec<usize>,
+    pub resample_until: usize,
+    pub resample_sample_rows: usize,
+    pub path: TrainerPath,
+    pub device: TrainerDevice,
+}
+
+/// `sae.path`: which trainer runs the points.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainerPath {
+    /// The fused CPU trainer.
+    Fast,
+    /// candle autograd (also on a GPU).
+    Reference,
+}
+
+/// `sae.device`: where the reference path runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainerDevice {
+    Cpu,
+    /// The first CUDA GPU; needs a build with `--features cuda`.
+    Cuda,
+}
+
+impl Default for SaeSweep {
+    fn default() -> Self {
+        let notebook = SaeConfig::default();
+        let (lr_step_epochs, lr_gamma) = match notebook.lr_schedule {
+            sae::LrSchedule::StepLr { step_epochs, gamma } => (step_epochs, gamma),
+            sae::LrSchedule::Constant => (1, 1.0),
+        };
+        let Variant::TopK {
+            k,
+            k_aux,
+            aux_coeff,
+        } = Variant::top_k(32)
+        else {
+            unreachable!("top_k makes a TopK variant")
+        };
+        let Variant::L1 { l1_coeff } = Variant::default() else {
+            unreachable!("the default variant is the notebook's L1")
+        };
+        SaeSweep {
+            layer: vec!["fc2.pre".into()],
+            variant: vec![Variant::default().architecture()],
+            l1_coeff: vec![l1_coeff],
+            k: vec![k],
+            d_sae: vec![notebook.d_sae],
+            seed: vec![notebook.seed],
+            lr: notebook.optimizer.lr,
+            epochs: notebook.epochs,
+            batch_size: notebook.batch_size,
+            shuffle: notebook.shuffle,
+            l1_reduction: notebook.l1_reduction,
+            init: notebook.init,
+            lr_step_epochs,
+            lr_gamma,
+            dead_window_steps: notebook.dead_window_steps,
+            k_aux,
+            aux_coeff,
+            resample_every_steps: vec![0],
+            resample_until: 0,
+            resample_sample_rows: 8192,
+            path: TrainerPath::Fast,
+            device: TrainerDevice::Cpu,
+        }
+    }
+}
+
+/// One SAE of the sweep.
+#[derive(Clone, Debug)]
+pub struct Point {
+    pub name: String,
+    pub layer: String,
+    pub cfg: SaeConfig,
+    pub reference_path: bool,
+    /// The `[sae]` keys that shape this point, with its values, as the user
+    /// writes them: the stage's params, so `status` and `explain` speak in
+    /// config keys. `cfg` is a function of these and the code.
+    pub params: serde_json::Value,
+}
+
+impl SaeSweep {
+    pub fn validate(&self) -> Result<()> {
+        for (key, empty) in [
+            ("layer", self.layer.is_empty()),
+            ("variant", self.variant.is_empty()),
+            ("d_sae", self.d_sae.is_empty()),
+            ("seed", self.seed.is_empty()),
+            ("resample_every_steps", self.resample_every_steps.is_empty()),
+        ] {
+            if empty {
+                bail!("sae.{key} is an empty list: a sweep axis needs at least one value");
+            }
+        }
+        for layer in &self.layer {
+            if mlp::layer_width(layer).is_none() {
+                bail!(
+                    "sae.layer names {layer:?}, which is not a layer; layers are {}",
+                    mlp::LAYER_NAMES.join(", ")
+                );
+            }
+        }
+        if self.device == TrainerDevice::Cuda && self.path != TrainerPath::Reference {
+            bail!(
+                "sae.device = \"cuda\" needs sae.path = \"reference\": the fast path is CPU-only"
+            );
+        }
+        if let Some(&every) = self
+            .resample_every_steps
+            .iter()
+            .find(|&&every| every > 0 && self.resample_until < every)
+        {
+            bail!("sae.resample_until = {} is below sae.resample_every_steps = {every}: no resampling would happen", self.resample_until);
+        }
+        let points = self.points();
+        if points.len() > 256 {
+            bail!(
+                "the sae sweep has {} points; at most 256 are allowed in one config",
+                points.len()
+            );
+        }
+        for point in points {
+            point.cfg.validate().map_err(|e| match e {
+                sae::SaeError::InvalidKey { key, rule, value } => anyhow::anyhow!(
+                    "sae.{} = {value} is out of range: it must be {rule} (in sweep point {})",
+                    sweep_key(&key),
+                    point.name
+                ),
+                other => anyhow::anyhow!("sae point {}: {other}", point.name),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Every combination of the list-valued keys.
+    /// (See [`sweep_key`] for how a point's `SaeConfig` keys map back to these.)
+    pub fn points(&self) -> Vec<Point> {
+        let mut out = Vec::new();
+        for layer in &self.layer {
+            for architecture in &self.variant {
+                let axes = sae::VariantAxes {
+                    l1_coeff: &self.l1_coeff,
+                    k: &self.k,
+                    k_aux: self.k_aux,
+                    aux_coeff: self.aux_coeff,
+                };
+                let variants = architecture.variants(&axes);
+                for variant in variants {
+                    let variant_label = variant.label();
+                    for &d_sae in &self.d_sae {
+                        for &seed in &self.seed {
+                            for &every in &self.resample_every_steps {
+                                let resampled = if every > 0 {
+                                    format!("/rs{every}")
+                                } else {
+                                    String::new()
+                                };
+                                out.push(Point {
+                                    name: format!(
+                                        "sae/{layer}/{variant_label}/d{d_sae}/s{seed}{resampled}"
+                                    ),
+                                    layer: layer.clone(),
+                                    cfg: self.config(layer, variant.clone(), d_sae, seed, every),
+                                    reference_path: self.path == TrainerPath::Reference,
+                                    params: self.point_params(layer, &variant, d_sae, seed, every),
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// A point's `[sae]` keys and values: the shared keys, its sweep
+    /// coordinates, and its variant's own params (named as in the config).
+    fn point_params(
+        &self,
+        layer: &str,
+        variant: &Variant,
+        d_sae: usize,
+        seed: u64,
+        resample_every_steps: usize,
+    ) -> serde_json::Value {
+        let mut params = serde_json::json!({
+            "layer": layer,
+            "variant": variant.architecture(),
+            "d_sae": d_sae,
+            "seed": seed,
+            "lr": self.lr,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "shuffle": self.shuffle,
+            "l1_reduction": self.l1_reduction,
+            "init": self.init,
+            "lr_step_epochs": self.lr_step_epochs,
+            "lr_gamma": self.lr_gamma,
+            "dead_window_steps": self.dead_window_steps,
+            "resample_every_steps": resample_every_steps,
+            "path": self.path,
+            "device": self.device,
+        });
+        if resample_every_steps > 0 {
+            params["resample_until"] = self.resample_until.into();
+            params["resample_sample_rows"] = self.resample_sample_rows.into();
+        }
+        // The variant's own fields carry their config names (l1_coeff, k, k_aux, aux_coeff).
+        if let serde_json::Value::Object(fields) =
+            serde_json::to_value(variant).expect("a variant serialises")
+        {
+            for (key, value) in fields.into_iter().filter(|(key, _)| key != "kind") {
+                params[key] = value;
+            }
+        }
+        params
+    }
+
+    fn config(
+        &self,
+        layer: &str,
+        variant: Variant,
+        d_sae: usize,
+        seed: u64,
+        resample_every_steps: usize,
+    ) -> SaeConfig {
+        let resample = (resample_every_steps > 0).then(|| sae::ResampleConfig {
+            schedule: sae::ResampleSchedule::Every {
+                every_steps: resample_every_steps,
+                until: self.resample_until,
+            },
+            sample_rows: self.resample_sample_rows,
+        });
+        SaeConfig {
+            d_in: mlp::layer_width(layer).unwrap_or(0),
+            d_sae,
+            variant,
+            l1_reduction: self.l1_reduction,
+            init: self.init,
+            optimizer: sae::AdamConfig {
+                lr: self.lr,
+                ..sae::AdamConfig::default()
+            },
+            lr_schedule: sae::LrSchedule::StepLr {
+                step_epochs: self.lr_step_epochs,
+                gamma: self.lr_gamma,
+            },
+            batch_size: self.batch_size,
+            epochs: self.epochs,
+            shuffle: self.shuffle,
+            dead_window_steps: self.dead_window_steps,
+            resample,
+            seed,
+        }
+    }
+}
+
+/// The `[sae]` key a `SaeConfig` key comes from: a variant's own params keep
+/// their names (`variant.k` is `k`), the rest are spelt flat.
+fn sweep_key(cfg_key: &str) -> String {
+    match cfg_key {
+        "optimizer.lr" => "lr".into(),
+        "lr_schedule.step_epochs" => "lr_step_epochs".into(),
+        "lr_schedule.gamma" => "lr_gamma".into(),
+        "resample.sample_rows" => "resample_sample_rows".into(),
+        "resample.schedule.every_steps" => "resample_every_steps".into(),
+        other => other.strip_prefix("variant.").unwrap_or(other).into(),
     }
 }

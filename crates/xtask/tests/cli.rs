@@ -108,10 +108,20 @@ fn a_second_run_is_all_cached_and_status_explains_it() {
     for (row, (&(index, label), &truth)) in rows.iter().zip(mnist_labels).enumerate() {
         assert_eq!((index, label), (row, truth), "row {row}");
     }
+    // A bad query: polars' message first, then one short line per table.
     let bad = xtask(store.path(), &["query", "SELECT nope FROM features"]);
+    let first = bad.stderr.lines().next().unwrap_or_default();
+    assert!(!bad.ok && first.contains("nope"), "{}", bad.stderr);
     assert!(
-        !bad.ok && bad.stderr.contains("nope") && bad.stderr.contains("available tables"),
+        bad.stderr
+            .contains("act_train_fc2_pre(dataset_index: u32, label: u8, u0..u127: f32)"),
         "{}",
+        bad.stderr
+    );
+    assert!(
+        bad.stderr.len() < 3000,
+        "{} bytes:\n{}",
+        bad.stderr.len(),
         bad.stderr
     );
     let status = xtask(store.path(), &["status"]);
@@ -498,4 +508,58 @@ fn sae_sweeps_reuse_the_cached_activations_and_a_diverging_point_fails_alone() {
         recovered > 0.5 && recovered <= 1.05,
         "CE recovered {recovered}"
     );
+}
+
+/// The README's `cargo xtask query "..."` examples, as a user would paste them.
+fn readme_queries() -> Vec<String> {
+    let readme = std::fs::read_to_string(testkit::repo_root().join("README.md")).unwrap();
+    readme
+        .lines()
+        .filter_map(|l| l.strip_prefix("cargo xtask query \""))
+        .map(|l| l.strip_suffix('"').expect("one query per line").to_string())
+        .collect()
+}
+
+#[test]
+fn every_readme_query_returns_rows() {
+    let queries = readme_queries();
+    assert!(queries.len() >= 5, "{queries:?}");
+    for sql in queries {
+        let run = xtask(support::built_store(), &["query", &sql, "--format", "csv"]);
+        assert!(run.ok, "{sql}: {}", run.stderr);
+        assert!(
+            run.stdout.trim().lines().count() >= 2,
+            "{sql}: no rows:\n{}",
+            run.stdout
+        );
+    }
+}
+
+#[test]
+fn runs_lists_every_sae_in_the_store_whatever_config_built_it() {
+    let store = testkit::copy_of(support::built_store());
+    let wider = xtask(store.path(), &["all", "--set", "sae.d_sae=[512]"]);
+    assert!(wider.ok, "{}", wider.stderr);
+    // Listed from the default config, which reaches only one of them.
+    let runs = xtask(store.path(), &["runs", "--format", "csv"]);
+    assert!(runs.ok, "{}", runs.stderr);
+    let lines: Vec<&str> = runs.stdout.trim().lines().collect();
+    let header: Vec<&str> = lines[0].split(',').collect();
+    assert_eq!(header[..3], ["key", "built_unix_s", "l0_test"]);
+    let d_sae = header.iter().position(|h| *h == "param_d_sae").unwrap();
+    let widths: Vec<&str> = lines[1..]
+        .iter()
+        .map(|l| l.split(',').nth(d_sae).unwrap())
+        .collect();
+    assert_eq!(widths, ["512", "1024"], "newest first:\n{}", runs.stdout);
+    let queried = xtask(
+        store.path(),
+        &[
+            "query",
+            "SELECT count(*) AS n FROM runs WHERE dead_train >= 0",
+            "--format",
+            "csv",
+        ],
+    );
+    assert_eq!(queried.stdout.trim(), "n\n2", "{}", queried.stderr);
 }

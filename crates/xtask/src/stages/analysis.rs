@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::mlp::{load_mnist, load_weights, MlpMetricsFile, MLP_METRICS_FILE};
 use super::sae::{SaeMetricsFile, METRICS_FILE};
-use crate::config::Point;
+use crate::sweep::Point;
 
 pub struct AnalysisStage {
     pub points: Vec<Point>,

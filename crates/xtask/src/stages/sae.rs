@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::mlp::load_weights;
-use crate::config::Point;
+use crate::sweep::Point;
 use crate::sweep::SweepTrainer;
 
 pub struct SaeStage {
