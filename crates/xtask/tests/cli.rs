@@ -547,11 +547,20 @@ fn runs_lists_every_sae_in_the_store_whatever_config_built_it() {
     let header: Vec<&str> = lines[0].split(',').collect();
     assert_eq!(header[..3], ["key", "built_unix_s", "l0_test"]);
     let d_sae = header.iter().position(|h| *h == "param_d_sae").unwrap();
-    let widths: Vec<&str> = lines[1..]
-        .iter()
-        .map(|l| l.split(',').nth(d_sae).unwrap())
-        .collect();
-    assert_eq!(widths, ["512", "1024"], "newest first:\n{}", runs.stdout);
+    let column = |i: usize| -> Vec<&str> {
+        lines[1..]
+            .iter()
+            .map(|l| l.split(',').nth(i).unwrap())
+            .collect()
+    };
+    let mut widths = column(d_sae);
+    widths.sort();
+    assert_eq!(widths, ["1024", "512"], "{}", runs.stdout);
+    let built: Vec<u64> = column(1).iter().map(|b| b.parse().unwrap()).collect();
+    assert!(
+        built.windows(2).all(|w| w[0] >= w[1]),
+        "newest first: {built:?}"
+    );
     let queried = xtask(
         store.path(),
         &[
