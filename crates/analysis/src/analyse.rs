@@ -123,7 +123,7 @@ pub fn analyse_sae(
     timings.probes_s = start.elapsed().as_secs_f64();
 
     let start = Instant::now();
-    let plots = sae_plots(run, &tables.stats, baseline, &tables.train_counts, out_dir)?;
+    let plots = sae_plots(run, &tables.stats, baseline, &feature_probes, out_dir)?;
     let features = dashboard::pick(&tables.stats, cfg);
     let dashboards = features
         .iter()
@@ -264,58 +264,78 @@ fn sae_plots(
     run: &SaeRun,
     stats: &[UnitStats],
     baseline: &Baseline,
-    counts: &UnitCounts,
+    probes: &[ProbeResult],
     out_dir: &Path,
 ) -> Result<Vec<PathBuf>, AnalysisError> {
     let mut figures = Vec::new();
     let epochs = |f: fn(&sae::CurvePoint) -> f64| -> Vec<(f64, f64)> {
         run.curve.iter().map(|p| (p.epoch as f64, f(p))).collect()
     };
+    let line = |name: &str, points: Vec<(f64, f64)>| Layer {
+        name: name.into(),
+        mark: Mark::Lines,
+        points,
+    };
     if !run.curve.is_empty() {
+        let mut losses = vec![
+            line("total", epochs(|p| p.loss)),
+            line(
+                "reconstruction (sum of batch means of ||x - x_hat||^2)",
+                epochs(|p| p.l2_sum),
+            ),
+            line("sparsity (L1 term)", epochs(|p| p.l1)),
+        ];
+        if run.curve.iter().any(|p| p.aux > 0.0) {
+            losses.push(line("AuxK", epochs(|p| p.aux)));
+        }
+        losses.retain(|l| l.points.iter().any(|p| p.1 > 0.0));
         figures.push((
-            "curve_reconstruction",
+            "training_losses",
             Figure {
-                title: format!("{}: reconstruction loss per epoch", run.name),
+                title: format!("{}: losses per epoch (summed over batches)", run.name),
                 x_label: "epoch".into(),
-                y_label: "sum over batches of mean ||x - x_hat||^2".into(),
-                layers: vec![Layer {
-                    name: "reconstruction".into(),
-                    mark: Mark::Lines,
-                    points: epochs(|p| p.l2_sum),
-                }],
+                y_label: "loss".into(),
+                layers: losses,
+                log_y: true,
+                ..Default::default()
             },
         ));
-        figures.push((
-            "curve_l1",
-            Figure {
-                title: format!("{}: sparsity (L1) loss per epoch", run.name),
-                x_label: "epoch".into(),
-                y_label: "sum over batches of the L1 term".into(),
-                layers: vec![Layer {
-                    name: "L1".into(),
-                    mark: Mark::Lines,
-                    points: epochs(|p| p.l1),
-                }],
-            },
-        ));
+        for (stem, title, y_label, points) in [
+            (
+                "training_dead",
+                format!(
+                    "{}: dead features per epoch (of {})",
+                    run.name,
+                    run.sae.d_sae()
+                ),
+                "features not fired within the dead window",
+                epochs(|p| p.dead as f64),
+            ),
+            (
+                "training_l0",
+                format!("{}: L0 per epoch", run.name),
+                "mean active features per row",
+                epochs(|p| p.l0),
+            ),
+            (
+                "training_ev",
+                format!("{}: explained variance per epoch (train rows)", run.name),
+                "explained variance",
+                epochs(|p| p.explained_variance),
+            ),
+        ] {
+            figures.push((
+                stem,
+                Figure {
+                    title,
+                    x_label: "epoch".into(),
+                    y_label: y_label.into(),
+                    layers: vec![line("SAE", points)],
+                    ..Default::default()
+                },
+            ));
+        }
     }
-    let firing: Vec<f64> = (0..counts.width)
-        .map(|f| counts.active_total(f) as f64)
-        .collect();
-    let (bins, width) = plots::histogram(&firing, 40);
-    figures.push((
-        "firing_counts",
-        Figure {
-            title: format!("{}: train rows on which each feature fires", run.name),
-            x_label: "firing count (train rows)".into(),
-            y_label: "features".into(),
-            layers: vec![Layer {
-                name: "features".into(),
-                mark: Mark::Bars { width },
-                points: bins,
-            }],
-        },
-    ));
     let log_density: Vec<f64> = stats
         .iter()
         .filter(|s| !s.dead)
@@ -326,21 +346,23 @@ fn sae_plots(
         "log_density",
         Figure {
             title: format!(
-                "{}: feature density ({} dead not shown)",
+                "{}: how often each feature fires ({} dead not shown)",
                 run.name,
                 stats.len() - log_density.len()
             ),
-            x_label: "log10 firing frequency on train".into(),
+            x_label: "log10 of the fraction of train rows it fires on".into(),
             y_label: "features".into(),
             layers: vec![Layer {
                 name: "features".into(),
                 mark: Mark::Bars { width },
                 points: bins,
             }],
+            log_y: true,
+            ..Default::default()
         },
     ));
-    let sorted_curve = |stats: &[UnitStats]| -> Vec<(f64, f64)> {
-        let mut mi: Vec<f64> = stats.iter().map(|s| s.mi_bits).collect();
+    let sorted_curve = |stats: &[UnitStats], f: fn(&UnitStats) -> f64| -> Vec<(f64, f64)> {
+        let mut mi: Vec<f64> = stats.iter().map(f).collect();
         mi.sort_by(|a, b| b.total_cmp(a));
         let n = mi.len().max(1) as f64;
         mi.into_iter()
@@ -348,24 +370,52 @@ fn sae_plots(
             .map(|(i, m)| ((i as f64 + 0.5) / n, m))
             .collect()
     };
+    let neurons = format!("{} neurons ({})", baseline.layer, baseline.stats.len());
     figures.push((
         "mi_features_vs_neurons",
         Figure {
-            title: format!("{}: I(A; Y) of features vs neurons, sorted", run.name),
+            title: format!("{}: label information per unit, sorted", run.name),
             x_label: "rank / number of units".into(),
-            y_label: "I(A; Y) (bits)".into(),
+            y_label: "bits".into(),
             layers: vec![
-                Layer {
-                    name: format!("SAE features ({})", stats.len()),
-                    mark: Mark::Lines,
-                    points: sorted_curve(stats),
-                },
-                Layer {
-                    name: format!("{} neurons ({})", baseline.layer, baseline.stats.len()),
-                    mark: Mark::Lines,
-                    points: sorted_curve(&baseline.stats),
-                },
+                line(
+                    &format!("features ({}), binned I(B; Y)", stats.len()),
+                    sorted_curve(stats, |s| s.mi_binned_bits),
+                ),
+                line(
+                    &format!("{neurons}, binned I(B; Y)"),
+                    sorted_curve(&baseline.stats, |s| s.mi_binned_bits),
+                ),
+                line(
+                    &format!("features ({}), binary I(A; Y)", stats.len()),
+                    sorted_curve(stats, |s| s.mi_bits),
+                ),
+                line(
+                    &format!("{neurons}, binary I(A; Y)"),
+                    sorted_curve(&baseline.stats, |s| s.mi_bits),
+                ),
             ],
+            ..Default::default()
+        },
+    ));
+    let accuracy = |probes: &[ProbeResult]| -> Vec<(f64, f64)> {
+        probes
+            .iter()
+            .map(|p| (p.k as f64, p.test_accuracy))
+            .collect()
+    };
+    figures.push((
+        "probes_vs_k",
+        Figure {
+            title: format!("{}: k-sparse probe accuracy, features vs neurons", run.name),
+            x_label: "k (units read)".into(),
+            y_label: "test accuracy".into(),
+            layers: vec![
+                line("SAE features", accuracy(probes)),
+                line(&neurons, accuracy(&baseline.probes)),
+            ],
+            log_x: true,
+            ..Default::default()
         },
     ));
     let mut pngs = Vec::new();

@@ -128,6 +128,7 @@ pub fn render(
                     mark: Mark::Bars { width },
                     points: bins.clone(),
                 }],
+                ..Default::default()
             },
             &stem("acts"),
         )?[0]
@@ -162,6 +163,7 @@ pub fn render(
                 x_label: "activation".into(),
                 y_label: "train rows".into(),
                 layers: per_class,
+                ..Default::default()
             },
             &stem("acts_by_class"),
         )?[0]
@@ -175,13 +177,26 @@ pub fn render(
                 title: format!("feature {feature}: P(label | active)"),
                 x_label: "digit".into(),
                 y_label: "P(y | A = 1)".into(),
-                layers: vec![Layer {
-                    name: "labels".into(),
-                    mark: Mark::Bars { width: 1.0 },
-                    points: (0..CLASSES)
-                        .map(|y| (y as f64, on[y] as f64 / total.max(1) as f64))
-                        .collect(),
-                }],
+                layers: vec![
+                    Layer {
+                        name: "P(y | active)".into(),
+                        mark: Mark::Bars { width: 1.0 },
+                        points: (0..CLASSES)
+                            .map(|y| (y as f64, on[y] as f64 / total.max(1) as f64))
+                            .collect(),
+                    },
+                    Layer {
+                        name: "base rate P(y)".into(),
+                        mark: Mark::Points { labels: Vec::new() },
+                        points: (0..CLASSES)
+                            .map(|y| {
+                                let rows = input.counts.rows.max(1) as f64;
+                                (y as f64, input.counts.label_totals[y] as f64 / rows)
+                            })
+                            .collect(),
+                    },
+                ],
+                ..Default::default()
             },
             &stem("labels"),
         )?[0]
@@ -211,6 +226,7 @@ pub fn render(
                         .map(|(c, &d)| (c as f64, d))
                         .collect(),
                 }],
+                ..Default::default()
             },
             &stem("logit_effect"),
         )?[0]
@@ -220,11 +236,16 @@ pub fn render(
         feature,
         reason: reason.to_string(),
         mi_bits: input.stats.mi_bits,
+        mi_binned_bits: input.stats.mi_binned_bits,
         freq_train: input.stats.freq_train,
         purity: input.stats.purity,
         top_label: input.stats.top_label,
+        detector: input.stats.detector.clone(),
         logit_effect,
         logit_effect_rows: rows.len(),
+        decoder_top_units: decoder_top_units(input.sae, feature, NEIGHBOURS),
+        correlated_units: correlated_units(input, feature, NEIGHBOURS),
+        nearest_features: nearest_features(input.sae, feature, NEIGHBOURS),
         images: images
             .iter()
             .map(|p| p.strip_prefix(out_dir).unwrap_or(p).to_path_buf())
@@ -324,4 +345,115 @@ fn logit_effect(
         }
     }
     Ok(effect.into_iter().map(|e| e / rows.len() as f64).collect())
+}
+
+/// How many units or features each neighbour list of a dashboard shows.
+const NEIGHBOURS: usize = 5;
+
+/// The `n` largest of `(index, value)` by |value|, ties by index.
+fn top_by_magnitude(values: impl Iterator<Item = (usize, f64)>, n: usize) -> Vec<(usize, f64)> {
+    let mut all: Vec<(usize, f64)> = values.filter(|(_, v)| v.is_finite()).collect();
+    all.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()).then(a.0.cmp(&b.0)));
+    all.truncate(n);
+    all
+}
+
+/// The layer units feature `f`'s decoder row writes to most.
+pub fn decoder_top_units(sae: &sae::Sae, f: usize, n: usize) -> Vec<(usize, f64)> {
+    let d_in = sae.d_in();
+    let row = &sae.w_dec[f * d_in..(f + 1) * d_in];
+    top_by_magnitude(row.iter().map(|&w| w as f64).enumerate(), n)
+}
+
+/// The features whose decoder rows have the highest cosine with feature `f`'s.
+pub fn nearest_features(sae: &sae::Sae, f: usize, n: usize) -> Vec<(usize, f64)> {
+    let d_in = sae.d_in();
+    let row = |g: usize| &sae.w_dec[g * d_in..(g + 1) * d_in];
+    let norm = |v: &[f32]| v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+    let (mine, my_norm) = (row(f), norm(row(f)));
+    let mut cosines: Vec<(usize, f64)> = (0..sae.d_sae())
+        .filter(|&g| g != f)
+        .map(|g| {
+            let dot: f64 = mine
+                .iter()
+                .zip(row(g))
+                .map(|(&a, &b)| a as f64 * b as f64)
+                .sum();
+            (g, dot / (my_norm * norm(row(g))).max(f64::MIN_POSITIVE))
+        })
+        .collect();
+    cosines.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    cosines.truncate(n);
+    cosines
+}
+
+/// The layer units whose train values correlate most (Pearson, by |r|) with
+/// feature `f`'s activation.
+fn correlated_units(input: &DashboardInput, f: usize, n: usize) -> Vec<(usize, f64)> {
+    let (d_sae, width) = (input.sae.d_sae(), input.layer.width);
+    let rows = input.layer.train_labels.len() as f64;
+    let (mut sum_a, mut sum_aa) = (0.0f64, 0.0f64);
+    let (mut sum_u, mut sum_uu, mut sum_au) = (
+        vec![0.0f64; width],
+        vec![0.0f64; width],
+        vec![0.0f64; width],
+    );
+    for (acts, units) in input
+        .acts_train
+        .chunks_exact(d_sae)
+        .zip(input.layer.train.chunks_exact(width))
+    {
+        let a = acts[f] as f64;
+        sum_a += a;
+        sum_aa += a * a;
+        for (j, &u) in units.iter().enumerate() {
+            let u = u as f64;
+            sum_u[j] += u;
+            sum_uu[j] += u * u;
+            sum_au[j] += a * u;
+        }
+    }
+    let var_a = sum_aa / rows - (sum_a / rows).powi(2);
+    top_by_magnitude(
+        (0..width).map(|j| {
+            let var_u = sum_uu[j] / rows - (sum_u[j] / rows).powi(2);
+            let cov = sum_au[j] / rows - sum_a / rows * sum_u[j] / rows;
+            (j, cov / (var_a * var_u).sqrt())
+        }),
+        n,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Three features over a 3-unit layer with hand-picked decoder rows.
+    fn sae_with_rows(rows: [[f32; 3]; 3]) -> sae::Sae {
+        let mut sae = sae::Sae::init(
+            &sae::SaeConfig {
+                d_in: 3,
+                d_sae: 3,
+                ..Default::default()
+            },
+            &[],
+        )
+        .unwrap();
+        sae.w_dec = rows.concat();
+        sae
+    }
+
+    #[test]
+    fn decoder_neighbours_of_hand_made_rows() {
+        let sae = sae_with_rows([[0.6, -0.8, 0.0], [0.6, -0.7, 0.1], [0.0, 0.0, 1.0]]);
+        assert_eq!(
+            decoder_top_units(&sae, 0, 2),
+            vec![(1, -0.800000011920929), (0, 0.6000000238418579)]
+        );
+        let nearest = nearest_features(&sae, 0, 2);
+        assert_eq!(nearest.iter().map(|n| n.0).collect::<Vec<_>>(), [1, 2]);
+        let expected = (0.36 + 0.56) / (0.36f64 + 0.49 + 0.01).sqrt();
+        assert!((nearest[0].1 - expected).abs() < 1e-6, "{nearest:?}");
+        assert!(nearest[1].1.abs() < 1e-12);
+    }
 }

@@ -46,16 +46,52 @@ pub struct Layer {
     pub points: Vec<(f64, f64)>,
 }
 
-/// A chart on plain f64 axes (log scales are drawn as log10 values, said in the axis label).
-#[derive(Clone, Debug, PartialEq)]
+/// A chart on f64 axes; `log_x`/`log_y` draw that axis in decades (ticks
+/// read as values; points <= 0 on a log axis are left out).
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Figure {
     pub title: String,
     pub x_label: String,
     pub y_label: String,
     pub layers: Vec<Layer>,
+    pub log_x: bool,
+    pub log_y: bool,
 }
 
-const SIZE: (u32, u32) = (800, 500);
+impl Figure {
+    /// The figure with log axes applied to its data (log10 of each coordinate).
+    fn in_drawn_coordinates(&self) -> Figure {
+        let axis = |log: bool, v: f64| {
+            if log {
+                (v > 0.0).then(|| v.log10())
+            } else {
+                Some(v)
+            }
+        };
+        let mut drawn = self.clone();
+        for layer in &mut drawn.layers {
+            let keep: Vec<Option<(f64, f64)>> = layer
+                .points
+                .iter()
+                .map(|&(x, y)| Some((axis(self.log_x, x)?, axis(self.log_y, y)?)))
+                .collect();
+            if let Mark::Points { labels } = &mut layer.mark {
+                if !labels.is_empty() {
+                    *labels = labels
+                        .iter()
+                        .zip(&keep)
+                        .filter(|(_, k)| k.is_some())
+                        .map(|(l, _)| l.clone())
+                        .collect();
+                }
+            }
+            layer.points = keep.into_iter().flatten().collect();
+        }
+        drawn
+    }
+}
+
+const SIZE: (u32, u32) = (1000, 620);
 
 fn plot_error(path: &Path) -> impl Fn(String) -> AnalysisError + '_ {
     move |message| AnalysisError::Plot {
@@ -70,15 +106,35 @@ pub fn save_figure(figure: &Figure, stem: &Path) -> Result<[PathBuf; 2], Analysi
     let png = stem.with_extension("png");
     let svg = stem.with_extension("svg");
     let mut rgb = vec![0u8; (SIZE.0 * SIZE.1 * 3) as usize];
+    let drawn = figure.in_drawn_coordinates();
     draw_figure(
         BitMapBackend::with_buffer(&mut rgb, SIZE).into_drawing_area(),
-        figure,
+        &drawn,
     )
     .map_err(plot_error(&png))?;
     write_png(&rgb, SIZE, &png)?;
-    draw_figure(SVGBackend::new(&svg, SIZE).into_drawing_area(), figure)
+    draw_figure(SVGBackend::new(&svg, SIZE).into_drawing_area(), &drawn)
         .map_err(plot_error(&svg))?;
     Ok([png, svg])
+}
+
+/// A tick on a log axis, drawn at log10 of the value: the value itself.
+fn log_tick(v: f64) -> String {
+    let value = 10f64.powf(v);
+    if (v - v.round()).abs() < 1e-9 {
+        if (-3.0..=4.0).contains(&v.round()) {
+            tick(10f64.powi(v.round() as i32))
+        } else {
+            format!("1e{}", v.round())
+        }
+    } else if value >= 1e-3 && value < 1e5 {
+        format!("{:.2}", value)
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_string()
+    } else {
+        format!("{value:.1e}")
+    }
 }
 
 /// Axis tick text: integers without decimals, else at most 4 significant decimals.
@@ -145,22 +201,39 @@ fn draw_figure<DB: DrawingBackend>(
             .layers
             .iter()
             .flat_map(|l| l.points.iter().map(|p| p.1)),
-        has_bars,
+        has_bars && !figure.log_y,
     );
+    // Bars rise from 0, or from the bottom of a log axis.
+    let bar_base = if figure.log_y { y_range.start } else { 0.0 };
     let mut chart = ChartBuilder::on(&root)
-        .caption(&figure.title, ("sans-serif", 20))
-        .margin(12)
-        .x_label_area_size(45)
-        .y_label_area_size(70)
+        .caption(&figure.title, ("sans-serif", 24))
+        .margin(14)
+        .x_label_area_size(55)
+        .y_label_area_size(85)
         .build_cartesian_2d(x_range, y_range)
         .map_err(text)?;
+    let (x_tick, y_tick): (fn(f64) -> String, fn(f64) -> String) = (
+        if figure.log_x { log_tick } else { tick },
+        if figure.log_y { log_tick } else { tick },
+    );
+    let x_desc = if figure.log_x {
+        format!("{} (log scale)", figure.x_label)
+    } else {
+        figure.x_label.clone()
+    };
+    let y_desc = if figure.log_y {
+        format!("{} (log scale)", figure.y_label)
+    } else {
+        figure.y_label.clone()
+    };
     chart
         .configure_mesh()
-        .x_desc(figure.x_label.as_str())
-        .y_desc(figure.y_label.as_str())
-        .label_style(("sans-serif", 13))
-        .x_label_formatter(&|x| tick(*x))
-        .y_label_formatter(&|y| tick(*y))
+        .x_desc(x_desc.as_str())
+        .y_desc(y_desc.as_str())
+        .axis_desc_style(("sans-serif", 18))
+        .label_style(("sans-serif", 17))
+        .x_label_formatter(&|x| x_tick(*x))
+        .y_label_formatter(&|y| y_tick(*y))
         .draw()
         .map_err(text)?;
     for (i, layer) in figure.layers.iter().enumerate() {
@@ -177,7 +250,7 @@ fn draw_figure<DB: DrawingBackend>(
                 if !labels.is_empty() {
                     chart
                         .draw_series(layer.points.iter().zip(labels).map(|(&p, label)| {
-                            Text::new(label.clone(), p, ("sans-serif", 12).into_font())
+                            Text::new(label.clone(), p, ("sans-serif", 15).into_font())
                         }))
                         .map_err(text)?;
                 }
@@ -195,7 +268,10 @@ fn draw_figure<DB: DrawingBackend>(
                 let fill = color.mix(if figure.layers.len() > 1 { 0.5 } else { 0.9 });
                 chart
                     .draw_series(layer.points.iter().map(|&(x, y)| {
-                        Rectangle::new([(x - half * 0.9, 0.0), (x + half * 0.9, y)], fill.filled())
+                        Rectangle::new(
+                            [(x - half * 0.9, bar_base), (x + half * 0.9, y)],
+                            fill.filled(),
+                        )
                     }))
                     .map_err(text)?
             }
@@ -211,7 +287,7 @@ fn draw_figure<DB: DrawingBackend>(
             .configure_series_labels()
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
-            .label_font(("sans-serif", 13))
+            .label_font(("sans-serif", 16))
             .draw()
             .map_err(text)?;
     }

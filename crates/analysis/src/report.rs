@@ -249,6 +249,18 @@ fn link(path: &Path, base: &Path) -> String {
         .replace('\\', "/")
 }
 
+/// A figure: the PNG embedded, linked to its full-size file (the SVG next to
+/// it where there is one) so a click zooms, with a caption.
+fn figure_html(png: &Path, caption: &str, out_dir: &Path) -> Result<String, AnalysisError> {
+    let svg = png.with_extension("svg");
+    let full = link(if svg.is_file() { &svg } else { png }, out_dir);
+    Ok(format!(
+        "<figure><a href=\"{full}\" title=\"open full size\">{}</a><figcaption>{}</figcaption></figure>",
+        embed_png(png, caption)?,
+        escape(caption)
+    ))
+}
+
 fn embed_png(path: &Path, alt: &str) -> Result<String, AnalysisError> {
     let bytes = std::fs::read(path).map_err(AnalysisError::io(path))?;
     Ok(format!(
@@ -305,56 +317,103 @@ pub fn write_report(
                         points: smooth,
                     },
                 ],
+                log_y: true,
+                ..Default::default()
             },
             &out_dir.join("mlp_loss"),
         )?;
         sweep_plots.push(("MLP training loss".into(), png));
     }
     if !summaries.is_empty() {
+        let labels: Vec<String> = summaries.iter().map(|s| s.name.clone()).collect();
+        let frontier = |title: &str, y_label: &str, y: fn(&SaeSummary) -> f64| Figure {
+            title: title.into(),
+            x_label: "L0 (mean active features per test row)".into(),
+            y_label: y_label.into(),
+            layers: vec![Layer {
+                name: "SAEs".into(),
+                mark: Mark::Points {
+                    labels: labels.clone(),
+                },
+                points: summaries.iter().map(|s| (s.metrics.l0, y(s))).collect(),
+            }],
+            log_x: true,
+            ..Default::default()
+        };
+        for (stem, title, figure) in [
+            (
+                "frontier_ev",
+                "Sparsity vs reconstruction: L0 vs 1 - explained variance",
+                frontier(
+                    "Sparsity vs reconstruction across the sweep (test)",
+                    "1 - explained variance",
+                    |s| 1.0 - s.metrics.explained_variance,
+                ),
+            ),
+            (
+                "frontier_ce",
+                "Sparsity vs downstream loss: L0 vs CE recovered",
+                frontier(
+                    "Sparsity vs CE recovered across the sweep (test)",
+                    "CE loss recovered (1 = no loss from splicing)",
+                    |s| s.metrics.ce_recovered,
+                ),
+            ),
+        ] {
+            let [png, _] = plots::save_figure(&figure, &out_dir.join(stem))?;
+            sweep_plots.push((title.into(), png));
+        }
+        // The neurons do not depend on the SAE: reference lines across the L0 range.
+        let l0s: Vec<f64> = summaries.iter().map(|s| s.metrics.l0).collect();
+        let (lo, hi) = l0s
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+                (lo.min(v), hi.max(v))
+            });
+        let (lo, hi) = if hi > lo {
+            (lo, hi)
+        } else {
+            (lo * 0.8, hi * 1.25)
+        };
+        let neurons = &summaries[0].neurons;
+        let mut layers: Vec<Layer> = [
+            (
+                "features, best binned",
+                (|s| s.features.max_mi_binned_bits) as fn(&SaeSummary) -> f64,
+            ),
+            ("features, best binary", |s| s.features.max_mi_bits),
+            ("features, mean binned", |s| s.features.mean_mi_binned_bits),
+        ]
+        .into_iter()
+        .map(|(name, mi)| Layer {
+            name: name.into(),
+            mark: Mark::Points { labels: Vec::new() },
+            points: summaries.iter().map(|s| (s.metrics.l0, mi(s))).collect(),
+        })
+        .collect();
+        for (name, value) in [
+            ("neurons, best binned", neurons.max_mi_binned_bits),
+            ("neurons, best binary", neurons.max_mi_bits),
+            ("neurons, mean binned", neurons.mean_mi_binned_bits),
+        ] {
+            layers.push(Layer {
+                name: name.into(),
+                mark: Mark::Lines,
+                points: vec![(lo, value), (hi, value)],
+            });
+        }
         let [png, _] = plots::save_figure(
             &Figure {
-                title: "L0 vs MSE across the sweep".into(),
-                x_label: "L0 (mean active features per row)".into(),
-                y_label: "MSE".into(),
-                layers: vec![Layer {
-                    name: "SAEs".into(),
-                    mark: Mark::Points {
-                        labels: summaries.iter().map(|s| s.name.clone()).collect(),
-                    },
-                    points: summaries
-                        .iter()
-                        .map(|s| (s.metrics.l0, s.metrics.mse))
-                        .collect(),
-                }],
-            },
-            &out_dir.join("l0_vs_mse"),
-        )?;
-        sweep_plots.push(("L0 vs MSE".into(), png));
-        let [png, _] = plots::save_figure(
-            &Figure {
-                title: "Mean and best I(A; Y) per SAE vs the neurons".into(),
+                title: "Label information per SAE vs the neurons (lines)".into(),
                 x_label: "L0".into(),
                 y_label: "bits".into(),
-                layers: [
-                    (
-                        "features, mean",
-                        (|s| s.features.mean_mi_bits) as fn(&SaeSummary) -> f64,
-                    ),
-                    ("features, best", |s| s.features.max_mi_bits),
-                    ("neurons, mean", |s| s.neurons.mean_mi_bits),
-                    ("neurons, best", |s| s.neurons.max_mi_bits),
-                ]
-                .into_iter()
-                .map(|(name, mi)| Layer {
-                    name: name.into(),
-                    mark: Mark::Points { labels: Vec::new() },
-                    points: summaries.iter().map(|s| (s.metrics.l0, mi(s))).collect(),
-                })
-                .collect(),
+                layers,
+                log_x: true,
+                ..Default::default()
             },
             &out_dir.join("mi_vs_l0"),
         )?;
-        sweep_plots.push(("MI vs L0".into(), png));
+        sweep_plots.push(("MI vs L0, neurons as reference lines".into(), png));
     }
 
     let html = render_html(summaries, &sweep, &sweep_plots, cfg, out_dir)?;
@@ -403,11 +462,15 @@ fn html_table(df: &DataFrame) -> String {
     out
 }
 
-const STYLE: &str = "body{font-family:sans-serif;margin:2em;max-width:1400px}\
-table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 7px;text-align:right}\
-th{background:#eee}.scroll{overflow-x:auto}img{max-width:100%;margin:4px;border:1px solid #ddd}\
-.grid{display:flex;flex-wrap:wrap;align-items:flex-start}.grid figure{margin:4px;width:420px}\
-.grid img{width:400px}figcaption{font-size:small}";
+// Nothing may be wider than the page: wide tables scroll inside their box,
+// figures shrink to the column (two per row on a wide screen).
+const STYLE: &str = "*{box-sizing:border-box}body{font-family:sans-serif;margin:1.5em auto;padding:0 1em;max-width:1400px}\
+table{border-collapse:collapse;margin:0}td,th{border:1px solid #bbb;padding:3px 7px;text-align:right;white-space:nowrap}\
+th{background:#eee;position:sticky;top:0}.scroll{overflow-x:auto;max-width:100%;margin:1em 0}\
+img{max-width:100%;height:auto;border:1px solid #ddd;display:block}\
+.grid{display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start}\
+.grid figure{margin:0;flex:1 1 560px;max-width:680px;min-width:0}.grid img{width:100%}\
+figcaption{font-size:small;color:#444}p,li{max-width:70em;line-height:1.4;overflow-wrap:anywhere}";
 
 fn summary_html(summaries: &[SaeSummary], cfg: &AnalysisConfig) -> String {
     let mut out = format!(
@@ -468,6 +531,14 @@ fn summary_html(summaries: &[SaeSummary], cfg: &AnalysisConfig) -> String {
     }
     out.push_str("</table></div>");
     out
+}
+
+/// `unit 3 (+0.412), unit 9 (-0.301)`: a dashboard's neighbour list.
+fn pairs(what: &str, list: &[(usize, f64)], value: fn(f64) -> String) -> String {
+    list.iter()
+        .map(|&(i, v)| format!("{what} {i} ({})", value(v)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Which side wins a comparison, in words.
@@ -600,13 +671,7 @@ Purity and top label need {} active rows (analysis.min_support).</p>{}\
         html_table(sweep)
     );
     for (title, png) in sweep_plots {
-        let _ = write!(
-            html,
-            "<figure>{}<figcaption>{} (<a href=\"{}\">svg</a>)</figcaption></figure>",
-            embed_png(png, title)?,
-            escape(title),
-            link(&png.with_extension("svg"), out_dir)
-        );
+        html.push_str(&figure_html(png, title, out_dir)?);
     }
     html.push_str("</div>");
     for s in summaries {
@@ -633,47 +698,55 @@ Purity and top label need {} active rows (analysis.min_support).</p>{}\
                 .file_stem()
                 .map(|n| n.to_string_lossy().to_string())
                 .unwrap_or_default();
-            let _ = write!(
-                html,
-                "<figure>{}<figcaption>{} (<a href=\"{}\">svg</a>)</figcaption></figure>",
-                embed_png(&s.dir.join(png), &name)?,
-                escape(&name),
-                link(&s.dir.join(png.with_extension("svg")), out_dir)
-            );
+            html.push_str(&figure_html(
+                &s.dir.join(png),
+                &name.replace('_', " "),
+                out_dir,
+            )?);
         }
         html.push_str("</div>");
         for d in &s.dashboards {
             let _ = write!(
                 html,
                 "<h3 id=\"{}-feature-{}\">Feature {} (picked for: {})</h3>\
-<p>Binary MI {:.3} bits, frequency {:.4} on train, purity {}, top label {}. \
-Its effect on each class logit (with it minus without it, mean over {} rows): {}</p><div class=\"grid\">",
+<p>Binary MI {:.3} bits, binned MI {:.3} bits, frequency {:.4} on train, purity {}, top label {}{}. \
+Its effect on each class logit (with it minus without it, mean over {} rows): {}.</p>\
+<p>Its decoder writes most to {}; it correlates most with {}; nearest features by decoder cosine: {}.</p><div class=\"grid\">",
                 escape(&s.name),
                 d.feature,
                 d.feature,
                 escape(&d.reason),
                 d.mi_bits,
+                d.mi_binned_bits,
                 d.freq_train,
                 d.purity.map(|p| format!("{p:.3}")).unwrap_or_else(|| "- (below min_support)".into()),
                 d.top_label.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+                d.detector
+                    .as_ref()
+                    .map(|t| format!(", best detector of {} (F1 {:.3}, AUROC {:.3})", t.class, t.f1, t.auroc))
+                    .unwrap_or_default(),
                 d.logit_effect_rows,
                 d.logit_effect
                     .iter()
                     .enumerate()
                     .map(|(c, e)| format!("{c}: {e:+.3}"))
                     .collect::<Vec<_>>()
-                    .join(", ")
+                    .join(", "),
+                pairs("unit", &d.decoder_top_units, |w| format!("{w:+.3}")),
+                pairs("unit", &d.correlated_units, |r| format!("r = {r:+.3}")),
+                pairs("feature", &d.nearest_features, |c| format!("cos {c:.3}")),
             );
             for png in &d.images {
                 let name = png
                     .file_stem()
                     .map(|n| n.to_string_lossy().to_string())
                     .unwrap_or_default();
-                let _ = write!(
-                    html,
-                    "<figure>{}</figure>",
-                    embed_png(&s.dir.join(png), &name)?
-                );
+                let caption = name
+                    .split_once("_")
+                    .and_then(|(_, rest)| rest.split_once('_'))
+                    .map_or(name.as_str(), |(_, what)| what)
+                    .replace('_', " ");
+                html.push_str(&figure_html(&s.dir.join(png), &caption, out_dir)?);
             }
             html.push_str("</div>");
         }

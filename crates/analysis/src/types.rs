@@ -146,16 +146,24 @@ pub struct SaeSummary {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Dashboard {
     pub feature: usize,
-    /// Why it was chosen: `top MI` or `top frequency`.
+    /// Why it was chosen (one of [`crate::dashboard::pick`]'s criteria).
     pub reason: String,
     pub mi_bits: f64,
+    pub mi_binned_bits: f64,
     pub freq_train: f64,
     pub purity: Option<f64>,
     pub top_label: Option<u8>,
-    /// Mean change of each class logit when the feature is removed from the
-    /// reconstruction, over the rows it was measured on.
+    pub detector: Option<crate::labelinfo::Detector>,
+    /// The feature's own effect on each class logit: logits with it minus
+    /// without it in the reconstruction, mean over the rows it was measured on.
     pub logit_effect: Vec<f64>,
     pub logit_effect_rows: usize,
+    /// The layer's units its decoder row writes to most: (unit, weight), by |weight|.
+    pub decoder_top_units: Vec<(usize, f64)>,
+    /// The layer's units whose train activations correlate most with it: (unit, Pearson r), by |r|.
+    pub correlated_units: Vec<(usize, f64)>,
+    /// The features whose decoder rows point most nearly its way: (feature, cosine).
+    pub nearest_features: Vec<(usize, f64)>,
     pub images: Vec<PathBuf>,
 }
 

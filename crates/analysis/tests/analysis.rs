@@ -394,7 +394,7 @@ fn chromium() -> Option<PathBuf> {
 /// Renders `report` headless with scripts that count console errors and failed
 /// loads (from the start of <head>) and record every image's natural width;
 /// returns the dumped DOM and the browser's stderr.
-fn render_in_chromium(browser: &Path, report: &Path) -> (String, String) {
+fn render_in_chromium(browser: &Path, report: &Path, width: u32) -> (String, String) {
     let html = std::fs::read_to_string(report).unwrap();
     let hook = "<script>window.__errors = 0; const __error = console.error; \
 console.error = (...a) => { window.__errors++; __error(...a); }; \
@@ -403,7 +403,11 @@ window.addEventListener('error', () => { window.__errors++; }, true);</script>";
         "<script>window.addEventListener('load', () => { const imgs = [...document.images]; \
 const broken = imgs.filter(i => !(i.complete && i.naturalWidth > 0)).length; \
 const out = document.createElement('pre'); out.id = 'image-check'; \
-out.textContent = 'images=' + imgs.length + ' broken=' + broken + ' errors=' + window.__errors; \
+const wide = [...document.body.querySelectorAll('*')].filter(e => !e.closest('.scroll') \
+&& e.getBoundingClientRect().right > window.innerWidth + 1).length; \
+const page = document.documentElement.scrollWidth > window.innerWidth ? 'overflows' : 'fits'; \
+out.textContent = 'images=' + imgs.length + ' broken=' + broken + ' errors=' + window.__errors \
++ ' page=' + page + ' wide=' + wide; \
 document.body.appendChild(out); });</script>";
     let test_copy = report.with_file_name("report_check.html");
     let html = html
@@ -424,6 +428,7 @@ document.body.appendChild(out); });</script>";
             "--enable-logging=stderr",
             "--v=0",
             "--virtual-time-budget=5000",
+            &format!("--window-size={width},1000"),
             &format!("--user-data-dir={}", profile.path().display()),
             "--dump-dom",
         ])
@@ -580,18 +585,22 @@ fn analysis_writes_tables_plots_and_a_report_that_renders() {
 
     match chromium() {
         Some(browser) => {
-            let (dom, log) = render_in_chromium(&browser, &report);
-            let check = format!("images={images} broken=0 errors=0");
-            assert!(
-                dom.contains(&check),
-                "expected {check}: {}",
-                dom.lines().last().unwrap_or("")
-            );
-            // The report has no scripts of its own, so any console line is unexpected
-            // (chromium logs console.error as INFO:CONSOLE).
-            let console: Vec<&str> = log.lines().filter(|l| l.contains(":CONSOLE")).collect();
-            assert!(console.is_empty(), "console output: {console:?}");
-            eprintln!("chromium loaded all {images} images of report.html");
+            // Every image loads, nothing is logged, and at a narrow and a wide
+            // window nothing but the tables' own scroll boxes is wider than it.
+            for width in [900, 1400] {
+                let (dom, log) = render_in_chromium(&browser, &report, width);
+                let check = format!("images={images} broken=0 errors=0 page=fits wide=0");
+                assert!(
+                    dom.contains(&check),
+                    "{width} px: expected {check}: {}",
+                    dom.lines().last().unwrap_or("")
+                );
+                // The report has no scripts of its own, so any console line is unexpected
+                // (chromium logs console.error as INFO:CONSOLE).
+                let console: Vec<&str> = log.lines().filter(|l| l.contains(":CONSOLE")).collect();
+                assert!(console.is_empty(), "console output: {console:?}");
+            }
+            eprintln!("chromium loaded all {images} images of report.html at 900 and 1400 px");
         }
         None if std::env::var_os("CI").is_some() => {
             panic!("CI is set but chromium is missing: apt-get install chromium")
