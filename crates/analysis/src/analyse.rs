@@ -143,6 +143,8 @@ pub fn analyse_sae(
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let shown: Vec<usize> = dashboards.iter().map(|d| d.feature).collect();
+    crate::browser::write_browser(run.name, &tables.stats, &shown, "../report.html", out_dir)?;
     timings.plots_s = start.elapsed().as_secs_f64();
 
     let summary = SaeSummary {

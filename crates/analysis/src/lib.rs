@@ -33,6 +33,7 @@
 //! - `sweep` (report folder): one row per SAE: `name`, `param_*`, metrics, MI stats.
 
 mod analyse;
+pub mod browser;
 pub mod dashboard;
 mod error;
 pub mod labelinfo;

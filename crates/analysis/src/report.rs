@@ -677,8 +677,11 @@ Purity and top label need {} active rows (analysis.min_support).</p>{}\
     for s in summaries {
         let _ = write!(
             html,
-            "<h2 id=\"{0}\">SAE {0}</h2><p>Tables:",
-            escape(&s.name)
+            "<h2 id=\"{0}\">SAE {0}</h2><p><a href=\"{0}/{1}\">Browse all {2} live features</a> \
+(sortable, filterable; each links to its dashboard). Tables:",
+            escape(&s.name),
+            crate::browser::BROWSER_FILE,
+            s.features.units - s.features.dead
         );
         for t in &s.tables {
             let _ = write!(

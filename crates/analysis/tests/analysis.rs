@@ -601,12 +601,77 @@ fn analysis_writes_tables_plots_and_a_report_that_renders() {
                 assert!(console.is_empty(), "console output: {console:?}");
             }
             eprintln!("chromium loaded all {images} images of report.html at 900 and 1400 px");
+            check_feature_browser(&browser, s);
         }
         None if std::env::var_os("CI").is_some() => {
             panic!("CI is set but chromium is missing: apt-get install chromium")
         }
         None => eprintln!("note: chromium not found; skipped rendering report.html"),
     }
+}
+
+/// `features.html` of one SAE: every live feature listed, a header click sorts,
+/// the filter keeps what it names, and dashboards link into the report.
+fn check_feature_browser(browser: &Path, s: &analysis::SaeSummary) {
+    let page = s.dir.join(analysis::browser::BROWSER_FILE);
+    let html = std::fs::read_to_string(&page).unwrap();
+    let features = tables::read_parquet(&s.dir.join("features.parquet")).unwrap();
+    let mut live_freqs: Vec<f64> = features
+        .column("freq_train")
+        .unwrap()
+        .f64()
+        .unwrap()
+        .to_vec()
+        .into_iter()
+        .flatten()
+        .filter(|&f| f > 0.0)
+        .collect();
+    live_freqs.sort_by(f64::total_cmp);
+    let threshold = live_freqs[live_freqs.len() / 2];
+    let above = live_freqs.iter().filter(|&&f| f > threshold).count();
+    assert!(above > 0);
+    let probe = "<script>window.addEventListener('load', () => { \
+const rows = () => [...document.querySelectorAll('#rows tr')]; \
+const col = (r, i) => parseFloat(r.children[i].textContent); \
+const all = rows().length; \
+document.querySelector('th[data-col=\"1\"]').click(); \
+const freqs = rows().map(r => col(r, 1)); \
+const sorted = freqs.every((f, i) => i === 0 || freqs[i - 1] >= f); \
+const f = document.getElementById('filter'); f.value = 'freq_train>THRESHOLD'; f.dispatchEvent(new Event('input')); \
+const kept = rows().map(r => col(r, 1)); \
+const links = document.querySelectorAll('#rows a').length; \
+const out = document.createElement('pre'); out.id = 'browser-check'; \
+out.textContent = 'rows=' + all + ' sorted=' + sorted + ' kept=' + kept.length + ' keptok=' + kept.every(v => v > THRESHOLD); \
+document.body.appendChild(out); });</script>";
+    let probe = probe.replace("THRESHOLD", &format!("{threshold:e}"));
+    let copy = page.with_file_name("features_check.html");
+    std::fs::write(&copy, html.replace("</body>", &format!("{probe}</body>"))).unwrap();
+    let profile = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--virtual-time-budget=5000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(format!("file://{}", copy.display()))
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&output.stdout);
+    let live = s.features.units - s.features.dead;
+    let expected = format!("rows={live} sorted=true kept={above} keptok=true");
+    assert!(
+        dom.contains(&expected),
+        "expected {expected}: {}",
+        dom.lines().last().unwrap_or("")
+    );
+    assert!(
+        html.contains("../report.html"),
+        "rows link back to the report"
+    );
 }
 
 #[test]
