@@ -170,6 +170,56 @@ pub fn analyse_sae(
     Ok(summary)
 }
 
+/// Dashboards for chosen features of one SAE, rendered into `out_dir` with a
+/// page `dashboards.html` (returned), as `cargo xtask dashboard` asks.
+pub fn dashboards_on_demand(
+    layer: &LayerData,
+    run: &SaeRun,
+    features: &[usize],
+    cfg: &AnalysisConfig,
+    out_dir: &Path,
+) -> Result<PathBuf, AnalysisError> {
+    layer.check()?;
+    let d_sae = run.sae.d_sae();
+    if let Some(bad) = features.iter().find(|&&f| f >= d_sae) {
+        return Err(AnalysisError::Input(format!(
+            "feature {bad} does not exist: SAE {} has features 0..{d_sae}",
+            run.name
+        )));
+    }
+    std::fs::create_dir_all(out_dir).map_err(AnalysisError::io(out_dir))?;
+    let acts_train = sae::encode(run.sae, layer.train)?;
+    let acts_test = sae::encode(run.sae, layer.test)?;
+    let counts = UnitCounts::count(&acts_train, d_sae, layer.train_labels)?;
+    let test_counts = UnitCounts::count(&acts_test, d_sae, layer.test_labels)?;
+    let info = labelinfo::label_info(
+        &SparseActs::from_dense(&acts_train, d_sae),
+        layer.train_labels,
+        d_sae,
+        cfg.mi_bins,
+    );
+    let stats = stats::unit_stats(&counts, &test_counts, &info, cfg.min_support);
+    let dashboards = features
+        .iter()
+        .map(|&feature| {
+            dashboard::render(
+                &dashboard::DashboardInput {
+                    layer,
+                    sae: run.sae,
+                    acts_train: &acts_train,
+                    stats: &stats[feature],
+                    counts: &counts,
+                    cfg,
+                },
+                feature,
+                "asked for",
+                out_dir,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    crate::report::write_dashboard_page(run.name, &dashboards, out_dir, out_dir)
+}
+
 /// The per-SAE DataFrames, built from the dense encodings.
 pub struct FeatureTables {
     pub stats: Vec<UnitStats>,

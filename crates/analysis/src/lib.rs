@@ -45,7 +45,9 @@ pub mod stats;
 pub mod tables;
 mod types;
 
-pub use analyse::{analyse_sae, analyse_sweep, Baseline, FeatureTables, TABLES};
+pub use analyse::{
+    analyse_sae, analyse_sweep, dashboards_on_demand, Baseline, FeatureTables, TABLES,
+};
 pub use dashboard::Dashboard;
 pub use error::AnalysisError;
 pub use probe::{ProbeConfig, ProbeResult};

@@ -541,6 +541,82 @@ fn pairs(what: &str, list: &[(usize, f64)], value: fn(f64) -> String) -> String 
         .join(", ")
 }
 
+/// One feature's dashboard as HTML: its numbers, neighbours and images (files
+/// in `dir`, links relative to `out_dir`); anchored `<name>-feature-<id>`.
+pub fn dashboard_html(
+    name: &str,
+    d: &crate::types::Dashboard,
+    dir: &Path,
+    out_dir: &Path,
+) -> Result<String, AnalysisError> {
+    let mut html = String::new();
+    let _ = write!(
+        html,
+        "<h3 id=\"{}-feature-{}\">Feature {} (picked for: {})</h3>\
+<p>Binary MI {:.3} bits, binned MI {:.3} bits, frequency {:.4} on train, purity {}, top label {}{}. \
+Its effect on each class logit (with it minus without it, mean over {} rows): {}.</p>\
+<p>Its decoder writes most to {}; it correlates most with {}; nearest features by decoder cosine: {}.</p><div class=\"grid\">",
+        escape(name),
+        d.feature,
+        d.feature,
+        escape(&d.reason),
+        d.mi_bits,
+        d.mi_binned_bits,
+        d.freq_train,
+        d.purity.map(|p| format!("{p:.3}")).unwrap_or_else(|| "- (below min_support)".into()),
+        d.top_label.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+        d.detector
+            .as_ref()
+            .map(|t| format!(", best detector of {} (F1 {:.3}, AUROC {:.3})", t.class, t.f1, t.auroc))
+            .unwrap_or_default(),
+        d.logit_effect_rows,
+        d.logit_effect
+            .iter()
+            .enumerate()
+            .map(|(c, e)| format!("{c}: {e:+.3}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        pairs("unit", &d.decoder_top_units, |w| format!("{w:+.3}")),
+        pairs("unit", &d.correlated_units, |r| format!("r = {r:+.3}")),
+        pairs("feature", &d.nearest_features, |c| format!("cos {c:.3}")),
+    );
+    for png in &d.images {
+        let name = png
+            .file_stem()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let caption = name
+            .split_once("_")
+            .and_then(|(_, rest)| rest.split_once('_'))
+            .map_or(name.as_str(), |(_, what)| what)
+            .replace('_', " ");
+        html.push_str(&figure_html(&dir.join(png), &caption, out_dir)?);
+    }
+    html.push_str("</div>");
+    Ok(html)
+}
+
+/// A page of dashboards rendered on demand (`cargo xtask dashboard`).
+pub fn write_dashboard_page(
+    name: &str,
+    dashboards: &[crate::types::Dashboard],
+    dir: &Path,
+    out_dir: &Path,
+) -> Result<PathBuf, AnalysisError> {
+    let mut html = format!(
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
+<title>{0}: dashboards</title><style>{STYLE}</style></head><body><h1>{0}: dashboards on demand</h1>",
+        escape(name)
+    );
+    for d in dashboards {
+        html.push_str(&dashboard_html(name, d, dir, out_dir)?);
+    }
+    html.push_str("</body></html>\n");
+    let path = out_dir.join("dashboards.html");
+    std::fs::write(&path, html).map_err(AnalysisError::io(&path))?;
+    Ok(path)
+}
+
 /// Which side wins a comparison, in words.
 fn more(features: f64, neurons: f64) -> &'static str {
     if features > neurons {
@@ -709,49 +785,7 @@ Purity and top label need {} active rows (analysis.min_support).</p>{}\
         }
         html.push_str("</div>");
         for d in &s.dashboards {
-            let _ = write!(
-                html,
-                "<h3 id=\"{}-feature-{}\">Feature {} (picked for: {})</h3>\
-<p>Binary MI {:.3} bits, binned MI {:.3} bits, frequency {:.4} on train, purity {}, top label {}{}. \
-Its effect on each class logit (with it minus without it, mean over {} rows): {}.</p>\
-<p>Its decoder writes most to {}; it correlates most with {}; nearest features by decoder cosine: {}.</p><div class=\"grid\">",
-                escape(&s.name),
-                d.feature,
-                d.feature,
-                escape(&d.reason),
-                d.mi_bits,
-                d.mi_binned_bits,
-                d.freq_train,
-                d.purity.map(|p| format!("{p:.3}")).unwrap_or_else(|| "- (below min_support)".into()),
-                d.top_label.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
-                d.detector
-                    .as_ref()
-                    .map(|t| format!(", best detector of {} (F1 {:.3}, AUROC {:.3})", t.class, t.f1, t.auroc))
-                    .unwrap_or_default(),
-                d.logit_effect_rows,
-                d.logit_effect
-                    .iter()
-                    .enumerate()
-                    .map(|(c, e)| format!("{c}: {e:+.3}"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                pairs("unit", &d.decoder_top_units, |w| format!("{w:+.3}")),
-                pairs("unit", &d.correlated_units, |r| format!("r = {r:+.3}")),
-                pairs("feature", &d.nearest_features, |c| format!("cos {c:.3}")),
-            );
-            for png in &d.images {
-                let name = png
-                    .file_stem()
-                    .map(|n| n.to_string_lossy().to_string())
-                    .unwrap_or_default();
-                let caption = name
-                    .split_once("_")
-                    .and_then(|(_, rest)| rest.split_once('_'))
-                    .map_or(name.as_str(), |(_, what)| what)
-                    .replace('_', " ");
-                html.push_str(&figure_html(&s.dir.join(png), &caption, out_dir)?);
-            }
-            html.push_str("</div>");
+            html.push_str(&dashboard_html(&s.name, d, &s.dir, out_dir)?);
         }
     }
     html.push_str("</body></html>\n");

@@ -7,6 +7,7 @@ mod bench;
 mod config;
 #[cfg(test)]
 mod fingerprint;
+mod on_demand;
 mod progress;
 mod runs;
 mod stages;
@@ -122,6 +123,20 @@ enum Command {
         /// How to print it.
         #[arg(long, value_enum, default_value = "table")]
         format: QueryFormat,
+    },
+    /// Render dashboards for chosen features of one SAE of this config, on
+    /// demand, into the store's .dashboards/ folder; prints the page's path.
+    Dashboard {
+        /// A feature id (repeatable).
+        #[arg(long = "feature", value_name = "N")]
+        features: Vec<usize>,
+        /// Or the features a query returns (its first column), e.g.
+        /// "SELECT feature FROM features WHERE detector_class = 7 ORDER BY detector_f1 DESC LIMIT 5".
+        #[arg(long, value_name = "SQL")]
+        query: Option<String>,
+        /// The SAE point, as `cargo xtask stages` lists it [default: the sweep's first].
+        #[arg(long, value_name = "STAGE")]
+        sae: Option<String>,
     },
     /// Measure a stage's speed: mlp or sae.
     Bench {
@@ -283,6 +298,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
             gc(&session, &graph, options)
         }
         Command::Verify { all } => verify(&session, &graph, all),
+        Command::Dashboard {
+            features,
+            query,
+            sae,
+        } => {
+            let mut features = features;
+            if let Some(sql) = query {
+                let tables = query_tables(&session, &graph)?;
+                let csv = analysis::query(&sql, &tables, &analysis::OutputFormat::Csv)?;
+                for line in csv.lines().skip(1) {
+                    let first = line.split(',').next().unwrap_or_default();
+                    features.push(first.parse().with_context(|| {
+                        format!("--query: its first column must hold feature ids, got {first:?}")
+                    })?);
+                }
+            }
+            if features.is_empty() {
+                bail!("name the features: --feature N (repeatable) or --query \"SELECT feature FROM features ...\"");
+            }
+            let page = on_demand::dashboards(&session, &graph, sae.as_deref(), &features)?;
+            println!("{}", page.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Runs { format } => {
             let (runs, skipped) = runs::table(&session.store)?;
             let format = match format {
@@ -513,6 +551,37 @@ fn query(
     format: QueryFormat,
     output: Option<PathBuf>,
 ) -> Result<ExitCode> {
+    let tables = query_tables(session, graph)?;
+    let text_format = match format {
+        QueryFormat::Table => analysis::OutputFormat::Table,
+        QueryFormat::Csv => analysis::OutputFormat::Csv,
+        QueryFormat::Parquet => {
+            let Some(path) = output else {
+                bail!("--format parquet needs --output FILE");
+            };
+            let said = analysis::query(sql, &tables, &analysis::OutputFormat::Parquet(path))?;
+            println!("{}", said.trim_end());
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    let text = analysis::query(sql, &tables, &text_format)?;
+    match output {
+        Some(path) => {
+            std::fs::write(&path, &text)
+                .with_context(|| format!("cannot write the query result to {}", path.display()))?;
+            println!("wrote {}", path.display());
+        }
+        None => println!("{}", text.trim_end()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Every table `query` can read for this config: the analysis tables, the
+/// cached activations and `runs`.
+fn query_tables(
+    session: &Session,
+    graph: &Graph<'_>,
+) -> Result<Vec<(String, analysis::TableSource)>> {
     let (analysis_dir, manifest) = fresh(session, graph, "analysis")?;
     let reports =
         stages::analysis::report_paths(&analysis_dir, &manifest).map_err(anyhow::Error::msg)?;
@@ -537,28 +606,7 @@ fn query(
             .map_err(|e| anyhow::anyhow!("{e}"))?;
     tables.extend(analysis::activation_tables(&store)?);
     tables.push(("runs".to_string(), runs::table(&session.store)?.0));
-    let text_format = match format {
-        QueryFormat::Table => analysis::OutputFormat::Table,
-        QueryFormat::Csv => analysis::OutputFormat::Csv,
-        QueryFormat::Parquet => {
-            let Some(path) = output else {
-                bail!("--format parquet needs --output FILE");
-            };
-            let said = analysis::query(sql, &tables, &analysis::OutputFormat::Parquet(path))?;
-            println!("{}", said.trim_end());
-            return Ok(ExitCode::SUCCESS);
-        }
-    };
-    let text = analysis::query(sql, &tables, &text_format)?;
-    match output {
-        Some(path) => {
-            std::fs::write(&path, &text)
-                .with_context(|| format!("cannot write the query result to {}", path.display()))?;
-            println!("wrote {}", path.display());
-        }
-        None => println!("{}", text.trim_end()),
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(tables)
 }
 
 fn status(session: &Session, graph: &Graph<'_>) {

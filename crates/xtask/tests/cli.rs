@@ -572,3 +572,49 @@ fn runs_lists_every_sae_in_the_store_whatever_config_built_it() {
     );
     assert_eq!(queried.stdout.trim(), "n\n2", "{}", queried.stderr);
 }
+
+#[test]
+fn dashboards_render_on_demand_for_named_or_queried_features() {
+    let store = testkit::copy_of(support::built_store());
+    let asked = xtask(
+        store.path(),
+        &[
+            "dashboard",
+            "--feature",
+            "3",
+            "--query",
+            "SELECT feature FROM features WHERE NOT dead ORDER BY detector_f1 DESC LIMIT 2",
+        ],
+    );
+    assert!(asked.ok, "{}", asked.stderr);
+    let page = std::path::PathBuf::from(asked.stdout.trim());
+    assert!(
+        page.starts_with(store.path().join(".dashboards")),
+        "{}",
+        page.display()
+    );
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert_eq!(html.matches("(picked for: asked for)").count(), 3, "{html}");
+    assert!(html.contains("id=\"fc2.pre_l1-0.003_d1024_s0-feature-3\""));
+    assert!(html.matches("<img ").count() >= 3 * 5);
+    // Nothing stored changed: the run is still all cached and verifies.
+    assert!(xtask(store.path(), &["verify"]).ok);
+    for (args, message) in [
+        (
+            &["dashboard", "--feature", "99999"][..],
+            "feature 99999 does not exist",
+        ),
+        (&["dashboard"][..], "name the features: --feature N"),
+        (
+            &["dashboard", "--feature", "1", "--sae", "sae/nope"][..],
+            "--sae sae/nope: this config has no such SAE",
+        ),
+    ] {
+        let refused = xtask(store.path(), args);
+        assert!(
+            !refused.ok && refused.stderr.contains(message),
+            "{args:?}: {}",
+            refused.stderr
+        );
+    }
+}
