@@ -40,9 +40,14 @@ impl Baseline {
         let (train_relu, test_relu) = (relu(layer.train), relu(layer.test));
         let probes = probe::k_sparse_probes(
             &ProbeData {
-                train: &train_relu,
-                test: &test_relu,
-                width: layer.width,
+                train: probe::Columns::Dense {
+                    values: &train_relu,
+                    width: layer.width,
+                },
+                test: probe::Columns::Dense {
+                    values: &test_relu,
+                    width: layer.width,
+                },
                 train_labels: layer.train_labels,
                 test_labels: layer.test_labels,
             },
@@ -90,9 +95,9 @@ pub fn analyse_sae(
     std::fs::create_dir_all(out_dir).map_err(AnalysisError::io(out_dir))?;
     let mut timings = Timings::default();
 
+    // Sparse from the start: a dense [rows, d_sae] matrix is 3.9 GB at d_sae 16384.
     let start = Instant::now();
-    let acts_train = sae::encode(run.sae, layer.train)?;
-    let acts_test = sae::encode(run.sae, layer.test)?;
+    let (acts_train, acts_test) = encode_both(run.sae, layer)?;
     timings.encode_s = start.elapsed().as_secs_f64();
 
     let start = Instant::now();
@@ -107,9 +112,8 @@ pub fn analyse_sae(
     let ranking = stats::rank_by_mi(&tables.stats);
     let feature_probes = probe::k_sparse_probes(
         &ProbeData {
-            train: &acts_train,
-            test: &acts_test,
-            width: run.sae.d_sae(),
+            train: probe::Columns::Sparse(&acts_train),
+            test: probe::Columns::Sparse(&acts_test),
             train_labels: layer.train_labels,
             test_labels: layer.test_labels,
         },
@@ -188,16 +192,10 @@ pub fn dashboards_on_demand(
         )));
     }
     std::fs::create_dir_all(out_dir).map_err(AnalysisError::io(out_dir))?;
-    let acts_train = sae::encode(run.sae, layer.train)?;
-    let acts_test = sae::encode(run.sae, layer.test)?;
-    let counts = UnitCounts::count(&acts_train, d_sae, layer.train_labels)?;
-    let test_counts = UnitCounts::count(&acts_test, d_sae, layer.test_labels)?;
-    let info = labelinfo::label_info(
-        &SparseActs::from_dense(&acts_train, d_sae),
-        layer.train_labels,
-        d_sae,
-        cfg.mi_bins,
-    );
+    let (acts_train, acts_test) = encode_both(run.sae, layer)?;
+    let counts = UnitCounts::from_sparse(&acts_train, d_sae, layer.train_labels)?;
+    let test_counts = UnitCounts::from_sparse(&acts_test, d_sae, layer.test_labels)?;
+    let info = labelinfo::label_info(&acts_train, layer.train_labels, d_sae, cfg.mi_bins);
     let stats = stats::unit_stats(&counts, &test_counts, &info, cfg.min_support);
     let dashboards = features
         .iter()
@@ -220,7 +218,22 @@ pub fn dashboards_on_demand(
     crate::report::write_dashboard_page(run.name, &dashboards, out_dir, out_dir)
 }
 
-/// The per-SAE DataFrames, built from the dense encodings.
+/// The layer's train and test rows encoded by `sae`, as their non-zeros.
+fn encode_both(
+    sae: &sae::Sae,
+    layer: &LayerData,
+) -> Result<(SparseActs, SparseActs), AnalysisError> {
+    let (train, test) = rayon::join(
+        || sae::encode_sparse(sae, layer.train),
+        || sae::encode_sparse(sae, layer.test),
+    );
+    Ok((
+        SparseActs::from_codes(&train?),
+        SparseActs::from_codes(&test?),
+    ))
+}
+
+/// The per-SAE DataFrames, built from the sparse encodings.
 pub struct FeatureTables {
     pub stats: Vec<UnitStats>,
     pub train_counts: UnitCounts,
@@ -232,32 +245,22 @@ pub struct FeatureTables {
 }
 
 impl FeatureTables {
-    /// All four tables from dense `[rows, d_sae]` encodings of the train and test rows.
+    /// All four tables from the non-zero activations of the train and test rows.
     pub fn build(
         sae: &sae::Sae,
         baseline: &Baseline,
         layer: &LayerData,
-        acts_train: &[f32],
-        acts_test: &[f32],
+        sparse_train: &SparseActs,
+        sparse_test: &SparseActs,
         cfg: &AnalysisConfig,
     ) -> Result<FeatureTables, AnalysisError> {
         let d_sae = sae.d_sae();
-        let ((train_counts, test_counts), (sparse_train, sparse_test)) = rayon::join(
-            || {
-                rayon::join(
-                    || UnitCounts::count(acts_train, d_sae, layer.train_labels),
-                    || UnitCounts::count(acts_test, d_sae, layer.test_labels),
-                )
-            },
-            || {
-                rayon::join(
-                    || SparseActs::from_dense(acts_train, d_sae),
-                    || SparseActs::from_dense(acts_test, d_sae),
-                )
-            },
+        let (train_counts, test_counts) = rayon::join(
+            || UnitCounts::from_sparse(sparse_train, d_sae, layer.train_labels),
+            || UnitCounts::from_sparse(sparse_test, d_sae, layer.test_labels),
         );
         let (train_counts, test_counts) = (train_counts?, test_counts?);
-        let info = labelinfo::label_info(&sparse_train, layer.train_labels, d_sae, cfg.mi_bins);
+        let info = labelinfo::label_info(sparse_train, layer.train_labels, d_sae, cfg.mi_bins);
         let stats = stats::unit_stats(&train_counts, &test_counts, &info, cfg.min_support);
         let decoder_norms: Vec<f64> = sae
             .w_dec
@@ -267,11 +270,11 @@ impl FeatureTables {
         let features = tables::unit_table("feature", &stats, Some(&decoder_norms))?;
         let feature_labels = tables::feature_label_table(&train_counts)?;
         let mut feature_acts =
-            tables::feature_acts_table("train", &sparse_train, layer.train_labels)?;
+            tables::feature_acts_table("train", sparse_train, layer.train_labels)?;
         feature_acts
             .vstack_mut(&tables::feature_acts_table(
                 "test",
-                &sparse_test,
+                sparse_test,
                 layer.test_labels,
             )?)
             .map_err(AnalysisError::polars(

@@ -78,8 +78,8 @@ pub fn pick(stats: &[UnitStats], cfg: &AnalysisConfig) -> Vec<(usize, String)> {
 pub struct DashboardInput<'a> {
     pub layer: &'a LayerData<'a>,
     pub sae: &'a sae::Sae,
-    /// Dense `[train rows, d_sae]`.
-    pub acts_train: &'a [f32],
+    /// The train rows' non-zero activations.
+    pub acts_train: &'a crate::tables::SparseActs,
     pub stats: &'a UnitStats,
     pub counts: &'a UnitCounts,
     pub cfg: &'a AnalysisConfig,
@@ -94,16 +94,9 @@ pub fn render(
 ) -> Result<Dashboard, AnalysisError> {
     let dir = out_dir.join("dashboards");
     std::fs::create_dir_all(&dir).map_err(AnalysisError::io(&dir))?;
-    let d_sae = input.sae.d_sae();
     let labels = input.layer.train_labels;
     // (row, value) of every active train row, in dataset order.
-    let active: Vec<(usize, f32)> = input
-        .acts_train
-        .chunks_exact(d_sae)
-        .map(|row| row[feature])
-        .enumerate()
-        .filter(|&(_, v)| v > 0.0)
-        .collect();
+    let active: Vec<(usize, f32)> = input.acts_train.column(feature);
     let stem = |name: &str| dir.join(format!("feature_{feature}_{name}"));
     let mut images = Vec::new();
 
@@ -244,7 +237,7 @@ pub fn render(
         logit_effect,
         logit_effect_rows: rows.len(),
         decoder_top_units: decoder_top_units(input.sae, feature, NEIGHBOURS),
-        correlated_units: correlated_units(input, feature, NEIGHBOURS),
+        correlated_units: correlated_units(input.layer, &active, NEIGHBOURS),
         nearest_features: nearest_features(input.sae, feature, NEIGHBOURS),
         images: images
             .iter()
@@ -388,29 +381,28 @@ pub fn nearest_features(sae: &sae::Sae, f: usize, n: usize) -> Vec<(usize, f64)>
 }
 
 /// The layer units whose train values correlate most (Pearson, by |r|) with
-/// feature `f`'s activation.
-fn correlated_units(input: &DashboardInput, f: usize, n: usize) -> Vec<(usize, f64)> {
-    let (d_sae, width) = (input.sae.d_sae(), input.layer.width);
-    let rows = input.layer.train_labels.len() as f64;
+/// a feature whose non-zero train activations are `active` (zero elsewhere).
+fn correlated_units(layer: &LayerData, active: &[(usize, f32)], n: usize) -> Vec<(usize, f64)> {
+    let width = layer.width;
+    let rows = layer.train_labels.len() as f64;
     let (mut sum_a, mut sum_aa) = (0.0f64, 0.0f64);
     let (mut sum_u, mut sum_uu, mut sum_au) = (
         vec![0.0f64; width],
         vec![0.0f64; width],
         vec![0.0f64; width],
     );
-    for (acts, units) in input
-        .acts_train
-        .chunks_exact(d_sae)
-        .zip(input.layer.train.chunks_exact(width))
-    {
-        let a = acts[f] as f64;
+    for units in layer.train.chunks_exact(width) {
+        for (j, &u) in units.iter().enumerate() {
+            sum_u[j] += u as f64;
+            sum_uu[j] += (u as f64).powi(2);
+        }
+    }
+    for &(r, a) in active {
+        let a = a as f64;
         sum_a += a;
         sum_aa += a * a;
-        for (j, &u) in units.iter().enumerate() {
-            let u = u as f64;
-            sum_u[j] += u;
-            sum_uu[j] += u * u;
-            sum_au[j] += a * u;
+        for (j, &u) in layer.train[r * width..(r + 1) * width].iter().enumerate() {
+            sum_au[j] += a * u as f64;
         }
     }
     let var_a = sum_aa / rows - (sum_a / rows).powi(2);

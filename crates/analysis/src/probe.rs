@@ -233,11 +233,42 @@ impl Softmax {
     }
 }
 
+/// A `[rows, width]` matrix of unit values, dense or as its non-zeros.
+pub enum Columns<'a> {
+    Dense { values: &'a [f32], width: usize },
+    Sparse(&'a crate::tables::SparseActs),
+}
+
+impl Columns<'_> {
+    /// Columns `units` of the first `rows` rows, as `[rows, units.len()]`.
+    fn gather(&self, rows: usize, units: &[usize]) -> Vec<f32> {
+        match self {
+            Columns::Dense { values, width } => gather(values, *width, rows, units),
+            Columns::Sparse(acts) => {
+                let k = units.len();
+                let mut out = vec![0.0f32; rows * k];
+                let position: std::collections::HashMap<u32, usize> = units
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &u)| (u as u32, j))
+                    .collect();
+                for ((&r, &u), &v) in acts.row.iter().zip(&acts.unit).zip(&acts.value) {
+                    if (r as usize) < rows {
+                        if let Some(&j) = position.get(&u) {
+                            out[r as usize * k + j] = v;
+                        }
+                    }
+                }
+                out
+            }
+        }
+    }
+}
+
 /// Data for probing one set of units.
 pub struct ProbeData<'a> {
-    pub train: &'a [f32],
-    pub test: &'a [f32],
-    pub width: usize,
+    pub train: Columns<'a>,
+    pub test: Columns<'a>,
     pub train_labels: &'a [u8],
     pub test_labels: &'a [u8],
 }
@@ -255,8 +286,8 @@ pub fn k_sparse_probes(
         .filter(|&&k| k > 0 && !ranking.is_empty())
         .map(|&k| {
             let units: Vec<usize> = ranking.iter().take(k).copied().collect();
-            let x_train = gather(data.train, data.width, train_rows, &units);
-            let x_test = gather(data.test, data.width, test_rows, &units);
+            let x_train = data.train.gather(train_rows, &units);
+            let x_test = data.test.gather(test_rows, &units);
             let labels = &data.train_labels[..train_rows];
             let (model, steps, converged, train_loss) =
                 Softmax::fit(&x_train, units.len(), labels, cfg)

@@ -135,6 +135,46 @@ impl UnitCounts {
         })
     }
 
+    /// Counts from the non-zeros of a `[labels.len(), width]` matrix: the same
+    /// numbers as [`UnitCounts::count`] on its dense form (sums in f64).
+    pub fn from_sparse(
+        acts: &crate::tables::SparseActs,
+        width: usize,
+        labels: &[u8],
+    ) -> Result<UnitCounts, AnalysisError> {
+        if let Some(bad) = labels.iter().find(|&&l| l as usize >= CLASSES) {
+            return Err(AnalysisError::Input(format!(
+                "activation matrix has label {bad}, outside 0..{CLASSES}"
+            )));
+        }
+        let mut label_totals = [0u64; CLASSES];
+        for &y in labels {
+            label_totals[y as usize] += 1;
+        }
+        let mut active_by_label = vec![0u64; CLASSES * width];
+        let mut sum_by_label = vec![0.0f64; CLASSES * width];
+        let mut max = vec![0.0f32; width];
+        for ((&r, &u), &v) in acts.row.iter().zip(&acts.unit).zip(&acts.value) {
+            let (y, u) = (labels[r as usize] as usize, u as usize);
+            if u >= width {
+                return Err(AnalysisError::Input(format!(
+                    "sparse activations name unit {u} of a matrix {width} wide"
+                )));
+            }
+            active_by_label[y * width + u] += 1;
+            sum_by_label[y * width + u] += v as f64;
+            max[u] = max[u].max(v);
+        }
+        Ok(UnitCounts {
+            rows: labels.len(),
+            width,
+            label_totals,
+            active_by_label,
+            sum_by_label,
+            max,
+        })
+    }
+
     /// Rows on which `unit` is active, per label.
     pub fn active_of(&self, unit: usize) -> [u64; CLASSES] {
         std::array::from_fn(|y| self.active_by_label[y * self.width + unit])

@@ -168,6 +168,36 @@ impl SparseActs {
         out
     }
 
+    /// From an SAE's sparse codes (rows in order), keeping the positive values.
+    pub fn from_codes(codes: &sae::SparseCodes) -> SparseActs {
+        let mut out = SparseActs {
+            row: Vec::with_capacity(codes.value.len()),
+            unit: Vec::with_capacity(codes.value.len()),
+            value: Vec::with_capacity(codes.value.len()),
+        };
+        for (r, bounds) in codes.row_start.windows(2).enumerate() {
+            for e in bounds[0]..bounds[1] {
+                if codes.value[e] > 0.0 {
+                    out.row.push(r as u32);
+                    out.unit.push(codes.feature[e]);
+                    out.value.push(codes.value[e]);
+                }
+            }
+        }
+        out
+    }
+
+    /// `(row, value)` of every entry of `unit`, in row order.
+    pub fn column(&self, unit: usize) -> Vec<(usize, f32)> {
+        self.unit
+            .iter()
+            .zip(&self.row)
+            .zip(&self.value)
+            .filter(|((&u, _), _)| u as usize == unit)
+            .map(|((_, &r), &v)| (r as usize, v))
+            .collect()
+    }
+
     pub fn len(&self) -> usize {
         self.row.len()
     }

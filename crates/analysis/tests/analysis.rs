@@ -283,9 +283,47 @@ fn tables_agree_with_statistics_and_round_trip_through_parquet() {
     let baseline = Baseline::compute(&layer, &cfg).unwrap();
     let acts_train = sae::encode(&f.sae, &f.train).unwrap();
     let acts_test = sae::encode(&f.sae, &f.test).unwrap();
-    let mut built =
-        analysis::FeatureTables::build(&f.sae, &baseline, &layer, &acts_train, &acts_test, &cfg)
-            .unwrap();
+    // The sparse codes hold exactly the dense encoding's non-zeros.
+    let (sparse_train, sparse_test) = (
+        SparseActs::from_codes(&sae::encode_sparse(&f.sae, &f.train).unwrap()),
+        SparseActs::from_codes(&sae::encode_sparse(&f.sae, &f.test).unwrap()),
+    );
+    let dense = SparseActs::from_dense(&acts_train, f.sae.d_sae());
+    assert_eq!(
+        (&sparse_train.row, &sparse_train.unit, &sparse_train.value),
+        (&dense.row, &dense.unit, &dense.value)
+    );
+    let counts_sparse =
+        UnitCounts::from_sparse(&sparse_train, f.sae.d_sae(), &f.train_labels).unwrap();
+    let counts_dense = UnitCounts::count(&acts_train, f.sae.d_sae(), &f.train_labels).unwrap();
+    assert_eq!(
+        (
+            &counts_sparse.active_by_label,
+            &counts_sparse.max,
+            counts_sparse.label_totals
+        ),
+        (
+            &counts_dense.active_by_label,
+            &counts_dense.max,
+            counts_dense.label_totals
+        )
+    );
+    for (a, b) in counts_sparse
+        .sum_by_label
+        .iter()
+        .zip(&counts_dense.sum_by_label)
+    {
+        assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{a} vs {b}");
+    }
+    let mut built = analysis::FeatureTables::build(
+        &f.sae,
+        &baseline,
+        &layer,
+        &sparse_train,
+        &sparse_test,
+        &cfg,
+    )
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     built.write(dir.path()).unwrap();
 
@@ -333,9 +371,14 @@ fn probes_find_label_information() {
         ..Default::default()
     };
     let data = analysis::probe::ProbeData {
-        train: &f.train,
-        test: &f.test,
-        width: WIDTH,
+        train: analysis::probe::Columns::Dense {
+            values: &f.train,
+            width: WIDTH,
+        },
+        test: analysis::probe::Columns::Dense {
+            values: &f.test,
+            width: WIDTH,
+        },
         train_labels: &f.train_labels,
         test_labels: &f.test_labels,
     };

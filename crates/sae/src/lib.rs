@@ -36,7 +36,10 @@ pub use config::{
     SaeConfig, Variant, VariantAxes,
 };
 pub use error::SaeError;
-pub use model::{column_mean, encode, evaluate, explained_variance, reconstruct, EvalMetrics, Sae};
+pub use model::{
+    column_mean, encode, encode_sparse, evaluate, explained_variance, reconstruct, EvalMetrics,
+    Sae, SparseCodes,
+};
 pub use sweep::{ScheduledPoint, SweepScheduler};
 pub use train::{
     train, train_sweep, train_sweep_on, CurvePoint, ProgressEvent, ProgressKind, ResampleEvent,

@@ -98,6 +98,22 @@ impl Sae {
 
     /// Sparse forward over `x` (`rows` rows), in chunks of `CHUNK_ROWS`.
     fn forward_chunk(&self, x: &[f32], out: &mut ChunkForward) {
+        self.encode_chunk(x, out);
+        let (d_in, rows) = (self.d_in(), x.len() / self.d_in());
+        out.x_hat.clear();
+        for r in 0..rows {
+            let start = out.x_hat.len();
+            out.x_hat.extend_from_slice(&self.b_dec);
+            let x_hat = &mut out.x_hat[start..];
+            for e in out.row_start[r]..out.row_start[r + 1] {
+                let f = out.idx[e] as usize;
+                kernels::axpy(x_hat, out.val[e], &self.w_dec[f * d_in..(f + 1) * d_in]);
+            }
+        }
+    }
+
+    /// The sparse codes of a chunk (no reconstruction): `out.row_start`, `idx`, `val`.
+    fn encode_chunk(&self, x: &[f32], out: &mut ChunkForward) {
         let (d_in, d_sae) = (self.d_in(), self.d_sae());
         let rows = x.len() / d_in;
         out.x_cent.clear();
@@ -133,16 +149,6 @@ impl Sae {
                 &mut out.val,
             );
             out.row_start.push(out.idx.len());
-        }
-        out.x_hat.clear();
-        for r in 0..rows {
-            let start = out.x_hat.len();
-            out.x_hat.extend_from_slice(&self.b_dec);
-            let x_hat = &mut out.x_hat[start..];
-            for e in out.row_start[r]..out.row_start[r + 1] {
-                let f = out.idx[e] as usize;
-                kernels::axpy(x_hat, out.val[e], &self.w_dec[f * d_in..(f + 1) * d_in]);
-            }
         }
     }
 
@@ -254,6 +260,42 @@ pub fn encode(sae: &Sae, x: &[f32]) -> Result<Vec<f32>, SaeError> {
         acts
     });
     Ok(chunks.concat())
+}
+
+/// The non-zero activations of every row of `x` `[rows, d_in]`, row by row
+/// (compressed sparse rows): what [`encode`] returns without the dense
+/// `[rows, d_sae]` matrix, for wide SAEs.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SparseCodes {
+    /// Row r's entries are `row_start[r]..row_start[r + 1]`.
+    pub row_start: Vec<usize>,
+    pub feature: Vec<u32>,
+    pub value: Vec<f32>,
+}
+
+pub fn encode_sparse(sae: &Sae, x: &[f32]) -> Result<SparseCodes, SaeError> {
+    sae.check_input(x)?;
+    let chunks: Vec<(Vec<usize>, Vec<u32>, Vec<f32>)> = x
+        .par_chunks(CHUNK_ROWS * sae.d_in())
+        .map_init(ChunkForward::default, |out, chunk| {
+            sae.encode_chunk(chunk, out);
+            (out.row_start.clone(), out.idx.clone(), out.val.clone())
+        })
+        .collect();
+    let total: usize = chunks.iter().map(|c| c.1.len()).sum();
+    let mut codes = SparseCodes {
+        row_start: Vec::with_capacity(x.len() / sae.d_in() + 1),
+        feature: Vec::with_capacity(total),
+        value: Vec::with_capacity(total),
+    };
+    codes.row_start.push(0);
+    for (starts, idx, val) in chunks {
+        let base = codes.feature.len();
+        codes.row_start.extend(starts[1..].iter().map(|s| s + base));
+        codes.feature.extend(idx);
+        codes.value.extend(val);
+    }
+    Ok(codes)
 }
 
 /// Reconstruction `x_hat` `[rows, d_in]` of row-major input `x` `[rows, d_in]`.
