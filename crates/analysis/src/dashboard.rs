@@ -308,11 +308,18 @@ fn logit_effect(
         return Ok(vec![0.0; CLASSES]);
     }
     let d_in = input.sae.d_in();
-    let mut x = Vec::with_capacity(rows.len() * d_in);
+    // From the codes already computed: re-encoding 2048 rows of a 16384-wide SAE costs a second.
+    let acts = input.acts_train;
+    let mut x_hat = Vec::with_capacity(rows.len() * d_in);
     for &(row, _) in rows {
-        x.extend_from_slice(&input.layer.train[row * d_in..(row + 1) * d_in]);
+        let start = acts.row.partition_point(|&r| (r as usize) < row);
+        let end = acts.row.partition_point(|&r| (r as usize) <= row);
+        x_hat.extend(sae::decode_row(
+            input.sae,
+            &acts.unit[start..end],
+            &acts.value[start..end],
+        ));
     }
-    let x_hat = sae::reconstruct(input.sae, &x)?;
     let direction = &input.sae.w_dec[feature * d_in..(feature + 1) * d_in];
     let mut ablated = x_hat.clone();
     for (chunk, &(_, act)) in ablated.chunks_exact_mut(d_in).zip(rows) {

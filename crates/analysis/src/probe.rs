@@ -137,12 +137,17 @@ impl Softmax {
                     for (row, &y) in block.chunks_exact(k).zip(block_labels) {
                         let p = model.probabilities(row);
                         g[(k + 1) * CLASSES] -= p[y as usize].max(f32::MIN_POSITIVE).ln();
-                        for c in 0..CLASSES {
-                            let d = p[c] - (c == y as usize) as u8 as f32;
-                            for j in 0..k {
-                                g[j * CLASSES + c] += d * row[j];
+                        let mut d = p;
+                        d[y as usize] -= 1.0;
+                        // Unit-major: each unit's CLASSES gradients are contiguous (vectorises).
+                        for (j, &x) in row.iter().enumerate() {
+                            let gj = &mut g[j * CLASSES..(j + 1) * CLASSES];
+                            for c in 0..CLASSES {
+                                gj[c] += d[c] * x;
                             }
-                            g[k * CLASSES + c] += d;
+                        }
+                        for c in 0..CLASSES {
+                            g[k * CLASSES + c] += d[c];
                         }
                     }
                     g

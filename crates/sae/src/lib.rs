@@ -37,8 +37,8 @@ pub use config::{
 };
 pub use error::SaeError;
 pub use model::{
-    column_mean, encode, encode_sparse, evaluate, explained_variance, reconstruct, EvalMetrics,
-    Sae, SparseCodes,
+    column_mean, decode_row, encode, encode_sparse, evaluate, explained_variance, reconstruct,
+    EvalMetrics, Sae, SparseCodes,
 };
 pub use sweep::{ScheduledPoint, SweepScheduler};
 pub use train::{

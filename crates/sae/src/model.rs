@@ -298,6 +298,18 @@ pub fn encode_sparse(sae: &Sae, x: &[f32]) -> Result<SparseCodes, SaeError> {
     Ok(codes)
 }
 
+/// One row's reconstruction from its sparse code: `b_dec + sum value * W_dec[feature]`,
+/// summed in the order given (as the forward pass does, in feature order).
+pub fn decode_row(sae: &Sae, features: &[u32], values: &[f32]) -> Vec<f32> {
+    let d_in = sae.d_in();
+    let mut x_hat = sae.b_dec.clone();
+    for (&f, &v) in features.iter().zip(values) {
+        let f = f as usize;
+        kernels::axpy(&mut x_hat, v, &sae.w_dec[f * d_in..(f + 1) * d_in]);
+    }
+    x_hat
+}
+
 /// Reconstruction `x_hat` `[rows, d_in]` of row-major input `x` `[rows, d_in]`.
 pub fn reconstruct(sae: &Sae, x: &[f32]) -> Result<Vec<f32>, SaeError> {
     sae.check_input(x)?;

@@ -770,3 +770,44 @@ fn the_scheduler_trains_a_group_once_and_hands_each_point_its_own_result() {
     };
     assert!(unknown.contains("nope"), "{unknown}");
 }
+
+#[test]
+fn sparse_codes_are_the_dense_encoding_and_decode_to_the_reconstruction() {
+    let cfg = sae::SaeConfig {
+        d_in: 16,
+        d_sae: 48,
+        ..Default::default()
+    };
+    let sae = sae::Sae::init(&cfg, &[]).unwrap();
+    let x: Vec<f32> = (0..16 * 300)
+        .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+        .collect();
+    let dense = sae::encode(&sae, &x).unwrap();
+    let codes = sae::encode_sparse(&sae, &x).unwrap();
+    let x_hat = sae::reconstruct(&sae, &x).unwrap();
+    assert_eq!(codes.row_start.len(), 301);
+    let mut nonzeros = 0;
+    for r in 0..300 {
+        let (start, end) = (codes.row_start[r], codes.row_start[r + 1]);
+        let row = &dense[r * 48..(r + 1) * 48];
+        let expected: Vec<(u32, f32)> = row
+            .iter()
+            .enumerate()
+            .filter(|(_, &v)| v != 0.0)
+            .map(|(f, &v)| (f as u32, v))
+            .collect();
+        let got: Vec<(u32, f32)> = codes.feature[start..end]
+            .iter()
+            .copied()
+            .zip(codes.value[start..end].iter().copied())
+            .collect();
+        assert_eq!(got, expected, "row {r}");
+        nonzeros += got.len();
+        let decoded = sae::decode_row(&sae, &codes.feature[start..end], &codes.value[start..end]);
+        assert_eq!(decoded, x_hat[r * 16..(r + 1) * 16], "row {r}");
+    }
+    assert!(
+        nonzeros > 300,
+        "the check should cover active features: {nonzeros}"
+    );
+}
