@@ -93,6 +93,21 @@ impl Figure {
 
 const SIZE: (u32, u32) = (1000, 620);
 
+/// Ten colours told apart easily, also by most colour-blind readers
+/// (matplotlib's tab10), so per-digit layers do not collide.
+const CATEGORICAL: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
 fn plot_error(path: &Path) -> impl Fn(String) -> AnalysisError + '_ {
     move |message| AnalysisError::Plot {
         path: path.to_path_buf(),
@@ -237,7 +252,7 @@ fn draw_figure<DB: DrawingBackend>(
         .draw()
         .map_err(text)?;
     for (i, layer) in figure.layers.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
+        let color = CATEGORICAL[i % CATEGORICAL.len()].to_rgba();
         let legend_color = color;
         let drawn = match &layer.mark {
             Mark::Lines => chart

@@ -474,7 +474,7 @@ figcaption{font-size:small;color:#444}p,li{max-width:70em;line-height:1.4;overfl
 
 fn summary_html(summaries: &[SaeSummary], cfg: &AnalysisConfig) -> String {
     let mut out = format!(
-        "<div class=\"scroll\"><table><tr><th>SAE</th><th>units of</th><th>count</th><th>dead</th>\
+        "<div class=\"scroll\"><table><tr><th>model</th><th>units</th><th>count</th><th>dead</th>\
 <th>binary MI &gt; 0.1</th><th>binary MI &gt; 0.5</th><th>best binary MI</th><th>mean binary MI</th>\
 <th>best binned MI ({} bins)</th><th>mean binned MI</th><th>best detector (unit: class, F1, AUROC)</th>",
         cfg.mi_bins
@@ -489,14 +489,17 @@ fn summary_html(summaries: &[SaeSummary], cfg: &AnalysisConfig) -> String {
     out.push_str("</tr>");
     for s in summaries {
         let row = SummaryRow::of(s);
-        for (kind, mi, accs) in [
+        let mlp_layer = format!("MLP {}", s.layer);
+        for (model, kind, mi, accs) in [
             (
+                row.name.as_str(),
                 "SAE features",
                 &row.features,
                 row.probes.iter().map(|p| Some(p.1)).collect::<Vec<_>>(),
             ),
             (
-                "MLP neurons",
+                mlp_layer.as_str(),
+                "neurons",
                 &row.neurons,
                 row.probes.iter().map(|p| p.2).collect::<Vec<_>>(),
             ),
@@ -509,7 +512,7 @@ fn summary_html(summaries: &[SaeSummary], cfg: &AnalysisConfig) -> String {
             let _ = write!(
                 out,
                 "<tr><td>{}</td><td>{kind}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{detector}</td>",
-                escape(&row.name),
+                escape(model),
                 mi.units,
                 mi.dead,
                 mi.above_0_1_bits,
@@ -769,7 +772,9 @@ Purity and top label need {} active rows (analysis.min_support).</p>{}\
         }
         let _ = write!(
             html,
-            ". Timings: encode {:.3} s, tables {:.3} s, parquet {:.3} s, probes {:.2} s, plots {:.2} s.</p><div class=\"grid\">",
+            ". Timings: encode {:.3} s, tables {:.3} s, parquet {:.3} s, probes {:.2} s, plots {:.2} s.</p>\
+<p>Dashboards below: the top features by binary MI, binned MI, detector F1, purity (with support) and frequency, in that order; \
+a feature already shown for an earlier criterion is skipped and the next one of this criterion shown instead.</p><div class=\"grid\">",
             s.timings.encode_s, s.timings.tables_s, s.timings.parquet_s, s.timings.probes_s, s.timings.plots_s
         );
         for png in &s.plots {
