@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use artifacts::Graph;
 use candle_core::Device;
 
+use crate::stages::analysis::LayerCopy;
 use crate::stages::mlp::{load_mnist, load_weights};
 use crate::Session;
 
@@ -40,26 +41,8 @@ pub fn dashboards(
     )?;
     let store = ActivationStore::open_dir(&extract_dir, VerifyMode::Sizes)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let (train_view, test_view) = (
-        store
-            .layer("train", &point.layer)
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
-        store
-            .layer("test", &point.layer)
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
-    );
-    let (train, test) = (train_view.to_vec(), test_view.to_vec());
-    let (train_labels, test_labels) = (train_view.labels(), test_view.labels());
-    let layer = analysis::LayerData {
-        layer: &point.layer,
-        width: train_view.width(),
-        train: &train,
-        test: &test,
-        train_labels: &train_labels,
-        test_labels: &test_labels,
-        train_pixels: &data.train.images.pixels,
-        mlp: &model,
-    };
+    let copy = LayerCopy::read(&store, &point.layer).map_err(anyhow::Error::msg)?;
+    let layer = copy.data(&point.layer, &data.train.images.pixels, &model);
     let sae = sae::load(&sae_dir)?;
     let name = point.name.trim_start_matches("sae/").replace('/', "_");
     let run = analysis::SaeRun {

@@ -14,6 +14,47 @@ use super::mlp::{load_mnist, load_weights, MlpMetricsFile, MLP_METRICS_FILE};
 use super::sae::{SaeMetricsFile, METRICS_FILE};
 use crate::sweep::Point;
 
+/// A cached layer's train and test values and labels, copied out of the store.
+pub struct LayerCopy {
+    pub width: usize,
+    pub train: Vec<f32>,
+    pub test: Vec<f32>,
+    pub train_labels: Vec<u8>,
+    pub test_labels: Vec<u8>,
+}
+
+impl LayerCopy {
+    pub fn read(store: &ActivationStore, layer: &str) -> Result<LayerCopy, StageError> {
+        let (train, test) = (store.layer("train", layer)?, store.layer("test", layer)?);
+        Ok(LayerCopy {
+            width: train.width(),
+            train: train.to_vec(),
+            test: test.to_vec(),
+            train_labels: train.labels(),
+            test_labels: test.labels(),
+        })
+    }
+
+    /// The analysis's view of it, with the train images and the MLP.
+    pub fn data<'a>(
+        &'a self,
+        layer: &'a str,
+        train_pixels: &'a [u8],
+        mlp: &'a mlp::Mlp,
+    ) -> LayerData<'a> {
+        LayerData {
+            layer,
+            width: self.width,
+            train: &self.train,
+            test: &self.test,
+            train_labels: &self.train_labels,
+            test_labels: &self.test_labels,
+            train_pixels,
+            mlp,
+        }
+    }
+}
+
 pub struct AnalysisStage {
     pub points: Vec<Point>,
     pub cfg: AnalysisConfig,
@@ -62,20 +103,8 @@ impl Stage for AnalysisStage {
         let mut reports = Vec::new();
         let mut headline = String::new();
         for layer in layers {
-            let (train_view, test_view) =
-                (store.layer("train", layer)?, store.layer("test", layer)?);
-            let (train, test) = (train_view.to_vec(), test_view.to_vec());
-            let (train_labels, test_labels) = (train_view.labels(), test_view.labels());
-            let layer_data = LayerData {
-                layer,
-                width: train_view.width(),
-                train: &train,
-                test: &test,
-                train_labels: &train_labels,
-                test_labels: &test_labels,
-                train_pixels: &data.train.images.pixels,
-                mlp: &model,
-            };
+            let copy = LayerCopy::read(&store, layer)?;
+            let layer_data = copy.data(layer, &data.train.images.pixels, &model);
             let mut loaded = Vec::new();
             for point in self.points.iter().filter(|p| p.layer == layer) {
                 let dir = inputs.dir(&point.name);
