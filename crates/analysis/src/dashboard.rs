@@ -180,7 +180,7 @@ pub fn render(
                     },
                     Layer {
                         name: "base rate P(y)".into(),
-                        mark: Mark::Points { labels: Vec::new() },
+                        mark: Mark::Lines,
                         points: (0..CLASSES)
                             .map(|y| {
                                 let rows = input.counts.rows.max(1) as f64;
