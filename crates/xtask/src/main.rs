@@ -460,7 +460,12 @@ fn execute(
             eprintln!("{:<10} running ({why})", p.name);
         }
         Event::Waiting(p) => eprintln!("{:<10} waiting: another saelab run is building it", p.name),
-        Event::Finished(outcome) => println!("{}", outcome_line(outcome)),
+        Event::Finished(outcome) => {
+            if let Ok(mut building) = BUILDING.lock() {
+                *building = None;
+            }
+            println!("{}", outcome_line(outcome));
+        }
     })?;
     let failed = outcomes
         .iter()
