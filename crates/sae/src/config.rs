@@ -15,7 +15,10 @@ pub struct SaeConfig {
     pub variant: Variant,
     /// How the sparsity penalty reduces over the batch (the L2 term is always a batch mean).
     pub l1_reduction: Reduction,
-    pub init: Init,
+    /// How the encoder starts; independent of [`SaeConfig::b_dec_init`].
+    pub encoder_init: EncoderInit,
+    /// Where the decoder bias starts.
+    pub b_dec_init: DecoderBiasInit,
     pub optimizer: AdamConfig,
     pub lr_schedule: LrSchedule,
     pub batch_size: usize,
@@ -37,7 +40,8 @@ impl Default for SaeConfig {
             d_sae: 1024,
             variant: Variant::default(),
             l1_reduction: Reduction::Sum,
-            init: Init::Notebook,
+            encoder_init: EncoderInit::Uniform,
+            b_dec_init: DecoderBiasInit::Zero,
             optimizer: AdamConfig::default(),
             lr_schedule: LrSchedule::default(),
             batch_size: 64,
@@ -212,16 +216,26 @@ pub enum Reduction {
     Mean,
 }
 
+/// The encoder's start. The decoder always starts as PyTorch's `nn.Linear`
+/// default (uniform, bound 1/sqrt(fan_in)) with rows then set to unit norm,
+/// and `b_enc` at zero.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Init {
-    /// PyTorch `nn.Linear` default (uniform, bound 1/sqrt(fan_in)), zero biases,
-    /// then unit-norm decoder rows.
-    Notebook,
-    /// Decoder as `Notebook`, encoder = decoder transposed.
+pub enum EncoderInit {
+    /// `nn.Linear`'s default, drawn independently of the decoder (the notebook).
+    Uniform,
+    /// The decoder transposed (the TopK paper, SAELens, dictionary_learning).
     Tied,
-    /// `Notebook`, with `b_dec` set to the mean of the training data.
-    DataMeanBdec,
+}
+
+/// The decoder bias's start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecoderBiasInit {
+    /// Zero (the notebook).
+    Zero,
+    /// The mean of the training rows (the TopK paper uses their geometric median).
+    DataMean,
 }
 
 /// Adam without weight decay.

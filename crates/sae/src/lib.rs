@@ -32,8 +32,8 @@ mod trainer;
 
 pub use checkpoint::{load, save, TrainingRecord, CONFIG_FILE, RECORD_FILE, WEIGHTS_FILE};
 pub use config::{
-    AdamConfig, Architecture, Init, LrSchedule, Reduction, ResampleConfig, ResampleSchedule,
-    SaeConfig, Variant, VariantAxes,
+    AdamConfig, Architecture, DecoderBiasInit, EncoderInit, LrSchedule, Reduction, ResampleConfig,
+    ResampleSchedule, SaeConfig, Variant, VariantAxes,
 };
 pub use error::SaeError;
 pub use model::{

@@ -6,7 +6,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Init, SaeConfig, Variant};
+use crate::config::{DecoderBiasInit, EncoderInit, SaeConfig, Variant};
 use crate::error::check_rows;
 use crate::kernels::{self, MatRef, Selection};
 use crate::SaeError;
@@ -45,7 +45,7 @@ fn uniform(rng: &mut ChaCha8Rng, len: usize, bound: f32) -> Vec<f32> {
 
 impl Sae {
     /// Initial parameters for `cfg` (validated first). `data` (row-major
-    /// `[rows, d_in]`) is only read by `Init::DataMeanBdec`.
+    /// `[rows, d_in]`) is only read by `DecoderBiasInit::DataMean`.
     pub fn init(cfg: &SaeConfig, data: &[f32]) -> Result<Sae, SaeError> {
         cfg.validate()?;
         let (d_in, d_sae) = (cfg.d_in, cfg.d_sae);
@@ -53,20 +53,20 @@ impl Sae {
         // nn.Linear's kaiming-uniform(a = sqrt 5) bound is 1/sqrt(fan_in).
         let enc_bound = 1.0 / (d_in as f32).sqrt();
         let dec_bound = 1.0 / (d_sae as f32).sqrt();
-        let (w_enc, mut w_dec) = match cfg.init {
-            Init::Notebook | Init::DataMeanBdec => {
+        // Draw order (encoder, then decoder) is part of the seed's meaning.
+        let (w_enc, mut w_dec) = match cfg.encoder_init {
+            EncoderInit::Uniform => {
                 let w_enc = uniform(&mut rng, d_in * d_sae, enc_bound);
                 (w_enc, uniform(&mut rng, d_sae * d_in, dec_bound))
             }
-            Init::Tied => (Vec::new(), uniform(&mut rng, d_sae * d_in, dec_bound)),
+            EncoderInit::Tied => (Vec::new(), uniform(&mut rng, d_sae * d_in, dec_bound)),
         };
         kernels::normalise_rows(&mut w_dec, d_in);
-        let w_enc = if cfg.init == Init::Tied {
-            transpose(&w_dec, d_sae, d_in)
-        } else {
-            w_enc
+        let w_enc = match cfg.encoder_init {
+            EncoderInit::Tied => transpose(&w_dec, d_sae, d_in),
+            EncoderInit::Uniform => w_enc,
         };
-        let b_dec = if cfg.init == Init::DataMeanBdec {
+        let b_dec = if cfg.b_dec_init == DecoderBiasInit::DataMean {
             let rows = check_rows("training data", data, d_in)?;
             column_mean(data, rows, d_in)
                 .into_iter()

@@ -7,8 +7,8 @@ use candle_core::Device;
 use common::*;
 use sae::{
     encode, evaluate, explained_variance, loss_trajectory, reconstruct, train, train_sweep,
-    AdamConfig, Init, LrSchedule, ResampleConfig, ResampleSchedule, Sae, SaeConfig, SaeError,
-    SweepPoint, TrainPath, Variant,
+    AdamConfig, DecoderBiasInit, LrSchedule, ResampleConfig, ResampleSchedule, Sae, SaeConfig,
+    SaeError, SweepPoint, TrainPath, Variant,
 };
 
 fn reference() -> TrainPath {
@@ -593,7 +593,7 @@ fn initialisations() {
     }
     let mean = Sae::init(
         &SaeConfig {
-            init: Init::DataMeanBdec,
+            b_dec_init: DecoderBiasInit::DataMean,
             ..cfg
         },
         &data,

@@ -490,6 +490,27 @@ mod tests {
     }
 
     #[test]
+    fn topk_aux_latents_default_to_half_the_layer_width() {
+        let k_aux = |overrides: &[&str]| -> Vec<usize> {
+            let config = load_text("", None, overrides).unwrap().config;
+            config
+                .sae
+                .points()
+                .iter()
+                .map(|p| match p.cfg.variant {
+                    sae::Variant::TopK { k_aux, .. } => k_aux,
+                    _ => panic!("a topk point"),
+                })
+                .collect()
+        };
+        let topk = "sae.variant=[\"topk\"]";
+        assert_eq!(k_aux(&[topk]), [64]);
+        let layers = "sae.layer=[\"fc2.pre\", \"logits\"]";
+        assert_eq!(k_aux(&[topk, layers]), [64, 5]);
+        assert_eq!(k_aux(&[topk, "sae.k_aux=256"]), [256]);
+    }
+
+    #[test]
     fn presets_and_overrides_apply_in_order() {
         let toml = "[presets.fast.mlp]\nepochs = 2\nlr = 0.5\n";
         let loaded = load_text(toml, Some("fast"), &["mlp.lr=0.25", "sae.k=[8, 16]"]).unwrap();

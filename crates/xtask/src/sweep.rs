@@ -98,12 +98,17 @@ pub struct SaeSweep {
     pub batch_size: usize,
     pub shuffle: bool,
     pub l1_reduction: sae::Reduction,
-    pub init: sae::Init,
+    /// "uniform" (the notebook) or "tied" (W_enc = W_dec^T).
+    pub encoder_init: sae::EncoderInit,
+    /// "zero" (the notebook) or "data_mean".
+    pub b_dec_init: sae::DecoderBiasInit,
     /// StepLR: every `lr_step_epochs` epochs multiply the lr by `lr_gamma` (gamma 1 = constant).
     pub lr_step_epochs: usize,
     pub lr_gamma: f64,
     /// Steps without firing after which a feature counts as dead.
     pub dead_window_steps: usize,
+    /// TopK's AuxK latents; 0 (the default) means half the layer's width (64
+    /// for fc2.pre), as the TopK paper, SAELens and dictionary_learning use.
     pub k_aux: usize,
     pub aux_coeff: f64,
     /// Resample dead features every this many steps (0 = never), up to
@@ -134,6 +139,9 @@ pub enum TrainerDevice {
     Cuda,
 }
 
+/// `sae.k_aux = 0`: half the layer's width.
+const HALF_THE_WIDTH: usize = 0;
+
 impl Default for SaeSweep {
     fn default() -> Self {
         let notebook = SaeConfig::default();
@@ -141,12 +149,7 @@ impl Default for SaeSweep {
             sae::LrSchedule::StepLr { step_epochs, gamma } => (step_epochs, gamma),
             sae::LrSchedule::Constant => (1, 1.0),
         };
-        let Variant::TopK {
-            k,
-            k_aux,
-            aux_coeff,
-        } = Variant::top_k(32)
-        else {
+        let Variant::TopK { k, aux_coeff, .. } = Variant::top_k(32) else {
             unreachable!("top_k makes a TopK variant")
         };
         let Variant::L1 { l1_coeff } = Variant::default() else {
@@ -164,11 +167,12 @@ impl Default for SaeSweep {
             batch_size: notebook.batch_size,
             shuffle: notebook.shuffle,
             l1_reduction: notebook.l1_reduction,
-            init: notebook.init,
+            encoder_init: notebook.encoder_init,
+            b_dec_init: notebook.b_dec_init,
             lr_step_epochs,
             lr_gamma,
             dead_window_steps: notebook.dead_window_steps,
-            k_aux,
+            k_aux: HALF_THE_WIDTH,
             aux_coeff,
             resample_every_steps: vec![0],
             resample_until: 0,
@@ -251,10 +255,15 @@ impl SaeSweep {
         let mut out = Vec::new();
         for layer in &self.layer {
             for architecture in &self.variant {
+                let width = mlp::layer_width(layer).unwrap_or(0);
                 let axes = sae::VariantAxes {
                     l1_coeff: &self.l1_coeff,
                     k: &self.k,
-                    k_aux: self.k_aux,
+                    k_aux: if self.k_aux == HALF_THE_WIDTH {
+                        (width / 2).max(1)
+                    } else {
+                        self.k_aux
+                    },
                     aux_coeff: self.aux_coeff,
                 };
                 let variants = architecture.variants(&axes);
@@ -306,7 +315,8 @@ impl SaeSweep {
             "batch_size": self.batch_size,
             "shuffle": self.shuffle,
             "l1_reduction": self.l1_reduction,
-            "init": self.init,
+            "encoder_init": self.encoder_init,
+            "b_dec_init": self.b_dec_init,
             "lr_step_epochs": self.lr_step_epochs,
             "lr_gamma": self.lr_gamma,
             "dead_window_steps": self.dead_window_steps,
@@ -349,7 +359,8 @@ impl SaeSweep {
             d_sae,
             variant,
             l1_reduction: self.l1_reduction,
-            init: self.init,
+            encoder_init: self.encoder_init,
+            b_dec_init: self.b_dec_init,
             optimizer: sae::AdamConfig {
                 lr: self.lr,
                 ..sae::AdamConfig::default()

@@ -2,7 +2,7 @@
 //! SAE loss and its gradients (plain loops, no shared code with the crate).
 #![allow(dead_code, clippy::needless_range_loop)]
 
-use sae::{Init, LrSchedule, Reduction, Sae, SaeConfig, Variant};
+use sae::{EncoderInit, LrSchedule, Reduction, Sae, SaeConfig, Variant};
 
 pub fn config(variant: Variant, d_in: usize, d_sae: usize) -> SaeConfig {
     SaeConfig {
@@ -221,7 +221,7 @@ pub fn row_norms(w: &[f32], cols: usize) -> Vec<f64> {
 
 pub fn tied(cfg: SaeConfig) -> SaeConfig {
     SaeConfig {
-        init: Init::Tied,
+        encoder_init: EncoderInit::Tied,
         ..cfg
     }
 }
