@@ -457,6 +457,12 @@ document.body.appendChild(out); });</script>";
         .replacen("<head>", &format!("<head>{hook}"), 1)
         .replace("</body>", &format!("{probe}</body>"));
     std::fs::write(&test_copy, html).unwrap();
+    dump_dom(browser, &test_copy, width)
+}
+
+/// Headless Chromium's DOM of `page` after its scripts ran, in a `width` px
+/// window, and the browser's log.
+fn dump_dom(browser: &Path, page: &Path, width: u32) -> (String, String) {
     let profile = tempfile::tempdir().unwrap();
     let output = std::process::Command::new(browser)
         .args([
@@ -475,7 +481,7 @@ document.body.appendChild(out); });</script>";
             &format!("--user-data-dir={}", profile.path().display()),
             "--dump-dom",
         ])
-        .arg(format!("file://{}", test_copy.display()))
+        .arg(format!("file://{}", page.display()))
         .output()
         .unwrap();
     (
@@ -689,21 +695,7 @@ document.body.appendChild(out); });</script>";
     let probe = probe.replace("THRESHOLD", &format!("{threshold:e}"));
     let copy = page.with_file_name("features_check.html");
     std::fs::write(&copy, html.replace("</body>", &format!("{probe}</body>"))).unwrap();
-    let profile = tempfile::tempdir().unwrap();
-    let output = std::process::Command::new(browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--virtual-time-budget=5000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg("--dump-dom")
-        .arg(format!("file://{}", copy.display()))
-        .output()
-        .unwrap();
-    let dom = String::from_utf8_lossy(&output.stdout);
+    let (dom, _) = dump_dom(browser, &copy, 1400);
     let live = s.features.units - s.features.dead;
     let expected = format!("rows={live} sorted=true kept={above} keptok=true");
     assert!(
