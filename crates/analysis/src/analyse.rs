@@ -27,14 +27,11 @@ impl Baseline {
     /// Statistics of every neuron of `layer` (active = positive, i.e. post-ReLU > 0) and its probes.
     pub fn compute(layer: &LayerData, cfg: &AnalysisConfig) -> Result<Baseline, AnalysisError> {
         layer.check()?;
-        let train = UnitCounts::count(layer.train, layer.width, layer.train_labels)?;
+        let sparse_train = SparseActs::from_dense(layer.train, layer.width);
+        let train = UnitCounts::from_sparse(&sparse_train, layer.width, layer.train_labels)?;
         let test = UnitCounts::count(layer.test, layer.width, layer.test_labels)?;
-        let info = labelinfo::label_info(
-            &SparseActs::from_dense(layer.train, layer.width),
-            layer.train_labels,
-            layer.width,
-            cfg.mi_bins,
-        );
+        let info =
+            labelinfo::label_info(&sparse_train, layer.train_labels, layer.width, cfg.mi_bins);
         let stats = stats::unit_stats(&train, &test, &info, cfg.min_support);
         let relu = |v: &[f32]| v.iter().map(|x| x.max(0.0)).collect::<Vec<f32>>();
         let (train_relu, test_relu) = (relu(layer.train), relu(layer.test));

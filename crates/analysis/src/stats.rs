@@ -5,7 +5,6 @@
 //! the positive values are the post-ReLU values, so features and neurons share
 //! one code path.
 
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::labelinfo::{Detector, LabelInfo};
@@ -13,9 +12,6 @@ use crate::AnalysisError;
 
 /// Number of digit classes.
 pub const CLASSES: usize = 10;
-
-/// Rows per parallel task; large enough to amortise the per-task accumulators.
-const CHUNK_ROWS: usize = 2048;
 
 /// Per-unit, per-label counts over one split.
 #[derive(Clone, Debug, PartialEq)]
@@ -32,43 +28,6 @@ pub struct UnitCounts {
     pub max: Vec<f32>,
 }
 
-struct Accumulator {
-    label_totals: [u64; CLASSES],
-    active: Vec<u64>,
-    sum: Vec<f64>,
-    max: Vec<f32>,
-}
-
-impl Accumulator {
-    fn new(width: usize) -> Self {
-        Accumulator {
-            label_totals: [0; CLASSES],
-            active: vec![0; CLASSES * width],
-            sum: vec![0.0; CLASSES * width],
-            max: vec![0.0; width],
-        }
-    }
-
-    fn merge(mut self, other: Accumulator) -> Self {
-        for (a, b) in self.label_totals.iter_mut().zip(other.label_totals) {
-            *a += b;
-        }
-        self.active
-            .iter_mut()
-            .zip(&other.active)
-            .for_each(|(a, b)| *a += b);
-        self.sum
-            .iter_mut()
-            .zip(&other.sum)
-            .for_each(|(a, b)| *a += b);
-        self.max
-            .iter_mut()
-            .zip(&other.max)
-            .for_each(|(a, &b)| *a = a.max(b));
-        self
-    }
-}
-
 /// Checks that `values` is `[labels.len(), width]` and every label is a digit.
 pub(crate) fn check_matrix(
     what: &str,
@@ -83,70 +42,37 @@ pub(crate) fn check_matrix(
             labels.len()
         )));
     }
-    if let Some(bad) = labels.iter().find(|&&l| l as usize >= CLASSES) {
-        return Err(AnalysisError::Input(format!(
+    check_labels(what, labels)
+}
+
+fn check_labels(what: &str, labels: &[u8]) -> Result<(), AnalysisError> {
+    match labels.iter().find(|&&l| l as usize >= CLASSES) {
+        Some(bad) => Err(AnalysisError::Input(format!(
             "{what} has label {bad}, outside 0..{CLASSES}"
-        )));
+        ))),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 impl UnitCounts {
-    /// Counts over row-major `values` `[labels.len(), width]`.
+    /// Counts over row-major `values` `[labels.len(), width]` (through its
+    /// non-zeros: one counting path for dense and sparse data).
     pub fn count(values: &[f32], width: usize, labels: &[u8]) -> Result<UnitCounts, AnalysisError> {
         check_matrix("activation matrix", values, width, labels)?;
-        let acc = values
-            .par_chunks(CHUNK_ROWS * width)
-            .zip(labels.par_chunks(CHUNK_ROWS))
-            .map(|(block, block_labels)| {
-                let mut acc = Accumulator::new(width);
-                // Per-chunk f32 sums stay exact enough (≤ 2048 terms) and vectorise.
-                let mut sum32 = vec![0.0f32; CLASSES * width];
-                for (row, &label) in block.chunks_exact(width).zip(block_labels) {
-                    let y = label as usize;
-                    acc.label_totals[y] += 1;
-                    let active = &mut acc.active[y * width..(y + 1) * width];
-                    let sum = &mut sum32[y * width..(y + 1) * width];
-                    for (((&v, a), s), m) in row.iter().zip(active).zip(sum).zip(acc.max.iter_mut())
-                    {
-                        let on = v > 0.0;
-                        *a += on as u64;
-                        *s += if on { v } else { 0.0 };
-                        *m = m.max(v);
-                    }
-                }
-                acc.sum
-                    .iter_mut()
-                    .zip(&sum32)
-                    .for_each(|(a, &b)| *a = b as f64);
-                acc
-            })
-            // Merged in chunk order so the f64 sums are the same on every run.
-            .collect::<Vec<_>>()
-            .into_iter()
-            .fold(Accumulator::new(width), Accumulator::merge);
-        Ok(UnitCounts {
-            rows: labels.len(),
+        UnitCounts::from_sparse(
+            &crate::tables::SparseActs::from_dense(values, width),
             width,
-            label_totals: acc.label_totals,
-            active_by_label: acc.active,
-            sum_by_label: acc.sum,
-            max: acc.max,
-        })
+            labels,
+        )
     }
 
-    /// Counts from the non-zeros of a `[labels.len(), width]` matrix: the same
-    /// numbers as [`UnitCounts::count`] on its dense form (sums in f64).
+    /// Counts from the non-zeros of a `[labels.len(), width]` matrix (sums in f64).
     pub fn from_sparse(
         acts: &crate::tables::SparseActs,
         width: usize,
         labels: &[u8],
     ) -> Result<UnitCounts, AnalysisError> {
-        if let Some(bad) = labels.iter().find(|&&l| l as usize >= CLASSES) {
-            return Err(AnalysisError::Input(format!(
-                "activation matrix has label {bad}, outside 0..{CLASSES}"
-            )));
-        }
+        check_labels("activation matrix", labels)?;
         let mut label_totals = [0u64; CLASSES];
         for &y in labels {
             label_totals[y as usize] += 1;
