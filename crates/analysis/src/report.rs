@@ -164,19 +164,18 @@ pub fn sweep_table(summaries: &[SaeSummary]) -> Result<DataFrame, AnalysisError>
             s.features.best_detector.as_ref().map_or(0.0, |d| d.1.f1)
         }),
     ];
-    let mut keys: Vec<&String> = Vec::new();
-    for key in summaries.iter().flat_map(|s| s.params.keys()) {
-        if !keys.contains(&key) && key != "d_sae" {
-            keys.push(key);
-        }
-    }
-    for key in keys {
-        let values: Vec<&serde_json::Value> = summaries
-            .iter()
-            .map(|s| s.params.get(key).unwrap_or(&serde_json::Value::Null))
-            .collect();
-        columns.push(typed_column(format!("param_{key}").into(), &values));
-    }
+    // d_sae is a column of its own, above.
+    let params: Vec<Record> = summaries
+        .iter()
+        .map(|s| {
+            s.params
+                .iter()
+                .filter(|(key, _)| *key != "d_sae")
+                .map(|(key, value)| (format!("param_{key}"), value.clone()))
+                .collect()
+        })
+        .collect();
+    columns.extend(records_table(&params)?.columns().iter().cloned());
     DataFrame::new(n, columns).map_err(AnalysisError::polars("building the sweep table"))
 }
 
