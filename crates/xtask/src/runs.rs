@@ -9,10 +9,10 @@ use serde_json::Value;
 
 use crate::stages::sae::SaeMetricsFile;
 
-/// One record per fresh SAE artifact, metrics (with their split) before
-/// params; and how many SAE folders could not be listed, with why.
-pub fn records(store: &Store) -> Result<(Vec<Record>, Vec<String>)> {
-    let mut records = Vec::new();
+/// One record per fresh SAE artifact, newest first, metrics (with their split)
+/// before params; and the SAE folders that could not be listed, with why.
+fn records(store: &Store) -> Result<(Vec<Record>, Vec<String>)> {
+    let mut records: Vec<(u64, Record)> = Vec::new();
     let mut skipped = Vec::new();
     for (kind, key, check) in store.list()? {
         if kind != "sae" {
@@ -61,14 +61,14 @@ pub fn records(store: &Store) -> Result<(Vec<Record>, Vec<String>)> {
                 record.push((format!("param_{name}"), value));
             }
         }
-        records.push(record);
+        records.push((manifest.created_unix_s, record));
     }
-    Ok((records, skipped))
+    records.sort_by_key(|(built, _)| std::cmp::Reverse(*built));
+    Ok((records.into_iter().map(|(_, r)| r).collect(), skipped))
 }
 
 /// The `runs` table (newest first) as a queryable source, and what was skipped.
 pub fn table(store: &Store) -> Result<(analysis::TableSource, Vec<String>)> {
-    let (mut records, skipped) = records(store)?;
-    records.sort_by_key(|r| std::cmp::Reverse(r[1].1.as_u64()));
+    let (records, skipped) = records(store)?;
     Ok((analysis::records_source(&records)?, skipped))
 }
