@@ -4,7 +4,6 @@
 //! the feature's dashboard in `report.html` where one was rendered, or saying
 //! the command that renders it (`cargo xtask dashboard --feature N`).
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::stats::UnitStats;
@@ -28,13 +27,6 @@ const COLUMNS: [&str; 12] = [
     "mean_act",
 ];
 
-fn json_number(v: Option<f64>) -> String {
-    match v {
-        Some(v) if v.is_finite() => format!("{v}"),
-        _ => "null".into(),
-    }
-}
-
 /// Writes `features.html` into `out_dir` for the SAE named `name`; features
 /// in `dashboards` link to `report#<name>-feature-<id>` (relative to `out_dir`).
 pub fn write_browser(
@@ -44,35 +36,32 @@ pub fn write_browser(
     report: &str,
     out_dir: &Path,
 ) -> Result<PathBuf, AnalysisError> {
-    let mut rows = String::from("[");
-    for s in stats.iter().filter(|s| !s.dead) {
-        let d = s.detector.as_ref();
-        let values = [
-            Some(s.unit as f64),
-            Some(s.freq_train),
-            Some(s.mi_bits),
-            Some(s.mi_binned_bits),
-            d.map(|d| d.class as f64),
-            d.map(|d| d.f1),
-            d.map(|d| d.precision),
-            d.map(|d| d.recall),
-            d.map(|d| d.auroc),
-            s.purity,
-            s.top_label.map(f64::from),
-            s.mean_act,
-        ];
-        let cells: Vec<String> = values.into_iter().map(json_number).collect();
-        let _ = write!(
-            rows,
-            "[{},{}],",
-            cells.join(","),
-            dashboards.contains(&s.unit) as u8
-        );
-    }
-    if rows.ends_with(',') {
-        rows.pop();
-    }
-    rows.push(']');
+    // One array per live feature: its COLUMNS (null where empty), then 1 if
+    // the report has its dashboard.
+    let rows: Vec<Vec<Option<f64>>> = stats
+        .iter()
+        .filter(|s| !s.dead)
+        .map(|s| {
+            let d = s.detector.as_ref();
+            vec![
+                Some(s.unit as f64),
+                Some(s.freq_train),
+                Some(s.mi_bits),
+                Some(s.mi_binned_bits),
+                d.map(|d| d.class as f64),
+                d.map(|d| d.f1),
+                d.map(|d| d.precision),
+                d.map(|d| d.recall),
+                d.map(|d| d.auroc),
+                s.purity,
+                s.top_label.map(f64::from),
+                s.mean_act,
+                Some(dashboards.contains(&s.unit) as u8 as f64),
+            ]
+        })
+        .collect();
+    // serde_json writes non-finite values as null.
+    let rows = serde_json::to_string(&rows).expect("numbers always serialise");
     let header: String = COLUMNS
         .iter()
         .enumerate()
