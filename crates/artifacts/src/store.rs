@@ -54,8 +54,6 @@ pub enum Check {
 /// How hard [`Store::check_with`] looks at the files a manifest lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verify {
-    /// Present with the recorded size (cheap, misses same-size corruption).
-    Sizes,
     /// Sizes, then the SHA-256 of every file written since it was last hashed
     /// (its stat stamp changed): what [`Store::check`] does.
     Stamps,
@@ -183,7 +181,6 @@ impl Store {
         }
         let stamp_file = integrity::side_file(&self.root, STAMPS, stage, key.as_str());
         let to_hash: Vec<&FileEntry> = match verify {
-            Verify::Sizes => Vec::new(),
             Verify::Digests => manifest.files.iter().collect(),
             Verify::Stamps => {
                 integrity::changed(&dir, &manifest.files, &integrity::read_stamps(&stamp_file))
