@@ -1,13 +1,30 @@
-//! `sae.safetensors` (W_enc, W_dec, b_enc, b_dec as f32, SAELens shapes) and `cfg.json`.
+//! An SAE folder as SAELens reads it (`SAE.load_from_disk`): `sae_weights.safetensors`
+//! (f32 tensors with SAELens' names and shapes) and SAELens' `cfg.json`, plus
+//! saelab's own `saelab_config.json` (the training config, which `load` reads).
 
 use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde_json::json;
 
-use crate::{Sae, SaeConfig, SaeError};
+use crate::{Sae, SaeConfig, SaeError, Variant};
 
-pub const WEIGHTS_FILE: &str = "sae.safetensors";
-pub const CONFIG_FILE: &str = "cfg.json";
+pub const WEIGHTS_FILE: &str = "sae_weights.safetensors";
+/// SAELens' config (architecture, widths, hook).
+pub const SAELENS_CONFIG_FILE: &str = "cfg.json";
+/// saelab's training config (`SaeConfig`).
+pub const CONFIG_FILE: &str = "saelab_config.json";
+/// The SAELens release whose format the folder follows (6.x: `metadata` nested).
+const SAELENS_FORMAT_VERSION: &str = "6.0.0";
+
+/// Where an SAE's inputs come from, for SAELens' `metadata`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Origin {
+    /// SAELens' `metadata.model_name`.
+    pub model_name: String,
+    /// The layer the SAE reads (SAELens' `metadata.hook_name`).
+    pub hook_name: String,
+}
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> SaeError + '_ {
     move |source| SaeError::Io {
@@ -27,18 +44,57 @@ fn le_bytes(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
-fn tensors(sae: &Sae) -> [(&'static str, Vec<usize>, &[f32]); 4] {
+/// The tensors of SAELens' layout for this SAE's architecture, in file order.
+fn tensors(sae: &Sae) -> Vec<(&'static str, Vec<usize>, &[f32])> {
     let (d_in, d_sae) = (sae.d_in(), sae.d_sae());
-    [
-        ("W_enc", vec![d_in, d_sae], &sae.w_enc),
+    let mut out = vec![
+        ("W_enc", vec![d_in, d_sae], sae.w_enc.as_slice()),
         ("W_dec", vec![d_sae, d_in], &sae.w_dec),
         ("b_enc", vec![d_sae], &sae.b_enc),
         ("b_dec", vec![d_in], &sae.b_dec),
-    ]
+    ];
+    if sae.cfg.variant.has_threshold() {
+        out.push(("threshold", vec![d_sae], &sae.threshold));
+    }
+    out
 }
 
-/// Writes `dir/sae.safetensors` and `dir/cfg.json` (creating `dir`).
-pub fn save(sae: &Sae, dir: &Path) -> Result<(), SaeError> {
+/// SAELens' `cfg.json` for `sae`: the BatchTopK family is saved as SAELens
+/// saves it, as `jumprelu` with its inference threshold on every feature.
+fn saelens_config(sae: &Sae, origin: &Origin) -> serde_json::Value {
+    let mut cfg = json!({
+        "d_in": sae.d_in(),
+        "d_sae": sae.d_sae(),
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": true,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "metadata": {
+            "sae_lens_version": SAELENS_FORMAT_VERSION,
+            "model_name": origin.model_name,
+            "hook_name": origin.hook_name,
+            "saelab_variant": sae.cfg.variant.architecture(),
+        },
+    });
+    let architecture = match &sae.cfg.variant {
+        Variant::L1 { .. } | Variant::NormWeightedL1 { .. } => "standard",
+        Variant::TopK { k, .. } => {
+            cfg["k"] = json!(k);
+            cfg["rescale_acts_by_decoder_norm"] = json!(false);
+            "topk"
+        }
+        Variant::BatchTopK { .. }
+        | Variant::MatryoshkaBatchTopK { .. }
+        | Variant::JumpRelu { .. } => "jumprelu",
+    };
+    cfg["architecture"] = json!(architecture);
+    cfg
+}
+
+/// Writes `dir/sae_weights.safetensors`, SAELens' `dir/cfg.json` and
+/// `dir/saelab_config.json` (creating `dir`).
+pub fn save(sae: &Sae, dir: &Path, origin: &Origin) -> Result<(), SaeError> {
     std::fs::create_dir_all(dir).map_err(io_error(dir))?;
     let weights_path = dir.join(WEIGHTS_FILE);
     let entries = tensors(sae);
@@ -54,9 +110,17 @@ pub fn save(sae: &Sae, dir: &Path) -> Result<(), SaeError> {
         .collect::<Result<Vec<_>, _>>()?;
     safetensors::serialize_to_file(views, None, &weights_path)
         .map_err(|e| checkpoint_error(&weights_path, e.to_string()))?;
-    let config_path = dir.join(CONFIG_FILE);
-    let json = serde_json::to_string_pretty(&sae.cfg).expect("SaeConfig serialises");
-    std::fs::write(&config_path, json + "\n").map_err(io_error(&config_path))?;
+    for (file, value) in [
+        (
+            CONFIG_FILE,
+            serde_json::to_value(&sae.cfg).expect("SaeConfig serialises"),
+        ),
+        (SAELENS_CONFIG_FILE, saelens_config(sae, origin)),
+    ] {
+        let path = dir.join(file);
+        let json = serde_json::to_string_pretty(&value).expect("JSON serialises");
+        std::fs::write(&path, json + "\n").map_err(io_error(&path))?;
+    }
     Ok(())
 }
 
@@ -78,9 +142,24 @@ pub fn load(dir: &Path) -> Result<Sae, SaeError> {
         w_dec: Vec::new(),
         b_enc: Vec::new(),
         b_dec: Vec::new(),
+        threshold: Vec::new(),
     };
-    let mut loaded = Vec::with_capacity(4);
-    for (name, shape, _) in tensors(&sae) {
+    let expected = tensors(&sae);
+    if let Some(extra) = st
+        .names()
+        .into_iter()
+        .find(|name| !expected.iter().any(|(e, _, _)| e == name))
+    {
+        return Err(checkpoint_error(
+            &weights_path,
+            format!(
+                "tensor `{extra}` does not belong to a {} SAE (from {CONFIG_FILE})",
+                sae.cfg.variant.architecture().name()
+            ),
+        ));
+    }
+    let mut loaded = Vec::with_capacity(expected.len());
+    for (name, shape, _) in expected {
         let view = st
             .tensor(name)
             .map_err(|_| checkpoint_error(&weights_path, format!("tensor `{name}` is missing")))?;
@@ -88,7 +167,7 @@ pub fn load(dir: &Path) -> Result<Sae, SaeError> {
             return Err(checkpoint_error(
                 &weights_path,
                 format!(
-                    "tensor `{name}` is {:?} {:?}, expected F32 {shape:?} (from cfg.json)",
+                    "tensor `{name}` is {:?} {:?}, expected F32 {shape:?} (from {CONFIG_FILE})",
                     view.dtype(),
                     view.shape()
                 ),
@@ -106,6 +185,7 @@ pub fn load(dir: &Path) -> Result<Sae, SaeError> {
     sae.w_dec = loaded.next().unwrap_or_default();
     sae.b_enc = loaded.next().unwrap_or_default();
     sae.b_dec = loaded.next().unwrap_or_default();
+    sae.threshold = loaded.next().unwrap_or_default();
     Ok(sae)
 }
 

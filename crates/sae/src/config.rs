@@ -73,10 +73,64 @@ pub enum Variant {
     },
     /// L1 weighted by each decoder row's norm; no decoder constraint.
     NormWeightedL1 { l1_coeff: f64 },
+    /// BatchTopK (Bussmann et al. 2024): the `k * rows` largest ReLU'd
+    /// pre-activations of the whole batch; AuxK as TopK. Inference uses a
+    /// threshold estimated during training (a running mean of the smallest
+    /// selected activation per batch).
+    BatchTopK {
+        k: usize,
+        #[serde(default = "default_k_aux")]
+        k_aux: usize,
+        #[serde(default = "default_aux_coeff")]
+        aux_coeff: f64,
+        /// Weight of each batch's smallest selected activation in the running threshold.
+        #[serde(default = "default_threshold_lr")]
+        threshold_lr: f64,
+    },
+    /// Matryoshka BatchTopK (Bussmann et al. 2025): BatchTopK whose loss also
+    /// sums the reconstruction error of each nested prefix of the dictionary.
+    MatryoshkaBatchTopK {
+        k: usize,
+        #[serde(default = "default_k_aux")]
+        k_aux: usize,
+        #[serde(default = "default_aux_coeff")]
+        aux_coeff: f64,
+        #[serde(default = "default_threshold_lr")]
+        threshold_lr: f64,
+        /// The prefixes, as fractions of `d_sae` (strictly increasing, below 1);
+        /// the whole dictionary is always the last one.
+        #[serde(default = "default_prefix_fractions")]
+        prefix_fractions: Vec<f64>,
+    },
+    /// JumpReLU (Rajamanoharan et al. 2024): a learned threshold per feature,
+    /// an L0 penalty, straight-through pseudo-derivatives of width `bandwidth`.
+    JumpRelu {
+        l0_coeff: f64,
+        #[serde(default = "default_bandwidth")]
+        bandwidth: f64,
+        #[serde(default = "default_init_threshold")]
+        init_threshold: f64,
+    },
 }
 
 fn default_k_aux() -> usize {
     256
+}
+
+fn default_threshold_lr() -> f64 {
+    0.01
+}
+
+fn default_prefix_fractions() -> Vec<f64> {
+    vec![0.0625, 0.125, 0.25, 0.5]
+}
+
+fn default_bandwidth() -> f64 {
+    0.05
+}
+
+fn default_init_threshold() -> f64 {
+    0.01
 }
 
 fn default_aux_coeff() -> f64 {
@@ -99,6 +153,15 @@ pub enum Architecture {
     /// L1 weighted by each decoder row's norm; no decoder constraint.
     #[serde(rename = "norm_weighted_l1")]
     NormWeightedL1,
+    /// TopK over the whole batch, a threshold at inference.
+    #[serde(rename = "batchtopk")]
+    BatchTopK,
+    /// BatchTopK with nested prefixes that reconstruct on their own.
+    #[serde(rename = "matryoshka_batchtopk")]
+    MatryoshkaBatchTopK,
+    /// A learned threshold per feature and an L0 penalty.
+    #[serde(rename = "jumprelu")]
+    JumpRelu,
 }
 
 /// The sweep axes an architecture's variants are drawn from.
@@ -106,15 +169,23 @@ pub enum Architecture {
 pub struct VariantAxes<'a> {
     pub l1_coeff: &'a [f64],
     pub k: &'a [usize],
+    pub l0_coeff: &'a [f64],
     pub k_aux: usize,
     pub aux_coeff: f64,
+    pub threshold_lr: f64,
+    pub prefix_fractions: &'a [f64],
+    pub bandwidth: f64,
+    pub init_threshold: f64,
 }
 
 impl Architecture {
-    pub const ALL: [Architecture; 3] = [
+    pub const ALL: [Architecture; 6] = [
         Architecture::L1,
         Architecture::TopK,
         Architecture::NormWeightedL1,
+        Architecture::BatchTopK,
+        Architecture::MatryoshkaBatchTopK,
+        Architecture::JumpRelu,
     ];
 
     /// The value `sae.variant` takes for it.
@@ -123,11 +194,15 @@ impl Architecture {
             Architecture::L1 => "l1",
             Architecture::TopK => "topk",
             Architecture::NormWeightedL1 => "norm_weighted_l1",
+            Architecture::BatchTopK => "batchtopk",
+            Architecture::MatryoshkaBatchTopK => "matryoshka_batchtopk",
+            Architecture::JumpRelu => "jumprelu",
         }
     }
 
     /// One variant per value of the sweep axis it reads.
     pub fn variants(self, axes: &VariantAxes) -> Vec<Variant> {
+        let each_k = |make: &dyn Fn(usize) -> Variant| axes.k.iter().map(|&k| make(k)).collect();
         match self {
             Architecture::L1 => axes
                 .l1_coeff
@@ -139,16 +214,42 @@ impl Architecture {
                 .iter()
                 .map(|&l1_coeff| Variant::NormWeightedL1 { l1_coeff })
                 .collect(),
-            Architecture::TopK => axes
-                .k
+            Architecture::TopK => each_k(&|k| Variant::TopK {
+                k,
+                k_aux: axes.k_aux,
+                aux_coeff: axes.aux_coeff,
+            }),
+            Architecture::BatchTopK => each_k(&|k| Variant::BatchTopK {
+                k,
+                k_aux: axes.k_aux,
+                aux_coeff: axes.aux_coeff,
+                threshold_lr: axes.threshold_lr,
+            }),
+            Architecture::MatryoshkaBatchTopK => each_k(&|k| Variant::MatryoshkaBatchTopK {
+                k,
+                k_aux: axes.k_aux,
+                aux_coeff: axes.aux_coeff,
+                threshold_lr: axes.threshold_lr,
+                prefix_fractions: axes.prefix_fractions.to_vec(),
+            }),
+            Architecture::JumpRelu => axes
+                .l0_coeff
                 .iter()
-                .map(|&k| Variant::TopK {
-                    k,
-                    k_aux: axes.k_aux,
-                    aux_coeff: axes.aux_coeff,
+                .map(|&l0_coeff| Variant::JumpRelu {
+                    l0_coeff,
+                    bandwidth: axes.bandwidth,
+                    init_threshold: axes.init_threshold,
                 })
                 .collect(),
         }
+    }
+
+    /// Whether its sparsity is a top-k selection (TopK's init and AuxK apply).
+    pub fn is_top_k_family(self) -> bool {
+        matches!(
+            self,
+            Architecture::TopK | Architecture::BatchTopK | Architecture::MatryoshkaBatchTopK
+        )
     }
 }
 
@@ -158,29 +259,81 @@ impl Variant {
             Variant::L1 { .. } => Architecture::L1,
             Variant::TopK { .. } => Architecture::TopK,
             Variant::NormWeightedL1 { .. } => Architecture::NormWeightedL1,
+            Variant::BatchTopK { .. } => Architecture::BatchTopK,
+            Variant::MatryoshkaBatchTopK { .. } => Architecture::MatryoshkaBatchTopK,
+            Variant::JumpRelu { .. } => Architecture::JumpRelu,
         }
     }
 
-    /// Its part of a sweep point's name: `l1-0.003`, `topk-k32`, `nwl1-0.003`.
+    /// Its part of a sweep point's name: `l1-0.003`, `topk-k32`, `nwl1-0.003`,
+    /// `btopk-k32`, `mbtopk-k32`, `jumprelu-0.1`.
     pub fn label(&self) -> String {
         match self {
             Variant::L1 { l1_coeff } => format!("l1-{l1_coeff}"),
             Variant::TopK { k, .. } => format!("topk-k{k}"),
             Variant::NormWeightedL1 { l1_coeff } => format!("nwl1-{l1_coeff}"),
+            Variant::BatchTopK { k, .. } => format!("btopk-k{k}"),
+            Variant::MatryoshkaBatchTopK { k, .. } => format!("mbtopk-k{k}"),
+            Variant::JumpRelu { l0_coeff, .. } => format!("jumprelu-{l0_coeff}"),
         }
     }
 
     /// The sweep coordinates it adds to the sweep table, by config key; the
     /// keys of every architecture appear, null where they do not apply.
-    pub fn sweep_coordinates(&self) -> [(&'static str, serde_json::Value); 2] {
+    pub fn sweep_coordinates(&self) -> [(&'static str, serde_json::Value); 3] {
         use serde_json::Value;
-        let (l1_coeff, k) = match self {
+        let (l1_coeff, k, l0_coeff) = match self {
             Variant::L1 { l1_coeff } | Variant::NormWeightedL1 { l1_coeff } => {
-                (Value::from(*l1_coeff), Value::Null)
+                (Value::from(*l1_coeff), Value::Null, Value::Null)
             }
-            Variant::TopK { k, .. } => (Value::Null, Value::from(*k)),
+            Variant::TopK { k, .. }
+            | Variant::BatchTopK { k, .. }
+            | Variant::MatryoshkaBatchTopK { k, .. } => (Value::Null, Value::from(*k), Value::Null),
+            Variant::JumpRelu { l0_coeff, .. } => {
+                (Value::Null, Value::Null, Value::from(*l0_coeff))
+            }
         };
-        [("l1_coeff", l1_coeff), ("k", k)]
+        [("l1_coeff", l1_coeff), ("k", k), ("l0_coeff", l0_coeff)]
+    }
+
+    /// The AuxK settings `(k_aux, aux_coeff)` of the top-k family.
+    pub fn aux_k(&self) -> Option<(usize, f64)> {
+        match *self {
+            Variant::TopK {
+                k_aux, aux_coeff, ..
+            }
+            | Variant::BatchTopK {
+                k_aux, aux_coeff, ..
+            }
+            | Variant::MatryoshkaBatchTopK {
+                k_aux, aux_coeff, ..
+            } => Some((k_aux, aux_coeff)),
+            _ => None,
+        }
+    }
+
+    /// Whether the SAE carries a per-feature inference threshold
+    /// (`Sae::threshold`, SAELens' `jumprelu` layout).
+    pub fn has_threshold(&self) -> bool {
+        matches!(
+            self,
+            Variant::BatchTopK { .. }
+                | Variant::MatryoshkaBatchTopK { .. }
+                | Variant::JumpRelu { .. }
+        )
+    }
+
+    /// The Matryoshka prefix widths below `d_sae`, ascending (empty for other variants).
+    pub fn prefix_widths(&self, d_sae: usize) -> Vec<usize> {
+        match self {
+            Variant::MatryoshkaBatchTopK {
+                prefix_fractions, ..
+            } => prefix_fractions
+                .iter()
+                .map(|f| (f * d_sae as f64).round() as usize)
+                .collect(),
+            _ => Vec::new(),
+        }
     }
 }
 
@@ -197,6 +350,36 @@ impl Variant {
             k,
             k_aux: default_k_aux(),
             aux_coeff: default_aux_coeff(),
+        }
+    }
+
+    /// BatchTopK with the default AuxK and threshold settings.
+    pub fn batch_top_k(k: usize) -> Self {
+        Variant::BatchTopK {
+            k,
+            k_aux: default_k_aux(),
+            aux_coeff: default_aux_coeff(),
+            threshold_lr: default_threshold_lr(),
+        }
+    }
+
+    /// Matryoshka BatchTopK with the default prefixes.
+    pub fn matryoshka_batch_top_k(k: usize) -> Self {
+        Variant::MatryoshkaBatchTopK {
+            k,
+            k_aux: default_k_aux(),
+            aux_coeff: default_aux_coeff(),
+            threshold_lr: default_threshold_lr(),
+            prefix_fractions: default_prefix_fractions(),
+        }
+    }
+
+    /// JumpReLU with SAELens' bandwidth and initial threshold.
+    pub fn jump_relu(l0_coeff: f64) -> Self {
+        Variant::JumpRelu {
+            l0_coeff,
+            bandwidth: default_bandwidth(),
+            init_threshold: default_init_threshold(),
         }
     }
 
@@ -356,11 +539,9 @@ impl SaeConfig {
             Variant::L1 { l1_coeff } | Variant::NormWeightedL1 { l1_coeff } => {
                 non_negative_finite("variant.l1_coeff", *l1_coeff)?
             }
-            Variant::TopK {
-                k,
-                k_aux,
-                aux_coeff,
-            } => {
+            Variant::TopK { k, .. }
+            | Variant::BatchTopK { k, .. }
+            | Variant::MatryoshkaBatchTopK { k, .. } => {
                 if *k == 0 || *k > self.d_sae {
                     return Err(invalid(
                         "variant.k",
@@ -368,8 +549,46 @@ impl SaeConfig {
                         k,
                     ));
                 }
-                at_least_one("variant.k_aux", *k_aux)?;
-                non_negative_finite("variant.aux_coeff", *aux_coeff)?;
+            }
+            Variant::JumpRelu {
+                l0_coeff,
+                bandwidth,
+                init_threshold,
+            } => {
+                non_negative_finite("variant.l0_coeff", *l0_coeff)?;
+                positive_finite("variant.bandwidth", *bandwidth)?;
+                positive_finite("variant.init_threshold", *init_threshold)?;
+            }
+        }
+        if let Some((k_aux, aux_coeff)) = self.variant.aux_k() {
+            at_least_one("variant.k_aux", k_aux)?;
+            non_negative_finite("variant.aux_coeff", aux_coeff)?;
+        }
+        if let Variant::BatchTopK { threshold_lr, .. }
+        | Variant::MatryoshkaBatchTopK { threshold_lr, .. } = &self.variant
+        {
+            if !(*threshold_lr > 0.0 && *threshold_lr <= 1.0) {
+                return Err(invalid("variant.threshold_lr", "in (0, 1]", threshold_lr));
+            }
+        }
+        if let Variant::MatryoshkaBatchTopK {
+            prefix_fractions, ..
+        } = &self.variant
+        {
+            let widths = self.variant.prefix_widths(self.d_sae);
+            let increasing = widths.windows(2).all(|w| w[0] < w[1]);
+            let inside = prefix_fractions
+                .iter()
+                .all(|f| f.is_finite() && *f > 0.0 && *f < 1.0);
+            if !increasing || !inside || widths.first() == Some(&0) {
+                return Err(invalid(
+                    "variant.prefix_fractions",
+                    &format!(
+                        "strictly increasing fractions in (0, 1) whose prefixes of d_sae = {} are distinct and non-empty",
+                        self.d_sae
+                    ),
+                    format!("{prefix_fractions:?}"),
+                ));
             }
         }
         positive_finite("optimizer.lr", self.optimizer.lr)?;
@@ -428,7 +647,7 @@ impl SaeConfig {
     pub(crate) fn l1_scale(&self, rows: usize) -> f64 {
         let coeff = match self.variant {
             Variant::L1 { l1_coeff } | Variant::NormWeightedL1 { l1_coeff } => l1_coeff,
-            Variant::TopK { .. } => 0.0,
+            _ => 0.0,
         };
         match self.l1_reduction {
             Reduction::Sum => coeff,

@@ -832,6 +832,7 @@ impl Trainer for FastTrainer {
             w_dec: g_w_dec,
             b_enc,
             b_dec: self.b_dec_gradient(),
+            threshold: Vec::new(),
         })
     }
 
@@ -843,6 +844,7 @@ impl Trainer for FastTrainer {
             w_dec: p.w_dec.clone(),
             b_enc: p.b_enc.clone(),
             b_dec: p.b_dec.clone(),
+            threshold: Vec::new(),
         })
     }
 

@@ -30,7 +30,9 @@ pub mod synthetic;
 mod train;
 mod trainer;
 
-pub use checkpoint::{load, save, TrainingRecord, CONFIG_FILE, RECORD_FILE, WEIGHTS_FILE};
+pub use checkpoint::{
+    load, save, Origin, TrainingRecord, CONFIG_FILE, RECORD_FILE, SAELENS_CONFIG_FILE, WEIGHTS_FILE,
+};
 pub use config::{
     AdamConfig, Architecture, DecoderBiasInit, EncoderInit, LrSchedule, Reduction, ResampleConfig,
     ResampleSchedule, SaeConfig, Variant, VariantAxes,

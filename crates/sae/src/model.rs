@@ -35,6 +35,10 @@ pub struct Sae {
     pub b_enc: Vec<f32>,
     /// `[d_in]`
     pub b_dec: Vec<f32>,
+    /// `[d_sae]` for variants with an inference threshold (JumpReLU, the
+    /// BatchTopK family: a feature is active where its pre-activation exceeds
+    /// both 0 and its threshold); empty for the others.
+    pub threshold: Vec<f32>,
 }
 
 fn uniform(rng: &mut ChaCha8Rng, len: usize, bound: f32) -> Vec<f32> {
@@ -75,12 +79,19 @@ impl Sae {
         } else {
             vec![0.0; d_in]
         };
+        let threshold = match cfg.variant {
+            Variant::JumpRelu { init_threshold, .. } => vec![init_threshold as f32; d_sae],
+            // The running estimate starts at 0, as SAELens' (plain ReLU until it moves).
+            _ if cfg.variant.has_threshold() => vec![0.0; d_sae],
+            _ => Vec::new(),
+        };
         Ok(Sae {
             cfg: cfg.clone(),
             w_enc,
             w_dec,
             b_enc: vec![0.0; d_sae],
             b_dec,
+            threshold,
         })
     }
 
@@ -138,6 +149,18 @@ impl Sae {
         out.idx.clear();
         out.val.clear();
         out.row_start.push(0);
+        if self.cfg.variant.has_threshold() {
+            for row in out.pre.chunks_exact(d_sae) {
+                for (f, (&p, &t)) in row.iter().zip(&self.threshold).enumerate() {
+                    if p > t && p > 0.0 {
+                        out.idx.push(f as u32);
+                        out.val.push(p);
+                    }
+                }
+                out.row_start.push(out.idx.len());
+            }
+            return;
+        }
         for row in out.pre.chunks_exact(d_sae) {
             kernels::select_active::<kernels::Portable>(
                 row,
@@ -157,10 +180,12 @@ impl Sae {
     }
 }
 
+/// The per-row selection of the fast path and of inference (threshold
+/// variants select by `Sae::threshold` instead, see `encode_chunk`).
 pub(crate) fn selection(variant: &Variant) -> Selection {
     match variant {
         Variant::TopK { k, .. } => Selection::TopK(*k),
-        Variant::L1 { .. } | Variant::NormWeightedL1 { .. } => Selection::Relu,
+        _ => Selection::Relu,
     }
 }
 

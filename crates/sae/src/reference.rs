@@ -12,18 +12,23 @@ use crate::{Sae, SaeError};
 pub(crate) struct ReferenceTrainer {
     cfg: SaeConfig,
     device: Device,
-    /// W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc [d_sae], b_dec [d_in].
-    params: [Var; 4],
+    /// W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc [d_sae], b_dec [d_in],
+    /// and JumpReLU's log-thresholds [d_sae].
+    params: Vec<Var>,
     /// Adam's (m, v) per parameter.
-    moments: [(Var, Var); 4],
-    grads: Option<[Tensor; 4]>,
+    moments: Vec<(Var, Var)>,
+    grads: Option<Vec<Tensor>>,
     adam_t: usize,
     aux_scale: AuxScale,
+    /// The BatchTopK family's running threshold; `None` before the first batch.
+    batch_threshold: Option<f64>,
 }
 
 const W_ENC: usize = 0;
 const W_DEC: usize = 1;
 const B_ENC: usize = 2;
+const B_DEC: usize = 3;
+const LOG_THRESHOLD: usize = 4;
 
 /// 1.0 at the `k` largest entries of each row of `x` (`[rows, cols]`), else 0.
 fn top_k_mask(x: &Tensor, k: usize) -> candle_core::Result<Tensor> {
@@ -34,6 +39,12 @@ fn top_k_mask(x: &Tensor, k: usize) -> candle_core::Result<Tensor> {
         .contiguous()?;
     let ones = Tensor::ones(idx.shape(), DType::F32, x.device())?;
     x.zeros_like()?.scatter_add(&idx, &ones, D::Minus1)
+}
+
+/// 1.0 at the `k` largest entries of the whole of `x`, else 0.
+fn batch_top_k_mask(x: &Tensor, k: usize) -> candle_core::Result<Tensor> {
+    let flat = x.flatten_all()?.unsqueeze(0)?;
+    top_k_mask(&flat, k.min(flat.elem_count()))?.reshape(x.shape())
 }
 
 fn to_host(t: &Tensor) -> candle_core::Result<Vec<f32>> {
@@ -51,24 +62,30 @@ impl ReferenceTrainer {
         let var = |data: &[f32], shape: &[usize]| -> candle_core::Result<Var> {
             Var::from_tensor(&Tensor::from_slice(data, shape, device)?)
         };
-        let params = [
+        let mut params = vec![
             var(&sae.w_enc, &[d_in, d_sae])?,
             var(&sae.w_dec, &[d_sae, d_in])?,
             var(&sae.b_enc, &[d_sae])?,
             var(&sae.b_dec, &[d_in])?,
         ];
-        let zeros = |p: &Var| -> candle_core::Result<(Var, Var)> {
-            Ok((
-                Var::zeros(p.shape(), DType::F32, device)?,
-                Var::zeros(p.shape(), DType::F32, device)?,
-            ))
-        };
-        let moments = [
-            zeros(&params[0])?,
-            zeros(&params[1])?,
-            zeros(&params[2])?,
-            zeros(&params[3])?,
-        ];
+        if matches!(sae.cfg.variant, Variant::JumpRelu { .. }) {
+            let log_threshold: Vec<f32> = sae.threshold.iter().map(|t| t.ln()).collect();
+            params.push(var(&log_threshold, &[d_sae])?);
+        }
+        let moments = params
+            .iter()
+            .map(|p| {
+                Ok((
+                    Var::zeros(p.shape(), DType::F32, device)?,
+                    Var::zeros(p.shape(), DType::F32, device)?,
+                ))
+            })
+            .collect::<candle_core::Result<_>>()?;
+        let batch_threshold = (sae.cfg.variant.has_threshold()
+            && !matches!(sae.cfg.variant, Variant::JumpRelu { .. }))
+        .then(|| sae.threshold.first().map(|&t| t as f64))
+        .flatten()
+        .filter(|&t| t > 0.0);
         Ok(ReferenceTrainer {
             cfg: sae.cfg.clone(),
             device: device.clone(),
@@ -77,6 +94,7 @@ impl ReferenceTrainer {
             grads: None,
             adam_t: 0,
             aux_scale,
+            batch_threshold,
         })
     }
 
@@ -87,19 +105,58 @@ impl ReferenceTrainer {
         tracker: &mut FiringTracker,
     ) -> candle_core::Result<StepStats> {
         let (d_in, d_sae) = (self.cfg.d_in, self.cfg.d_sae);
-        let dev = &self.device;
-        let [w_enc, w_dec, b_enc, b_dec] = &self.params;
+        let device = self.device.clone();
+        let dev = &device;
+        let [w_enc, w_dec, b_enc, b_dec] =
+            [W_ENC, W_DEC, B_ENC, B_DEC].map(|i| self.params[i].as_tensor().clone());
         let x = Tensor::from_slice(&x[..rows * d_in], (rows, d_in), dev)?;
-        let x_cent = x.broadcast_sub(b_dec)?;
-        let pre = x_cent.matmul(w_enc)?.broadcast_add(b_enc)?;
+        let x_cent = x.broadcast_sub(&b_dec)?;
+        let pre = x_cent.matmul(&w_enc)?.broadcast_add(&b_enc)?;
         let pre_detached = pre.detach();
         // ReLU as a detached 0/1 mask: the gradient at exactly 0 is 0, as in PyTorch.
         let positive = pre_detached.gt(0.0)?.to_dtype(DType::F32)?;
-        let mask = match self.cfg.variant {
-            Variant::TopK { k, .. } => (positive.clone() * top_k_mask(&pre_detached, k)?)?,
-            _ => positive.clone(),
+        let mut sparsity = Tensor::zeros((), DType::F32, dev)?;
+        let (mask, acts) = match &self.cfg.variant {
+            Variant::TopK { k, .. } => {
+                let mask = (&positive * top_k_mask(&pre_detached, *k)?)?;
+                (mask.clone(), (&pre * &mask)?)
+            }
+            Variant::BatchTopK { k, .. } | Variant::MatryoshkaBatchTopK { k, .. } => {
+                let mask = (&positive * batch_top_k_mask(&pre_detached.relu()?, k * rows)?)?;
+                (mask.clone(), (&pre * &mask)?)
+            }
+            Variant::JumpRelu {
+                l0_coeff,
+                bandwidth,
+                ..
+            } => {
+                // JumpReLU's straight-through estimator (SAELens, GDM): the
+                // output's gradient reaches the threshold only where the
+                // pre-activation is within bandwidth / 2 of it. `moving` is
+                // zero-valued and carries that gradient.
+                let theta = self.params[LOG_THRESHOLD].as_tensor().exp()?;
+                let theta_fixed = theta.detach();
+                let moving = (&theta - &theta_fixed)?.unsqueeze(0)?;
+                let mask = pre_detached
+                    .broadcast_gt(&theta_fixed.unsqueeze(0)?)?
+                    .to_dtype(DType::F32)?;
+                let window = pre_detached
+                    .broadcast_sub(&theta_fixed.unsqueeze(0)?)?
+                    .abs()?
+                    .lt(bandwidth / 2.0)?
+                    .to_dtype(DType::F32)?;
+                let jump_slope =
+                    (window.broadcast_mul(&theta_fixed.unsqueeze(0)?)? * (-1.0 / bandwidth))?;
+                let acts = ((&pre * &mask)? + moving.broadcast_mul(&jump_slope)?)?;
+                let step_slope = (&window * (-1.0 / bandwidth))?;
+                let l0 = (mask.sum_all()? + moving.broadcast_mul(&step_slope)?.sum_all()?)?;
+                sparsity = (l0 * (l0_coeff / rows as f64))?;
+                (mask, acts)
+            }
+            Variant::L1 { .. } | Variant::NormWeightedL1 { .. } => {
+                (positive.clone(), (&pre * &positive)?)
+            }
         };
-        let acts = (&pre * &mask)?;
         let fired: Vec<bool> = mask
             .max(0)?
             .to_vec1::<f32>()?
@@ -108,28 +165,37 @@ impl ReferenceTrainer {
             .collect();
         tracker.record(&fired);
         let active = mask.sum_all()?.to_scalar::<f32>()? as u64;
+        if let Variant::BatchTopK { threshold_lr, .. }
+        | Variant::MatryoshkaBatchTopK { threshold_lr, .. } = self.cfg.variant
+        {
+            self.update_batch_threshold(&pre_detached, &mask, threshold_lr)?;
+        }
 
-        let x_hat = acts.matmul(w_dec)?.broadcast_add(b_dec)?;
+        let x_hat = acts.matmul(&w_dec)?.broadcast_add(&b_dec)?;
         let row_sq = (&x_hat - &x)?.sqr()?.sum(1)?;
         let sq_err_sum = row_sq.sum_all()?.to_scalar::<f32>()? as f64;
         let l2 = row_sq.mean(0)?;
-        // acts >= 0, so |acts| = acts.
-        let abs_total = acts.sum_all()?;
+        // The ReLU variants' acts are >= 0, so |acts| = acts.
         let l1_scale = self.cfg.l1_scale(rows);
-        let l1 = match self.cfg.variant {
-            Variant::L1 { .. } => (abs_total * l1_scale)?,
+        match self.cfg.variant {
+            Variant::L1 { .. } => sparsity = (acts.sum_all()? * l1_scale)?,
             Variant::NormWeightedL1 { .. } => {
                 let norms = w_dec.sqr()?.sum(1)?.sqrt()?.unsqueeze(0)?;
-                (acts.broadcast_mul(&norms)?.sum_all()? * l1_scale)?
+                sparsity = (acts.broadcast_mul(&norms)?.sum_all()? * l1_scale)?;
             }
-            Variant::TopK { .. } => Tensor::zeros((), DType::F32, dev)?,
-        };
-        let mut loss = (&l2 + &l1)?;
-        let mut aux_value = 0.0;
-        if let Variant::TopK {
-            k_aux, aux_coeff, ..
-        } = self.cfg.variant
-        {
+            _ => {}
+        }
+        let mut loss = (&l2 + &sparsity)?;
+        let mut aux_total = Tensor::zeros((), DType::F32, dev)?;
+        // Matryoshka: each prefix of the dictionary reconstructs on its own.
+        for width in self.cfg.variant.prefix_widths(d_sae) {
+            let prefix_hat = acts
+                .narrow(1, 0, width)?
+                .matmul(&w_dec.narrow(0, 0, width)?)?
+                .broadcast_add(&b_dec)?;
+            aux_total = (aux_total + (prefix_hat - &x)?.sqr()?.sum(1)?.mean(0)?)?;
+        }
+        if let Some((k_aux, aux_coeff)) = self.cfg.variant.aux_k() {
             let dead = tracker.dead_mask();
             let n_dead = dead.iter().filter(|&&d| d).count();
             if n_dead > 0 {
@@ -144,28 +210,56 @@ impl ReferenceTrainer {
                 let residual = (&x - &x_hat)?.detach();
                 let spread = crate::model::total_variance(&to_host(&residual)?, d_in);
                 let factor = self.aux_scale.factor(aux_coeff, spread);
-                let aux = ((residual - aux_acts.matmul(w_dec)?)?.sqr()?.sum_all()? * factor)?;
-                aux_value = aux.to_scalar::<f32>()? as f64;
-                loss = (loss + aux)?;
+                let aux = ((residual - aux_acts.matmul(&w_dec)?)?.sqr()?.sum_all()? * factor)?;
+                aux_total = (aux_total + aux)?;
             }
         }
+        let aux_value = aux_total.to_scalar::<f32>()? as f64;
+        loss = (loss + aux_total)?;
         let loss_value = loss.to_scalar::<f32>()? as f64;
         let grads = loss.backward()?;
-        let grad = |p: &Var| -> candle_core::Result<Tensor> {
-            match grads.get(p.as_tensor()) {
-                Some(g) => Ok(g.detach()),
-                None => p.zeros_like(),
-            }
-        };
-        self.grads = Some([grad(w_enc)?, grad(w_dec)?, grad(b_enc)?, grad(b_dec)?]);
+        self.grads = Some(
+            self.params
+                .iter()
+                .map(|p| match grads.get(p.as_tensor()) {
+                    Some(g) => Ok(g.detach()),
+                    None => p.zeros_like(),
+                })
+                .collect::<candle_core::Result<_>>()?,
+        );
         Ok(StepStats {
             loss: loss_value,
             l2: l2.to_scalar::<f32>()? as f64,
             sq_err_sum,
-            l1: l1.to_scalar::<f32>()? as f64,
+            l1: sparsity.to_scalar::<f32>()? as f64,
             aux: aux_value,
             active,
         })
+    }
+
+    /// The BatchTopK family's inference threshold: the smallest selected
+    /// activation of the first batch, then a running mean of it with weight
+    /// `lr` per batch (SAELens' rule; dictionary_learning's starts the same way).
+    fn update_batch_threshold(
+        &mut self,
+        pre: &Tensor,
+        mask: &Tensor,
+        lr: f64,
+    ) -> candle_core::Result<()> {
+        let unselected = Tensor::full(f32::INFINITY, pre.shape(), pre.device())?;
+        let smallest = mask
+            .ne(0.0)?
+            .where_cond(pre, &unselected)?
+            .flatten_all()?
+            .min(0)?
+            .to_scalar::<f32>()? as f64;
+        if smallest.is_finite() {
+            self.batch_threshold = Some(match self.batch_threshold {
+                None => smallest,
+                Some(t) => (1.0 - lr) * t + lr * smallest,
+            });
+        }
+        Ok(())
     }
 
     fn apply_inner(&mut self, lr: f64) -> candle_core::Result<()> {
@@ -225,7 +319,16 @@ impl ReferenceTrainer {
             moments[B_ENC].0[f] = 0.0;
             moments[B_ENC].1[f] = 0.0;
         }
-        for i in [W_ENC, W_DEC, B_ENC] {
+        let mut touched = vec![W_ENC, W_DEC, B_ENC];
+        if let Variant::JumpRelu { init_threshold, .. } = self.cfg.variant {
+            for reset in resets {
+                host[LOG_THRESHOLD][reset.feature] = (init_threshold as f32).ln();
+                moments[LOG_THRESHOLD].0[reset.feature] = 0.0;
+                moments[LOG_THRESHOLD].1[reset.feature] = 0.0;
+            }
+            touched.push(LOG_THRESHOLD);
+        }
+        for i in touched {
             let shape = self.params[i].shape().clone();
             let upload = |data: &[f32]| Tensor::from_slice(data, &shape, &self.device);
             self.params[i].set(&upload(&host[i])?)?;
@@ -252,27 +355,39 @@ impl Trainer for ReferenceTrainer {
     }
 
     fn gradients(&mut self) -> Result<Gradients, SaeError> {
-        let Some([w_enc, w_dec, b_enc, b_dec]) = &self.grads else {
+        let Some(grads) = &self.grads else {
             return Err(SaeError::Candle(candle_core::Error::Msg(
                 "no gradients: compute has not run".into(),
             )));
         };
         Ok(Gradients {
-            w_enc: to_host(w_enc)?,
-            w_dec: to_host(w_dec)?,
-            b_enc: to_host(b_enc)?,
-            b_dec: to_host(b_dec)?,
+            w_enc: to_host(&grads[W_ENC])?,
+            w_dec: to_host(&grads[W_DEC])?,
+            b_enc: to_host(&grads[B_ENC])?,
+            b_dec: to_host(&grads[B_DEC])?,
+            threshold: match grads.get(LOG_THRESHOLD) {
+                Some(g) => to_host(g)?,
+                None => Vec::new(),
+            },
         })
     }
 
     fn export(&self) -> Result<Sae, SaeError> {
-        let [w_enc, w_dec, b_enc, b_dec] = &self.params;
+        let host = |i: usize| to_host(self.params[i].as_tensor());
+        let threshold = match self.cfg.variant {
+            Variant::JumpRelu { .. } => host(LOG_THRESHOLD)?.iter().map(|t| t.exp()).collect(),
+            _ if self.cfg.variant.has_threshold() => {
+                vec![self.batch_threshold.unwrap_or(0.0) as f32; self.cfg.d_sae]
+            }
+            _ => Vec::new(),
+        };
         Ok(Sae {
             cfg: self.cfg.clone(),
-            w_enc: to_host(w_enc)?,
-            w_dec: to_host(w_dec)?,
-            b_enc: to_host(b_enc)?,
-            b_dec: to_host(b_dec)?,
+            w_enc: host(W_ENC)?,
+            w_dec: host(W_DEC)?,
+            b_enc: host(B_ENC)?,
+            b_dec: host(B_DEC)?,
+            threshold,
         })
     }
 

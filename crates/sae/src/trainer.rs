@@ -14,6 +14,8 @@ pub struct Gradients {
     pub w_dec: Vec<f32>,
     pub b_enc: Vec<f32>,
     pub b_dec: Vec<f32>,
+    /// JumpReLU's gradient with respect to its log-thresholds; empty for other variants.
+    pub threshold: Vec<f32>,
 }
 
 /// What a trainer reports about one batch.

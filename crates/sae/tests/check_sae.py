@@ -1,7 +1,7 @@
 """Reconstructs inputs with an SAE checkpoint written by the `sae` crate, in numpy.
 
-Usage: check_sae.py DIR. DIR holds sae.safetensors and cfg.json (the
-checkpoint), x.f32 (inputs) and x_hat.f32 (Rust's reconstruction), both raw
+Usage: check_sae.py DIR. DIR holds sae_weights.safetensors and
+saelab_config.json (the checkpoint), x.f32 (inputs) and x_hat.f32 (Rust's reconstruction), both raw
 little-endian f32 [rows, d_in]. Exit 0: the numpy reconstruction matches within
 1e-5; 1: it does not; 3: numpy or safetensors is missing.
 """
@@ -19,8 +19,8 @@ except ImportError as e:
 
 def main() -> int:
     root = Path(sys.argv[1])
-    cfg = json.loads((root / "cfg.json").read_text())
-    t = load_file(str(root / "sae.safetensors"))
+    cfg = json.loads((root / "saelab_config.json").read_text())
+    t = load_file(str(root / "sae_weights.safetensors"))
     d_in, d_sae = cfg["d_in"], cfg["d_sae"]
     assert t["W_enc"].shape == (d_in, d_sae), t["W_enc"].shape
     assert t["W_dec"].shape == (d_sae, d_in), t["W_dec"].shape
@@ -36,6 +36,8 @@ def main() -> int:
         mask = np.zeros_like(pre)
         np.put_along_axis(mask, keep, 1.0, axis=1)
         pre = pre * mask
+    if "threshold" in t:
+        pre = pre * (pre > t["threshold"].astype(np.float64))
     acts = np.maximum(pre, 0.0)
     x_hat = acts @ w_dec + b_dec
 

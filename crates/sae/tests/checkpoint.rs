@@ -1,5 +1,6 @@
-//! `sae.safetensors` + `cfg.json`: round trip, damage, and an independent
-//! reconstruction in Python (numpy + safetensors).
+//! The SAE folder (`sae_weights.safetensors`, SAELens' `cfg.json`,
+//! `saelab_config.json`): round trip, damage, an independent reconstruction
+//! in Python (numpy + safetensors), and SAELens loading it.
 
 mod common;
 
@@ -7,7 +8,28 @@ use std::path::Path as FsPath;
 use std::process::Command;
 
 use common::*;
-use sae::{load, reconstruct, save, train, SaeConfig, TrainPath, Variant};
+use sae::{load, reconstruct, save, train, Origin, SaeConfig, TrainPath, Variant};
+
+fn origin() -> Origin {
+    Origin {
+        model_name: "test".into(),
+        hook_name: "fc2.pre".into(),
+    }
+}
+
+/// One variant of each architecture.
+fn every_architecture() -> Vec<Variant> {
+    let all = vec![
+        Variant::L1 { l1_coeff: 3e-3 },
+        Variant::top_k(5),
+        Variant::NormWeightedL1 { l1_coeff: 3e-3 },
+        Variant::batch_top_k(5),
+        Variant::matryoshka_batch_top_k(5),
+        Variant::jump_relu(1e-2),
+    ];
+    assert_eq!(all.len(), sae::Architecture::ALL.len());
+    all
+}
 
 fn trained(variant: Variant) -> (sae::Sae, Vec<f32>) {
     let data = structured_data(200, 16, 41);
@@ -24,9 +46,9 @@ fn trained(variant: Variant) -> (sae::Sae, Vec<f32>) {
 #[test]
 fn save_load_round_trip_keeps_every_bit() {
     let dir = tempfile::tempdir().unwrap();
-    for variant in [Variant::L1 { l1_coeff: 3e-3 }, Variant::top_k(5)] {
+    for variant in every_architecture() {
         let (sae, _) = trained(variant);
-        save(&sae, dir.path()).unwrap();
+        save(&sae, dir.path(), &origin()).unwrap();
         assert_eq!(load(dir.path()).unwrap(), sae);
     }
 }
@@ -35,14 +57,14 @@ fn save_load_round_trip_keeps_every_bit() {
 fn damaged_checkpoints_name_the_file_and_tensor() {
     let dir = tempfile::tempdir().unwrap();
     let (sae, _) = trained(Variant::L1 { l1_coeff: 3e-3 });
-    save(&sae, dir.path()).unwrap();
+    save(&sae, dir.path(), &origin()).unwrap();
     // A config whose d_sae disagrees with the tensors.
     let cfg_path = dir.path().join(sae::CONFIG_FILE);
     let json = std::fs::read_to_string(&cfg_path).unwrap();
     std::fs::write(&cfg_path, json.replace("\"d_sae\": 40", "\"d_sae\": 41")).unwrap();
     let message = load(dir.path()).unwrap_err().to_string();
     assert!(
-        message.contains("sae.safetensors") && message.contains("`W_enc`"),
+        message.contains(sae::WEIGHTS_FILE) && message.contains("`W_enc`"),
         "{message}"
     );
     // A config with an out-of-range value.
@@ -53,7 +75,7 @@ fn damaged_checkpoints_name_the_file_and_tensor() {
     .unwrap();
     let message = load(dir.path()).unwrap_err().to_string();
     assert!(
-        message.contains("cfg.json") && message.contains("`batch_size`"),
+        message.contains(sae::CONFIG_FILE) && message.contains("`batch_size`"),
         "{message}"
     );
     // A truncated weights file.
@@ -62,7 +84,7 @@ fn damaged_checkpoints_name_the_file_and_tensor() {
     let bytes = std::fs::read(&weights).unwrap();
     std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
     let message = load(dir.path()).unwrap_err().to_string();
-    assert!(message.contains("sae.safetensors"), "{message}");
+    assert!(message.contains(sae::WEIGHTS_FILE), "{message}");
 }
 
 fn write_f32(path: &FsPath, values: &[f32]) {
@@ -70,44 +92,92 @@ fn write_f32(path: &FsPath, values: &[f32]) {
     std::fs::write(path, bytes).unwrap();
 }
 
+/// Runs `script DIR`; `None` (after a note) where Python or its packages
+/// are missing outside CI (exit 3), a failure inside CI.
+fn run_python(script: &str, dirs: &[&FsPath]) -> Option<String> {
+    let script = FsPath::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(script);
+    let output = match Command::new("python3").arg(&script).args(dirs).output() {
+        Ok(output) => output,
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!(
+                "note: skipping {}, python3 did not start: {e}",
+                script.display()
+            );
+            return None;
+        }
+        Err(e) => panic!("python3 did not start: {e}"),
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if output.status.code() == Some(3) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but Python lacks packages: {stdout}"
+        );
+        eprintln!("note: skipping {}: {stdout}", script.display());
+        return None;
+    }
+    assert!(
+        output.status.success(),
+        "{} failed: {stdout}{stderr}",
+        script.display()
+    );
+    Some(stdout)
+}
+
 #[test]
 fn python_reconstruction_matches_rust() {
-    let script = FsPath::new(env!("CARGO_MANIFEST_DIR")).join("tests/check_sae.py");
-    for variant in [Variant::L1 { l1_coeff: 3e-3 }, Variant::top_k(5)] {
+    for variant in every_architecture() {
         let dir = tempfile::tempdir().unwrap();
         let (sae, data) = trained(variant);
-        save(&sae, dir.path()).unwrap();
+        save(&sae, dir.path(), &origin()).unwrap();
         write_f32(&dir.path().join("x.f32"), &data);
         write_f32(
             &dir.path().join("x_hat.f32"),
             &reconstruct(&sae, &data).unwrap(),
         );
-        let output = match Command::new("python3")
-            .arg(&script)
-            .arg(dir.path())
-            .output()
-        {
-            Ok(output) => output,
-            Err(e) if std::env::var_os("CI").is_none() => {
-                eprintln!("note: skipping the Python check, python3 did not start: {e}");
-                return;
-            }
-            Err(e) => panic!("python3 did not start: {e}"),
-        };
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        if output.status.code() == Some(3) {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI is set but Python lacks packages: {stdout}"
-            );
-            eprintln!("note: skipping the Python check: {stdout}");
-            return;
+        match run_python("check_sae.py", &[dir.path()]) {
+            Some(stdout) => eprintln!("{stdout}"),
+            None => return,
         }
-        assert!(
-            output.status.success(),
-            "check_sae.py failed: {stdout}{stderr}"
-        );
+    }
+}
+
+/// SAELens' class for each architecture's folder (the BatchTopK family is
+/// saved for inference as JumpReLU, as SAELens saves it).
+fn saelens_class(variant: &Variant) -> &'static str {
+    match variant.architecture() {
+        sae::Architecture::L1 | sae::Architecture::NormWeightedL1 => "StandardSAE",
+        sae::Architecture::TopK => "TopKSAE",
+        sae::Architecture::BatchTopK
+        | sae::Architecture::MatryoshkaBatchTopK
+        | sae::Architecture::JumpRelu => "JumpReLUSAE",
+    }
+}
+
+#[test]
+fn saelens_loads_every_architecture_and_reproduces_its_metrics() {
+    let dirs: Vec<tempfile::TempDir> = every_architecture()
+        .into_iter()
+        .map(|variant| {
+            let dir = tempfile::tempdir().unwrap();
+            let (sae, data) = trained(variant.clone());
+            save(&sae, dir.path(), &origin()).unwrap();
+            write_f32(&dir.path().join("x.f32"), &data);
+            let metrics = sae::evaluate(&sae, &data).unwrap();
+            let expected = serde_json::json!({
+                "class": saelens_class(&variant),
+                "explained_variance": metrics.explained_variance,
+                "l0": metrics.l0,
+            });
+            std::fs::write(dir.path().join("expected.json"), expected.to_string()).unwrap();
+            dir
+        })
+        .collect();
+    let paths: Vec<&FsPath> = dirs.iter().map(|d| d.path()).collect();
+    if let Some(stdout) = run_python("check_saelens.py", &paths) {
         eprintln!("{stdout}");
     }
 }

@@ -40,6 +40,68 @@ fn check_gradients(cfg: &SaeConfig, dead: &[usize], seed: u64) {
                 "{label}: {name} gradient off by {err:e} (relative)"
             );
         }
+        assert_eq!(g.threshold.len(), host.threshold.len(), "{label}");
+        if !host.threshold.is_empty() {
+            assert!(
+                host.threshold.iter().filter(|&&t| t != 0.0).count() >= 3,
+                "{label}: the batch puts too few pre-activations near a threshold to test"
+            );
+            let err = relative_error(&g.threshold, &host.threshold);
+            assert!(err < 2e-5, "{label}: threshold gradient off by {err:e}");
+        }
+    }
+}
+
+#[test]
+fn batch_top_k_and_matryoshka_gradients_match_f64_host() {
+    for (seed, variant) in [
+        (11, Variant::batch_top_k(3)),
+        (12, Variant::matryoshka_batch_top_k(3)),
+    ] {
+        let cfg = config(variant, 16, 48);
+        check_gradients(&cfg, &[], seed);
+        // AuxK on dead latents, as TopK's.
+        let k = 3;
+        let with_aux = SaeConfig {
+            variant: match cfg.variant.clone() {
+                Variant::BatchTopK { threshold_lr, .. } => Variant::BatchTopK {
+                    k,
+                    k_aux: 6,
+                    aux_coeff: 0.5,
+                    threshold_lr,
+                },
+                Variant::MatryoshkaBatchTopK {
+                    threshold_lr,
+                    prefix_fractions,
+                    ..
+                } => Variant::MatryoshkaBatchTopK {
+                    k,
+                    k_aux: 6,
+                    aux_coeff: 0.5,
+                    threshold_lr,
+                    prefix_fractions,
+                },
+                _ => unreachable!(),
+            },
+            ..cfg
+        };
+        check_gradients(&with_aux, &[0, 5, 9, 17, 30, 41, 47], seed + 10);
+    }
+}
+
+#[test]
+fn jump_relu_gradients_including_thresholds_match_f64_host() {
+    for (seed, l0_coeff) in [(21, 0.0), (22, 0.3)] {
+        let cfg = config(
+            Variant::JumpRelu {
+                l0_coeff,
+                bandwidth: 0.2,
+                init_threshold: 0.01,
+            },
+            16,
+            48,
+        );
+        check_gradients(&cfg, &[], seed);
     }
 }
 

@@ -34,6 +34,9 @@ pub fn perturbed_sae(cfg: &SaeConfig, seed: u64) -> Sae {
     };
     sae.b_enc.iter_mut().for_each(|b| *b = 0.1 * next());
     sae.b_dec.iter_mut().for_each(|b| *b = 0.2 * next());
+    sae.threshold
+        .iter_mut()
+        .for_each(|t| *t = 0.1 + 0.3 * next().abs());
     if !cfg.variant.unit_norm_decoder() {
         // Rows of unequal norm, so the norm weighting matters.
         for (f, row) in sae.w_dec.chunks_exact_mut(cfg.d_in).enumerate() {
@@ -50,6 +53,8 @@ pub struct HostGradients {
     pub w_dec: Vec<f64>,
     pub b_enc: Vec<f64>,
     pub b_dec: Vec<f64>,
+    /// JumpReLU: d loss / d log-threshold; empty otherwise.
+    pub threshold: Vec<f64>,
 }
 
 /// Active features of one row: ReLU, or the top k (value desc, index asc) that are positive.
@@ -71,15 +76,29 @@ pub fn host_gradients(sae: &Sae, x: &[f32], dead: &[bool]) -> HostGradients {
     let rows = x.len() / d;
     let w_enc = |i: usize, f: usize| sae.w_enc[i * f_n + f] as f64;
     let w_dec = |f: usize, i: usize| sae.w_dec[f * d + i] as f64;
-    let (k, l1_coeff, weighted, aux) = match sae.cfg.variant {
-        Variant::L1 { l1_coeff } => (None, l1_coeff, false, None),
-        Variant::NormWeightedL1 { l1_coeff } => (None, l1_coeff, true, None),
-        Variant::TopK {
-            k,
-            k_aux,
-            aux_coeff,
-        } => (Some(k), 0.0, false, Some((k_aux, aux_coeff))),
+    let variant = &sae.cfg.variant;
+    let (k, batch_k) = match *variant {
+        Variant::TopK { k, .. } => (Some(k), None),
+        Variant::BatchTopK { k, .. } | Variant::MatryoshkaBatchTopK { k, .. } => {
+            (None, Some(k * rows))
+        }
+        _ => (None, None),
     };
+    let (l1_coeff, weighted) = match *variant {
+        Variant::L1 { l1_coeff } => (l1_coeff, false),
+        Variant::NormWeightedL1 { l1_coeff } => (l1_coeff, true),
+        _ => (0.0, false),
+    };
+    let jump = match *variant {
+        Variant::JumpRelu {
+            l0_coeff,
+            bandwidth,
+            ..
+        } => Some((l0_coeff, bandwidth)),
+        _ => None,
+    };
+    let aux = variant.aux_k();
+    let prefixes = variant.prefix_widths(f_n);
     let l1_scale = match sae.cfg.l1_reduction {
         Reduction::Sum => l1_coeff,
         Reduction::Mean => l1_coeff / rows as f64,
@@ -100,10 +119,29 @@ pub fn host_gradients(sae: &Sae, x: &[f32], dead: &[bool]) -> HostGradients {
         for f in 0..f_n {
             pre[r][f] = sae.b_enc[f] as f64 + (0..d).map(|i| xc[r][i] * w_enc(i, f)).sum::<f64>();
         }
-        let set = active_set(&pre[r], k, &everything);
-        set.iter().for_each(|&f| fired[f] = true);
+        let set = match jump {
+            Some(_) => (0..f_n)
+                .filter(|&f| pre[r][f] > sae.threshold[f] as f64)
+                .collect(),
+            None => active_set(&pre[r], k, &everything),
+        };
         active.push(set);
     }
+    if let Some(batch_k) = batch_k {
+        // The batch_k largest positive pre-activations of the whole batch.
+        let mut all: Vec<(usize, usize)> = (0..rows)
+            .flat_map(|r| (0..f_n).map(move |f| (r, f)))
+            .filter(|&(r, f)| pre[r][f] > 0.0)
+            .collect();
+        all.sort_by(|a, b| pre[b.0][b.1].partial_cmp(&pre[a.0][a.1]).unwrap());
+        all.truncate(batch_k);
+        active = vec![Vec::new(); rows];
+        for (r, f) in all {
+            active[r].push(f);
+        }
+        active.iter_mut().for_each(|set| set.sort());
+    }
+    active.iter().flatten().for_each(|&f| fired[f] = true);
     let dead: Vec<bool> = (0..f_n).map(|f| dead[f] && !fired[f]).collect();
     let any_dead = dead.iter().any(|&x| x);
 
@@ -137,6 +175,7 @@ pub fn host_gradients(sae: &Sae, x: &[f32], dead: &[bool]) -> HostGradients {
         w_dec: vec![0.0; f_n * d],
         b_enc: vec![0.0; f_n],
         b_dec: vec![0.0; d],
+        threshold: vec![0.0; if jump.is_some() { f_n } else { 0 }],
     };
     for r in 0..rows {
         let err = &err[r];
@@ -157,6 +196,41 @@ pub fn host_gradients(sae: &Sae, x: &[f32], dead: &[bool]) -> HostGradients {
         }
         for i in 0..d {
             g.b_dec[i] += g_xhat[i];
+        }
+        // Matryoshka: each prefix's own reconstruction error.
+        for &width in &prefixes {
+            let mut prefix_err: Vec<f64> = (0..d)
+                .map(|i| sae.b_dec[i] as f64 - x[r * d + i] as f64)
+                .collect();
+            for &f in active[r].iter().filter(|&&f| f < width) {
+                for i in 0..d {
+                    prefix_err[i] += pre[r][f] * w_dec(f, i);
+                }
+            }
+            g.loss += prefix_err.iter().map(|e| e * e).sum::<f64>() / rows as f64;
+            let g_prefix: Vec<f64> = prefix_err.iter().map(|e| 2.0 * e / rows as f64).collect();
+            for &f in active[r].iter().filter(|&&f| f < width) {
+                g_pre[f] += (0..d).map(|i| g_prefix[i] * w_dec(f, i)).sum::<f64>();
+                for i in 0..d {
+                    g.w_dec[f * d + i] += pre[r][f] * g_prefix[i];
+                }
+            }
+            for i in 0..d {
+                g.b_dec[i] += g_prefix[i];
+            }
+        }
+        // JumpReLU: L0 as a mean over rows; the threshold's pseudo-derivative
+        // (rectangle kernel of width `bandwidth`) from the output and the L0.
+        if let Some((l0_coeff, bandwidth)) = jump {
+            g.loss += l0_coeff * active[r].len() as f64 / rows as f64;
+            for f in 0..f_n {
+                let theta = sae.threshold[f] as f64;
+                if (pre[r][f] - theta).abs() < bandwidth / 2.0 {
+                    let g_act: f64 = (0..d).map(|i| g_xhat[i] * w_dec(f, i)).sum();
+                    let d_theta = -(theta / bandwidth) * g_act - l0_coeff / rows as f64 / bandwidth;
+                    g.threshold[f] += theta * d_theta;
+                }
+            }
         }
         if let (Some((k_aux, aux_coeff)), true) = (aux, any_dead) {
             let set = active_set(&pre[r], Some(k_aux), &dead);
