@@ -89,8 +89,10 @@ pub struct SaeSweep {
     pub variant: Vec<sae::Architecture>,
     /// For the l1 and norm_weighted_l1 variants.
     pub l1_coeff: Vec<f64>,
-    /// For the topk variant.
+    /// For the topk, batchtopk and matryoshka_batchtopk variants.
     pub k: Vec<usize>,
+    /// For the jumprelu variant: the weight of its L0 penalty.
+    pub l0_coeff: Vec<f64>,
     pub d_sae: Vec<usize>,
     pub seed: Vec<u64>,
     pub lr: f64,
@@ -98,10 +100,10 @@ pub struct SaeSweep {
     pub batch_size: usize,
     pub shuffle: bool,
     pub l1_reduction: sae::Reduction,
-    /// "uniform" (the notebook) or "tied" (W_enc = W_dec^T).
-    pub encoder_init: sae::EncoderInit,
-    /// "zero" (the notebook) or "data_mean".
-    pub b_dec_init: sae::DecoderBiasInit,
+    /// "architecture" (each one's paper), "uniform" (the notebook) or "tied" (W_enc = W_dec^T).
+    pub encoder_init: EncoderInitChoice,
+    /// "architecture" (each one's paper), "zero" (the notebook) or "data_mean".
+    pub b_dec_init: DecoderBiasInitChoice,
     /// StepLR: every `lr_step_epochs` epochs multiply the lr by `lr_gamma` (gamma 1 = constant).
     pub lr_step_epochs: usize,
     pub lr_gamma: f64,
@@ -111,6 +113,14 @@ pub struct SaeSweep {
     /// for fc2.pre), as the TopK paper, SAELens and dictionary_learning use.
     pub k_aux: usize,
     pub aux_coeff: f64,
+    /// The BatchTopK family's running inference threshold: the weight of each
+    /// batch's smallest selected activation.
+    pub threshold_lr: f64,
+    /// Matryoshka's nested prefixes, as fractions of d_sae (the whole is always last).
+    pub prefix_fractions: Vec<f64>,
+    /// JumpReLU's straight-through kernel width and its thresholds' start.
+    pub bandwidth: f64,
+    pub init_threshold: f64,
     /// Resample dead features every this many steps (0 = never), up to
     /// `resample_until` steps; a sweep axis, so `[0, 20000]` compares both.
     pub resample_every_steps: Vec<usize>,
@@ -118,6 +128,42 @@ pub struct SaeSweep {
     pub resample_sample_rows: usize,
     pub path: TrainerPath,
     pub device: TrainerDevice,
+}
+
+/// `sae.encoder_init`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EncoderInitChoice {
+    /// See [`paper_init`].
+    Architecture,
+    Uniform,
+    Tied,
+}
+
+/// `sae.b_dec_init`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecoderBiasInitChoice {
+    /// See [`paper_init`].
+    Architecture,
+    Zero,
+    DataMean,
+}
+
+/// How each architecture's paper (and reference code) starts it: the L1
+/// family as the notebook; the TopK family with the encoder tied to the
+/// decoder and b_dec at the data's centre (the mean here, where OpenAI and
+/// dictionary_learning use the geometric median); JumpReLU tied with b_dec at
+/// zero, as SAELens and dictionary_learning.
+pub fn paper_init(architecture: sae::Architecture) -> (sae::EncoderInit, sae::DecoderBiasInit) {
+    use sae::{Architecture as A, DecoderBiasInit, EncoderInit};
+    match architecture {
+        A::L1 | A::NormWeightedL1 => (EncoderInit::Uniform, DecoderBiasInit::Zero),
+        A::TopK | A::BatchTopK | A::MatryoshkaBatchTopK => {
+            (EncoderInit::Tied, DecoderBiasInit::DataMean)
+        }
+        A::JumpRelu => (EncoderInit::Tied, DecoderBiasInit::Zero),
+    }
 }
 
 /// `sae.path`: which trainer runs the points.
@@ -142,6 +188,9 @@ pub enum TrainerDevice {
 /// `sae.k_aux = 0`: half the layer's width.
 const HALF_THE_WIDTH: usize = 0;
 
+/// JumpReLU's L0 weight on fc2.pre (see saelab.toml).
+const DEFAULT_L0_COEFF: f64 = 0.1;
+
 impl Default for SaeSweep {
     fn default() -> Self {
         let notebook = SaeConfig::default();
@@ -155,11 +204,28 @@ impl Default for SaeSweep {
         let Variant::L1 { l1_coeff } = Variant::default() else {
             unreachable!("the default variant is the notebook's L1")
         };
+        let Variant::MatryoshkaBatchTopK {
+            threshold_lr,
+            prefix_fractions,
+            ..
+        } = Variant::matryoshka_batch_top_k(32)
+        else {
+            unreachable!("matryoshka_batch_top_k makes a Matryoshka variant")
+        };
+        let Variant::JumpRelu {
+            l0_coeff,
+            bandwidth,
+            init_threshold,
+        } = Variant::jump_relu(DEFAULT_L0_COEFF)
+        else {
+            unreachable!("jump_relu makes a JumpReLU variant")
+        };
         SaeSweep {
             layer: vec!["fc2.pre".into()],
             variant: vec![Variant::default().architecture()],
             l1_coeff: vec![l1_coeff],
             k: vec![k],
+            l0_coeff: vec![l0_coeff],
             d_sae: vec![notebook.d_sae],
             seed: vec![notebook.seed],
             lr: notebook.optimizer.lr,
@@ -167,13 +233,17 @@ impl Default for SaeSweep {
             batch_size: notebook.batch_size,
             shuffle: notebook.shuffle,
             l1_reduction: notebook.l1_reduction,
-            encoder_init: notebook.encoder_init,
-            b_dec_init: notebook.b_dec_init,
+            encoder_init: EncoderInitChoice::Architecture,
+            b_dec_init: DecoderBiasInitChoice::Architecture,
             lr_step_epochs,
             lr_gamma,
             dead_window_steps: notebook.dead_window_steps,
             k_aux: HALF_THE_WIDTH,
             aux_coeff,
+            threshold_lr,
+            prefix_fractions,
+            bandwidth,
+            init_threshold,
             resample_every_steps: vec![0],
             resample_until: 0,
             resample_sample_rows: 8192,
@@ -259,6 +329,11 @@ impl SaeSweep {
                 let axes = sae::VariantAxes {
                     l1_coeff: &self.l1_coeff,
                     k: &self.k,
+                    l0_coeff: &self.l0_coeff,
+                    threshold_lr: self.threshold_lr,
+                    prefix_fractions: &self.prefix_fractions,
+                    bandwidth: self.bandwidth,
+                    init_threshold: self.init_threshold,
                     k_aux: if self.k_aux == HALF_THE_WIDTH {
                         (width / 2).max(1)
                     } else {
@@ -315,8 +390,8 @@ impl SaeSweep {
             "batch_size": self.batch_size,
             "shuffle": self.shuffle,
             "l1_reduction": self.l1_reduction,
-            "encoder_init": self.encoder_init,
-            "b_dec_init": self.b_dec_init,
+            "encoder_init": self.init(variant.architecture()).0,
+            "b_dec_init": self.init(variant.architecture()).1,
             "lr_step_epochs": self.lr_step_epochs,
             "lr_gamma": self.lr_gamma,
             "dead_window_steps": self.dead_window_steps,
@@ -328,7 +403,8 @@ impl SaeSweep {
             params["resample_until"] = self.resample_until.into();
             params["resample_sample_rows"] = self.resample_sample_rows.into();
         }
-        // The variant's own fields carry their config names (l1_coeff, k, k_aux, aux_coeff).
+        // The variant's own fields carry their config names (l1_coeff, k, k_aux,
+        // aux_coeff, l0_coeff, threshold_lr, prefix_fractions, bandwidth, init_threshold).
         if let serde_json::Value::Object(fields) =
             serde_json::to_value(variant).expect("a variant serialises")
         {
@@ -337,6 +413,22 @@ impl SaeSweep {
             }
         }
         params
+    }
+
+    /// The init a point of `architecture` starts from.
+    fn init(&self, architecture: sae::Architecture) -> (sae::EncoderInit, sae::DecoderBiasInit) {
+        let (paper_encoder, paper_b_dec) = paper_init(architecture);
+        let encoder = match self.encoder_init {
+            EncoderInitChoice::Architecture => paper_encoder,
+            EncoderInitChoice::Uniform => sae::EncoderInit::Uniform,
+            EncoderInitChoice::Tied => sae::EncoderInit::Tied,
+        };
+        let b_dec = match self.b_dec_init {
+            DecoderBiasInitChoice::Architecture => paper_b_dec,
+            DecoderBiasInitChoice::Zero => sae::DecoderBiasInit::Zero,
+            DecoderBiasInitChoice::DataMean => sae::DecoderBiasInit::DataMean,
+        };
+        (encoder, b_dec)
     }
 
     fn config(
@@ -354,13 +446,14 @@ impl SaeSweep {
             },
             sample_rows: self.resample_sample_rows,
         });
+        let (encoder_init, b_dec_init) = self.init(variant.architecture());
         SaeConfig {
             d_in: mlp::layer_width(layer).unwrap_or(0),
             d_sae,
             variant,
             l1_reduction: self.l1_reduction,
-            encoder_init: self.encoder_init,
-            b_dec_init: self.b_dec_init,
+            encoder_init,
+            b_dec_init,
             optimizer: sae::AdamConfig {
                 lr: self.lr,
                 ..sae::AdamConfig::default()

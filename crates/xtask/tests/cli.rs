@@ -497,7 +497,7 @@ fn sae_sweeps_reuse_the_cached_activations_and_a_diverging_point_fails_alone() {
     let dir = std::fs::read_dir(store.path().join("sae"))
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| p.join("sae.safetensors").exists())
+        .find(|p| p.join("sae_weights.safetensors").exists())
         .unwrap();
     let metrics: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("metrics.json")).unwrap()).unwrap();

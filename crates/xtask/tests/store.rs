@@ -141,7 +141,7 @@ fn a_flipped_weight_or_a_garbage_cfg_makes_the_sae_and_its_analysis_stale() {
     let store = testkit::copy_of(built_store());
     let store = store.path();
     let sae_dir = artifact(store, "sae");
-    let weights = sae_dir.join("sae.safetensors");
+    let weights = sae_dir.join("sae_weights.safetensors");
     // The exponent byte of W_enc[0] (little-endian f32): the kind of flip that
     // used to make a later stage blame its own code.
     rewrite_byte(&weights, tensor_bytes(&weights, "W_enc").start + 3, |b| {
@@ -149,7 +149,8 @@ fn a_flipped_weight_or_a_garbage_cfg_makes_the_sae_and_its_analysis_stale() {
     });
     let status = xtask(store, &["status"]);
     assert!(
-        state(&status, SAE).starts_with("stale: file sae.safetensors changed since it was built"),
+        state(&status, SAE)
+            .starts_with("stale: file sae_weights.safetensors changed since it was built"),
         "{}",
         status.stdout
     );
@@ -163,12 +164,13 @@ fn a_flipped_weight_or_a_garbage_cfg_makes_the_sae_and_its_analysis_stale() {
         ["ran", "ran", "cached"]
     );
 
-    let cfg = sae_dir.join("cfg.json");
+    let cfg = sae_dir.join("saelab_config.json");
     let garbage = "x".repeat(std::fs::metadata(&cfg).unwrap().len() as usize);
     std::fs::write(&cfg, garbage).unwrap();
     let status = xtask(store, &["status"]);
     assert!(
-        state(&status, SAE).starts_with("stale: file cfg.json changed since it was built"),
+        state(&status, SAE)
+            .starts_with("stale: file saelab_config.json changed since it was built"),
         "{}",
         status.stdout
     );

@@ -81,7 +81,11 @@ impl Stage for SaeStage {
         let test_view = store.layer("test", layer)?;
         let (train, test) = (train_view.to_vec(), test_view.to_vec());
         let trained = self.trainer.trained(&self.point, &train)?;
-        sae::save(&trained.sae, out)?;
+        let origin = sae::Origin {
+            model_name: format!("saelab-mlp-{}", inputs.manifest("mlp").key),
+            hook_name: layer.clone(),
+        };
+        sae::save(&trained.sae, out, &origin)?;
         sae::TrainingRecord::of(&trained).save(out)?;
 
         let on_train = sae::evaluate(&trained.sae, &train)?;
