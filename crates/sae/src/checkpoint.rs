@@ -47,14 +47,23 @@ fn le_bytes(values: &[f32]) -> Vec<u8> {
 /// The tensors of SAELens' layout for this SAE's architecture, in file order.
 fn tensors(sae: &Sae) -> Vec<(&'static str, Vec<usize>, &[f32])> {
     let (d_in, d_sae) = (sae.d_in(), sae.d_sae());
+    let gated = matches!(sae.cfg.variant, Variant::Gated { .. });
     let mut out = vec![
         ("W_enc", vec![d_in, d_sae], sae.w_enc.as_slice()),
         ("W_dec", vec![d_sae, d_in], &sae.w_dec),
-        ("b_enc", vec![d_sae], &sae.b_enc),
+        (
+            if gated { "b_gate" } else { "b_enc" },
+            vec![d_sae],
+            &sae.b_enc,
+        ),
         ("b_dec", vec![d_in], &sae.b_dec),
     ];
     if sae.cfg.variant.has_threshold() {
         out.push(("threshold", vec![d_sae], &sae.threshold));
+    }
+    if gated {
+        out.push(("r_mag", vec![d_sae], &sae.r_mag));
+        out.push(("b_mag", vec![d_sae], &sae.b_mag));
     }
     out
 }
@@ -79,6 +88,7 @@ fn saelens_config(sae: &Sae, origin: &Origin) -> serde_json::Value {
     });
     let architecture = match &sae.cfg.variant {
         Variant::L1 { .. } | Variant::NormWeightedL1 { .. } => "standard",
+        Variant::Gated { .. } => "gated",
         Variant::TopK { k, .. } => {
             cfg["k"] = json!(k);
             cfg["rescale_acts_by_decoder_norm"] = json!(false);
@@ -143,6 +153,8 @@ pub fn load(dir: &Path) -> Result<Sae, SaeError> {
         b_enc: Vec::new(),
         b_dec: Vec::new(),
         threshold: Vec::new(),
+        r_mag: Vec::new(),
+        b_mag: Vec::new(),
     };
     let expected = tensors(&sae);
     if let Some(extra) = st
@@ -185,7 +197,13 @@ pub fn load(dir: &Path) -> Result<Sae, SaeError> {
     sae.w_dec = loaded.next().unwrap_or_default();
     sae.b_enc = loaded.next().unwrap_or_default();
     sae.b_dec = loaded.next().unwrap_or_default();
-    sae.threshold = loaded.next().unwrap_or_default();
+    if sae.cfg.variant.has_threshold() {
+        sae.threshold = loaded.next().unwrap_or_default();
+    }
+    if matches!(sae.cfg.variant, Variant::Gated { .. }) {
+        sae.r_mag = loaded.next().unwrap_or_default();
+        sae.b_mag = loaded.next().unwrap_or_default();
+    }
     Ok(sae)
 }
 

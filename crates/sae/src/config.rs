@@ -102,6 +102,11 @@ pub enum Variant {
         #[serde(default = "default_prefix_fractions")]
         prefix_fractions: Vec<f64>,
     },
+    /// Gated (Rajamanoharan et al. 2024): a gate (`pre > 0`, L1 on its ReLU)
+    /// and a magnitude path sharing the gate's directions, rescaled per
+    /// feature (`exp(r_mag)`, own bias `b_mag`); an auxiliary loss makes the
+    /// gate's ReLU reconstruct through the frozen decoder.
+    Gated { l1_coeff: f64 },
     /// JumpReLU (Rajamanoharan et al. 2024): a learned threshold per feature,
     /// an L0 penalty, straight-through pseudo-derivatives of width `bandwidth`.
     JumpRelu {
@@ -162,6 +167,9 @@ pub enum Architecture {
     /// A learned threshold per feature and an L0 penalty.
     #[serde(rename = "jumprelu")]
     JumpRelu,
+    /// Gate and magnitude paths sharing directions.
+    #[serde(rename = "gated")]
+    Gated,
 }
 
 /// The sweep axes an architecture's variants are drawn from.
@@ -179,13 +187,14 @@ pub struct VariantAxes<'a> {
 }
 
 impl Architecture {
-    pub const ALL: [Architecture; 6] = [
+    pub const ALL: [Architecture; 7] = [
         Architecture::L1,
         Architecture::TopK,
         Architecture::NormWeightedL1,
         Architecture::BatchTopK,
         Architecture::MatryoshkaBatchTopK,
         Architecture::JumpRelu,
+        Architecture::Gated,
     ];
 
     /// The value `sae.variant` takes for it.
@@ -197,6 +206,7 @@ impl Architecture {
             Architecture::BatchTopK => "batchtopk",
             Architecture::MatryoshkaBatchTopK => "matryoshka_batchtopk",
             Architecture::JumpRelu => "jumprelu",
+            Architecture::Gated => "gated",
         }
     }
 
@@ -213,6 +223,11 @@ impl Architecture {
                 .l1_coeff
                 .iter()
                 .map(|&l1_coeff| Variant::NormWeightedL1 { l1_coeff })
+                .collect(),
+            Architecture::Gated => axes
+                .l1_coeff
+                .iter()
+                .map(|&l1_coeff| Variant::Gated { l1_coeff })
                 .collect(),
             Architecture::TopK => each_k(&|k| Variant::TopK {
                 k,
@@ -262,11 +277,12 @@ impl Variant {
             Variant::BatchTopK { .. } => Architecture::BatchTopK,
             Variant::MatryoshkaBatchTopK { .. } => Architecture::MatryoshkaBatchTopK,
             Variant::JumpRelu { .. } => Architecture::JumpRelu,
+            Variant::Gated { .. } => Architecture::Gated,
         }
     }
 
     /// Its part of a sweep point's name: `l1-0.003`, `topk-k32`, `nwl1-0.003`,
-    /// `btopk-k32`, `mbtopk-k32`, `jumprelu-0.1`.
+    /// `btopk-k32`, `mbtopk-k32`, `jumprelu-0.1`, `gated-0.003`.
     pub fn label(&self) -> String {
         match self {
             Variant::L1 { l1_coeff } => format!("l1-{l1_coeff}"),
@@ -275,6 +291,7 @@ impl Variant {
             Variant::BatchTopK { k, .. } => format!("btopk-k{k}"),
             Variant::MatryoshkaBatchTopK { k, .. } => format!("mbtopk-k{k}"),
             Variant::JumpRelu { l0_coeff, .. } => format!("jumprelu-{l0_coeff}"),
+            Variant::Gated { l1_coeff } => format!("gated-{l1_coeff}"),
         }
     }
 
@@ -283,9 +300,9 @@ impl Variant {
     pub fn sweep_coordinates(&self) -> [(&'static str, serde_json::Value); 3] {
         use serde_json::Value;
         let (l1_coeff, k, l0_coeff) = match self {
-            Variant::L1 { l1_coeff } | Variant::NormWeightedL1 { l1_coeff } => {
-                (Value::from(*l1_coeff), Value::Null, Value::Null)
-            }
+            Variant::L1 { l1_coeff }
+            | Variant::NormWeightedL1 { l1_coeff }
+            | Variant::Gated { l1_coeff } => (Value::from(*l1_coeff), Value::Null, Value::Null),
             Variant::TopK { k, .. }
             | Variant::BatchTopK { k, .. }
             | Variant::MatryoshkaBatchTopK { k, .. } => (Value::Null, Value::from(*k), Value::Null),
@@ -536,9 +553,9 @@ impl SaeConfig {
         at_least_one("d_in", self.d_in)?;
         at_least_one("d_sae", self.d_sae)?;
         match &self.variant {
-            Variant::L1 { l1_coeff } | Variant::NormWeightedL1 { l1_coeff } => {
-                non_negative_finite("variant.l1_coeff", *l1_coeff)?
-            }
+            Variant::L1 { l1_coeff }
+            | Variant::NormWeightedL1 { l1_coeff }
+            | Variant::Gated { l1_coeff } => non_negative_finite("variant.l1_coeff", *l1_coeff)?,
             Variant::TopK { k, .. }
             | Variant::BatchTopK { k, .. }
             | Variant::MatryoshkaBatchTopK { k, .. } => {
@@ -646,7 +663,9 @@ impl SaeConfig {
     /// Multiplier on `sum |acts|` (before any decoder-norm weighting) for a batch of `rows`.
     pub(crate) fn l1_scale(&self, rows: usize) -> f64 {
         let coeff = match self.variant {
-            Variant::L1 { l1_coeff } | Variant::NormWeightedL1 { l1_coeff } => l1_coeff,
+            Variant::L1 { l1_coeff }
+            | Variant::NormWeightedL1 { l1_coeff }
+            | Variant::Gated { l1_coeff } => l1_coeff,
             _ => 0.0,
         };
         match self.l1_reduction {

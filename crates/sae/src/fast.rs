@@ -833,6 +833,8 @@ impl Trainer for FastTrainer {
             b_enc,
             b_dec: self.b_dec_gradient(),
             threshold: Vec::new(),
+            r_mag: Vec::new(),
+            b_mag: Vec::new(),
         })
     }
 
@@ -845,6 +847,8 @@ impl Trainer for FastTrainer {
             b_enc: p.b_enc.clone(),
             b_dec: p.b_dec.clone(),
             threshold: Vec::new(),
+            r_mag: Vec::new(),
+            b_mag: Vec::new(),
         })
     }
 

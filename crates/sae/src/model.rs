@@ -39,6 +39,11 @@ pub struct Sae {
     /// BatchTopK family: a feature is active where its pre-activation exceeds
     /// both 0 and its threshold); empty for the others.
     pub threshold: Vec<f32>,
+    /// Gated only (empty otherwise): the magnitude path's per-feature log
+    /// scale `[d_sae]` and bias `[d_sae]`. A Gated SAE's `b_enc` is its gate's
+    /// bias (SAELens' `b_gate`).
+    pub r_mag: Vec<f32>,
+    pub b_mag: Vec<f32>,
 }
 
 fn uniform(rng: &mut ChaCha8Rng, len: usize, bound: f32) -> Vec<f32> {
@@ -85,6 +90,13 @@ impl Sae {
             _ if cfg.variant.has_threshold() => vec![0.0; d_sae],
             _ => Vec::new(),
         };
+        let gated = |len| {
+            if matches!(cfg.variant, Variant::Gated { .. }) {
+                vec![0.0; len]
+            } else {
+                Vec::new()
+            }
+        };
         Ok(Sae {
             cfg: cfg.clone(),
             w_enc,
@@ -92,6 +104,8 @@ impl Sae {
             b_enc: vec![0.0; d_sae],
             b_dec,
             threshold,
+            r_mag: gated(d_sae),
+            b_mag: gated(d_sae),
         })
     }
 
@@ -149,6 +163,23 @@ impl Sae {
         out.idx.clear();
         out.val.clear();
         out.row_start.push(0);
+        if let Variant::Gated { .. } = self.cfg.variant {
+            // Active where the gate is open and the magnitude positive; the
+            // magnitude path is the gate's pre-activation without b_gate,
+            // rescaled by exp(r_mag), plus b_mag.
+            for row in out.pre.chunks_exact(d_sae) {
+                for f in 0..d_sae {
+                    let gate = row[f];
+                    let magnitude = self.r_mag[f].exp() * (gate - self.b_enc[f]) + self.b_mag[f];
+                    if gate > 0.0 && magnitude > 0.0 {
+                        out.idx.push(f as u32);
+                        out.val.push(magnitude);
+                    }
+                }
+                out.row_start.push(out.idx.len());
+            }
+            return;
+        }
         if self.cfg.variant.has_threshold() {
             for row in out.pre.chunks_exact(d_sae) {
                 for (f, (&p, &t)) in row.iter().zip(&self.threshold).enumerate() {

@@ -13,7 +13,7 @@ pub(crate) struct ReferenceTrainer {
     cfg: SaeConfig,
     device: Device,
     /// W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc [d_sae], b_dec [d_in],
-    /// and JumpReLU's log-thresholds [d_sae].
+    /// then JumpReLU's log-thresholds [d_sae], or Gated's r_mag and b_mag [d_sae].
     params: Vec<Var>,
     /// Adam's (m, v) per parameter.
     moments: Vec<(Var, Var)>,
@@ -28,7 +28,11 @@ const W_ENC: usize = 0;
 const W_DEC: usize = 1;
 const B_ENC: usize = 2;
 const B_DEC: usize = 3;
+/// JumpReLU's extra parameter.
 const LOG_THRESHOLD: usize = 4;
+/// Gated's extra parameters.
+const R_MAG: usize = 4;
+const B_MAG: usize = 5;
 
 /// 1.0 at the `k` largest entries of each row of `x` (`[rows, cols]`), else 0.
 fn top_k_mask(x: &Tensor, k: usize) -> candle_core::Result<Tensor> {
@@ -72,6 +76,10 @@ impl ReferenceTrainer {
             let log_threshold: Vec<f32> = sae.threshold.iter().map(|t| t.ln()).collect();
             params.push(var(&log_threshold, &[d_sae])?);
         }
+        if matches!(sae.cfg.variant, Variant::Gated { .. }) {
+            params.push(var(&sae.r_mag, &[d_sae])?);
+            params.push(var(&sae.b_mag, &[d_sae])?);
+        }
         let moments = params
             .iter()
             .map(|p| {
@@ -111,11 +119,13 @@ impl ReferenceTrainer {
             [W_ENC, W_DEC, B_ENC, B_DEC].map(|i| self.params[i].as_tensor().clone());
         let x = Tensor::from_slice(&x[..rows * d_in], (rows, d_in), dev)?;
         let x_cent = x.broadcast_sub(&b_dec)?;
-        let pre = x_cent.matmul(&w_enc)?.broadcast_add(&b_enc)?;
+        let enc = x_cent.matmul(&w_enc)?;
+        let pre = enc.broadcast_add(&b_enc)?;
         let pre_detached = pre.detach();
         // ReLU as a detached 0/1 mask: the gradient at exactly 0 is 0, as in PyTorch.
         let positive = pre_detached.gt(0.0)?.to_dtype(DType::F32)?;
         let mut sparsity = Tensor::zeros((), DType::F32, dev)?;
+        let mut gate_reconstruction = None;
         let (mask, acts) = match &self.cfg.variant {
             Variant::TopK { k, .. } => {
                 let mask = (&positive * top_k_mask(&pre_detached, *k)?)?;
@@ -153,6 +163,21 @@ impl ReferenceTrainer {
                 sparsity = (l0 * (l0_coeff / rows as f64))?;
                 (mask, acts)
             }
+            Variant::Gated { .. } => {
+                // `pre` is the gate; the magnitude path shares its directions.
+                let scale = self.params[R_MAG].as_tensor().exp()?.unsqueeze(0)?;
+                let b_mag = self.params[B_MAG].as_tensor().unsqueeze(0)?;
+                let magnitude = enc.broadcast_mul(&scale)?.broadcast_add(&b_mag)?;
+                let mask = (&positive * magnitude.detach().gt(0.0)?.to_dtype(DType::F32)?)?;
+                let gate_relu = (&pre * &positive)?;
+                sparsity = (gate_relu.sum_all()? * self.cfg.l1_scale(rows))?;
+                // The gate's ReLU reconstructs through the frozen decoder (the paper's L_aux).
+                let gate_hat = gate_relu
+                    .matmul(&w_dec.detach())?
+                    .broadcast_add(&b_dec.detach())?;
+                gate_reconstruction = Some((gate_hat - &x)?.sqr()?.sum(1)?.mean(0)?);
+                (mask.clone(), (&magnitude * &mask)?)
+            }
             Variant::L1 { .. } | Variant::NormWeightedL1 { .. } => {
                 (positive.clone(), (&pre * &positive)?)
             }
@@ -186,7 +211,10 @@ impl ReferenceTrainer {
             _ => {}
         }
         let mut loss = (&l2 + &sparsity)?;
-        let mut aux_total = Tensor::zeros((), DType::F32, dev)?;
+        let mut aux_total = match gate_reconstruction {
+            Some(term) => term,
+            None => Tensor::zeros((), DType::F32, dev)?,
+        };
         // Matryoshka: each prefix of the dictionary reconstructs on its own.
         for width in self.cfg.variant.prefix_widths(d_sae) {
             let prefix_hat = acts
@@ -328,6 +356,16 @@ impl ReferenceTrainer {
             }
             touched.push(LOG_THRESHOLD);
         }
+        if let Variant::Gated { .. } = self.cfg.variant {
+            for reset in resets {
+                for i in [R_MAG, B_MAG] {
+                    host[i][reset.feature] = 0.0;
+                    moments[i].0[reset.feature] = 0.0;
+                    moments[i].1[reset.feature] = 0.0;
+                }
+            }
+            touched.extend([R_MAG, B_MAG]);
+        }
         for i in touched {
             let shape = self.params[i].shape().clone();
             let upload = |data: &[f32]| Tensor::from_slice(data, &shape, &self.device);
@@ -365,15 +403,24 @@ impl Trainer for ReferenceTrainer {
             w_dec: to_host(&grads[W_DEC])?,
             b_enc: to_host(&grads[B_ENC])?,
             b_dec: to_host(&grads[B_DEC])?,
-            threshold: match grads.get(LOG_THRESHOLD) {
-                Some(g) => to_host(g)?,
-                None => Vec::new(),
+            threshold: match self.cfg.variant {
+                Variant::JumpRelu { .. } => to_host(&grads[LOG_THRESHOLD])?,
+                _ => Vec::new(),
+            },
+            r_mag: match self.cfg.variant {
+                Variant::Gated { .. } => to_host(&grads[R_MAG])?,
+                _ => Vec::new(),
+            },
+            b_mag: match self.cfg.variant {
+                Variant::Gated { .. } => to_host(&grads[B_MAG])?,
+                _ => Vec::new(),
             },
         })
     }
 
     fn export(&self) -> Result<Sae, SaeError> {
         let host = |i: usize| to_host(self.params[i].as_tensor());
+        let gated = matches!(self.cfg.variant, Variant::Gated { .. });
         let threshold = match self.cfg.variant {
             Variant::JumpRelu { .. } => host(LOG_THRESHOLD)?.iter().map(|t| t.exp()).collect(),
             _ if self.cfg.variant.has_threshold() => {
@@ -388,6 +435,8 @@ impl Trainer for ReferenceTrainer {
             b_enc: host(B_ENC)?,
             b_dec: host(B_DEC)?,
             threshold,
+            r_mag: if gated { host(R_MAG)? } else { Vec::new() },
+            b_mag: if gated { host(B_MAG)? } else { Vec::new() },
         })
     }
 

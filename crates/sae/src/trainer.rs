@@ -16,6 +16,9 @@ pub struct Gradients {
     pub b_dec: Vec<f32>,
     /// JumpReLU's gradient with respect to its log-thresholds; empty for other variants.
     pub threshold: Vec<f32>,
+    /// Gated's `r_mag` and `b_mag` gradients (its `b_enc` is `b_gate`); empty for others.
+    pub r_mag: Vec<f32>,
+    pub b_mag: Vec<f32>,
 }
 
 /// What a trainer reports about one batch.

@@ -24,8 +24,11 @@ def main() -> int:
     d_in, d_sae = cfg["d_in"], cfg["d_sae"]
     assert t["W_enc"].shape == (d_in, d_sae), t["W_enc"].shape
     assert t["W_dec"].shape == (d_sae, d_in), t["W_dec"].shape
-    assert t["b_enc"].shape == (d_sae,) and t["b_dec"].shape == (d_in,)
-    w_enc, w_dec, b_enc, b_dec = (t[k].astype(np.float64) for k in ("W_enc", "W_dec", "b_enc", "b_dec"))
+    assert t["b_gate" if cfg["variant"]["kind"] == "Gated" else "b_enc"].shape == (d_sae,)
+    assert t["b_dec"].shape == (d_in,)
+    gated = cfg["variant"]["kind"] == "Gated"
+    bias = "b_gate" if gated else "b_enc"
+    w_enc, w_dec, b_enc, b_dec = (t[k].astype(np.float64) for k in ("W_enc", "W_dec", bias, "b_dec"))
     x = np.fromfile(root / "x.f32", dtype="<f4").reshape(-1, d_in).astype(np.float64)
     rust = np.fromfile(root / "x_hat.f32", dtype="<f4").reshape(-1, d_in).astype(np.float64)
 
@@ -38,6 +41,9 @@ def main() -> int:
         pre = pre * mask
     if "threshold" in t:
         pre = pre * (pre > t["threshold"].astype(np.float64))
+    if gated:
+        magnitude = np.exp(t["r_mag"].astype(np.float64)) * (pre - b_enc) + t["b_mag"].astype(np.float64)
+        pre = np.where(pre > 0, magnitude, 0.0)
     acts = np.maximum(pre, 0.0)
     x_hat = acts @ w_dec + b_dec
 

@@ -26,6 +26,7 @@ fn every_architecture() -> Vec<Variant> {
         Variant::batch_top_k(5),
         Variant::matryoshka_batch_top_k(5),
         Variant::jump_relu(1e-2),
+        Variant::Gated { l1_coeff: 3e-3 },
     ];
     assert_eq!(all.len(), sae::Architecture::ALL.len());
     all
@@ -151,6 +152,7 @@ fn saelens_class(variant: &Variant) -> &'static str {
     match variant.architecture() {
         sae::Architecture::L1 | sae::Architecture::NormWeightedL1 => "StandardSAE",
         sae::Architecture::TopK => "TopKSAE",
+        sae::Architecture::Gated => "GatedSAE",
         sae::Architecture::BatchTopK
         | sae::Architecture::MatryoshkaBatchTopK
         | sae::Architecture::JumpRelu => "JumpReLUSAE",

@@ -178,6 +178,51 @@ fn jump_relu_thresholds_learn_and_its_l0_follows_its_coefficient() {
     assert!(loose.1 > 0.5, "EV {} at the small coefficient", loose.1);
 }
 
+#[test]
+fn gated_magnitudes_share_the_gate_directions_and_its_l1_sparsifies_the_gate() {
+    let data = data();
+    let run = |l1_coeff: f64| trained_with(Variant::Gated { l1_coeff }, 10, 3e-3, &data).sae;
+    let (loose, tight) = (run(1e-4), run(3e-2));
+    // Inference, computed here from the tensors: one W_enc for both paths.
+    let codes = encode_sparse(&loose, &data).unwrap();
+    let dense = sae::encode(&loose, &data).unwrap();
+    let mut open_but_silent = 0;
+    for r in 0..data.len() / D_IN {
+        let x = &data[r * D_IN..(r + 1) * D_IN];
+        for f in 0..D_SAE {
+            let enc: f64 = (0..D_IN)
+                .map(|i| (x[i] - loose.b_dec[i]) as f64 * loose.w_enc[i * D_SAE + f] as f64)
+                .sum();
+            let gate = enc + loose.b_enc[f] as f64;
+            let magnitude = (loose.r_mag[f] as f64).exp() * enc + loose.b_mag[f] as f64;
+            let want = if gate > 0.0 { magnitude.max(0.0) } else { 0.0 };
+            let got = dense[r * D_SAE + f] as f64;
+            assert!(
+                (got - want).abs() < 1e-4,
+                "row {r} feature {f}: {got} vs {want}"
+            );
+            open_but_silent += (gate > 0.0 && magnitude <= 0.0) as usize;
+        }
+    }
+    assert_eq!(
+        codes.value.len(),
+        dense.iter().filter(|&&a| a > 0.0).count()
+    );
+    // The magnitude path learned its own scale and bias.
+    assert!(loose.r_mag.iter().filter(|r| r.abs() > 1e-2).count() > D_SAE / 4);
+    assert!(loose.b_mag.iter().filter(|b| b.abs() > 1e-2).count() > D_SAE / 4);
+    eprintln!("gates open with a non-positive magnitude: {open_but_silent}");
+    let (l0_loose, l0_tight) = (
+        evaluate(&loose, &data).unwrap().l0,
+        evaluate(&tight, &data).unwrap().l0,
+    );
+    assert!(
+        l0_tight < 0.7 * l0_loose,
+        "L0 {l0_tight} at l1 3e-2 vs {l0_loose} at 1e-4"
+    );
+    assert!(evaluate(&loose, &data).unwrap().explained_variance > 0.8);
+}
+
 fn origin() -> Origin {
     Origin {
         model_name: "test-mlp".into(),

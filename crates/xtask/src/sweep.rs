@@ -87,7 +87,7 @@ impl SweepTrainer {
 pub struct SaeSweep {
     pub layer: Vec<String>,
     pub variant: Vec<sae::Architecture>,
-    /// For the l1 and norm_weighted_l1 variants.
+    /// For the l1, norm_weighted_l1 and gated variants.
     pub l1_coeff: Vec<f64>,
     /// For the topk, batchtopk and matryoshka_batchtopk variants.
     pub k: Vec<usize>,
@@ -153,8 +153,8 @@ pub enum DecoderBiasInitChoice {
 /// How each architecture's paper (and reference code) starts it: the L1
 /// family as the notebook; the TopK family with the encoder tied to the
 /// decoder and b_dec at the data's centre (the mean here, where OpenAI and
-/// dictionary_learning use the geometric median); JumpReLU tied with b_dec at
-/// zero, as SAELens and dictionary_learning.
+/// dictionary_learning use the geometric median); JumpReLU and Gated tied with
+/// b_dec at zero, as SAELens and dictionary_learning.
 pub fn paper_init(architecture: sae::Architecture) -> (sae::EncoderInit, sae::DecoderBiasInit) {
     use sae::{Architecture as A, DecoderBiasInit, EncoderInit};
     match architecture {
@@ -162,7 +162,7 @@ pub fn paper_init(architecture: sae::Architecture) -> (sae::EncoderInit, sae::De
         A::TopK | A::BatchTopK | A::MatryoshkaBatchTopK => {
             (EncoderInit::Tied, DecoderBiasInit::DataMean)
         }
-        A::JumpRelu => (EncoderInit::Tied, DecoderBiasInit::Zero),
+        A::JumpRelu | A::Gated => (EncoderInit::Tied, DecoderBiasInit::Zero),
     }
 }
 

@@ -618,3 +618,64 @@ fn dashboards_render_on_demand_for_named_or_queried_features() {
         );
     }
 }
+
+#[test]
+fn every_architecture_trains_into_one_report_and_saelens_loads_each_folder() {
+    let store = tempfile::tempdir().unwrap();
+    let variants = format!("sae.variant={:?}", sae::Architecture::ALL.map(|a| a.name()));
+    let run = xtask(
+        store.path(),
+        &[
+            "all",
+            "--set",
+            &variants,
+            "--set",
+            "sae.d_sae=[256]",
+            "--set",
+            "sae.k=[16]",
+        ],
+    );
+    assert!(run.ok, "{}{}", run.stdout, run.stderr);
+    for label in [
+        "l1-0.003",
+        "topk-k16",
+        "nwl1-0.003",
+        "btopk-k16",
+        "mbtopk-k16",
+        "jumprelu-0.1",
+        "gated-0.003",
+    ] {
+        let stage = format!("sae/fc2.pre/{label}/d256/s0");
+        assert_eq!(verdict(&run, &stage), "ran", "{stage}: {}", run.stdout);
+    }
+    assert_eq!(verdict(&run, "analysis"), "ran");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/check_saelens_store.py");
+    let output = match std::process::Command::new("python3")
+        .arg(&script)
+        .arg(store.path())
+        .output()
+    {
+        Ok(output) => output,
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("note: skipping the SAELens check, python3 did not start: {e}");
+            return;
+        }
+        Err(e) => panic!("python3 did not start: {e}"),
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if output.status.code() == Some(3) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but Python lacks sae-lens: {stdout}"
+        );
+        eprintln!("note: skipping the SAELens check: {stdout}");
+        return;
+    }
+    assert!(
+        output.status.success() && stdout.lines().count() == 7,
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    eprintln!("{stdout}");
+}

@@ -37,6 +37,8 @@ pub fn perturbed_sae(cfg: &SaeConfig, seed: u64) -> Sae {
     sae.threshold
         .iter_mut()
         .for_each(|t| *t = 0.1 + 0.3 * next().abs());
+    sae.r_mag.iter_mut().for_each(|r| *r = 0.3 * next());
+    sae.b_mag.iter_mut().for_each(|b| *b = 0.1 * next());
     if !cfg.variant.unit_norm_decoder() {
         // Rows of unequal norm, so the norm weighting matters.
         for (f, row) in sae.w_dec.chunks_exact_mut(cfg.d_in).enumerate() {
@@ -55,6 +57,9 @@ pub struct HostGradients {
     pub b_dec: Vec<f64>,
     /// JumpReLU: d loss / d log-threshold; empty otherwise.
     pub threshold: Vec<f64>,
+    /// Gated: d loss / d r_mag and d b_mag; empty otherwise.
+    pub r_mag: Vec<f64>,
+    pub b_mag: Vec<f64>,
 }
 
 /// Active features of one row: ReLU, or the top k (value desc, index asc) that are positive.
@@ -176,6 +181,8 @@ pub fn host_gradients(sae: &Sae, x: &[f32], dead: &[bool]) -> HostGradients {
         b_enc: vec![0.0; f_n],
         b_dec: vec![0.0; d],
         threshold: vec![0.0; if jump.is_some() { f_n } else { 0 }],
+        r_mag: Vec::new(),
+        b_mag: Vec::new(),
     };
     for r in 0..rows {
         let err = &err[r];
@@ -298,4 +305,92 @@ pub fn tied(cfg: SaeConfig) -> SaeConfig {
         encoder_init: EncoderInit::Tied,
         ..cfg
     }
+}
+
+/// Gated's loss and gradients in f64 (`b_enc` is the gate's bias):
+/// `||x - x_hat||^2` + `l1 * sum relu(pi_gate)` + `||relu(pi_gate) @ W_dec + b_dec - x||^2`
+/// with the decoder frozen in the last term, each a mean over rows.
+pub fn host_gradients_gated(sae: &Sae, x: &[f32]) -> HostGradients {
+    let Variant::Gated { l1_coeff } = sae.cfg.variant else {
+        panic!("not a Gated SAE")
+    };
+    let (d, f_n) = (sae.cfg.d_in, sae.cfg.d_sae);
+    let rows = x.len() / d;
+    let l1_scale = match sae.cfg.l1_reduction {
+        Reduction::Sum => l1_coeff,
+        Reduction::Mean => l1_coeff / rows as f64,
+    };
+    let w_enc = |i: usize, f: usize| sae.w_enc[i * f_n + f] as f64;
+    let w_dec = |f: usize, i: usize| sae.w_dec[f * d + i] as f64;
+    let mut g = HostGradients {
+        loss: 0.0,
+        w_enc: vec![0.0; d * f_n],
+        w_dec: vec![0.0; f_n * d],
+        b_enc: vec![0.0; f_n],
+        b_dec: vec![0.0; d],
+        threshold: Vec::new(),
+        r_mag: vec![0.0; f_n],
+        b_mag: vec![0.0; f_n],
+    };
+    for r in 0..rows {
+        let xr: Vec<f64> = (0..d).map(|i| x[r * d + i] as f64).collect();
+        let xc: Vec<f64> = (0..d).map(|i| xr[i] - sae.b_dec[i] as f64).collect();
+        let enc: Vec<f64> = (0..f_n)
+            .map(|f| (0..d).map(|i| xc[i] * w_enc(i, f)).sum())
+            .collect();
+        let gate: Vec<f64> = (0..f_n).map(|f| enc[f] + sae.b_enc[f] as f64).collect();
+        let scale: Vec<f64> = (0..f_n).map(|f| (sae.r_mag[f] as f64).exp()).collect();
+        let magnitude: Vec<f64> = (0..f_n)
+            .map(|f| scale[f] * enc[f] + sae.b_mag[f] as f64)
+            .collect();
+        let active: Vec<usize> = (0..f_n)
+            .filter(|&f| gate[f] > 0.0 && magnitude[f] > 0.0)
+            .collect();
+        let open: Vec<usize> = (0..f_n).filter(|&f| gate[f] > 0.0).collect();
+        let err: Vec<f64> = (0..d)
+            .map(|i| {
+                sae.b_dec[i] as f64 - xr[i]
+                    + active
+                        .iter()
+                        .map(|&f| magnitude[f] * w_dec(f, i))
+                        .sum::<f64>()
+            })
+            .collect();
+        let gate_err: Vec<f64> = (0..d)
+            .map(|i| {
+                sae.b_dec[i] as f64 - xr[i]
+                    + open.iter().map(|&f| gate[f] * w_dec(f, i)).sum::<f64>()
+            })
+            .collect();
+        g.loss += err.iter().chain(&gate_err).map(|e| e * e).sum::<f64>() / rows as f64;
+        g.loss += l1_scale * open.iter().map(|&f| gate[f]).sum::<f64>();
+        let g_xhat: Vec<f64> = err.iter().map(|e| 2.0 * e / rows as f64).collect();
+        let g_gate_hat: Vec<f64> = gate_err.iter().map(|e| 2.0 * e / rows as f64).collect();
+        let mut g_enc = vec![0.0; f_n];
+        for &f in &active {
+            let g_mag: f64 = (0..d).map(|i| g_xhat[i] * w_dec(f, i)).sum();
+            g_enc[f] += g_mag * scale[f];
+            g.r_mag[f] += g_mag * scale[f] * enc[f];
+            g.b_mag[f] += g_mag;
+            for i in 0..d {
+                g.w_dec[f * d + i] += magnitude[f] * g_xhat[i];
+            }
+        }
+        for &f in &open {
+            // The frozen decoder: no W_dec or b_dec gradient from this term.
+            let g_gate: f64 = l1_scale + (0..d).map(|i| g_gate_hat[i] * w_dec(f, i)).sum::<f64>();
+            g_enc[f] += g_gate;
+            g.b_enc[f] += g_gate;
+        }
+        for i in 0..d {
+            g.b_dec[i] += g_xhat[i];
+        }
+        for f in 0..f_n {
+            for i in 0..d {
+                g.w_enc[i * f_n + f] += g_enc[f] * xc[i];
+                g.b_dec[i] -= g_enc[f] * w_enc(i, f);
+            }
+        }
+    }
+    g
 }
