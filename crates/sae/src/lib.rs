@@ -1,10 +1,11 @@
 //! Sparse autoencoders trained on cached activations.
 //!
-//! This crate owns the SAE variants (L1, TopK with AuxK, decoder-norm-weighted
-//! L1), their initialisation, the trainer in two interchangeable paths (a
+//! This crate owns the SAE architectures (L1, TopK with AuxK, decoder-norm-weighted
+//! L1, BatchTopK, Matryoshka BatchTopK, JumpReLU, Gated), their initialisation, the trainer in two interchangeable paths (a
 //! reference on candle autograd that also runs on GPUs, and a fused sparse CPU
 //! path), dead-feature tracking and resampling, sweeps, metrics and
-//! checkpoints (`sae.safetensors` + `cfg.json`). It must not read IDX or
+//! checkpoints (folders SAELens loads: `sae_weights.safetensors`, SAELens'
+//! `cfg.json`, and `saelab_config.json`). It must not read IDX or
 //! parquet files nor depend on the mnist/mlp/activations crates: callers hand
 //! it training data as row-major `&[f32]` `[rows, d_in]`, and get the loss
 //! curve back as data. Invariant: the same config and seed give a
