@@ -329,6 +329,17 @@ impl Variant {
         }
     }
 
+    /// The same variant with AuxK on `k_aux` latents (no change outside the TopK family).
+    pub fn with_k_aux(mut self, latents: usize) -> Self {
+        if let Variant::TopK { k_aux, .. }
+        | Variant::BatchTopK { k_aux, .. }
+        | Variant::MatryoshkaBatchTopK { k_aux, .. } = &mut self
+        {
+            *k_aux = latents;
+        }
+        self
+    }
+
     /// Whether the SAE carries a per-feature inference threshold
     /// (`Sae::threshold`, SAELens' `jumprelu` layout).
     pub fn has_threshold(&self) -> bool {

@@ -19,12 +19,20 @@ use crate::config::{SaeConfig, Variant};
 use crate::duo::Exec;
 use crate::kernels::{self, axpy, multiversion, AdamStep, MatRef, Selection, Simd};
 use crate::model::{self, selection, transpose, Sae};
-use crate::trainer::{AuxScale, FeatureReset, FiringTracker, Gradients, StepStats, Trainer};
+use crate::trainer::{
+    AuxScale, FeatureReset, FiringTracker, Gradients, RunningThreshold, StepStats, Trainer,
+};
 use crate::SaeError;
 
 /// Whether the fast path implements `variant`.
 pub(crate) fn supports(variant: &Variant) -> bool {
-    matches!(variant, Variant::L1 { .. } | Variant::TopK { .. })
+    matches!(
+        variant,
+        Variant::L1 { .. }
+            | Variant::TopK { .. }
+            | Variant::BatchTopK { .. }
+            | Variant::MatryoshkaBatchTopK { .. }
+    )
 }
 
 struct Moments {
@@ -127,6 +135,9 @@ struct Half {
     aux_cols: Csc,
     /// `[rows, d_in]`: sum over this half's active features of act * W_dec row.
     partial: Vec<f32>,
+    /// Matryoshka: `partial` as it stood at each prefix boundary inside this
+    /// half (`(lo, hi]`), one `[rows, d_in]` block per boundary, in order.
+    prefix_partials: Vec<f32>,
     aux_partial: Vec<f32>,
     /// This half's share of b_dec's gradient (through x_cent).
     g_b_dec: Vec<f32>,
@@ -214,6 +225,11 @@ struct PassInputs<'a> {
     d_in: usize,
     x_cent: &'a [f32],
     err: &'a [f32],
+    /// Matryoshka: feature `f < prefix_widths[g]` (the first such g) takes its
+    /// reconstruction gradient from `group_errs[g]` (its own error plus those
+    /// of every prefix it is in) instead of `err`. Empty otherwise.
+    group_errs: &'a [Vec<f32>],
+    prefix_widths: &'a [usize],
     /// Empty when AuxK is off this step.
     aux_residual: &'a [f32],
     /// dL/dx_hat = grad_scale * err
@@ -244,6 +260,9 @@ struct StepState {
     x_cent: Vec<f32>,
     /// x_hat - x
     err: Vec<f32>,
+    /// Matryoshka: per feature group, the summed errors it is trained on (see `PassInputs`).
+    group_errs: Vec<Vec<f32>>,
+    batch: Vec<(f32, u32, u32)>,
     /// AuxK's e - e_hat with e = x - x_hat; empty when AuxK is off this step.
     aux_residual: Vec<f32>,
     /// dAux/de_hat = aux_grad_scale * (e - e_hat), from this step's residual spread.
@@ -263,6 +282,9 @@ pub(crate) struct FastTrainer {
     halves: [Half; 2],
     step: StepState,
     aux_scale: AuxScale,
+    batch_threshold: Option<RunningThreshold>,
+    /// Matryoshka's prefix widths (empty otherwise).
+    prefix_widths: Vec<usize>,
 }
 
 multiversion! {
@@ -329,6 +351,8 @@ fn encode_half_inline<S: Simd>(
             w_dec,
             d_in,
             &mut half.partial,
+            &[],
+            &mut half.prefix_partials,
         );
     }
 }
@@ -336,7 +360,9 @@ fn encode_half_inline<S: Simd>(
 /// `out[r] = sum over row r's entries of val * w_dec[f]`, walking the entries
 /// by feature (`csc`, features from `lo`): each decoder row is read once, in
 /// memory order, while `out` stays in L1. Per row the terms still add in
-/// ascending feature order.
+/// ascending feature order. `snapshots` gets a copy of `out` as it stands
+/// before each feature in `cuts` (ascending; a cut at the end copies the sum).
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn decode_inline(
     csc: &Csc,
@@ -345,22 +371,33 @@ fn decode_inline(
     w_dec: &[f32],
     d_in: usize,
     out: &mut Vec<f32>,
+    cuts: &[usize],
+    snapshots: &mut Vec<f32>,
 ) {
     out.clear();
     out.resize(rows * d_in, 0.0);
+    snapshots.clear();
+    let mut cuts = cuts.iter().peekable();
     for j in 0..csc.start.len() - 1 {
         let f = lo + j;
+        while cuts.next_if(|&&c| c == f).is_some() {
+            snapshots.extend_from_slice(out);
+        }
         let w = &w_dec[f * d_in..(f + 1) * d_in];
         for e in csc.col(j) {
             let r = csc.row[e] as usize;
             axpy(&mut out[r * d_in..(r + 1) * d_in], csc.val[e], w);
         }
     }
+    for _ in cuts {
+        snapshots.extend_from_slice(out);
+    }
 }
 
 multiversion! {
-    /// Phase 1b of a half (TopK): decoder partial sum, and AuxK's local candidates among `dead`.
-    fn decode_half(half: &mut Half, w_dec: &[f32], d_in: usize, dead: &[bool], k_aux: usize) => decode_half_inline
+    /// Phase 1b of a half (TopK family): decoder partial sum (with Matryoshka's
+    /// prefix snapshots at `cuts`), and AuxK's local candidates among `dead`.
+    fn decode_half(half: &mut Half, w_dec: &[f32], d_in: usize, dead: &[bool], k_aux: usize, cuts: &[usize]) => decode_half_inline
 }
 
 #[inline(always)]
@@ -370,9 +407,16 @@ fn decode_half_inline<S: Simd>(
     d_in: usize,
     dead: &[bool],
     k_aux: usize,
+    cuts: &[usize],
 ) {
     let (n, rows) = (half.n(), half.main.rows());
     half.main_cols.build(&half.main, half.lo, n);
+    let (lo, hi) = (half.lo, half.hi);
+    let own_cuts: Vec<usize> = cuts
+        .iter()
+        .copied()
+        .filter(|&c| c > lo && c <= hi)
+        .collect();
     decode_inline(
         &half.main_cols,
         rows,
@@ -380,6 +424,8 @@ fn decode_half_inline<S: Simd>(
         w_dec,
         d_in,
         &mut half.partial,
+        &own_cuts,
+        &mut half.prefix_partials,
     );
     half.aux.clear();
     if k_aux == 0 {
@@ -415,6 +461,8 @@ fn decode_aux_half_inline<S: Simd>(half: &mut Half, w_dec: &[f32], d_in: usize) 
         w_dec,
         d_in,
         &mut half.aux_partial,
+        &[],
+        &mut Vec::new(),
     );
 }
 
@@ -460,6 +508,55 @@ fn merge_top_k(
     std::mem::swap(old1, new1);
 }
 
+/// Keeps the `budget` largest entries of the whole batch in the halves' main
+/// lists (value descending, then row, then feature, as a total order), and
+/// returns the smallest kept value (infinite when none is kept).
+fn keep_batch_top_k(
+    halves: &mut [Half; 2],
+    scratch: &mut Vec<(f32, u32, u32)>,
+    budget: usize,
+) -> f64 {
+    scratch.clear();
+    for half in halves.iter() {
+        for r in 0..half.main.rows() {
+            for e in half.main.row(r) {
+                scratch.push((half.main.val[e], r as u32, half.main.idx[e]));
+            }
+        }
+    }
+    let by_rank = |a: &(f32, u32, u32), b: &(f32, u32, u32)| {
+        b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2))
+    };
+    if scratch.len() > budget {
+        scratch.select_nth_unstable_by(budget - 1, by_rank);
+        let pivot = scratch[budget - 1];
+        for half in halves.iter_mut() {
+            let main = &mut half.main;
+            let (mut write, mut start) = (0, 0);
+            for r in 0..main.rows() {
+                let end = main.start[r + 1];
+                for e in start..end {
+                    let entry = (main.val[e], r as u32, main.idx[e]);
+                    if by_rank(&entry, &pivot) != std::cmp::Ordering::Greater {
+                        main.val[write] = main.val[e];
+                        main.idx[write] = main.idx[e];
+                        write += 1;
+                    }
+                }
+                start = end;
+                main.start[r + 1] = write;
+            }
+            main.val.truncate(write);
+            main.idx.truncate(write);
+        }
+        scratch.truncate(budget);
+    }
+    scratch
+        .iter()
+        .map(|e| e.0 as f64)
+        .fold(f64::INFINITY, f64::min)
+}
+
 multiversion! {
     fn feature_pass_half(half: &mut Half, p: HalfParams<'_>, inputs: PassInputs<'_>, mode: PassMode<'_>)
         => feature_pass_half_inline
@@ -479,8 +576,16 @@ fn feature_pass_half_inline<S: Simd>(
     let n = half.n();
     let has_aux = !inputs.aux_residual.is_empty();
     half.g_b_dec.fill(0.0);
+    let mut group = inputs.prefix_widths.partition_point(|&w| w <= half.lo);
     for j in 0..n {
         let rows_j = j * d..(j + 1) * d;
+        while group < inputs.prefix_widths.len() && half.lo + j >= inputs.prefix_widths[group] {
+            group += 1;
+        }
+        let err = match inputs.group_errs.get(group) {
+            Some(summed) => summed.as_slice(),
+            None => inputs.err,
+        };
         let main = half.main_cols.col(j);
         let aux = if has_aux { half.aux_cols.col(j) } else { 0..0 };
         let touched = !main.is_empty() || !aux.is_empty();
@@ -491,7 +596,7 @@ fn feature_pass_half_inline<S: Simd>(
             let w_dec_j = &p.w_dec[rows_j.clone()];
             for e in main {
                 let r = half.main_cols.row[e] as usize;
-                let err_r = &inputs.err[r * d..(r + 1) * d];
+                let err_r = &err[r * d..(r + 1) * d];
                 let g_pre = inputs.grad_scale * S::dot(err_r, w_dec_j) + inputs.l1_grad;
                 axpy(
                     &mut half.g_dec_row,
@@ -607,6 +712,8 @@ impl FastTrainer {
                 ..StepState::default()
             },
             aux_scale,
+            batch_threshold: RunningThreshold::of(sae),
+            prefix_widths: sae.cfg.variant.prefix_widths(d_sae),
         }
     }
 
@@ -621,6 +728,8 @@ impl FastTrainer {
             d_in: self.d_in,
             x_cent: &self.step.x_cent,
             err: &self.step.err,
+            group_errs: &self.step.group_errs,
+            prefix_widths: &self.prefix_widths,
             aux_residual: &self.step.aux_residual,
             grad_scale: 2.0 / rows as f32,
             l1_grad: self.cfg.l1_scale(rows) as f32,
@@ -642,7 +751,9 @@ impl FastTrainer {
         let d = self.d_in;
         let grad_scale = 2.0 / self.step.rows as f32;
         let mut g = vec![0.0f32; d];
-        for err_r in self.step.err.chunks_exact(d) {
+        // Every prefix's error reaches b_dec: the first group's sum holds them all.
+        let err = self.step.group_errs.first().unwrap_or(&self.step.err);
+        for err_r in err.chunks_exact(d) {
             axpy(&mut g, grad_scale, err_r);
         }
         for half in &self.halves {
@@ -680,7 +791,11 @@ impl Trainer for FastTrainer {
             Variant::TopK { k, .. } => Some(k),
             _ => None,
         };
-        let decode_now = top_k.is_none();
+        let batch_budget = match self.cfg.variant {
+            Variant::BatchTopK { k, .. } | Variant::MatryoshkaBatchTopK { k, .. } => Some(k * rows),
+            _ => None,
+        };
+        let decode_now = self.cfg.variant.aux_k().is_none();
         let [h0, h1] = &mut self.halves;
         let (x_cent, w_dec, selection) = (&st.x_cent, &p.w_dec, self.selection);
         exec.join(
@@ -698,6 +813,12 @@ impl Trainer for FastTrainer {
         if let Some(k) = top_k {
             merge_top_k(&mut self.halves, &mut st.spare, &mut st.merge, k, false);
         }
+        if let Some(budget) = batch_budget {
+            let smallest = keep_batch_top_k(&mut self.halves, &mut st.batch, budget);
+            if let Some(threshold) = &mut self.batch_threshold {
+                threshold.observe(smallest);
+            }
+        }
 
         st.fired.fill(false);
         let mut abs_sum = 0.0f64;
@@ -712,15 +833,16 @@ impl Trainer for FastTrainer {
         tracker.record(&st.fired);
 
         let mut k_aux = 0;
-        if let Variant::TopK { k_aux: k, .. } = self.cfg.variant {
+        if let Some((k, _)) = self.cfg.variant.aux_k() {
             let dead = tracker.dead_mask();
             if dead.iter().any(|&d| d) {
                 k_aux = k;
             }
             let [h0, h1] = &mut self.halves;
+            let cuts = &self.prefix_widths;
             exec.join(
-                || decode_half(h0, w_dec, d_in, dead, k_aux),
-                || decode_half(h1, w_dec, d_in, dead, k_aux),
+                || decode_half(h0, w_dec, d_in, dead, k_aux, cuts),
+                || decode_half(h1, w_dec, d_in, dead, k_aux, cuts),
             );
         }
 
@@ -742,7 +864,39 @@ impl Trainer for FastTrainer {
             sq_err_sum += st.err[start..].iter().map(|&e| (e * e) as f64).sum::<f64>();
         }
 
-        let mut aux = 0.0;
+        // Matryoshka: each prefix's error e_w = (b_dec + its partial sums) - x;
+        // group g is trained on err + e_w for every prefix w it lies in.
+        let mut prefix_sq = 0.0f64;
+        st.group_errs
+            .resize_with(self.prefix_widths.len(), Vec::new);
+        let mut later = st.err.clone();
+        let block = rows * d_in;
+        let in_first_half = self.prefix_widths.iter().filter(|&&w| w <= split).count();
+        for (g, &width) in self.prefix_widths.iter().enumerate().rev() {
+            let [h0, h1] = &self.halves;
+            // The first `width` features' decoder sum, from the halves' snapshots.
+            let (upto0, upto1) = if width <= split {
+                (&h0.prefix_partials[g * block..(g + 1) * block], None)
+            } else {
+                let i = g - in_first_half;
+                (
+                    &h0.partial[..],
+                    Some(&h1.prefix_partials[i * block..(i + 1) * block]),
+                )
+            };
+            for (e, later) in later.iter_mut().enumerate() {
+                let mut prefix_hat = p.b_dec[e % d_in] + upto0[e];
+                if let Some(upto1) = upto1 {
+                    prefix_hat += upto1[e];
+                }
+                let prefix_err = prefix_hat - x[e];
+                prefix_sq += (prefix_err * prefix_err) as f64;
+                *later += prefix_err;
+            }
+            st.group_errs[g].clone_from(&later);
+        }
+
+        let mut aux = prefix_sq / rows as f64;
         st.aux_residual.clear();
         st.aux_grad_scale = 0.0;
         if k_aux > 0 {
@@ -761,11 +915,11 @@ impl Trainer for FastTrainer {
                     .map(|((e, a0), a1)| (-e - a0) - a1),
             );
             let aux_sq: f64 = st.aux_residual.iter().map(|&r| (r * r) as f64).sum();
-            if let Variant::TopK { aux_coeff, .. } = self.cfg.variant {
+            if let Some((_, aux_coeff)) = self.cfg.variant.aux_k() {
                 let factor = self
                     .aux_scale
                     .factor(aux_coeff, model::total_variance(&st.err, d_in));
-                aux = factor * aux_sq;
+                aux += factor * aux_sq;
                 st.aux_grad_scale = (-2.0 * factor) as f32;
             }
         }
@@ -846,7 +1000,10 @@ impl Trainer for FastTrainer {
             w_dec: p.w_dec.clone(),
             b_enc: p.b_enc.clone(),
             b_dec: p.b_dec.clone(),
-            threshold: Vec::new(),
+            threshold: match &self.batch_threshold {
+                Some(threshold) => threshold.per_feature(self.d_sae),
+                None => Vec::new(),
+            },
             r_mag: Vec::new(),
             b_mag: Vec::new(),
         })

@@ -6,7 +6,9 @@ use candle_core::{DType, Device, Tensor, Var, D};
 
 use crate::config::{SaeConfig, Variant};
 use crate::duo::Exec;
-use crate::trainer::{AuxScale, FeatureReset, FiringTracker, Gradients, StepStats, Trainer};
+use crate::trainer::{
+    AuxScale, FeatureReset, FiringTracker, Gradients, RunningThreshold, StepStats, Trainer,
+};
 use crate::{Sae, SaeError};
 
 pub(crate) struct ReferenceTrainer {
@@ -20,8 +22,7 @@ pub(crate) struct ReferenceTrainer {
     grads: Option<Vec<Tensor>>,
     adam_t: usize,
     aux_scale: AuxScale,
-    /// The BatchTopK family's running threshold; `None` before the first batch.
-    batch_threshold: Option<f64>,
+    batch_threshold: Option<RunningThreshold>,
 }
 
 const W_ENC: usize = 0;
@@ -89,11 +90,6 @@ impl ReferenceTrainer {
                 ))
             })
             .collect::<candle_core::Result<_>>()?;
-        let batch_threshold = (sae.cfg.variant.has_threshold()
-            && !matches!(sae.cfg.variant, Variant::JumpRelu { .. }))
-        .then(|| sae.threshold.first().map(|&t| t as f64))
-        .flatten()
-        .filter(|&t| t > 0.0);
         Ok(ReferenceTrainer {
             cfg: sae.cfg.clone(),
             device: device.clone(),
@@ -102,7 +98,7 @@ impl ReferenceTrainer {
             grads: None,
             adam_t: 0,
             aux_scale,
-            batch_threshold,
+            batch_threshold: RunningThreshold::of(sae),
         })
     }
 
@@ -190,10 +186,15 @@ impl ReferenceTrainer {
             .collect();
         tracker.record(&fired);
         let active = mask.sum_all()?.to_scalar::<f32>()? as u64;
-        if let Variant::BatchTopK { threshold_lr, .. }
-        | Variant::MatryoshkaBatchTopK { threshold_lr, .. } = self.cfg.variant
-        {
-            self.update_batch_threshold(&pre_detached, &mask, threshold_lr)?;
+        if let Some(threshold) = &mut self.batch_threshold {
+            let unselected = Tensor::full(f32::INFINITY, pre_detached.shape(), dev)?;
+            let smallest = mask
+                .ne(0.0)?
+                .where_cond(&pre_detached, &unselected)?
+                .flatten_all()?
+                .min(0)?
+                .to_scalar::<f32>()?;
+            threshold.observe(smallest as f64);
         }
 
         let x_hat = acts.matmul(&w_dec)?.broadcast_add(&b_dec)?;
@@ -263,31 +264,6 @@ impl ReferenceTrainer {
             aux: aux_value,
             active,
         })
-    }
-
-    /// The BatchTopK family's inference threshold: the smallest selected
-    /// activation of the first batch, then a running mean of it with weight
-    /// `lr` per batch (SAELens' rule; dictionary_learning's starts the same way).
-    fn update_batch_threshold(
-        &mut self,
-        pre: &Tensor,
-        mask: &Tensor,
-        lr: f64,
-    ) -> candle_core::Result<()> {
-        let unselected = Tensor::full(f32::INFINITY, pre.shape(), pre.device())?;
-        let smallest = mask
-            .ne(0.0)?
-            .where_cond(pre, &unselected)?
-            .flatten_all()?
-            .min(0)?
-            .to_scalar::<f32>()? as f64;
-        if smallest.is_finite() {
-            self.batch_threshold = Some(match self.batch_threshold {
-                None => smallest,
-                Some(t) => (1.0 - lr) * t + lr * smallest,
-            });
-        }
-        Ok(())
     }
 
     fn apply_inner(&mut self, lr: f64) -> candle_core::Result<()> {
@@ -423,10 +399,10 @@ impl Trainer for ReferenceTrainer {
         let gated = matches!(self.cfg.variant, Variant::Gated { .. });
         let threshold = match self.cfg.variant {
             Variant::JumpRelu { .. } => host(LOG_THRESHOLD)?.iter().map(|t| t.exp()).collect(),
-            _ if self.cfg.variant.has_threshold() => {
-                vec![self.batch_threshold.unwrap_or(0.0) as f32; self.cfg.d_sae]
-            }
-            _ => Vec::new(),
+            _ => match &self.batch_threshold {
+                Some(threshold) => threshold.per_feature(self.cfg.d_sae),
+                None => Vec::new(),
+            },
         };
         Ok(Sae {
             cfg: self.cfg.clone(),

@@ -6,6 +6,7 @@
 use crate::duo::Exec;
 use crate::model::{self, Sae};
 use crate::SaeError;
+use crate::Variant;
 
 /// Loss and raw gradients (before the decoder projection) at one batch, in the public layout.
 #[derive(Clone, Debug, PartialEq)]
@@ -132,5 +133,47 @@ impl AuxScale {
         AuxScale {
             data_variance: total_variance / rows.max(1) as f64,
         }
+    }
+}
+
+/// The BatchTopK family's inference threshold: the smallest selected
+/// activation of the first batch, then a running mean of each batch's
+/// smallest with weight `threshold_lr` (SAELens' rule; dictionary_learning's
+/// starts the same way). Absent for other variants.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RunningThreshold {
+    value: Option<f64>,
+    lr: f64,
+}
+
+impl RunningThreshold {
+    /// For `sae`'s variant, continuing from its saved threshold if positive.
+    pub fn of(sae: &Sae) -> Option<Self> {
+        let lr = match sae.cfg.variant {
+            Variant::BatchTopK { threshold_lr, .. }
+            | Variant::MatryoshkaBatchTopK { threshold_lr, .. } => threshold_lr,
+            _ => return None,
+        };
+        let value = sae
+            .threshold
+            .first()
+            .map(|&t| t as f64)
+            .filter(|&t| t > 0.0);
+        Some(RunningThreshold { value, lr })
+    }
+
+    /// Folds in a batch's smallest selected activation (none selected: no change).
+    pub fn observe(&mut self, smallest: f64) {
+        if smallest.is_finite() {
+            self.value = Some(match self.value {
+                None => smallest,
+                Some(t) => (1.0 - self.lr) * t + self.lr * smallest,
+            });
+        }
+    }
+
+    /// The threshold on every feature, as `Sae::threshold` holds it.
+    pub fn per_feature(&self, d_sae: usize) -> Vec<f32> {
+        vec![self.value.unwrap_or(0.0) as f32; d_sae]
     }
 }

@@ -54,9 +54,27 @@ fn check_gradients(cfg: &SaeConfig, dead: &[usize], seed: u64) {
 
 #[test]
 fn batch_top_k_and_matryoshka_gradients_match_f64_host() {
+    // Prefixes on both sides of the fast path's split (d_sae / 2 = 24).
+    let crossing = match Variant::matryoshka_batch_top_k(3) {
+        Variant::MatryoshkaBatchTopK {
+            k,
+            k_aux,
+            aux_coeff,
+            threshold_lr,
+            ..
+        } => Variant::MatryoshkaBatchTopK {
+            k,
+            k_aux,
+            aux_coeff,
+            threshold_lr,
+            prefix_fractions: vec![0.25, 0.5, 0.75, 0.9],
+        },
+        _ => unreachable!(),
+    };
     for (seed, variant) in [
         (11, Variant::batch_top_k(3)),
         (12, Variant::matryoshka_batch_top_k(3)),
+        (13, crossing),
     ] {
         let cfg = config(variant, 16, 48);
         check_gradients(&cfg, &[], seed);
@@ -218,6 +236,26 @@ fn l1_paths_follow_the_same_loss_trajectory_for_320_steps() {
         gap < TRAJECTORY_TOLERANCE,
         "L1 loss trajectories differ by {gap:e}"
     );
+}
+
+#[test]
+fn batch_top_k_family_paths_follow_the_same_loss_trajectory_for_320_steps() {
+    let data = structured_data(64 * 80, 128, 13);
+    for variant in [
+        Variant::batch_top_k(16),
+        Variant::matryoshka_batch_top_k(16),
+    ] {
+        let cfg = SaeConfig {
+            epochs: 10,
+            dead_window_steps: 25,
+            ..tied(config(variant.clone(), 128, 512))
+        };
+        let gap = trajectory_gap(&cfg, &data, 320);
+        assert!(
+            gap < TRAJECTORY_TOLERANCE,
+            "{variant:?}: loss trajectories differ by {gap:e}"
+        );
+    }
 }
 
 #[test]

@@ -108,7 +108,7 @@ fn bench_sae(config: &Config, ctx: &Context, store: &Store) -> Result<()> {
         cfg,
     };
     let topk = sae::SaeConfig {
-        variant: sae::Variant::top_k(32),
+        variant: sae::Variant::top_k(32).with_k_aux(notebook.d_in / 2),
         ..notebook.clone()
     };
     let reference = sae::SaeConfig {
@@ -128,7 +128,24 @@ fn bench_sae(config: &Config, ctx: &Context, store: &Store) -> Result<()> {
             )
         })
         .collect();
-    let runs: [(&str, Vec<sae::SweepPoint>, sae::TrainPath); 4] = [
+    // The newer architectures, each at its paper's init (tied encoder; the
+    // TopK family's b_dec at the data mean).
+    let family = |variant: sae::Variant, epochs: usize| {
+        let (encoder_init, b_dec_init) = crate::sweep::paper_init(variant.architecture());
+        let cfg = sae::SaeConfig {
+            // AuxK on half the layer's width, as the config's default.
+            variant: variant.with_k_aux(notebook.d_in / 2),
+            epochs,
+            encoder_init,
+            b_dec_init,
+            ..notebook.clone()
+        };
+        vec![point(&cfg.variant.label(), cfg)]
+    };
+    let reference_path = || sae::TrainPath::Reference {
+        device: candle_core::Device::Cpu,
+    };
+    let runs: Vec<(&str, Vec<sae::SweepPoint>, sae::TrainPath)> = vec![
         (
             "fast path, L1",
             vec![point("l1", notebook.clone())],
@@ -147,6 +164,31 @@ fn bench_sae(config: &Config, ctx: &Context, store: &Store) -> Result<()> {
             },
         ),
         ("fast path, 4-point L1 sweep", sweep, sae::TrainPath::Fast),
+        (
+            "fast path, BatchTopK k=32",
+            family(sae::Variant::batch_top_k(32), 5),
+            sae::TrainPath::Fast,
+        ),
+        (
+            "fast path, Matryoshka BatchTopK k=32",
+            family(sae::Variant::matryoshka_batch_top_k(32), 5),
+            sae::TrainPath::Fast,
+        ),
+        (
+            "reference path, BatchTopK k=32",
+            family(sae::Variant::batch_top_k(32), 1),
+            reference_path(),
+        ),
+        (
+            "reference path, JumpReLU l0 0.1",
+            family(sae::Variant::jump_relu(0.1), 1),
+            reference_path(),
+        ),
+        (
+            "reference path, Gated l1 3e-3",
+            family(sae::Variant::Gated { l1_coeff: 3e-3 }, 1),
+            reference_path(),
+        ),
     ];
     for (label, points, path) in runs {
         let started = Instant::now();
