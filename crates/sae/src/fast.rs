@@ -32,6 +32,7 @@ pub(crate) fn supports(variant: &Variant) -> bool {
             | Variant::TopK { .. }
             | Variant::BatchTopK { .. }
             | Variant::MatryoshkaBatchTopK { .. }
+            | Variant::JumpRelu { .. }
     )
 }
 
@@ -131,6 +132,11 @@ struct Half {
     select: Vec<(f32, u32)>,
     main: Csr,
     aux: Csr,
+    /// JumpReLU: entries within bandwidth / 2 of their threshold (whose
+    /// pseudo-derivative reaches the threshold), and the same by feature.
+    near: Csr,
+    near_cols: Csc,
+    g_log_threshold: Vec<f32>,
     main_cols: Csc,
     aux_cols: Csc,
     /// `[rows, d_in]`: sum over this half's active features of act * W_dec row.
@@ -164,6 +170,9 @@ struct Params {
     adam_w_dec: Moments,
     adam_b_enc: Moments,
     adam_b_dec: Moments,
+    /// JumpReLU (empty otherwise): log-thresholds and their Adam state.
+    log_threshold: Vec<f32>,
+    adam_log_threshold: Moments,
 }
 
 /// One half's parameters and moments, as disjoint mutable slices.
@@ -238,6 +247,16 @@ struct PassInputs<'a> {
     /// dAux/de_hat = aux_grad_scale * (e - e_hat)
     aux_grad_scale: f32,
     project: bool,
+    /// JumpReLU: every feature's threshold, and the straight-through terms.
+    jump: Option<JumpGrad<'a>>,
+}
+
+#[derive(Clone, Copy)]
+struct JumpGrad<'a> {
+    threshold: &'a [f32],
+    bandwidth: f32,
+    /// d(L0 term)/d(count) = l0_coeff / rows.
+    l0_grad: f32,
 }
 
 /// What the per-feature pass does with each feature's gradient.
@@ -285,6 +304,8 @@ pub(crate) struct FastTrainer {
     batch_threshold: Option<RunningThreshold>,
     /// Matryoshka's prefix widths (empty otherwise).
     prefix_widths: Vec<usize>,
+    /// JumpReLU's thresholds, `exp` of `params.log_threshold` (empty otherwise).
+    threshold: Vec<f32>,
 }
 
 multiversion! {
@@ -298,8 +319,16 @@ multiversion! {
         b_enc: &[f32],
         w_dec: &[f32],
         selection: Selection,
+        jump: Option<JumpSelect<'_>>,
         decode: bool,
     ) => encode_half_inline
+}
+
+/// JumpReLU's selection for one half: its thresholds and the pseudo-derivative's half-width.
+#[derive(Clone, Copy)]
+struct JumpSelect<'a> {
+    threshold: &'a [f32],
+    half_width: f32,
 }
 
 #[inline(always)]
@@ -313,6 +342,7 @@ fn encode_half_inline<S: Simd>(
     b_enc: &[f32],
     w_dec: &[f32],
     selection: Selection,
+    jump: Option<JumpSelect<'_>>,
     decode: bool,
 ) {
     let n = half.n();
@@ -330,7 +360,27 @@ fn encode_half_inline<S: Simd>(
         MatRef::transposed(w_enc_t, d_in),
     );
     half.main.clear();
-    for r in 0..rows {
+    if let Some(jump) = jump {
+        half.near.clear();
+        for r in 0..rows {
+            let pre = &half.pre[r * n..(r + 1) * n];
+            for (j, (&p, &t)) in pre.iter().zip(jump.threshold).enumerate() {
+                let f = (half.lo + j) as u32;
+                if p > t {
+                    half.main.idx.push(f);
+                    half.main.val.push(p);
+                }
+                if (p - t).abs() < jump.half_width {
+                    half.near.idx.push(f);
+                    half.near.val.push(p);
+                }
+            }
+            half.main.end_row();
+            half.near.end_row();
+        }
+        half.near_cols.build(&half.near, half.lo, n);
+    }
+    for r in (0..rows).filter(|_| jump.is_none()) {
         kernels::select_active::<S>(
             &half.pre[r * n..(r + 1) * n],
             half.lo as u32,
@@ -588,7 +638,15 @@ fn feature_pass_half_inline<S: Simd>(
         };
         let main = half.main_cols.col(j);
         let aux = if has_aux { half.aux_cols.col(j) } else { 0..0 };
-        let touched = !main.is_empty() || !aux.is_empty();
+        let near = if inputs.jump.is_some() {
+            half.near_cols.col(j)
+        } else {
+            0..0
+        };
+        let touched = !main.is_empty() || !aux.is_empty() || !near.is_empty();
+        if inputs.jump.is_some() {
+            half.g_log_threshold[j] = 0.0;
+        }
         let mut g_b_enc = 0.0f32;
         if touched {
             half.g_enc_row.fill(0.0);
@@ -625,6 +683,19 @@ fn feature_pass_half_inline<S: Simd>(
                     &inputs.x_cent[r * d..(r + 1) * d],
                 );
                 g_b_enc += g_pre;
+            }
+            // JumpReLU's pseudo-derivative (rectangle kernel) for the
+            // log-threshold, from the output and the L0 term, with the
+            // decoder row as it stood in the forward pass.
+            if let Some(jump) = inputs.jump {
+                let theta = jump.threshold[half.lo + j];
+                let mut g_theta = 0.0f32;
+                for e in half.near_cols.col(j) {
+                    let r = half.near_cols.row[e] as usize;
+                    let g_act = inputs.grad_scale * S::dot(&err[r * d..(r + 1) * d], w_dec_j);
+                    g_theta += -(theta / jump.bandwidth) * g_act - jump.l0_grad / jump.bandwidth;
+                }
+                half.g_log_threshold[j] = theta * g_theta;
             }
             // x_cent = x - b_dec: b_dec's gradient gets -g_b_enc * (old) encoder column.
             axpy(&mut half.g_b_dec, -g_b_enc, &p.w_enc_t[rows_j.clone()]);
@@ -685,6 +756,7 @@ impl FastTrainer {
             hi,
             g_b_dec: vec![0.0; d_in],
             g_b_enc: vec![0.0; hi - lo],
+            g_log_threshold: vec![0.0; hi - lo],
             g_enc_row: vec![0.0; d_in],
             g_dec_row: vec![0.0; d_in],
             zero_row: vec![0.0; d_in],
@@ -704,6 +776,18 @@ impl FastTrainer {
                 adam_w_dec: Moments::zeros(n),
                 adam_b_enc: Moments::zeros(d_sae),
                 adam_b_dec: Moments::zeros(d_in),
+                log_threshold: match sae.cfg.variant {
+                    Variant::JumpRelu { .. } => sae.threshold.iter().map(|t| t.ln()).collect(),
+                    _ => Vec::new(),
+                },
+                adam_log_threshold: Moments::zeros(match sae.cfg.variant {
+                    Variant::JumpRelu { .. } => d_sae,
+                    _ => 0,
+                }),
+            },
+            threshold: match sae.cfg.variant {
+                Variant::JumpRelu { .. } => sae.threshold.clone(),
+                _ => Vec::new(),
             },
             adam_t: 0,
             halves: [half(0, split), half(split, d_sae)],
@@ -735,6 +819,18 @@ impl FastTrainer {
             l1_grad: self.cfg.l1_scale(rows) as f32,
             aux_grad_scale: self.step.aux_grad_scale,
             project,
+            jump: match self.cfg.variant {
+                Variant::JumpRelu {
+                    l0_coeff,
+                    bandwidth,
+                    ..
+                } => Some(JumpGrad {
+                    threshold: &self.threshold,
+                    bandwidth: bandwidth as f32,
+                    l0_grad: (l0_coeff / rows as f64) as f32,
+                }),
+                _ => None,
+            },
         };
         let split = self.halves[1].lo;
         let [p0, p1] = self.params.halves(split, self.d_in);
@@ -744,6 +840,17 @@ impl FastTrainer {
             || feature_pass_half(h0, p0, inputs, m0),
             || feature_pass_half(h1, p1, inputs, m1),
         );
+    }
+
+    /// JumpReLU's log-threshold gradient from the last feature pass (empty for other variants).
+    fn log_threshold_gradient(&self) -> Vec<f32> {
+        if self.params.log_threshold.is_empty() {
+            return Vec::new();
+        }
+        self.halves
+            .iter()
+            .flat_map(|h| h.g_log_threshold.iter().copied())
+            .collect()
     }
 
     /// b_dec's full gradient: through x_hat (sum of dL/dx_hat) and the halves' shares.
@@ -798,15 +905,23 @@ impl Trainer for FastTrainer {
         let decode_now = self.cfg.variant.aux_k().is_none();
         let [h0, h1] = &mut self.halves;
         let (x_cent, w_dec, selection) = (&st.x_cent, &p.w_dec, self.selection);
+        let jump = |range: std::ops::Range<usize>| match self.cfg.variant {
+            Variant::JumpRelu { bandwidth, .. } => Some(JumpSelect {
+                threshold: &self.threshold[range],
+                half_width: (bandwidth / 2.0) as f32,
+            }),
+            _ => None,
+        };
+        let (jump0, jump1) = (jump(0..split), jump(split..self.d_sae));
         exec.join(
             || {
                 encode_half(
-                    h0, x_cent, rows, d_in, w_enc_t0, b_enc0, w_dec, selection, decode_now,
+                    h0, x_cent, rows, d_in, w_enc_t0, b_enc0, w_dec, selection, jump0, decode_now,
                 )
             },
             || {
                 encode_half(
-                    h1, x_cent, rows, d_in, w_enc_t1, b_enc1, w_dec, selection, decode_now,
+                    h1, x_cent, rows, d_in, w_enc_t1, b_enc1, w_dec, selection, jump1, decode_now,
                 )
             },
         );
@@ -925,7 +1040,10 @@ impl Trainer for FastTrainer {
         }
 
         let l2 = sq_err_sum / rows as f64;
-        let l1 = self.cfg.l1_scale(rows) * abs_sum;
+        let l1 = match self.cfg.variant {
+            Variant::JumpRelu { l0_coeff, .. } => l0_coeff * active as f64 / rows as f64,
+            _ => self.cfg.l1_scale(rows) * abs_sum,
+        };
         Ok(StepStats {
             loss: l2 + l1 + aux,
             l2,
@@ -947,6 +1065,7 @@ impl Trainer for FastTrainer {
         };
         self.feature_pass(exec, [mode(), mode()], unit_norm);
         let g_b_dec = self.b_dec_gradient();
+        let g_log_threshold = self.log_threshold_gradient();
         let p = &mut self.params;
         kernels::adam(
             &mut p.b_dec,
@@ -955,6 +1074,18 @@ impl Trainer for FastTrainer {
             &g_b_dec,
             step,
         );
+        if !p.log_threshold.is_empty() {
+            kernels::adam(
+                &mut p.log_threshold,
+                &mut p.adam_log_threshold.m,
+                &mut p.adam_log_threshold.v,
+                &g_log_threshold,
+                step,
+            );
+            for (t, l) in self.threshold.iter_mut().zip(&p.log_threshold) {
+                *t = l.exp();
+            }
+        }
         Ok(())
     }
 
@@ -986,7 +1117,7 @@ impl Trainer for FastTrainer {
             w_dec: g_w_dec,
             b_enc,
             b_dec: self.b_dec_gradient(),
-            threshold: Vec::new(),
+            threshold: self.log_threshold_gradient(),
             r_mag: Vec::new(),
             b_mag: Vec::new(),
         })
@@ -1002,7 +1133,7 @@ impl Trainer for FastTrainer {
             b_dec: p.b_dec.clone(),
             threshold: match &self.batch_threshold {
                 Some(threshold) => threshold.per_feature(self.d_sae),
-                None => Vec::new(),
+                None => self.threshold.clone(),
             },
             r_mag: Vec::new(),
             b_mag: Vec::new(),
@@ -1021,6 +1152,11 @@ impl Trainer for FastTrainer {
             p.adam_w_dec.reset(rows_f.clone());
             p.adam_w_enc_t.reset(rows_f);
             p.adam_b_enc.reset(f..f + 1);
+            if let Variant::JumpRelu { init_threshold, .. } = self.cfg.variant {
+                self.threshold[f] = init_threshold as f32;
+                p.log_threshold[f] = self.threshold[f].ln();
+                p.adam_log_threshold.reset(f..f + 1);
+            }
         }
         Ok(())
     }
@@ -1058,7 +1194,14 @@ mod tests {
     #[test]
     fn two_threads_and_one_give_the_same_bits() {
         let data = synthetic::sparse_directions(200, 24, 60, 4, 0.05, 3);
-        for variant in [Variant::L1 { l1_coeff: 3e-3 }, Variant::top_k(5)] {
+        for variant in [
+            Variant::L1 { l1_coeff: 3e-3 },
+            Variant::top_k(5),
+            Variant::batch_top_k(5),
+            Variant::matryoshka_batch_top_k(5),
+            Variant::jump_relu(0.01),
+        ] {
+            assert!(supports(&variant));
             let cfg = SaeConfig {
                 d_in: 24,
                 d_sae: 77,

@@ -259,6 +259,42 @@ fn batch_top_k_family_paths_follow_the_same_loss_trajectory_for_320_steps() {
 }
 
 #[test]
+fn jump_relu_paths_follow_the_same_loss_trajectory_for_320_steps() {
+    let data = structured_data(64 * 80, 128, 14);
+    // A bandwidth wide enough that thresholds move within 320 steps.
+    let cfg = SaeConfig {
+        epochs: 10,
+        optimizer: sae::AdamConfig {
+            lr: 3e-3,
+            ..sae::AdamConfig::default()
+        },
+        ..tied(config(
+            Variant::JumpRelu {
+                l0_coeff: 0.05,
+                bandwidth: 0.2,
+                init_threshold: 0.05,
+            },
+            128,
+            512,
+        ))
+    };
+    let gap = trajectory_gap(&cfg, &data, 320);
+    assert!(
+        gap < TRAJECTORY_TOLERANCE,
+        "JumpReLU loss trajectories differ by {gap:e}"
+    );
+    let fast = loss_trajectory(&cfg, &data, &TrainPath::Fast, 320)
+        .unwrap()
+        .sae;
+    let moved = fast
+        .threshold
+        .iter()
+        .filter(|&&t| (t - 0.05).abs() > 5e-3)
+        .count();
+    assert!(moved > 100, "only {moved} thresholds moved");
+}
+
+#[test]
 fn top_k_paths_follow_the_same_loss_trajectory_for_320_steps() {
     let data = structured_data(64 * 80, 128, 12);
     // A short dead window so AuxK is active for most of the run.
