@@ -33,6 +33,7 @@ pub(crate) fn supports(variant: &Variant) -> bool {
             | Variant::BatchTopK { .. }
             | Variant::MatryoshkaBatchTopK { .. }
             | Variant::JumpRelu { .. }
+            | Variant::Gated { .. }
     )
 }
 
@@ -137,6 +138,8 @@ struct Half {
     near: Csr,
     near_cols: Csc,
     g_log_threshold: Vec<f32>,
+    g_r_mag: Vec<f32>,
+    g_b_mag: Vec<f32>,
     main_cols: Csc,
     aux_cols: Csc,
     /// `[rows, d_in]`: sum over this half's active features of act * W_dec row.
@@ -173,6 +176,17 @@ struct Params {
     /// JumpReLU (empty otherwise): log-thresholds and their Adam state.
     log_threshold: Vec<f32>,
     adam_log_threshold: Moments,
+}
+
+/// Gated's magnitude path (empty vectors for other variants), kept apart from
+/// `Params` because the per-feature pass reads it while the halves hold those.
+struct MagnitudePath {
+    r_mag: Vec<f32>,
+    b_mag: Vec<f32>,
+    /// exp(r_mag), as this step reads it.
+    scale: Vec<f32>,
+    adam_r_mag: Moments,
+    adam_b_mag: Moments,
 }
 
 /// One half's parameters and moments, as disjoint mutable slices.
@@ -249,6 +263,18 @@ struct PassInputs<'a> {
     project: bool,
     /// JumpReLU: every feature's threshold, and the straight-through terms.
     jump: Option<JumpGrad<'a>>,
+    /// Gated: `main` holds magnitudes, `aux` the open gates, trained on
+    /// `gate_err` through the frozen decoder; `l1_grad` applies to the gates.
+    gated: Option<GatedGrad<'a>>,
+}
+
+#[derive(Clone, Copy)]
+struct GatedGrad<'a> {
+    /// exp(r_mag) and b_mag of every feature.
+    scale: &'a [f32],
+    b_mag: &'a [f32],
+    /// (b_dec + sum of open gates * W_dec rows) - x
+    gate_err: &'a [f32],
 }
 
 #[derive(Clone, Copy)]
@@ -279,6 +305,8 @@ struct StepState {
     x_cent: Vec<f32>,
     /// x_hat - x
     err: Vec<f32>,
+    /// Gated: (b_dec + open gates through the decoder) - x.
+    gate_err: Vec<f32>,
     /// Matryoshka: per feature group, the summed errors it is trained on (see `PassInputs`).
     group_errs: Vec<Vec<f32>>,
     batch: Vec<(f32, u32, u32)>,
@@ -306,6 +334,7 @@ pub(crate) struct FastTrainer {
     prefix_widths: Vec<usize>,
     /// JumpReLU's thresholds, `exp` of `params.log_threshold` (empty otherwise).
     threshold: Vec<f32>,
+    magnitude: MagnitudePath,
 }
 
 multiversion! {
@@ -320,8 +349,17 @@ multiversion! {
         w_dec: &[f32],
         selection: Selection,
         jump: Option<JumpSelect<'_>>,
+        gated: Option<GatedSelect<'_>>,
         decode: bool,
     ) => encode_half_inline
+}
+
+/// Gated's selection for one half (its `b_enc` is the gate's bias): the
+/// magnitude path's scale `exp(r_mag)` and bias.
+#[derive(Clone, Copy)]
+struct GatedSelect<'a> {
+    scale: &'a [f32],
+    b_mag: &'a [f32],
 }
 
 /// JumpReLU's selection for one half: its thresholds and the pseudo-derivative's half-width.
@@ -343,6 +381,7 @@ fn encode_half_inline<S: Simd>(
     w_dec: &[f32],
     selection: Selection,
     jump: Option<JumpSelect<'_>>,
+    gated: Option<GatedSelect<'_>>,
     decode: bool,
 ) {
     let n = half.n();
@@ -380,7 +419,29 @@ fn encode_half_inline<S: Simd>(
         }
         half.near_cols.build(&half.near, half.lo, n);
     }
-    for r in (0..rows).filter(|_| jump.is_none()) {
+    if let Some(gated) = gated {
+        // Open gates go to `aux` (their reconstruction through the frozen
+        // decoder), active features (open gate, positive magnitude) to `main`.
+        half.aux.clear();
+        for r in 0..rows {
+            let pre = &half.pre[r * n..(r + 1) * n];
+            for (j, &gate) in pre.iter().enumerate() {
+                if gate > 0.0 {
+                    let f = (half.lo + j) as u32;
+                    half.aux.idx.push(f);
+                    half.aux.val.push(gate);
+                    let magnitude = gated.scale[j] * (gate - b_enc[j]) + gated.b_mag[j];
+                    if magnitude > 0.0 {
+                        half.main.idx.push(f);
+                        half.main.val.push(magnitude);
+                    }
+                }
+            }
+            half.main.end_row();
+            half.aux.end_row();
+        }
+    }
+    for r in (0..rows).filter(|_| jump.is_none() && gated.is_none()) {
         kernels::select_active::<S>(
             &half.pre[r * n..(r + 1) * n],
             half.lo as u32,
@@ -624,7 +685,7 @@ fn feature_pass_half_inline<S: Simd>(
     // The CSC views were built when the halves decoded.
     let d = inputs.d_in;
     let n = half.n();
-    let has_aux = !inputs.aux_residual.is_empty();
+    let has_aux = !inputs.aux_residual.is_empty() || inputs.gated.is_some();
     half.g_b_dec.fill(0.0);
     let mut group = inputs.prefix_widths.partition_point(|&w| w <= half.lo);
     for j in 0..n {
@@ -648,27 +709,63 @@ fn feature_pass_half_inline<S: Simd>(
             half.g_log_threshold[j] = 0.0;
         }
         let mut g_b_enc = 0.0f32;
+        // d loss / d (x_cent . encoder column), which also reaches b_dec.
+        let mut g_pre_total = 0.0f32;
+        if inputs.gated.is_some() {
+            half.g_r_mag[j] = 0.0;
+            half.g_b_mag[j] = 0.0;
+        }
         if touched {
             half.g_enc_row.fill(0.0);
             half.g_dec_row.fill(0.0);
             let w_dec_j = &p.w_dec[rows_j.clone()];
+            let f = half.lo + j;
+            // Gated: the magnitude's gradient reaches W_enc scaled, r_mag and
+            // b_mag, not the gate's bias; the L1 is on the gates.
+            let (enc_scale, main_l1) = match inputs.gated {
+                Some(g) => (g.scale[f], 0.0),
+                None => (1.0, inputs.l1_grad),
+            };
+            let (mut g_r_mag, mut g_b_mag) = (0.0f32, 0.0f32);
             for e in main {
                 let r = half.main_cols.row[e] as usize;
                 let err_r = &err[r * d..(r + 1) * d];
-                let g_pre = inputs.grad_scale * S::dot(err_r, w_dec_j) + inputs.l1_grad;
-                axpy(
-                    &mut half.g_dec_row,
-                    inputs.grad_scale * half.main_cols.val[e],
-                    err_r,
-                );
+                let value = half.main_cols.val[e];
+                let g_act = inputs.grad_scale * S::dot(err_r, w_dec_j) + main_l1;
+                axpy(&mut half.g_dec_row, inputs.grad_scale * value, err_r);
+                let g_enc = g_act * enc_scale;
                 axpy(
                     &mut half.g_enc_row,
-                    g_pre,
+                    g_enc,
                     &inputs.x_cent[r * d..(r + 1) * d],
                 );
-                g_b_enc += g_pre;
+                g_pre_total += g_enc;
+                match inputs.gated {
+                    Some(g) => {
+                        // value = scale * enc + b_mag, so scale * enc = value - b_mag.
+                        g_r_mag += g_act * (value - g.b_mag[f]);
+                        g_b_mag += g_act;
+                    }
+                    None => g_b_enc += g_act,
+                }
             }
-            for e in aux {
+            if let Some(g) = inputs.gated {
+                for e in aux.clone() {
+                    let r = half.aux_cols.row[e] as usize;
+                    let gate_err_r = &g.gate_err[r * d..(r + 1) * d];
+                    let g_gate = inputs.grad_scale * S::dot(gate_err_r, w_dec_j) + inputs.l1_grad;
+                    axpy(
+                        &mut half.g_enc_row,
+                        g_gate,
+                        &inputs.x_cent[r * d..(r + 1) * d],
+                    );
+                    g_b_enc += g_gate;
+                    g_pre_total += g_gate;
+                }
+                half.g_r_mag[j] = g_r_mag;
+                half.g_b_mag[j] = g_b_mag;
+            }
+            for e in aux.filter(|_| inputs.gated.is_none()) {
                 let r = half.aux_cols.row[e] as usize;
                 let res_r = &inputs.aux_residual[r * d..(r + 1) * d];
                 let g_pre = inputs.aux_grad_scale * S::dot(res_r, w_dec_j);
@@ -683,6 +780,7 @@ fn feature_pass_half_inline<S: Simd>(
                     &inputs.x_cent[r * d..(r + 1) * d],
                 );
                 g_b_enc += g_pre;
+                g_pre_total += g_pre;
             }
             // JumpReLU's pseudo-derivative (rectangle kernel) for the
             // log-threshold, from the output and the L0 term, with the
@@ -698,7 +796,7 @@ fn feature_pass_half_inline<S: Simd>(
                 half.g_log_threshold[j] = theta * g_theta;
             }
             // x_cent = x - b_dec: b_dec's gradient gets -g_b_enc * (old) encoder column.
-            axpy(&mut half.g_b_dec, -g_b_enc, &p.w_enc_t[rows_j.clone()]);
+            axpy(&mut half.g_b_dec, -g_pre_total, &p.w_enc_t[rows_j.clone()]);
             if inputs.project {
                 // Remove the component along the (normalised) decoder row.
                 let norm = S::dot(w_dec_j, w_dec_j).sqrt();
@@ -757,6 +855,8 @@ impl FastTrainer {
             g_b_dec: vec![0.0; d_in],
             g_b_enc: vec![0.0; hi - lo],
             g_log_threshold: vec![0.0; hi - lo],
+            g_r_mag: vec![0.0; hi - lo],
+            g_b_mag: vec![0.0; hi - lo],
             g_enc_row: vec![0.0; d_in],
             g_dec_row: vec![0.0; d_in],
             zero_row: vec![0.0; d_in],
@@ -788,6 +888,13 @@ impl FastTrainer {
             threshold: match sae.cfg.variant {
                 Variant::JumpRelu { .. } => sae.threshold.clone(),
                 _ => Vec::new(),
+            },
+            magnitude: MagnitudePath {
+                r_mag: sae.r_mag.clone(),
+                b_mag: sae.b_mag.clone(),
+                scale: sae.r_mag.iter().map(|r| r.exp()).collect(),
+                adam_r_mag: Moments::zeros(sae.r_mag.len()),
+                adam_b_mag: Moments::zeros(sae.b_mag.len()),
             },
             adam_t: 0,
             halves: [half(0, split), half(split, d_sae)],
@@ -831,6 +938,14 @@ impl FastTrainer {
                 }),
                 _ => None,
             },
+            gated: match self.cfg.variant {
+                Variant::Gated { .. } => Some(GatedGrad {
+                    scale: &self.magnitude.scale,
+                    b_mag: &self.magnitude.b_mag,
+                    gate_err: &self.step.gate_err,
+                }),
+                _ => None,
+            },
         };
         let split = self.halves[1].lo;
         let [p0, p1] = self.params.halves(split, self.d_in);
@@ -840,6 +955,20 @@ impl FastTrainer {
             || feature_pass_half(h0, p0, inputs, m0),
             || feature_pass_half(h1, p1, inputs, m1),
         );
+    }
+
+    /// Gated's r_mag and b_mag gradients from the last feature pass (empty for other variants).
+    fn magnitude_gradients(&self) -> (Vec<f32>, Vec<f32>) {
+        if self.magnitude.r_mag.is_empty() {
+            return (Vec::new(), Vec::new());
+        }
+        let gather = |part: fn(&Half) -> &Vec<f32>| {
+            self.halves
+                .iter()
+                .flat_map(|h| part(h).iter().copied())
+                .collect()
+        };
+        (gather(|h| &h.g_r_mag), gather(|h| &h.g_b_mag))
     }
 
     /// JumpReLU's log-threshold gradient from the last feature pass (empty for other variants).
@@ -913,15 +1042,25 @@ impl Trainer for FastTrainer {
             _ => None,
         };
         let (jump0, jump1) = (jump(0..split), jump(split..self.d_sae));
+        let gated = |range: std::ops::Range<usize>| match self.cfg.variant {
+            Variant::Gated { .. } => Some(GatedSelect {
+                scale: &self.magnitude.scale[range.clone()],
+                b_mag: &self.magnitude.b_mag[range],
+            }),
+            _ => None,
+        };
+        let (gated0, gated1) = (gated(0..split), gated(split..self.d_sae));
         exec.join(
             || {
                 encode_half(
-                    h0, x_cent, rows, d_in, w_enc_t0, b_enc0, w_dec, selection, jump0, decode_now,
+                    h0, x_cent, rows, d_in, w_enc_t0, b_enc0, w_dec, selection, jump0, gated0,
+                    decode_now,
                 )
             },
             || {
                 encode_half(
-                    h1, x_cent, rows, d_in, w_enc_t1, b_enc1, w_dec, selection, jump1, decode_now,
+                    h1, x_cent, rows, d_in, w_enc_t1, b_enc1, w_dec, selection, jump1, gated1,
+                    decode_now,
                 )
             },
         );
@@ -979,6 +1118,31 @@ impl Trainer for FastTrainer {
             sq_err_sum += st.err[start..].iter().map(|&e| (e * e) as f64).sum::<f64>();
         }
 
+        // Gated: the open gates' reconstruction through the (frozen) decoder.
+        let mut gate_sq = 0.0f64;
+        let mut gate_sum = 0.0f64;
+        st.gate_err.clear();
+        if let Variant::Gated { .. } = self.cfg.variant {
+            let [h0, h1] = &mut self.halves;
+            exec.join(
+                || decode_aux_half(h0, w_dec, d_in),
+                || decode_aux_half(h1, w_dec, d_in),
+            );
+            let [h0, h1] = &self.halves;
+            for (e, &x) in x.iter().enumerate() {
+                let gate_err = ((p.b_dec[e % d_in] + h0.aux_partial[e]) + h1.aux_partial[e]) - x;
+                gate_sq += (gate_err * gate_err) as f64;
+                st.gate_err.push(gate_err);
+            }
+            gate_sum = h0
+                .aux
+                .val
+                .iter()
+                .chain(&h1.aux.val)
+                .map(|&g| g as f64)
+                .sum();
+        }
+
         // Matryoshka: each prefix's error e_w = (b_dec + its partial sums) - x;
         // group g is trained on err + e_w for every prefix w it lies in.
         let mut prefix_sq = 0.0f64;
@@ -1011,7 +1175,7 @@ impl Trainer for FastTrainer {
             st.group_errs[g].clone_from(&later);
         }
 
-        let mut aux = prefix_sq / rows as f64;
+        let mut aux = (prefix_sq + gate_sq) / rows as f64;
         st.aux_residual.clear();
         st.aux_grad_scale = 0.0;
         if k_aux > 0 {
@@ -1042,6 +1206,7 @@ impl Trainer for FastTrainer {
         let l2 = sq_err_sum / rows as f64;
         let l1 = match self.cfg.variant {
             Variant::JumpRelu { l0_coeff, .. } => l0_coeff * active as f64 / rows as f64,
+            Variant::Gated { .. } => self.cfg.l1_scale(rows) * gate_sum,
             _ => self.cfg.l1_scale(rows) * abs_sum,
         };
         Ok(StepStats {
@@ -1086,6 +1251,27 @@ impl Trainer for FastTrainer {
                 *t = l.exp();
             }
         }
+        if !self.magnitude.r_mag.is_empty() {
+            let (g_r_mag, g_b_mag) = self.magnitude_gradients();
+            let m = &mut self.magnitude;
+            kernels::adam(
+                &mut m.r_mag,
+                &mut m.adam_r_mag.m,
+                &mut m.adam_r_mag.v,
+                &g_r_mag,
+                step,
+            );
+            kernels::adam(
+                &mut m.b_mag,
+                &mut m.adam_b_mag.m,
+                &mut m.adam_b_mag.v,
+                &g_b_mag,
+                step,
+            );
+            for (s, r) in m.scale.iter_mut().zip(&m.r_mag) {
+                *s = r.exp();
+            }
+        }
         Ok(())
     }
 
@@ -1112,14 +1298,15 @@ impl Trainer for FastTrainer {
             .iter()
             .flat_map(|h| h.g_b_enc.iter().copied())
             .collect();
+        let (r_mag, b_mag) = self.magnitude_gradients();
         Ok(Gradients {
             w_enc: transpose(&g_w_enc_t, d_sae, d_in),
             w_dec: g_w_dec,
             b_enc,
             b_dec: self.b_dec_gradient(),
             threshold: self.log_threshold_gradient(),
-            r_mag: Vec::new(),
-            b_mag: Vec::new(),
+            r_mag,
+            b_mag,
         })
     }
 
@@ -1135,8 +1322,8 @@ impl Trainer for FastTrainer {
                 Some(threshold) => threshold.per_feature(self.d_sae),
                 None => self.threshold.clone(),
             },
-            r_mag: Vec::new(),
-            b_mag: Vec::new(),
+            r_mag: self.magnitude.r_mag.clone(),
+            b_mag: self.magnitude.b_mag.clone(),
         })
     }
 
@@ -1156,6 +1343,14 @@ impl Trainer for FastTrainer {
                 self.threshold[f] = init_threshold as f32;
                 p.log_threshold[f] = self.threshold[f].ln();
                 p.adam_log_threshold.reset(f..f + 1);
+            }
+            if !self.magnitude.r_mag.is_empty() {
+                let m = &mut self.magnitude;
+                m.r_mag[f] = 0.0;
+                m.b_mag[f] = 0.0;
+                m.scale[f] = 1.0;
+                m.adam_r_mag.reset(f..f + 1);
+                m.adam_b_mag.reset(f..f + 1);
             }
         }
         Ok(())
@@ -1200,6 +1395,7 @@ mod tests {
             Variant::batch_top_k(5),
             Variant::matryoshka_batch_top_k(5),
             Variant::jump_relu(0.01),
+            Variant::Gated { l1_coeff: 3e-3 },
         ] {
             assert!(supports(&variant));
             let cfg = SaeConfig {

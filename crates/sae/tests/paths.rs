@@ -108,7 +108,7 @@ fn batch_top_k_and_matryoshka_gradients_match_f64_host() {
 }
 
 #[test]
-fn gated_gradients_match_f64_host() {
+fn gated_gradients_match_f64_host_on_both_paths() {
     for (seed, l1_coeff, reduction) in [(31, 3e-3, Reduction::Sum), (32, 0.05, Reduction::Mean)] {
         let cfg = SaeConfig {
             l1_reduction: reduction,
@@ -117,27 +117,43 @@ fn gated_gradients_match_f64_host() {
         let sae = perturbed_sae(&cfg, seed);
         let batch = structured_data(24, cfg.d_in, seed + 1);
         let host = host_gradients_gated(&sae, &batch);
-        let (loss, g) = gradients(&sae, &batch, &[], &reference()).unwrap();
-        assert!(
-            ((loss - host.loss) / host.loss).abs() < 1e-5,
-            "loss {loss} vs {}",
-            host.loss
-        );
-        for (name, got, want) in [
-            ("W_enc", &g.w_enc, &host.w_enc),
-            ("W_dec", &g.w_dec, &host.w_dec),
-            ("b_gate", &g.b_enc, &host.b_enc),
-            ("b_dec", &g.b_dec, &host.b_dec),
-            ("r_mag", &g.r_mag, &host.r_mag),
-            ("b_mag", &g.b_mag, &host.b_mag),
-        ] {
-            let err = relative_error(got, want);
+        for path in [TrainPath::Fast, reference()] {
+            let (loss, g) = gradients(&sae, &batch, &[], &path).unwrap();
             assert!(
-                err < 2e-5,
-                "Gated: {name} gradient off by {err:e} (relative)"
+                ((loss - host.loss) / host.loss).abs() < 1e-5,
+                "{path:?}: loss {loss} vs {}",
+                host.loss
             );
+            for (name, got, want) in [
+                ("W_enc", &g.w_enc, &host.w_enc),
+                ("W_dec", &g.w_dec, &host.w_dec),
+                ("b_gate", &g.b_enc, &host.b_enc),
+                ("b_dec", &g.b_dec, &host.b_dec),
+                ("r_mag", &g.r_mag, &host.r_mag),
+                ("b_mag", &g.b_mag, &host.b_mag),
+            ] {
+                let err = relative_error(got, want);
+                assert!(
+                    err < 2e-5,
+                    "Gated {path:?}: {name} gradient off by {err:e} (relative)"
+                );
+            }
         }
     }
+}
+
+#[test]
+fn gated_paths_follow_the_same_loss_trajectory_for_320_steps() {
+    let data = structured_data(64 * 80, 128, 15);
+    let cfg = SaeConfig {
+        epochs: 10,
+        ..tied(config(Variant::Gated { l1_coeff: 1e-3 }, 128, 512))
+    };
+    let gap = trajectory_gap(&cfg, &data, 320);
+    assert!(
+        gap < TRAJECTORY_TOLERANCE,
+        "Gated loss trajectories differ by {gap:e}"
+    );
 }
 
 #[test]
