@@ -29,6 +29,7 @@ pub(crate) fn supports(variant: &Variant) -> bool {
     matches!(
         variant,
         Variant::L1 { .. }
+            | Variant::NormWeightedL1 { .. }
             | Variant::TopK { .. }
             | Variant::BatchTopK { .. }
             | Variant::MatryoshkaBatchTopK { .. }
@@ -258,6 +259,8 @@ struct PassInputs<'a> {
     /// dL/dx_hat = grad_scale * err
     grad_scale: f32,
     l1_grad: f32,
+    /// Decoder-norm-weighted L1: each feature's penalty is scaled by its decoder row's norm.
+    norm_weighted: bool,
     /// dAux/de_hat = aux_grad_scale * (e - e_hat)
     aux_grad_scale: f32,
     project: bool,
@@ -722,15 +725,22 @@ fn feature_pass_half_inline<S: Simd>(
             let f = half.lo + j;
             // Gated: the magnitude's gradient reaches W_enc scaled, r_mag and
             // b_mag, not the gate's bias; the L1 is on the gates.
+            let dec_norm = if inputs.norm_weighted {
+                S::dot(w_dec_j, w_dec_j).sqrt()
+            } else {
+                1.0
+            };
             let (enc_scale, main_l1) = match inputs.gated {
                 Some(g) => (g.scale[f], 0.0),
-                None => (1.0, inputs.l1_grad),
+                None => (1.0, inputs.l1_grad * dec_norm),
             };
+            let mut act_sum = 0.0f32;
             let (mut g_r_mag, mut g_b_mag) = (0.0f32, 0.0f32);
             for e in main {
                 let r = half.main_cols.row[e] as usize;
                 let err_r = &err[r * d..(r + 1) * d];
                 let value = half.main_cols.val[e];
+                act_sum += value;
                 let g_act = inputs.grad_scale * S::dot(err_r, w_dec_j) + main_l1;
                 axpy(&mut half.g_dec_row, inputs.grad_scale * value, err_r);
                 let g_enc = g_act * enc_scale;
@@ -748,6 +758,14 @@ fn feature_pass_half_inline<S: Simd>(
                     }
                     None => g_b_enc += g_act,
                 }
+            }
+            if inputs.norm_weighted && act_sum != 0.0 {
+                // d(l1 * ||w|| * sum a)/dw = l1 * sum a * w / ||w||
+                axpy(
+                    &mut half.g_dec_row,
+                    inputs.l1_grad * act_sum / dec_norm,
+                    w_dec_j,
+                );
             }
             if let Some(g) = inputs.gated {
                 for e in aux.clone() {
@@ -924,6 +942,7 @@ impl FastTrainer {
             aux_residual: &self.step.aux_residual,
             grad_scale: 2.0 / rows as f32,
             l1_grad: self.cfg.l1_scale(rows) as f32,
+            norm_weighted: matches!(self.cfg.variant, Variant::NormWeightedL1 { .. }),
             aux_grad_scale: self.step.aux_grad_scale,
             project,
             jump: match self.cfg.variant {
@@ -1207,6 +1226,17 @@ impl Trainer for FastTrainer {
         let l1 = match self.cfg.variant {
             Variant::JumpRelu { l0_coeff, .. } => l0_coeff * active as f64 / rows as f64,
             Variant::Gated { .. } => self.cfg.l1_scale(rows) * gate_sum,
+            Variant::NormWeightedL1 { .. } => {
+                let mut weighted = 0.0f64;
+                for half in &self.halves {
+                    for (&f, &v) in half.main.idx.iter().zip(&half.main.val) {
+                        let row = &p.w_dec[f as usize * d_in..(f as usize + 1) * d_in];
+                        let norm = row.iter().map(|&w| (w * w) as f64).sum::<f64>().sqrt();
+                        weighted += v as f64 * norm;
+                    }
+                }
+                self.cfg.l1_scale(rows) * weighted
+            }
             _ => self.cfg.l1_scale(rows) * abs_sum,
         };
         Ok(StepStats {
@@ -1392,6 +1422,7 @@ mod tests {
         for variant in [
             Variant::L1 { l1_coeff: 3e-3 },
             Variant::top_k(5),
+            Variant::NormWeightedL1 { l1_coeff: 3e-3 },
             Variant::batch_top_k(5),
             Variant::matryoshka_batch_top_k(5),
             Variant::jump_relu(0.01),

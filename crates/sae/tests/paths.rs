@@ -217,6 +217,20 @@ fn norm_weighted_l1_gradients_match_f64_host() {
     check_gradients(&cfg, &[], 5);
 }
 
+#[test]
+fn norm_weighted_l1_paths_follow_the_same_loss_trajectory_for_320_steps() {
+    let data = structured_data(64 * 80, 128, 16);
+    let cfg = SaeConfig {
+        epochs: 10,
+        ..config(Variant::NormWeightedL1 { l1_coeff: 3e-3 }, 128, 512)
+    };
+    let gap = trajectory_gap(&cfg, &data, 320);
+    assert!(
+        gap < TRAJECTORY_TOLERANCE,
+        "NormWeightedL1 loss trajectories differ by {gap:e}"
+    );
+}
+
 /// Loss at every step of both paths; returns the largest relative gap.
 fn trajectory_gap(cfg: &SaeConfig, data: &[f32], steps: usize) -> f64 {
     let fast = loss_trajectory(cfg, data, &TrainPath::Fast, steps).unwrap();

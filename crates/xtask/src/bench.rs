@@ -175,8 +175,23 @@ fn bench_sae(config: &Config, ctx: &Context, store: &Store) -> Result<()> {
             sae::TrainPath::Fast,
         ),
         (
+            "fast path, JumpReLU l0 0.1",
+            family(sae::Variant::jump_relu(0.1), 5),
+            sae::TrainPath::Fast,
+        ),
+        (
+            "fast path, Gated l1 3e-3",
+            family(sae::Variant::Gated { l1_coeff: 3e-3 }, 5),
+            sae::TrainPath::Fast,
+        ),
+        (
             "reference path, BatchTopK k=32",
             family(sae::Variant::batch_top_k(32), 1),
+            reference_path(),
+        ),
+        (
+            "reference path, Matryoshka BatchTopK k=32",
+            family(sae::Variant::matryoshka_batch_top_k(32), 1),
             reference_path(),
         ),
         (

@@ -1,0 +1,99 @@
+"""Times one training epoch of each SAE architecture in SAELens (PyTorch, CPU),
+on the same cached fc2.pre rows and settings as `cargo xtask bench sae`
+(d_sae 1024, batch 64, Adam lr 1e-3, rows in dataset order), for the ratio.
+
+Usage: python3 bench/saelens_epoch.py STORE [EPOCHS]. STORE is a saelab store
+holding one activation cache (`cargo xtask all` makes one). Prints seconds per
+epoch (the last of EPOCHS, default 2, so the first pays for warm-up).
+"""
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file
+from sae_lens.saes import (
+    BatchTopKTrainingSAE,
+    BatchTopKTrainingSAEConfig,
+    GatedTrainingSAE,
+    GatedTrainingSAEConfig,
+    JumpReLUTrainingSAE,
+    JumpReLUTrainingSAEConfig,
+    MatryoshkaBatchTopKTrainingSAE,
+    MatryoshkaBatchTopKTrainingSAEConfig,
+    StandardTrainingSAE,
+    StandardTrainingSAEConfig,
+    TopKTrainingSAE,
+    TopKTrainingSAEConfig,
+)
+from sae_lens.saes.sae import TrainStepInput
+
+D_IN, D_SAE, BATCH = 128, 1024, 64
+
+
+def train_rows(store: Path) -> torch.Tensor:
+    (cache,) = [p for p in (store / "activations").iterdir() if (p / "shards.json").exists()]
+    shards = sorted(
+        (s for s in json.loads((cache / "shards.json").read_text()) if s["split"] == "train"),
+        key=lambda s: s["row_start"],
+    )
+    return torch.from_numpy(np.concatenate([load_file(str(cache / s["file"]))["fc2.pre"] for s in shards]))
+
+
+ARCHITECTURES = {
+    "L1 (standard) 3e-3": (StandardTrainingSAE, StandardTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, l1_coefficient=3e-3)),
+    "TopK k=32": (TopKTrainingSAE, TopKTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, k=32)),
+    "BatchTopK k=32": (BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, k=32)),
+    "Matryoshka BatchTopK k=32": (
+        MatryoshkaBatchTopKTrainingSAE,
+        MatryoshkaBatchTopKTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, k=32, matryoshka_widths=[64, 128, 256, 512, 1024]),
+    ),
+    "JumpReLU l0 0.1": (JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, l0_coefficient=0.1)),
+    "Gated l1 3e-3": (GatedTrainingSAE, GatedTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, l1_coefficient=3e-3)),
+}
+
+
+def epoch_seconds(cls, cfg, x: torch.Tensor, epochs: int) -> float:
+    torch.manual_seed(0)
+    sae = cls(cfg)
+    optimizer = torch.optim.Adam(sae.parameters(), lr=1e-3)
+    coefficients = sae.get_coefficients()
+    coefficients = {k: (v if isinstance(v, float) else v.value) for k, v in coefficients.items()}
+    dead = torch.zeros(D_SAE, dtype=torch.bool)
+    seconds = 0.0
+    step = 0
+    for _ in range(epochs):
+        started = time.perf_counter()
+        for start in range(0, x.shape[0], BATCH):
+            out = sae.training_forward_pass(
+                TrainStepInput(
+                    sae_in=x[start : start + BATCH],
+                    coefficients=coefficients,
+                    dead_neuron_mask=dead,
+                    n_training_steps=step,
+                    is_logging_step=False,
+                )
+            )
+            out.loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            step += 1
+        seconds = time.perf_counter() - started
+    return seconds
+
+
+def main() -> int:
+    store = Path(sys.argv[1])
+    epochs = int(sys.argv[2]) if len(sys.argv) > 2 else 2
+    torch.set_num_threads(2)
+    x = train_rows(store)
+    print(f"SAELens training epochs on {x.shape[0]} fc2.pre rows, d_sae {D_SAE}, batch {BATCH}, {torch.get_num_threads()} threads")
+    for name, (cls, cfg) in ARCHITECTURES.items():
+        print(f"  {name}: {epoch_seconds(cls, cfg, x, epochs):.3f} s per epoch", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
