@@ -325,17 +325,34 @@ pub fn write_report(
     }
     if !summaries.is_empty() {
         let labels: Vec<String> = summaries.iter().map(|s| s.name.clone()).collect();
+        // One series (colour) per architecture, in the sweep's order.
+        let mut architectures: Vec<&str> = Vec::new();
+        for s in summaries {
+            if !architectures.contains(&architecture(s)) {
+                architectures.push(architecture(s));
+            }
+        }
         let frontier = |title: &str, y_label: &str, y: fn(&SaeSummary) -> f64| Figure {
             title: title.into(),
             x_label: "L0 (mean active features per test row)".into(),
             y_label: y_label.into(),
-            layers: vec![Layer {
-                name: "SAEs".into(),
-                mark: Mark::Points {
-                    labels: labels.clone(),
-                },
-                points: summaries.iter().map(|s| (s.metrics.l0, y(s))).collect(),
-            }],
+            layers: architectures
+                .iter()
+                .map(|&a| {
+                    let members: Vec<(usize, &SaeSummary)> = summaries
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, s)| architecture(s) == a)
+                        .collect();
+                    Layer {
+                        name: a.into(),
+                        mark: Mark::Points {
+                            labels: members.iter().map(|(i, _)| labels[*i].clone()).collect(),
+                        },
+                        points: members.iter().map(|(_, s)| (s.metrics.l0, y(s))).collect(),
+                    }
+                })
+                .collect(),
             log_x: true,
             ..Default::default()
         };
@@ -715,6 +732,100 @@ pub fn verdict(s: &SaeSummary, cfg: &AnalysisConfig) -> Vec<String> {
     lines
 }
 
+/// The architecture (`sae.variant`) an SAE of the sweep has.
+fn architecture(s: &SaeSummary) -> &str {
+    s.params
+        .get("variant")
+        .and_then(|v| v.as_str())
+        .unwrap_or("unknown")
+}
+
+/// Share of latents dead on the train split under which an architecture
+/// counts as keeping its latents alive.
+const ALIVE_BELOW: f64 = 0.1;
+
+/// Across architectures (only when the sweep has two or more): which keep
+/// their latents alive, and at what cost in explained variance and CE
+/// recovered. Each architecture is represented by its SAE with the fewest
+/// dead latents (the best EV among ties).
+pub fn family_verdict(summaries: &[SaeSummary]) -> Vec<String> {
+    let mut best: Vec<&SaeSummary> = Vec::new();
+    for s in summaries {
+        let dead = |s: &SaeSummary| s.features.dead as f64 / s.features.units.max(1) as f64;
+        match best.iter_mut().find(|b| architecture(b) == architecture(s)) {
+            Some(b) => {
+                if (dead(s), -s.metrics.explained_variance)
+                    < (dead(b), -b.metrics.explained_variance)
+                {
+                    *b = s;
+                }
+            }
+            None => best.push(s),
+        }
+    }
+    if best.len() < 2 {
+        return Vec::new();
+    }
+    let dead = |s: &SaeSummary| s.features.dead as f64 / s.features.units.max(1) as f64;
+    best.sort_by(|a, b| {
+        dead(a).total_cmp(&dead(b)).then(
+            b.metrics
+                .explained_variance
+                .total_cmp(&a.metrics.explained_variance),
+        )
+    });
+    let listed: Vec<String> = best
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {:.0}% ({} of {}; EV {:.3}, CE recovered {:.3}, L0 {:.1})",
+                architecture(s),
+                100.0 * dead(s),
+                s.features.dead,
+                s.features.units,
+                s.metrics.explained_variance,
+                s.metrics.ce_recovered,
+                s.metrics.l0
+            )
+        })
+        .collect();
+    let mut lines = vec![format!(
+        "Dead latents by architecture, fewest first (train split; test EV, CE recovered and L0; each architecture's SAE with the fewest): {}.",
+        listed.join("; ")
+    )];
+    let (alive, dying): (Vec<&SaeSummary>, Vec<&SaeSummary>) =
+        best.iter().partition(|s| dead(s) < ALIVE_BELOW);
+    let names = |v: &[&SaeSummary]| {
+        v.iter()
+            .map(|s| architecture(s))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let top = |v: &[&SaeSummary], f: fn(&SaeSummary) -> f64| {
+        v.iter().map(|s| f(s)).fold(f64::NEG_INFINITY, f64::max)
+    };
+    lines.push(if alive.is_empty() {
+        format!("No architecture keeps {:.0}% of its latents alive.", 100.0 * (1.0 - ALIVE_BELOW))
+    } else if dying.is_empty() {
+        format!("Every architecture keeps over {:.0}% of its latents alive.", 100.0 * (1.0 - ALIVE_BELOW))
+    } else {
+        let ev = top(&alive, |s| s.metrics.explained_variance) - top(&dying, |s| s.metrics.explained_variance);
+        let ce = top(&alive, |s| s.metrics.ce_recovered) - top(&dying, |s| s.metrics.ce_recovered);
+        let word = |d: f64| if d >= 0.0 { "gain" } else { "cost" };
+        format!(
+            "Under {:.0}% dead: {}; the others: {}. Keeping latents alive comes at a {} of {:.3} in the best explained variance and a {} of {:.3} in the best CE recovered.",
+            100.0 * ALIVE_BELOW,
+            names(&alive),
+            names(&dying),
+            word(ev),
+            ev.abs(),
+            word(ce),
+            ce.abs()
+        )
+    });
+    lines
+}
+
 fn render_html(
     summaries: &[SaeSummary],
     sweep: &DataFrame,
@@ -723,6 +834,14 @@ fn render_html(
     out_dir: &Path,
 ) -> Result<String, AnalysisError> {
     let mut answer = String::new();
+    let family = family_verdict(summaries);
+    if !family.is_empty() {
+        answer.push_str("<h3>Across architectures</h3><ul>");
+        for line in family {
+            let _ = write!(answer, "<li>{}</li>", escape(&line));
+        }
+        answer.push_str("</ul>");
+    }
     for s in summaries {
         let _ = write!(answer, "<h3>{}</h3><ul>", escape(&s.name));
         for line in verdict(s, cfg) {

@@ -628,6 +628,31 @@ fn analysis_writes_tables_plots_and_a_report_that_renders() {
             .replace('<', "&lt;")
             .replace('>', "&gt;")
     ));
+    // One architecture: no comparison across architectures.
+    assert!(analysis::family_verdict(&summaries).is_empty());
+    assert!(!html.contains("Across architectures"));
+    let mut family = summaries.clone();
+    family[1].params.insert("variant".into(), "topk".into());
+    family[0].features.dead = family[0].features.units / 2;
+    family[1].features.dead = 0;
+    let lines = analysis::family_verdict(&family);
+    assert!(
+        lines[0].starts_with(&format!(
+            "Dead latents by architecture, fewest first (train split; test EV, CE recovered and L0; each architecture's SAE with the fewest): topk 0% (0 of {}; EV {:.3}",
+            family[1].features.units, family[1].metrics.explained_variance
+        )) && lines[0].contains(&format!("; l1 50% ({} of", family[0].features.dead)),
+        "{lines:?}"
+    );
+    let ev_gap = family[1].metrics.explained_variance - family[0].metrics.explained_variance;
+    assert!(
+        lines[1].starts_with("Under 10% dead: topk; the others: l1.")
+            && lines[1].contains(&format!(
+                "a {} of {:.3} in the best explained variance",
+                if ev_gap >= 0.0 { "gain" } else { "cost" },
+                ev_gap.abs()
+            )),
+        "{lines:?}"
+    );
     let images = html.matches("<img ").count();
     assert!(images >= 2 * (s.plots.len() + 3 * 5), "{images} images");
     assert!(html.contains("binary MI &gt; 0.1") && html.contains("l1_large/features.parquet"));

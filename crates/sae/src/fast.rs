@@ -350,11 +350,18 @@ multiversion! {
         w_enc_t: &[f32],
         b_enc: &[f32],
         w_dec: &[f32],
-        selection: Selection,
-        jump: Option<JumpSelect<'_>>,
-        gated: Option<GatedSelect<'_>>,
+        select: HalfSelect<'_>,
         decode: bool,
     ) => encode_half_inline
+}
+
+/// How a half picks its active features.
+#[derive(Clone, Copy)]
+enum HalfSelect<'a> {
+    /// ReLU or per-row top k ([`Selection`]).
+    Rows(Selection),
+    Jump(JumpSelect<'a>),
+    Gated(GatedSelect<'a>),
 }
 
 /// Gated's selection for one half (its `b_enc` is the gate's bias): the
@@ -382,9 +389,7 @@ fn encode_half_inline<S: Simd>(
     w_enc_t: &[f32],
     b_enc: &[f32],
     w_dec: &[f32],
-    selection: Selection,
-    jump: Option<JumpSelect<'_>>,
-    gated: Option<GatedSelect<'_>>,
+    select: HalfSelect<'_>,
     decode: bool,
 ) {
     let n = half.n();
@@ -402,59 +407,63 @@ fn encode_half_inline<S: Simd>(
         MatRef::transposed(w_enc_t, d_in),
     );
     half.main.clear();
-    if let Some(jump) = jump {
-        half.near.clear();
-        for r in 0..rows {
-            let pre = &half.pre[r * n..(r + 1) * n];
-            for (j, (&p, &t)) in pre.iter().zip(jump.threshold).enumerate() {
-                let f = (half.lo + j) as u32;
-                if p > t {
-                    half.main.idx.push(f);
-                    half.main.val.push(p);
-                }
-                if (p - t).abs() < jump.half_width {
-                    half.near.idx.push(f);
-                    half.near.val.push(p);
-                }
+    match select {
+        HalfSelect::Rows(selection) => {
+            for r in 0..rows {
+                kernels::select_active::<S>(
+                    &half.pre[r * n..(r + 1) * n],
+                    half.lo as u32,
+                    selection,
+                    None,
+                    &mut half.select,
+                    &mut half.main.idx,
+                    &mut half.main.val,
+                );
+                half.main.end_row();
             }
-            half.main.end_row();
-            half.near.end_row();
         }
-        half.near_cols.build(&half.near, half.lo, n);
-    }
-    if let Some(gated) = gated {
-        // Open gates go to `aux` (their reconstruction through the frozen
-        // decoder), active features (open gate, positive magnitude) to `main`.
-        half.aux.clear();
-        for r in 0..rows {
-            let pre = &half.pre[r * n..(r + 1) * n];
-            for (j, &gate) in pre.iter().enumerate() {
-                if gate > 0.0 {
+        HalfSelect::Jump(jump) => {
+            half.near.clear();
+            for r in 0..rows {
+                let pre = &half.pre[r * n..(r + 1) * n];
+                for (j, (&p, &t)) in pre.iter().zip(jump.threshold).enumerate() {
                     let f = (half.lo + j) as u32;
-                    half.aux.idx.push(f);
-                    half.aux.val.push(gate);
-                    let magnitude = gated.scale[j] * (gate - b_enc[j]) + gated.b_mag[j];
-                    if magnitude > 0.0 {
+                    if p > t {
                         half.main.idx.push(f);
-                        half.main.val.push(magnitude);
+                        half.main.val.push(p);
+                    }
+                    if (p - t).abs() < jump.half_width {
+                        half.near.idx.push(f);
+                        half.near.val.push(p);
                     }
                 }
+                half.main.end_row();
+                half.near.end_row();
             }
-            half.main.end_row();
-            half.aux.end_row();
+            half.near_cols.build(&half.near, half.lo, n);
         }
-    }
-    for r in (0..rows).filter(|_| jump.is_none() && gated.is_none()) {
-        kernels::select_active::<S>(
-            &half.pre[r * n..(r + 1) * n],
-            half.lo as u32,
-            selection,
-            None,
-            &mut half.select,
-            &mut half.main.idx,
-            &mut half.main.val,
-        );
-        half.main.end_row();
+        HalfSelect::Gated(gated) => {
+            // Open gates go to `aux` (their reconstruction through the frozen
+            // decoder), active features (open gate, positive magnitude) to `main`.
+            half.aux.clear();
+            for r in 0..rows {
+                let pre = &half.pre[r * n..(r + 1) * n];
+                for (j, &gate) in pre.iter().enumerate() {
+                    if gate > 0.0 {
+                        let f = (half.lo + j) as u32;
+                        half.aux.idx.push(f);
+                        half.aux.val.push(gate);
+                        let magnitude = gated.scale[j] * (gate - b_enc[j]) + gated.b_mag[j];
+                        if magnitude > 0.0 {
+                            half.main.idx.push(f);
+                            half.main.val.push(magnitude);
+                        }
+                    }
+                }
+                half.main.end_row();
+                half.aux.end_row();
+            }
+        }
     }
     if decode {
         half.main_cols.build(&half.main, half.lo, n);
@@ -1053,33 +1062,27 @@ impl Trainer for FastTrainer {
         let decode_now = self.cfg.variant.aux_k().is_none();
         let [h0, h1] = &mut self.halves;
         let (x_cent, w_dec, selection) = (&st.x_cent, &p.w_dec, self.selection);
-        let jump = |range: std::ops::Range<usize>| match self.cfg.variant {
-            Variant::JumpRelu { bandwidth, .. } => Some(JumpSelect {
+        let select = |range: std::ops::Range<usize>| match self.cfg.variant {
+            Variant::JumpRelu { bandwidth, .. } => HalfSelect::Jump(JumpSelect {
                 threshold: &self.threshold[range],
                 half_width: (bandwidth / 2.0) as f32,
             }),
-            _ => None,
-        };
-        let (jump0, jump1) = (jump(0..split), jump(split..self.d_sae));
-        let gated = |range: std::ops::Range<usize>| match self.cfg.variant {
-            Variant::Gated { .. } => Some(GatedSelect {
+            Variant::Gated { .. } => HalfSelect::Gated(GatedSelect {
                 scale: &self.magnitude.scale[range.clone()],
                 b_mag: &self.magnitude.b_mag[range],
             }),
-            _ => None,
+            _ => HalfSelect::Rows(selection),
         };
-        let (gated0, gated1) = (gated(0..split), gated(split..self.d_sae));
+        let (select0, select1) = (select(0..split), select(split..self.d_sae));
         exec.join(
             || {
                 encode_half(
-                    h0, x_cent, rows, d_in, w_enc_t0, b_enc0, w_dec, selection, jump0, gated0,
-                    decode_now,
+                    h0, x_cent, rows, d_in, w_enc_t0, b_enc0, w_dec, select0, decode_now,
                 )
             },
             || {
                 encode_half(
-                    h1, x_cent, rows, d_in, w_enc_t1, b_enc1, w_dec, selection, jump1, gated1,
-                    decode_now,
+                    h1, x_cent, rows, d_in, w_enc_t1, b_enc1, w_dec, select1, decode_now,
                 )
             },
         );

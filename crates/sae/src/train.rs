@@ -23,8 +23,8 @@ use crate::SaeError;
 pub enum TrainPath {
     /// candle autograd with a hand-written Adam on candle tensors; runs on any device.
     Reference { device: Device },
-    /// Fused CPU trainer over raw f32 buffers. Covers `L1` and `TopK`; other
-    /// variants fall back to the reference path on the CPU.
+    /// Fused CPU trainer over raw f32 buffers; covers every architecture
+    /// (a variant it did not would fall back to the reference path on the CPU).
     Fast,
 }
 

@@ -468,7 +468,15 @@ mod tests {
         let names: Vec<&String> = loaded.presets.keys().collect();
         assert_eq!(
             names,
-            ["adam", "dead-features", "family", "l1-sweep", "resample", "topk", "zoo"]
+            [
+                "adam",
+                "dead-features",
+                "family",
+                "l1-sweep",
+                "resample",
+                "topk",
+                "zoo"
+            ]
         );
         for (name, preset) in &loaded.presets {
             assert_ne!(preset, &Config::default(), "preset {name}");
