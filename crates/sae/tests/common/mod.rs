@@ -62,6 +62,21 @@ pub struct HostGradients {
     pub b_mag: Vec<f64>,
 }
 
+impl HostGradients {
+    fn zeros(d: usize, f_n: usize) -> Self {
+        HostGradients {
+            loss: 0.0,
+            w_enc: vec![0.0; d * f_n],
+            w_dec: vec![0.0; f_n * d],
+            b_enc: vec![0.0; f_n],
+            b_dec: vec![0.0; d],
+            threshold: Vec::new(),
+            r_mag: Vec::new(),
+            b_mag: Vec::new(),
+        }
+    }
+}
+
 /// Active features of one row: ReLU, or the top k (value desc, index asc) that are positive.
 fn active_set(pre: &[f64], k: Option<usize>, allowed: &[bool]) -> Vec<usize> {
     let mut cand: Vec<usize> = (0..pre.len())
@@ -175,14 +190,8 @@ pub fn host_gradients(sae: &Sae, x: &[f32], dead: &[bool]) -> HostGradients {
     let residual_spread = spread(&|r, i| err[r][i]);
 
     let mut g = HostGradients {
-        loss: 0.0,
-        w_enc: vec![0.0; d * f_n],
-        w_dec: vec![0.0; f_n * d],
-        b_enc: vec![0.0; f_n],
-        b_dec: vec![0.0; d],
         threshold: vec![0.0; if jump.is_some() { f_n } else { 0 }],
-        r_mag: Vec::new(),
-        b_mag: Vec::new(),
+        ..HostGradients::zeros(d, f_n)
     };
     for r in 0..rows {
         let err = &err[r];
@@ -323,14 +332,9 @@ pub fn host_gradients_gated(sae: &Sae, x: &[f32]) -> HostGradients {
     let w_enc = |i: usize, f: usize| sae.w_enc[i * f_n + f] as f64;
     let w_dec = |f: usize, i: usize| sae.w_dec[f * d + i] as f64;
     let mut g = HostGradients {
-        loss: 0.0,
-        w_enc: vec![0.0; d * f_n],
-        w_dec: vec![0.0; f_n * d],
-        b_enc: vec![0.0; f_n],
-        b_dec: vec![0.0; d],
-        threshold: Vec::new(),
         r_mag: vec![0.0; f_n],
         b_mag: vec![0.0; f_n],
+        ..HostGradients::zeros(d, f_n)
     };
     for r in 0..rows {
         let xr: Vec<f64> = (0..d).map(|i| x[r * d + i] as f64).collect();
