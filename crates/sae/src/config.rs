@@ -70,6 +70,8 @@ pub enum Variant {
         /// in OpenAI's code (see `AuxScale`).
         #[serde(default = "default_aux_coeff")]
         aux_coeff: f64,
+        #[serde(default)]
+        aux_input: AuxInput,
     },
     /// L1 weighted by each decoder row's norm; no decoder constraint.
     NormWeightedL1 { l1_coeff: f64 },
@@ -83,6 +85,8 @@ pub enum Variant {
         k_aux: usize,
         #[serde(default = "default_aux_coeff")]
         aux_coeff: f64,
+        #[serde(default)]
+        aux_input: AuxInput,
         /// Weight of each batch's smallest selected activation in the running threshold.
         #[serde(default = "default_threshold_lr")]
         threshold_lr: f64,
@@ -95,6 +99,8 @@ pub enum Variant {
         k_aux: usize,
         #[serde(default = "default_aux_coeff")]
         aux_coeff: f64,
+        #[serde(default)]
+        aux_input: AuxInput,
         #[serde(default = "default_threshold_lr")]
         threshold_lr: f64,
         /// The prefixes, as fractions of `d_sae` (strictly increasing, below 1);
@@ -116,6 +122,19 @@ pub enum Variant {
         #[serde(default = "default_init_threshold")]
         init_threshold: f64,
     },
+}
+
+/// Which of a dead latent's pre-activations AuxK reconstructs from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuxInput {
+    /// The k_aux largest positive ones, ReLU'd (OpenAI, dictionary_learning).
+    /// A latent negative on every row gets no gradient from it.
+    #[default]
+    Relu,
+    /// The k_aux largest whatever their sign (SAELens), so a latent negative
+    /// everywhere is still pulled towards the residual.
+    Raw,
 }
 
 fn default_k_aux() -> usize {
@@ -180,6 +199,7 @@ pub struct VariantAxes<'a> {
     pub l0_coeff: &'a [f64],
     pub k_aux: usize,
     pub aux_coeff: f64,
+    pub aux_input: AuxInput,
     pub threshold_lr: f64,
     pub prefix_fractions: &'a [f64],
     pub bandwidth: f64,
@@ -233,17 +253,20 @@ impl Architecture {
                 k,
                 k_aux: axes.k_aux,
                 aux_coeff: axes.aux_coeff,
+                aux_input: axes.aux_input,
             }),
             Architecture::BatchTopK => each_k(&|k| Variant::BatchTopK {
                 k,
                 k_aux: axes.k_aux,
                 aux_coeff: axes.aux_coeff,
+                aux_input: axes.aux_input,
                 threshold_lr: axes.threshold_lr,
             }),
             Architecture::MatryoshkaBatchTopK => each_k(&|k| Variant::MatryoshkaBatchTopK {
                 k,
                 k_aux: axes.k_aux,
                 aux_coeff: axes.aux_coeff,
+                aux_input: axes.aux_input,
                 threshold_lr: axes.threshold_lr,
                 prefix_fractions: axes.prefix_fractions.to_vec(),
             }),
@@ -313,18 +336,27 @@ impl Variant {
         [("l1_coeff", l1_coeff), ("k", k), ("l0_coeff", l0_coeff)]
     }
 
-    /// The AuxK settings `(k_aux, aux_coeff)` of the top-k family.
-    pub fn aux_k(&self) -> Option<(usize, f64)> {
+    /// The AuxK settings `(k_aux, aux_coeff, aux_input)` of the top-k family.
+    pub fn aux_k(&self) -> Option<(usize, f64, AuxInput)> {
         match *self {
             Variant::TopK {
-                k_aux, aux_coeff, ..
+                k_aux,
+                aux_coeff,
+                aux_input,
+                ..
             }
             | Variant::BatchTopK {
-                k_aux, aux_coeff, ..
+                k_aux,
+                aux_coeff,
+                aux_input,
+                ..
             }
             | Variant::MatryoshkaBatchTopK {
-                k_aux, aux_coeff, ..
-            } => Some((k_aux, aux_coeff)),
+                k_aux,
+                aux_coeff,
+                aux_input,
+                ..
+            } => Some((k_aux, aux_coeff, aux_input)),
             _ => None,
         }
     }
@@ -378,6 +410,7 @@ impl Variant {
             k,
             k_aux: default_k_aux(),
             aux_coeff: default_aux_coeff(),
+            aux_input: AuxInput::Relu,
         }
     }
 
@@ -387,6 +420,7 @@ impl Variant {
             k,
             k_aux: default_k_aux(),
             aux_coeff: default_aux_coeff(),
+            aux_input: AuxInput::Relu,
             threshold_lr: default_threshold_lr(),
         }
     }
@@ -397,6 +431,7 @@ impl Variant {
             k,
             k_aux: default_k_aux(),
             aux_coeff: default_aux_coeff(),
+            aux_input: AuxInput::Relu,
             threshold_lr: default_threshold_lr(),
             prefix_fractions: default_prefix_fractions(),
         }
@@ -588,7 +623,7 @@ impl SaeConfig {
                 positive_finite("variant.init_threshold", *init_threshold)?;
             }
         }
-        if let Some((k_aux, aux_coeff)) = self.variant.aux_k() {
+        if let Some((k_aux, aux_coeff, _)) = self.variant.aux_k() {
             at_least_one("variant.k_aux", k_aux)?;
             non_negative_finite("variant.aux_coeff", aux_coeff)?;
         }

@@ -15,7 +15,7 @@
 //! The halves are fixed by `d_sae`, so the result is the same bits whether they
 //! run on two threads or one after the other.
 
-use crate::config::{SaeConfig, Variant};
+use crate::config::{AuxInput, SaeConfig, Variant};
 use crate::duo::Exec;
 use crate::kernels::{self, axpy, multiversion, AdamStep, MatRef, Selection, Simd};
 use crate::model::{self, selection, transpose, Sae};
@@ -520,7 +520,7 @@ fn decode_inline(
 multiversion! {
     /// Phase 1b of a half (TopK family): decoder partial sum (with Matryoshka's
     /// prefix snapshots at `cuts`), and AuxK's local candidates among `dead`.
-    fn decode_half(half: &mut Half, w_dec: &[f32], d_in: usize, dead: &[bool], k_aux: usize, cuts: &[usize]) => decode_half_inline
+    fn decode_half(half: &mut Half, w_dec: &[f32], d_in: usize, dead: &[bool], aux: Option<Selection>, cuts: &[usize]) => decode_half_inline
 }
 
 #[inline(always)]
@@ -529,7 +529,7 @@ fn decode_half_inline<S: Simd>(
     w_dec: &[f32],
     d_in: usize,
     dead: &[bool],
-    k_aux: usize,
+    aux: Option<Selection>,
     cuts: &[usize],
 ) {
     let (n, rows) = (half.n(), half.main.rows());
@@ -551,15 +551,15 @@ fn decode_half_inline<S: Simd>(
         &mut half.prefix_partials,
     );
     half.aux.clear();
-    if k_aux == 0 {
+    let Some(aux) = aux else {
         return;
-    }
+    };
     let dead = &dead[half.lo..half.hi];
     for r in 0..rows {
         kernels::select_active::<S>(
             &half.pre[r * n..(r + 1) * n],
             half.lo as u32,
-            Selection::TopK(k_aux),
+            aux,
             Some(dead),
             &mut half.select,
             &mut half.aux.idx,
@@ -1109,16 +1109,21 @@ impl Trainer for FastTrainer {
         tracker.record(&st.fired);
 
         let mut k_aux = 0;
-        if let Some((k, _)) = self.cfg.variant.aux_k() {
+        if let Some((k, _, aux_input)) = self.cfg.variant.aux_k() {
             let dead = tracker.dead_mask();
             if dead.iter().any(|&d| d) {
                 k_aux = k;
             }
+            // Each half's own top k_aux among its dead latents; merged below.
+            let aux = (k_aux > 0).then_some(match aux_input {
+                AuxInput::Relu => Selection::TopK(k_aux),
+                AuxInput::Raw => Selection::TopKAny(k_aux),
+            });
             let [h0, h1] = &mut self.halves;
             let cuts = &self.prefix_widths;
             exec.join(
-                || decode_half(h0, w_dec, d_in, dead, k_aux, cuts),
-                || decode_half(h1, w_dec, d_in, dead, k_aux, cuts),
+                || decode_half(h0, w_dec, d_in, dead, aux, cuts),
+                || decode_half(h1, w_dec, d_in, dead, aux, cuts),
             );
         }
 
@@ -1216,7 +1221,7 @@ impl Trainer for FastTrainer {
                     .map(|((e, a0), a1)| (-e - a0) - a1),
             );
             let aux_sq: f64 = st.aux_residual.iter().map(|&r| (r * r) as f64).sum();
-            if let Some((_, aux_coeff)) = self.cfg.variant.aux_k() {
+            if let Some((_, aux_coeff, _)) = self.cfg.variant.aux_k() {
                 let factor = self
                     .aux_scale
                     .factor(aux_coeff, model::total_variance(&st.err, d_in));

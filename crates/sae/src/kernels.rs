@@ -208,6 +208,8 @@ pub(crate) enum Selection {
     Relu,
     /// The k largest, then ReLU. Ties go to the lower feature index.
     TopK(usize),
+    /// The k largest whatever their sign (no ReLU); ties as `TopK`.
+    TopKAny(usize),
 }
 
 /// Appends the active features of one row (ascending feature index, plus
@@ -223,9 +225,23 @@ pub(crate) fn select_active<S: Simd>(
     idx: &mut Vec<u32>,
     val: &mut Vec<f32>,
 ) {
+    scratch.clear();
+    if let Selection::TopKAny(k) = selection {
+        scratch.extend(
+            pre.iter()
+                .enumerate()
+                .filter(|&(f, _)| allowed.is_none_or(|a| a[f]))
+                .map(|(f, &p)| (p, f as u32)),
+        );
+        keep_top(scratch, k);
+        for &(p, f) in scratch.iter() {
+            idx.push(f + offset);
+            val.push(p);
+        }
+        return;
+    }
     // Candidates are the positive entries: only they survive the ReLU, so the
     // top k of the positives are the surviving top k of the whole row.
-    scratch.clear();
     let mut blocks = pre.chunks_exact(32);
     let mut base = 0u32;
     for block in &mut blocks {
@@ -246,17 +262,22 @@ pub(crate) fn select_active<S: Simd>(
         }
     }
     if let Selection::TopK(k) = selection {
-        if scratch.len() > k {
-            let by_rank = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
-            scratch.select_nth_unstable_by(k - 1, by_rank);
-            scratch.truncate(k);
-            scratch.sort_unstable_by_key(|e| e.1);
-        }
+        keep_top(scratch, k);
     }
     for &(p, f) in scratch.iter() {
         idx.push(f + offset);
         val.push(p);
     }
+}
+
+/// Keeps the `k` largest entries (value descending, then index ascending), in index order.
+fn keep_top(scratch: &mut Vec<(f32, u32)>, k: usize) {
+    if scratch.len() > k {
+        let by_rank = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+        scratch.select_nth_unstable_by(k - 1, by_rank);
+        scratch.truncate(k);
+    }
+    scratch.sort_unstable_by_key(|e| e.1);
 }
 
 /// Adam hyper-parameters for one step, PyTorch's formulation.

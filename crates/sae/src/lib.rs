@@ -35,8 +35,8 @@ pub use checkpoint::{
     load, save, Origin, TrainingRecord, CONFIG_FILE, RECORD_FILE, SAELENS_CONFIG_FILE, WEIGHTS_FILE,
 };
 pub use config::{
-    AdamConfig, Architecture, DecoderBiasInit, EncoderInit, LrSchedule, Reduction, ResampleConfig,
-    ResampleSchedule, SaeConfig, Variant, VariantAxes,
+    AdamConfig, Architecture, AuxInput, DecoderBiasInit, EncoderInit, LrSchedule, Reduction,
+    ResampleConfig, ResampleSchedule, SaeConfig, Variant, VariantAxes,
 };
 pub use error::SaeError;
 pub use model::{

@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Device, Tensor, Var, D};
 
-use crate::config::{SaeConfig, Variant};
+use crate::config::{AuxInput, SaeConfig, Variant};
 use crate::duo::Exec;
 use crate::trainer::{
     AuxScale, FeatureReset, FiringTracker, Gradients, RunningThreshold, StepStats, Trainer,
@@ -224,7 +224,7 @@ impl ReferenceTrainer {
                 .broadcast_add(&b_dec)?;
             aux_total = (aux_total + (prefix_hat - &x)?.sqr()?.sum(1)?.mean(0)?)?;
         }
-        if let Some((k_aux, aux_coeff)) = self.cfg.variant.aux_k() {
+        if let Some((k_aux, aux_coeff, aux_input)) = self.cfg.variant.aux_k() {
             let dead = tracker.dead_mask();
             let n_dead = dead.iter().filter(|&&d| d).count();
             if n_dead > 0 {
@@ -234,7 +234,11 @@ impl ReferenceTrainer {
                     .contiguous()?;
                 let never = Tensor::full(f32::NEG_INFINITY, (rows, d_sae), dev)?;
                 let dead_pre = dead_t.where_cond(&pre_detached, &never)?;
-                let aux_mask = (top_k_mask(&dead_pre, k_aux.min(n_dead))? * &positive)?;
+                let chosen = top_k_mask(&dead_pre, k_aux.min(n_dead))?;
+                let aux_mask = match aux_input {
+                    AuxInput::Relu => (chosen * &positive)?,
+                    AuxInput::Raw => chosen,
+                };
                 let aux_acts = (&pre * &aux_mask)?;
                 let residual = (&x - &x_hat)?.detach();
                 let spread = crate::model::total_variance(&to_host(&residual)?, d_in);

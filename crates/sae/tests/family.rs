@@ -37,32 +37,13 @@ fn data() -> Vec<f32> {
 fn batch_top_k_keeps_k_per_row_on_average_and_its_threshold_reproduces_it() {
     let data = data();
     // A fast running threshold: these runs are 144 steps long.
-    let fast_threshold = |variant: Variant| match variant {
-        Variant::BatchTopK {
-            k,
-            k_aux,
-            aux_coeff,
-            ..
-        } => Variant::BatchTopK {
-            k,
-            k_aux,
-            aux_coeff,
-            threshold_lr: 0.1,
-        },
-        Variant::MatryoshkaBatchTopK {
-            k,
-            k_aux,
-            aux_coeff,
-            prefix_fractions,
-            ..
-        } => Variant::MatryoshkaBatchTopK {
-            k,
-            k_aux,
-            aux_coeff,
-            threshold_lr: 0.1,
-            prefix_fractions,
-        },
-        other => other,
+    let fast_threshold = |mut variant: Variant| {
+        if let Variant::BatchTopK { threshold_lr, .. }
+        | Variant::MatryoshkaBatchTopK { threshold_lr, .. } = &mut variant
+        {
+            *threshold_lr = 0.1;
+        }
+        variant
     };
     for variant in [Variant::batch_top_k(4), Variant::matryoshka_batch_top_k(4)] {
         let variant = fast_threshold(variant);
@@ -298,30 +279,22 @@ fn bad_family_configs_are_refused_naming_the_key() {
         (vec![0.001], 0.01),
         (vec![0.25], 0.0),
     ] {
-        let Variant::MatryoshkaBatchTopK {
-            k,
-            k_aux,
-            aux_coeff,
+        let mut variant = Variant::matryoshka_batch_top_k(4);
+        if let Variant::MatryoshkaBatchTopK {
+            threshold_lr: lr,
+            prefix_fractions,
             ..
-        } = Variant::matryoshka_batch_top_k(4)
-        else {
-            unreachable!()
-        };
+        } = &mut variant
+        {
+            *lr = threshold_lr;
+            *prefix_fractions = fractions;
+        }
         let key = if threshold_lr == 0.0 {
             "`variant.threshold_lr`"
         } else {
             "`variant.prefix_fractions`"
         };
-        cases.push((
-            Variant::MatryoshkaBatchTopK {
-                k,
-                k_aux,
-                aux_coeff,
-                threshold_lr,
-                prefix_fractions: fractions,
-            },
-            key,
-        ));
+        cases.push((variant, key));
     }
     for (variant, key) in cases {
         let cfg = SaeConfig {

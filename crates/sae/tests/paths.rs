@@ -5,7 +5,7 @@ mod common;
 
 use candle_core::Device;
 use common::*;
-use sae::{gradients, loss_trajectory, Reduction, SaeConfig, TrainPath, Variant};
+use sae::{gradients, loss_trajectory, AuxInput, Reduction, SaeConfig, TrainPath, Variant};
 
 fn reference() -> TrainPath {
     TrainPath::Reference {
@@ -62,22 +62,13 @@ fn check_gradients(cfg: &SaeConfig, dead: &[usize], seed: u64) {
 #[test]
 fn batch_top_k_and_matryoshka_gradients_match_f64_host() {
     // Prefixes on both sides of the fast path's split (d_sae / 2 = 24).
-    let crossing = match Variant::matryoshka_batch_top_k(3) {
-        Variant::MatryoshkaBatchTopK {
-            k,
-            k_aux,
-            aux_coeff,
-            threshold_lr,
-            ..
-        } => Variant::MatryoshkaBatchTopK {
-            k,
-            k_aux,
-            aux_coeff,
-            threshold_lr,
-            prefix_fractions: vec![0.25, 0.5, 0.75, 0.9],
-        },
-        _ => unreachable!(),
-    };
+    let mut crossing = Variant::matryoshka_batch_top_k(3);
+    if let Variant::MatryoshkaBatchTopK {
+        prefix_fractions, ..
+    } = &mut crossing
+    {
+        *prefix_fractions = vec![0.25, 0.5, 0.75, 0.9];
+    }
     for (seed, variant) in [
         (11, Variant::batch_top_k(3)),
         (12, Variant::matryoshka_batch_top_k(3)),
@@ -85,32 +76,14 @@ fn batch_top_k_and_matryoshka_gradients_match_f64_host() {
     ] {
         let cfg = config(variant, 16, 48);
         check_gradients(&cfg, &[], seed);
-        // AuxK on dead latents, as TopK's.
-        let k = 3;
-        let with_aux = SaeConfig {
-            variant: match cfg.variant.clone() {
-                Variant::BatchTopK { threshold_lr, .. } => Variant::BatchTopK {
-                    k,
-                    k_aux: 6,
-                    aux_coeff: 0.5,
-                    threshold_lr,
-                },
-                Variant::MatryoshkaBatchTopK {
-                    threshold_lr,
-                    prefix_fractions,
-                    ..
-                } => Variant::MatryoshkaBatchTopK {
-                    k,
-                    k_aux: 6,
-                    aux_coeff: 0.5,
-                    threshold_lr,
-                    prefix_fractions,
-                },
-                _ => unreachable!(),
-            },
-            ..cfg
-        };
-        check_gradients(&with_aux, &[0, 5, 9, 17, 30, 41, 47], seed + 10);
+        // AuxK on dead latents, as TopK's, from ReLU'd or raw pre-activations.
+        for (offset, input) in [(10, AuxInput::Relu), (20, AuxInput::Raw)] {
+            let with_aux = SaeConfig {
+                variant: with_aux(cfg.variant.clone(), 6, 0.5, input),
+                ..cfg.clone()
+            };
+            check_gradients(&with_aux, &[0, 5, 9, 17, 30, 41, 47], seed + offset);
+        }
     }
 }
 
@@ -170,11 +143,7 @@ fn l1_gradients_match_f64_host_on_both_paths() {
 #[test]
 fn top_k_and_aux_k_gradients_match_f64_host_on_both_paths() {
     let cfg = config(
-        Variant::TopK {
-            k: 6,
-            k_aux: 10,
-            aux_coeff: 0.25,
-        },
+        with_aux(Variant::top_k(6), 10, 0.25, AuxInput::Relu),
         16,
         48,
     );
@@ -182,6 +151,9 @@ fn top_k_and_aux_k_gradients_match_f64_host_on_both_paths() {
     // Half the features dead: AuxK reconstructs the residual from them.
     let dead: Vec<usize> = (0..48).filter(|f| f % 2 == 1).collect();
     check_gradients(&cfg, &dead, 4);
+    // SAELens' AuxK: the dead latents' raw pre-activations, negative ones too.
+    let raw = config(with_aux(Variant::top_k(6), 10, 0.25, AuxInput::Raw), 16, 48);
+    check_gradients(&raw, &dead, 6);
 
     // One row: the residual has no spread, so AuxK adds nothing (and no NaN).
     let sae = perturbed_sae(&cfg, 4);
@@ -315,11 +287,7 @@ fn top_k_paths_follow_the_same_loss_trajectory_for_320_steps() {
         epochs: 10,
         dead_window_steps: 25,
         ..config(
-            Variant::TopK {
-                k: 16,
-                k_aux: 64,
-                aux_coeff: 1.0 / 32.0,
-            },
+            with_aux(Variant::top_k(16), 64, 1.0 / 32.0, AuxInput::Relu),
             128,
             512,
         )

@@ -113,6 +113,9 @@ pub struct SaeSweep {
     /// for fc2.pre), as the TopK paper, SAELens and dictionary_learning use.
     pub k_aux: usize,
     pub aux_coeff: f64,
+    /// Which dead pre-activations AuxK uses: "relu" (OpenAI, dictionary_learning)
+    /// or "raw" (SAELens: negative ones too, so latents negative everywhere still learn).
+    pub aux_input: sae::AuxInput,
     /// The BatchTopK family's running inference threshold: the weight of each
     /// batch's smallest selected activation.
     pub threshold_lr: f64,
@@ -240,6 +243,7 @@ impl Default for SaeSweep {
             dead_window_steps: notebook.dead_window_steps,
             k_aux: HALF_THE_WIDTH,
             aux_coeff,
+            aux_input: sae::AuxInput::Relu,
             threshold_lr,
             prefix_fractions,
             bandwidth,
@@ -332,6 +336,7 @@ impl SaeSweep {
                     l0_coeff: &self.l0_coeff,
                     threshold_lr: self.threshold_lr,
                     prefix_fractions: &self.prefix_fractions,
+                    aux_input: self.aux_input,
                     bandwidth: self.bandwidth,
                     init_threshold: self.init_threshold,
                     k_aux: if self.k_aux == HALF_THE_WIDTH {
@@ -404,7 +409,7 @@ impl SaeSweep {
             params["resample_sample_rows"] = self.resample_sample_rows.into();
         }
         // The variant's own fields carry their config names (l1_coeff, k, k_aux,
-        // aux_coeff, l0_coeff, threshold_lr, prefix_fractions, bandwidth, init_threshold).
+        // aux_coeff, aux_input, l0_coeff, threshold_lr, prefix_fractions, bandwidth, init_threshold).
         if let serde_json::Value::Object(fields) =
             serde_json::to_value(variant).expect("a variant serialises")
         {

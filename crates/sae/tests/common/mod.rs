@@ -2,7 +2,7 @@
 //! SAE loss and its gradients (plain loops, no shared code with the crate).
 #![allow(dead_code, clippy::needless_range_loop)]
 
-use sae::{EncoderInit, LrSchedule, Reduction, Sae, SaeConfig, Variant};
+use sae::{AuxInput, EncoderInit, LrSchedule, Reduction, Sae, SaeConfig, Variant};
 
 pub fn config(variant: Variant, d_in: usize, d_sae: usize) -> SaeConfig {
     SaeConfig {
@@ -77,10 +77,11 @@ impl HostGradients {
     }
 }
 
-/// Active features of one row: ReLU, or the top k (value desc, index asc) that are positive.
-fn active_set(pre: &[f64], k: Option<usize>, allowed: &[bool]) -> Vec<usize> {
+/// Active features of one row: ReLU, or the top k (value desc, index asc)
+/// that are positive (or of any sign with `any_sign`, AuxK's `raw` input).
+fn active_set(pre: &[f64], k: Option<usize>, allowed: &[bool], any_sign: bool) -> Vec<usize> {
     let mut cand: Vec<usize> = (0..pre.len())
-        .filter(|&f| allowed[f] && pre[f] > 0.0)
+        .filter(|&f| allowed[f] && (any_sign || pre[f] > 0.0))
         .collect();
     if let Some(k) = k {
         cand.sort_by(|&a, &b| pre[b].partial_cmp(&pre[a]).unwrap().then(a.cmp(&b)));
@@ -143,7 +144,7 @@ pub fn host_gradients(sae: &Sae, x: &[f32], dead: &[bool]) -> HostGradients {
             Some(_) => (0..f_n)
                 .filter(|&f| pre[r][f] > sae.threshold[f] as f64)
                 .collect(),
-            None => active_set(&pre[r], k, &everything),
+            None => active_set(&pre[r], k, &everything, false),
         };
         active.push(set);
     }
@@ -248,8 +249,8 @@ pub fn host_gradients(sae: &Sae, x: &[f32], dead: &[bool]) -> HostGradients {
                 }
             }
         }
-        if let (Some((k_aux, aux_coeff)), true) = (aux, any_dead) {
-            let set = active_set(&pre[r], Some(k_aux), &dead);
+        if let (Some((k_aux, aux_coeff, aux_input)), true) = (aux, any_dead) {
+            let set = active_set(&pre[r], Some(k_aux), &dead, aux_input == AuxInput::Raw);
             let mut residual: Vec<f64> = err.iter().map(|e| -e).collect();
             for &f in &set {
                 for i in 0..d {
@@ -397,4 +398,34 @@ pub fn host_gradients_gated(sae: &Sae, x: &[f32]) -> HostGradients {
         }
     }
     g
+}
+
+/// `variant` (of the TopK family) with these AuxK settings.
+pub fn with_aux(mut variant: Variant, latents: usize, coeff: f64, input: AuxInput) -> Variant {
+    match &mut variant {
+        Variant::TopK {
+            k_aux,
+            aux_coeff,
+            aux_input,
+            ..
+        }
+        | Variant::BatchTopK {
+            k_aux,
+            aux_coeff,
+            aux_input,
+            ..
+        }
+        | Variant::MatryoshkaBatchTopK {
+            k_aux,
+            aux_coeff,
+            aux_input,
+            ..
+        } => {
+            *k_aux = latents;
+            *aux_coeff = coeff;
+            *aux_input = input;
+        }
+        other => panic!("{other:?} has no AuxK"),
+    }
+    variant
 }
