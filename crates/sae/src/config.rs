@@ -338,7 +338,15 @@ impl Variant {
 
     /// The AuxK settings `(k_aux, aux_coeff, aux_input)` of the top-k family.
     pub fn aux_k(&self) -> Option<(usize, f64, AuxInput)> {
-        match *self {
+        let mut variant = self.clone();
+        variant
+            .aux_k_mut()
+            .map(|(k_aux, aux_coeff, aux_input)| (*k_aux, *aux_coeff, *aux_input))
+    }
+
+    /// The AuxK settings of the top-k family, to change.
+    pub fn aux_k_mut(&mut self) -> Option<(&mut usize, &mut f64, &mut AuxInput)> {
+        match self {
             Variant::TopK {
                 k_aux,
                 aux_coeff,
@@ -363,10 +371,7 @@ impl Variant {
 
     /// The same variant with AuxK on `k_aux` latents (no change outside the TopK family).
     pub fn with_k_aux(mut self, latents: usize) -> Self {
-        if let Variant::TopK { k_aux, .. }
-        | Variant::BatchTopK { k_aux, .. }
-        | Variant::MatryoshkaBatchTopK { k_aux, .. } = &mut self
-        {
+        if let Some((k_aux, _, _)) = self.aux_k_mut() {
             *k_aux = latents;
         }
         self

@@ -402,30 +402,11 @@ pub fn host_gradients_gated(sae: &Sae, x: &[f32]) -> HostGradients {
 
 /// `variant` (of the TopK family) with these AuxK settings.
 pub fn with_aux(mut variant: Variant, latents: usize, coeff: f64, input: AuxInput) -> Variant {
-    match &mut variant {
-        Variant::TopK {
-            k_aux,
-            aux_coeff,
-            aux_input,
-            ..
-        }
-        | Variant::BatchTopK {
-            k_aux,
-            aux_coeff,
-            aux_input,
-            ..
-        }
-        | Variant::MatryoshkaBatchTopK {
-            k_aux,
-            aux_coeff,
-            aux_input,
-            ..
-        } => {
-            *k_aux = latents;
-            *aux_coeff = coeff;
-            *aux_input = input;
-        }
-        other => panic!("{other:?} has no AuxK"),
-    }
+    let Some((k_aux, aux_coeff, aux_input)) = variant.aux_k_mut() else {
+        panic!("{variant:?} has no AuxK")
+    };
+    *k_aux = latents;
+    *aux_coeff = coeff;
+    *aux_input = input;
     variant
 }
