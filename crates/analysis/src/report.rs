@@ -749,9 +749,9 @@ const ALIVE_BELOW: f64 = 0.1;
 /// recovered. Each architecture is represented by its SAE with the fewest
 /// dead latents (the best EV among ties).
 pub fn family_verdict(summaries: &[SaeSummary]) -> Vec<String> {
+    let dead = |s: &SaeSummary| s.features.dead as f64 / s.features.units.max(1) as f64;
     let mut best: Vec<&SaeSummary> = Vec::new();
     for s in summaries {
-        let dead = |s: &SaeSummary| s.features.dead as f64 / s.features.units.max(1) as f64;
         match best.iter_mut().find(|b| architecture(b) == architecture(s)) {
             Some(b) => {
                 if (dead(s), -s.metrics.explained_variance)
@@ -766,7 +766,6 @@ pub fn family_verdict(summaries: &[SaeSummary]) -> Vec<String> {
     if best.len() < 2 {
         return Vec::new();
     }
-    let dead = |s: &SaeSummary| s.features.dead as f64 / s.features.units.max(1) as f64;
     best.sort_by(|a, b| {
         dead(a).total_cmp(&dead(b)).then(
             b.metrics

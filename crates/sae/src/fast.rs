@@ -534,12 +534,9 @@ fn decode_half_inline<S: Simd>(
 ) {
     let (n, rows) = (half.n(), half.main.rows());
     half.main_cols.build(&half.main, half.lo, n);
-    let (lo, hi) = (half.lo, half.hi);
-    let own_cuts: Vec<usize> = cuts
-        .iter()
-        .copied()
-        .filter(|&c| c > lo && c <= hi)
-        .collect();
+    // This half's cuts, in (lo, hi]: `cuts` is ascending.
+    let own_cuts =
+        &cuts[cuts.partition_point(|&c| c <= half.lo)..cuts.partition_point(|&c| c <= half.hi)];
     decode_inline(
         &half.main_cols,
         rows,
@@ -547,7 +544,7 @@ fn decode_half_inline<S: Simd>(
         w_dec,
         d_in,
         &mut half.partial,
-        &own_cuts,
+        own_cuts,
         &mut half.prefix_partials,
     );
     half.aux.clear();
@@ -985,29 +982,28 @@ impl FastTrainer {
         );
     }
 
-    /// Gated's r_mag and b_mag gradients from the last feature pass (empty for other variants).
+    /// One per-feature gradient of the last feature pass, both halves in feature order.
+    fn gathered(&self, part: fn(&Half) -> &[f32]) -> Vec<f32> {
+        self.halves
+            .iter()
+            .flat_map(|h| part(h).iter().copied())
+            .collect()
+    }
+
+    /// Gated's r_mag and b_mag gradients (empty for other variants).
     fn magnitude_gradients(&self) -> (Vec<f32>, Vec<f32>) {
         if self.magnitude.r_mag.is_empty() {
             return (Vec::new(), Vec::new());
         }
-        let gather = |part: fn(&Half) -> &Vec<f32>| {
-            self.halves
-                .iter()
-                .flat_map(|h| part(h).iter().copied())
-                .collect()
-        };
-        (gather(|h| &h.g_r_mag), gather(|h| &h.g_b_mag))
+        (self.gathered(|h| &h.g_r_mag), self.gathered(|h| &h.g_b_mag))
     }
 
-    /// JumpReLU's log-threshold gradient from the last feature pass (empty for other variants).
+    /// JumpReLU's log-threshold gradient (empty for other variants).
     fn log_threshold_gradient(&self) -> Vec<f32> {
         if self.params.log_threshold.is_empty() {
             return Vec::new();
         }
-        self.halves
-            .iter()
-            .flat_map(|h| h.g_log_threshold.iter().copied())
-            .collect()
+        self.gathered(|h| &h.g_log_threshold)
     }
 
     /// b_dec's full gradient: through x_hat (sum of dL/dx_hat) and the halves' shares.
@@ -1059,7 +1055,8 @@ impl Trainer for FastTrainer {
             Variant::BatchTopK { k, .. } | Variant::MatryoshkaBatchTopK { k, .. } => Some(k * rows),
             _ => None,
         };
-        let decode_now = self.cfg.variant.aux_k().is_none();
+        let aux_k = self.cfg.variant.aux_k();
+        let decode_now = aux_k.is_none();
         let [h0, h1] = &mut self.halves;
         let (x_cent, w_dec, selection) = (&st.x_cent, &p.w_dec, self.selection);
         let select = |range: std::ops::Range<usize>| match self.cfg.variant {
@@ -1109,7 +1106,7 @@ impl Trainer for FastTrainer {
         tracker.record(&st.fired);
 
         let mut k_aux = 0;
-        if let Some((k, _, aux_input)) = self.cfg.variant.aux_k() {
+        if let Some((k, _, aux_input)) = aux_k {
             let dead = tracker.dead_mask();
             if dead.iter().any(|&d| d) {
                 k_aux = k;
@@ -1175,7 +1172,6 @@ impl Trainer for FastTrainer {
         let mut prefix_sq = 0.0f64;
         st.group_errs
             .resize_with(self.prefix_widths.len(), Vec::new);
-        let mut later = st.err.clone();
         let block = rows * d_in;
         let in_first_half = self.prefix_widths.iter().filter(|&&w| w <= split).count();
         for (g, &width) in self.prefix_widths.iter().enumerate().rev() {
@@ -1190,16 +1186,20 @@ impl Trainer for FastTrainer {
                     Some(&h1.prefix_partials[i * block..(i + 1) * block]),
                 )
             };
-            for (e, later) in later.iter_mut().enumerate() {
+            // This group's sum is the next (larger) group's plus its own prefix's error.
+            let (head, tail) = st.group_errs.split_at_mut(g + 1);
+            let later = tail.first().unwrap_or(&st.err);
+            let summed = &mut head[g];
+            summed.clear();
+            for (e, &later) in later.iter().enumerate() {
                 let mut prefix_hat = p.b_dec[e % d_in] + upto0[e];
                 if let Some(upto1) = upto1 {
                     prefix_hat += upto1[e];
                 }
                 let prefix_err = prefix_hat - x[e];
                 prefix_sq += (prefix_err * prefix_err) as f64;
-                *later += prefix_err;
+                summed.push(later + prefix_err);
             }
-            st.group_errs[g].clone_from(&later);
         }
 
         let mut aux = (prefix_sq + gate_sq) / rows as f64;
@@ -1221,7 +1221,7 @@ impl Trainer for FastTrainer {
                     .map(|((e, a0), a1)| (-e - a0) - a1),
             );
             let aux_sq: f64 = st.aux_residual.iter().map(|&r| (r * r) as f64).sum();
-            if let Some((_, aux_coeff, _)) = self.cfg.variant.aux_k() {
+            if let Some((_, aux_coeff, _)) = aux_k {
                 let factor = self
                     .aux_scale
                     .factor(aux_coeff, model::total_variance(&st.err, d_in));
@@ -1331,11 +1331,7 @@ impl Trainer for FastTrainer {
             },
         ];
         self.feature_pass(Exec::Serial, modes, false);
-        let b_enc = self
-            .halves
-            .iter()
-            .flat_map(|h| h.g_b_enc.iter().copied())
-            .collect();
+        let b_enc = self.gathered(|h| &h.g_b_enc);
         let (r_mag, b_mag) = self.magnitude_gradients();
         Ok(Gradients {
             w_enc: transpose(&g_w_enc_t, d_sae, d_in),

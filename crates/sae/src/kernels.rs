@@ -226,42 +226,37 @@ pub(crate) fn select_active<S: Simd>(
     val: &mut Vec<f32>,
 ) {
     scratch.clear();
-    if let Selection::TopKAny(k) = selection {
+    if let Selection::TopKAny(_) = selection {
         scratch.extend(
             pre.iter()
                 .enumerate()
                 .filter(|&(f, _)| allowed.is_none_or(|a| a[f]))
                 .map(|(f, &p)| (p, f as u32)),
         );
-        keep_top(scratch, k);
-        for &(p, f) in scratch.iter() {
-            idx.push(f + offset);
-            val.push(p);
+    } else {
+        // Candidates are the positive entries: only they survive the ReLU, so the
+        // top k of the positives are the surviving top k of the whole row.
+        let mut blocks = pre.chunks_exact(32);
+        let mut base = 0u32;
+        for block in &mut blocks {
+            let mut mask = S::positive_mask32(block.try_into().expect("32 lanes"));
+            while mask != 0 {
+                let f = base + mask.trailing_zeros();
+                mask &= mask - 1;
+                if allowed.is_none_or(|a| a[f as usize]) {
+                    scratch.push((pre[f as usize], f));
+                }
+            }
+            base += 32;
         }
-        return;
-    }
-    // Candidates are the positive entries: only they survive the ReLU, so the
-    // top k of the positives are the surviving top k of the whole row.
-    let mut blocks = pre.chunks_exact(32);
-    let mut base = 0u32;
-    for block in &mut blocks {
-        let mut mask = S::positive_mask32(block.try_into().expect("32 lanes"));
-        while mask != 0 {
-            let f = base + mask.trailing_zeros();
-            mask &= mask - 1;
-            if allowed.is_none_or(|a| a[f as usize]) {
-                scratch.push((pre[f as usize], f));
+        for (l, &p) in blocks.remainder().iter().enumerate() {
+            let f = base + l as u32;
+            if p > 0.0 && allowed.is_none_or(|a| a[f as usize]) {
+                scratch.push((p, f));
             }
         }
-        base += 32;
     }
-    for (l, &p) in blocks.remainder().iter().enumerate() {
-        let f = base + l as u32;
-        if p > 0.0 && allowed.is_none_or(|a| a[f as usize]) {
-            scratch.push((p, f));
-        }
-    }
-    if let Selection::TopK(k) = selection {
+    if let Selection::TopK(k) | Selection::TopKAny(k) = selection {
         keep_top(scratch, k);
     }
     for &(p, f) in scratch.iter() {
