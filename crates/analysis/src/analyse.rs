@@ -71,7 +71,8 @@ pub const TABLES: [&str; 5] = [
 
 /// Analyses one SAE into `out_dir` (created): `features`, `feature_labels`,
 /// `feature_acts`, `neurons` and `probes` parquet tables, plots, dashboards and
-/// `summary.json`.
+/// `summary.json`. `layer` holds the neurons it is compared with (its
+/// `baseline`); the SAE encodes `run.reads`.
 pub fn analyse_sae(
     layer: &LayerData,
     baseline: &Baseline,
@@ -80,21 +81,13 @@ pub fn analyse_sae(
     out_dir: &Path,
 ) -> Result<SaeSummary, AnalysisError> {
     layer.check()?;
-    if run.sae.d_in() != layer.width {
-        return Err(AnalysisError::Input(format!(
-            "SAE {} reads {} inputs but layer {} has width {}",
-            run.name,
-            run.sae.d_in(),
-            layer.layer,
-            layer.width
-        )));
-    }
+    check_reads(run)?;
     std::fs::create_dir_all(out_dir).map_err(AnalysisError::io(out_dir))?;
     let mut timings = Timings::default();
 
     // Sparse from the start: a dense [rows, d_sae] matrix is 3.9 GB at d_sae 16384.
     let start = Instant::now();
-    let (acts_train, acts_test) = encode_both(run.sae, layer)?;
+    let (acts_train, acts_test) = encode_both(run.sae, run.reads)?;
     timings.encode_s = start.elapsed().as_secs_f64();
 
     let start = Instant::now();
@@ -133,6 +126,8 @@ pub fn analyse_sae(
                 &dashboard::DashboardInput {
                     layer,
                     sae: run.sae,
+                    reads: run.reads,
+                    writes: run.writes,
                     acts_train: &acts_train,
                     stats: &tables.stats[*feature],
                     counts: &tables.train_counts,
@@ -150,8 +145,8 @@ pub fn analyse_sae(
 
     let summary = SaeSummary {
         name: run.name.to_string(),
-        params: crate::types::sweep_params(layer.layer, &run.sae.cfg),
-        layer: layer.layer.to_string(),
+        params: crate::types::sweep_params(&run.layer_label(), &run.sae.cfg),
+        layer: run.layer_label(),
         d_sae: run.sae.d_sae(),
         metrics: run.metrics.clone(),
         features: MiSummary::of(&tables.stats),
@@ -181,6 +176,7 @@ pub fn dashboards_on_demand(
     out_dir: &Path,
 ) -> Result<PathBuf, AnalysisError> {
     layer.check()?;
+    check_reads(run)?;
     let d_sae = run.sae.d_sae();
     if let Some(bad) = features.iter().find(|&&f| f >= d_sae) {
         return Err(AnalysisError::Input(format!(
@@ -189,7 +185,7 @@ pub fn dashboards_on_demand(
         )));
     }
     std::fs::create_dir_all(out_dir).map_err(AnalysisError::io(out_dir))?;
-    let (acts_train, acts_test) = encode_both(run.sae, layer)?;
+    let (acts_train, acts_test) = encode_both(run.sae, run.reads)?;
     let counts = UnitCounts::from_sparse(&acts_train, d_sae, layer.train_labels)?;
     let test_counts = UnitCounts::from_sparse(&acts_test, d_sae, layer.test_labels)?;
     let info = labelinfo::label_info(&acts_train, layer.train_labels, d_sae, cfg.mi_bins);
@@ -201,6 +197,8 @@ pub fn dashboards_on_demand(
                 &dashboard::DashboardInput {
                     layer,
                     sae: run.sae,
+                    reads: run.reads,
+                    writes: run.writes,
                     acts_train: &acts_train,
                     stats: &stats[feature],
                     counts: &counts,
@@ -213,6 +211,21 @@ pub fn dashboards_on_demand(
         })
         .collect::<Result<Vec<_>, _>>()?;
     crate::report::write_dashboard_page(run.name, &dashboards, out_dir, out_dir)
+}
+
+/// The layer a run reads is well formed and as wide as its encoder.
+fn check_reads(run: &SaeRun) -> Result<(), AnalysisError> {
+    run.reads.check()?;
+    if run.sae.d_in() != run.reads.width {
+        return Err(AnalysisError::Input(format!(
+            "SAE {} reads {} inputs but layer {} has width {}",
+            run.name,
+            run.sae.d_in(),
+            run.reads.layer,
+            run.reads.width
+        )));
+    }
+    Ok(())
 }
 
 /// The layer's train and test rows encoded by `sae`, as their non-zeros.
@@ -261,7 +274,7 @@ impl FeatureTables {
         let stats = stats::unit_stats(&train_counts, &test_counts, &info, cfg.min_support);
         let decoder_norms: Vec<f64> = sae
             .w_dec
-            .chunks_exact(sae.d_in())
+            .chunks_exact(sae.d_out())
             .map(|row| row.iter().map(|&w| (w as f64).powi(2)).sum::<f64>().sqrt())
             .collect();
         let features = tables::unit_table("feature", &stats, Some(&decoder_norms))?;

@@ -76,8 +76,13 @@ pub fn pick(stats: &[UnitStats], cfg: &AnalysisConfig) -> Vec<(usize, String)> {
 }
 
 pub struct DashboardInput<'a> {
+    /// The layer whose neurons the features are compared with (labels, pixels, the MLP).
     pub layer: &'a LayerData<'a>,
     pub sae: &'a sae::Sae,
+    /// The layer the SAE reads (a skip transcoder's output depends on it).
+    pub reads: &'a LayerData<'a>,
+    /// The layer its output replaces, for the logit effect.
+    pub writes: &'a str,
     /// The train rows' non-zero activations.
     pub acts_train: &'a crate::tables::SparseActs,
     pub stats: &'a UnitStats,
@@ -307,22 +312,23 @@ fn logit_effect(
     if rows.is_empty() {
         return Ok(vec![0.0; CLASSES]);
     }
-    let d_in = input.sae.d_in();
+    let (d_in, d_out) = (input.sae.d_in(), input.sae.d_out());
     // From the codes already computed: re-encoding 2048 rows of a 16384-wide SAE costs a second.
     let acts = input.acts_train;
-    let mut x_hat = Vec::with_capacity(rows.len() * d_in);
+    let mut x_hat = Vec::with_capacity(rows.len() * d_out);
     for &(row, _) in rows {
         let start = acts.row.partition_point(|&r| (r as usize) < row);
         let end = acts.row.partition_point(|&r| (r as usize) <= row);
         x_hat.extend(sae::decode_row(
             input.sae,
+            &input.reads.train[row * d_in..(row + 1) * d_in],
             &acts.unit[start..end],
             &acts.value[start..end],
         ));
     }
-    let direction = &input.sae.w_dec[feature * d_in..(feature + 1) * d_in];
+    let direction = &input.sae.w_dec[feature * d_out..(feature + 1) * d_out];
     let mut ablated = x_hat.clone();
-    for (chunk, &(_, act)) in ablated.chunks_exact_mut(d_in).zip(rows) {
+    for (chunk, &(_, act)) in ablated.chunks_exact_mut(d_out).zip(rows) {
         chunk
             .iter_mut()
             .zip(direction)
@@ -330,11 +336,11 @@ fn logit_effect(
     }
     let device = input.layer.mlp.device();
     let logits = |values: Vec<f32>| -> Result<Vec<Vec<f32>>, AnalysisError> {
-        let t = Tensor::from_vec(values, (rows.len(), d_in), device)?;
+        let t = Tensor::from_vec(values, (rows.len(), d_out), device)?;
         Ok(input
             .layer
             .mlp
-            .logits_from(input.layer.layer, &t)?
+            .logits_from(input.writes, &t)?
             .to_vec2::<f32>()?)
     };
     let (with, without) = (logits(x_hat)?, logits(ablated)?);
@@ -360,15 +366,15 @@ fn top_by_magnitude(values: impl Iterator<Item = (usize, f64)>, n: usize) -> Vec
 
 /// The layer units feature `f`'s decoder row writes to most.
 pub fn decoder_top_units(sae: &sae::Sae, f: usize, n: usize) -> Vec<(usize, f64)> {
-    let d_in = sae.d_in();
-    let row = &sae.w_dec[f * d_in..(f + 1) * d_in];
+    let d_out = sae.d_out();
+    let row = &sae.w_dec[f * d_out..(f + 1) * d_out];
     top_by_magnitude(row.iter().map(|&w| w as f64).enumerate(), n)
 }
 
 /// The features whose decoder rows have the highest cosine with feature `f`'s.
 pub fn nearest_features(sae: &sae::Sae, f: usize, n: usize) -> Vec<(usize, f64)> {
-    let d_in = sae.d_in();
-    let row = |g: usize| &sae.w_dec[g * d_in..(g + 1) * d_in];
+    let d_out = sae.d_out();
+    let row = |g: usize| &sae.w_dec[g * d_out..(g + 1) * d_out];
     let norm = |v: &[f32]| v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
     let (mine, my_norm) = (row(f), norm(row(f)));
     let mut cosines: Vec<(usize, f64)> = (0..sae.d_sae())

@@ -26,6 +26,17 @@ pub struct LayerData<'a> {
     pub mlp: &'a mlp::Mlp,
 }
 
+impl SaeRun<'_> {
+    /// Its layer as the sweep table shows it: `fc2.pre`, or a transcoder's `fc1.post->fc2.post`.
+    pub fn layer_label(&self) -> String {
+        if self.reads.layer == self.writes {
+            self.writes.to_string()
+        } else {
+            format!("{}->{}", self.reads.layer, self.writes)
+        }
+    }
+}
+
 impl LayerData<'_> {
     pub(crate) fn check(&self) -> Result<(), AnalysisError> {
         check_matrix(
@@ -63,12 +74,17 @@ pub struct SaeMetrics {
     pub spliced_accuracy: f64,
 }
 
-/// One trained SAE to analyse.
+/// One trained SAE (or transcoder) to analyse.
 pub struct SaeRun<'a> {
     /// Folder-safe name, unique within the sweep.
     pub name: &'a str,
     /// Its config (`sae.cfg`) gives the sweep table's `param_*` columns.
     pub sae: &'a sae::Sae,
+    /// The layer its encoder reads.
+    pub reads: &'a LayerData<'a>,
+    /// The layer its decoder writes (spliced into the MLP): `reads` for an
+    /// SAE, the next layer for a transcoder.
+    pub writes: &'a str,
     pub curve: &'a [sae::CurvePoint],
     pub metrics: SaeMetrics,
 }
@@ -175,7 +191,7 @@ pub fn sweep_params(
 ) -> serde_json::Map<String, serde_json::Value> {
     let mut params = serde_json::Map::new();
     params.insert("layer".into(), layer.into());
-    params.insert("variant".into(), cfg.variant.architecture().name().into());
+    params.insert("variant".into(), cfg.architecture_name().into());
     params.insert("d_sae".into(), cfg.d_sae.into());
     params.insert("seed".into(), cfg.seed.into());
     params.insert("epochs".into(), cfg.epochs.into());

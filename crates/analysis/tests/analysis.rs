@@ -523,6 +523,8 @@ fn analysis_writes_tables_plots_and_a_report_that_renders() {
         .map(|&(name, l1, ref sae)| SaeRun {
             name,
             sae,
+            reads: &layer,
+            writes: layer.layer,
             curve: &curve,
             metrics: SaeMetrics {
                 l0: 1000.0 * l1,
@@ -884,6 +886,8 @@ fn mismatched_inputs_get_one_clear_sentence() {
     let run = SaeRun {
         name: "narrow",
         sae: &narrow,
+        reads: &layer,
+        writes: layer.layer,
         curve: &[],
         metrics: SaeMetrics::default(),
     };

@@ -93,6 +93,8 @@ fn real_sae_analysis_with_timings() {
     let run = SaeRun {
         name: "l1_2epochs",
         sae: &trained.sae,
+        reads: &layer,
+        writes: layer.layer,
         curve: &trained.curve,
         metrics: SaeMetrics {
             l0: eval.l0,

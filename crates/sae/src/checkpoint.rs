@@ -24,6 +24,8 @@ pub struct Origin {
     pub model_name: String,
     /// The layer the SAE reads (SAELens' `metadata.hook_name`).
     pub hook_name: String,
+    /// A transcoder's output layer (`metadata.hook_name_out`); `None` for an SAE.
+    pub hook_name_out: Option<String>,
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> SaeError + '_ {
@@ -46,18 +48,21 @@ fn le_bytes(values: &[f32]) -> Vec<u8> {
 
 /// The tensors of SAELens' layout for this SAE's architecture, in file order.
 fn tensors(sae: &Sae) -> Vec<(&'static str, Vec<usize>, &[f32])> {
-    let (d_in, d_sae) = (sae.d_in(), sae.d_sae());
+    let (d_in, d_sae, d_out) = (sae.d_in(), sae.d_sae(), sae.d_out());
     let gated = matches!(sae.cfg.variant, Variant::Gated { .. });
     let mut out = vec![
         ("W_enc", vec![d_in, d_sae], sae.w_enc.as_slice()),
-        ("W_dec", vec![d_sae, d_in], &sae.w_dec),
+        ("W_dec", vec![d_sae, d_out], &sae.w_dec),
         (
             if gated { "b_gate" } else { "b_enc" },
             vec![d_sae],
             &sae.b_enc,
         ),
-        ("b_dec", vec![d_in], &sae.b_dec),
+        ("b_dec", vec![d_out], &sae.b_dec),
     ];
+    if sae.cfg.transcoder.is_some_and(|t| t.skip) {
+        out.push(("W_skip", vec![d_out, d_in], &sae.w_skip));
+    }
     if sae.cfg.variant.has_threshold() {
         out.push(("threshold", vec![d_sae], &sae.threshold));
     }
@@ -70,13 +75,17 @@ fn tensors(sae: &Sae) -> Vec<(&'static str, Vec<usize>, &[f32])> {
 
 /// SAELens' `cfg.json` for `sae`: the BatchTopK family is saved as SAELens
 /// saves it, as `jumprelu` with its inference threshold on every feature.
+/// Transcoders take SAELens' transcoder names (`transcoder`,
+/// `skip_transcoder`, `jumprelu_transcoder`, `jumprelu_skip_transcoder`);
+/// SAELens has no TopK or Gated transcoder, so those keep saelab's name
+/// (`topk_transcoder`, ...), which SAELens does not load.
 fn saelens_config(sae: &Sae, origin: &Origin) -> serde_json::Value {
     let mut cfg = json!({
         "d_in": sae.d_in(),
         "d_sae": sae.d_sae(),
         "dtype": "float32",
         "device": "cpu",
-        "apply_b_dec_to_input": true,
+        "apply_b_dec_to_input": sae.cfg.centres_input(),
         "normalize_activations": "none",
         "reshape_activations": "none",
         "metadata": {
@@ -97,6 +106,25 @@ fn saelens_config(sae: &Sae, origin: &Origin) -> serde_json::Value {
         Variant::BatchTopK { .. }
         | Variant::MatryoshkaBatchTopK { .. }
         | Variant::JumpRelu { .. } => "jumprelu",
+    };
+    let architecture = match sae.cfg.transcoder {
+        None => architecture.to_string(),
+        Some(t) => {
+            cfg["d_out"] = json!(t.d_out);
+            if let Some(out) = &origin.hook_name_out {
+                cfg["metadata"]["hook_name_out"] = json!(out);
+            }
+            let kind = if t.skip {
+                "skip_transcoder"
+            } else {
+                "transcoder"
+            };
+            match architecture {
+                "standard" => kind.to_string(),
+                "jumprelu" => format!("jumprelu_{kind}"),
+                _ => sae.cfg.architecture_name(),
+            }
+        }
     };
     cfg["architecture"] = json!(architecture);
     cfg
@@ -152,6 +180,7 @@ pub fn load(dir: &Path) -> Result<Sae, SaeError> {
         w_dec: Vec::new(),
         b_enc: Vec::new(),
         b_dec: Vec::new(),
+        w_skip: Vec::new(),
         threshold: Vec::new(),
         r_mag: Vec::new(),
         b_mag: Vec::new(),
@@ -166,7 +195,7 @@ pub fn load(dir: &Path) -> Result<Sae, SaeError> {
             &weights_path,
             format!(
                 "tensor `{extra}` does not belong to a {} SAE (from {CONFIG_FILE})",
-                sae.cfg.variant.architecture().name()
+                sae.cfg.architecture_name()
             ),
         ));
     }
@@ -197,6 +226,9 @@ pub fn load(dir: &Path) -> Result<Sae, SaeError> {
     sae.w_dec = loaded.next().unwrap_or_default();
     sae.b_enc = loaded.next().unwrap_or_default();
     sae.b_dec = loaded.next().unwrap_or_default();
+    if sae.cfg.transcoder.is_some_and(|t| t.skip) {
+        sae.w_skip = loaded.next().unwrap_or_default();
+    }
     if sae.cfg.variant.has_threshold() {
         sae.threshold = loaded.next().unwrap_or_default();
     }

@@ -10,6 +10,10 @@ use crate::SaeError;
 pub struct SaeConfig {
     /// Width of the input activations.
     pub d_in: usize,
+    /// A transcoder (the decoder predicts another layer); `None`: an SAE,
+    /// whose decoder reconstructs its own input.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transcoder: Option<Transcoder>,
     /// Number of dictionary features.
     pub d_sae: usize,
     pub variant: Variant,
@@ -37,6 +41,7 @@ impl Default for SaeConfig {
     fn default() -> Self {
         SaeConfig {
             d_in: 128,
+            transcoder: None,
             d_sae: 1024,
             variant: Variant::default(),
             l1_reduction: Reduction::Sum,
@@ -52,6 +57,21 @@ impl Default for SaeConfig {
             seed: 0,
         }
     }
+}
+
+/// A transcoder (Dunefsky et al. 2024): the encoder reads one layer and the
+/// decoder predicts another, `y_hat = act(x @ W_enc + b_enc) @ W_dec + b_dec`
+/// (b_dec lives in the output's space, so it is not subtracted from the
+/// input: SAELens' `apply_b_dec_to_input = false`). Any variant's sparsity
+/// applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Transcoder {
+    /// Width of the layer the decoder predicts.
+    pub d_out: usize,
+    /// A skip transcoder (Paulo et al. 2025) also adds `x @ W_skip^T`, a
+    /// learned linear map (`W_skip` `[d_out, d_in]`, starting at zero).
+    pub skip: bool,
 }
 
 /// The SAE's sparsity mechanism.
@@ -603,6 +623,26 @@ impl SaeConfig {
     pub fn validate(&self) -> Result<(), SaeError> {
         at_least_one("d_in", self.d_in)?;
         at_least_one("d_sae", self.d_sae)?;
+        if let Some(transcoder) = &self.transcoder {
+            at_least_one("transcoder.d_out", transcoder.d_out)?;
+            if self.encoder_init == EncoderInit::Tied && transcoder.d_out != self.d_in {
+                return Err(invalid(
+                    "encoder_init",
+                    &format!(
+                        "\"uniform\" for a transcoder whose widths differ (d_in {}, d_out {}): a tied encoder is the decoder transposed",
+                        self.d_in, transcoder.d_out
+                    ),
+                    "\"tied\"",
+                ));
+            }
+            if self.resample.is_some() {
+                return Err(invalid(
+                    "resample",
+                    "off for a transcoder (resampling draws decoder rows from the input layer)",
+                    "a resampling schedule",
+                ));
+            }
+        }
         match &self.variant {
             Variant::L1 { l1_coeff }
             | Variant::NormWeightedL1 { l1_coeff }
@@ -694,6 +734,37 @@ impl SaeConfig {
             }
         }
         Ok(())
+    }
+
+    /// Width of what the decoder predicts: `d_in` for an SAE.
+    pub fn d_out(&self) -> usize {
+        self.transcoder.map_or(self.d_in, |t| t.d_out)
+    }
+
+    /// Whether the encoder reads `x - b_dec` (an SAE) or `x` (a transcoder).
+    pub fn centres_input(&self) -> bool {
+        self.transcoder.is_none()
+    }
+
+    /// The architecture's name: the variant's for an SAE; for a transcoder
+    /// SAELens' names (`transcoder`, `skip_transcoder` for the L1 variant) or
+    /// the variant's before them (`topk_skip_transcoder`).
+    pub fn architecture_name(&self) -> String {
+        let variant = self.variant.architecture().name();
+        match self.transcoder {
+            None => variant.to_string(),
+            Some(t) => {
+                let kind = if t.skip {
+                    "skip_transcoder"
+                } else {
+                    "transcoder"
+                };
+                match self.variant {
+                    Variant::L1 { .. } => kind.to_string(),
+                    _ => format!("{variant}_{kind}"),
+                }
+            }
+        }
     }
 
     /// Learning rate during `epoch` (0-based).

@@ -143,17 +143,20 @@ struct Half {
     g_b_mag: Vec<f32>,
     main_cols: Csc,
     aux_cols: Csc,
-    /// `[rows, d_in]`: sum over this half's active features of act * W_dec row.
+    /// `[rows, d_out]`: sum over this half's active features of act * W_dec row.
     partial: Vec<f32>,
     /// Matryoshka: `partial` as it stood at each prefix boundary inside this
-    /// half (`(lo, hi]`), one `[rows, d_in]` block per boundary, in order.
+    /// half (`(lo, hi]`), one `[rows, d_out]` block per boundary, in order.
     prefix_partials: Vec<f32>,
     aux_partial: Vec<f32>,
-    /// This half's share of b_dec's gradient (through x_cent).
+    /// This half's share of b_dec's gradient (through x_cent; an SAE's only).
     g_b_dec: Vec<f32>,
     g_b_enc: Vec<f32>,
+    /// `[d_in]`
     g_enc_row: Vec<f32>,
+    /// `[d_out]`
     g_dec_row: Vec<f32>,
+    /// `[max(d_in, d_out)]` zeros: the gradient of an untouched feature.
     zero_row: Vec<f32>,
 }
 
@@ -167,6 +170,7 @@ impl Half {
 struct Params {
     /// `[d_sae, d_in]`
     w_enc_t: Vec<f32>,
+    /// `[d_sae, d_out]`
     w_dec: Vec<f32>,
     b_enc: Vec<f32>,
     b_dec: Vec<f32>,
@@ -177,6 +181,9 @@ struct Params {
     /// JumpReLU (empty otherwise): log-thresholds and their Adam state.
     log_threshold: Vec<f32>,
     adam_log_threshold: Moments,
+    /// A skip transcoder's `W_skip` `[d_out, d_in]` (empty otherwise) and its Adam state.
+    w_skip: Vec<f32>,
+    adam_w_skip: Moments,
 }
 
 /// Gated's magnitude path (empty vectors for other variants), kept apart from
@@ -205,15 +212,15 @@ struct HalfParams<'a> {
 
 impl Params {
     /// Mutable views of features `..split` and `split..`.
-    fn halves(&mut self, split: usize, d_in: usize) -> [HalfParams<'_>; 2] {
-        let rows = split * d_in;
-        let (w_enc_t0, w_enc_t1) = self.w_enc_t.split_at_mut(rows);
-        let (w_dec0, w_dec1) = self.w_dec.split_at_mut(rows);
+    fn halves(&mut self, split: usize, d_in: usize, d_out: usize) -> [HalfParams<'_>; 2] {
+        let (enc, dec) = (split * d_in, split * d_out);
+        let (w_enc_t0, w_enc_t1) = self.w_enc_t.split_at_mut(enc);
+        let (w_dec0, w_dec1) = self.w_dec.split_at_mut(dec);
         let (b_enc0, b_enc1) = self.b_enc.split_at_mut(split);
-        let (w_enc_t_m0, w_enc_t_m1) = self.adam_w_enc_t.m.split_at_mut(rows);
-        let (w_enc_t_v0, w_enc_t_v1) = self.adam_w_enc_t.v.split_at_mut(rows);
-        let (w_dec_m0, w_dec_m1) = self.adam_w_dec.m.split_at_mut(rows);
-        let (w_dec_v0, w_dec_v1) = self.adam_w_dec.v.split_at_mut(rows);
+        let (w_enc_t_m0, w_enc_t_m1) = self.adam_w_enc_t.m.split_at_mut(enc);
+        let (w_enc_t_v0, w_enc_t_v1) = self.adam_w_enc_t.v.split_at_mut(enc);
+        let (w_dec_m0, w_dec_m1) = self.adam_w_dec.m.split_at_mut(dec);
+        let (w_dec_v0, w_dec_v1) = self.adam_w_dec.v.split_at_mut(dec);
         let (b_enc_m0, b_enc_m1) = self.adam_b_enc.m.split_at_mut(split);
         let (b_enc_v0, b_enc_v1) = self.adam_b_enc.v.split_at_mut(split);
         [
@@ -247,6 +254,9 @@ impl Params {
 #[derive(Clone, Copy)]
 struct PassInputs<'a> {
     d_in: usize,
+    d_out: usize,
+    /// Whether the encoder read `x - b_dec` (an SAE), so b_dec's gradient has an encoder share.
+    centred: bool,
     x_cent: &'a [f32],
     err: &'a [f32],
     /// Matryoshka: feature `f < prefix_widths[g]` (the first such g) takes its
@@ -305,7 +315,10 @@ enum PassMode<'a> {
 #[derive(Default)]
 struct StepState {
     rows: usize,
+    /// The encoder's input: `x - b_dec` for an SAE, `x` for a transcoder.
     x_cent: Vec<f32>,
+    /// `[rows, d_out]`: the output before any feature, b_dec (+ a skip transcoder's W_skip @ x).
+    base: Vec<f32>,
     /// x_hat - x
     err: Vec<f32>,
     /// Gated: (b_dec + open gates through the decoder) - x.
@@ -325,6 +338,7 @@ struct StepState {
 pub(crate) struct FastTrainer {
     cfg: SaeConfig,
     d_in: usize,
+    d_out: usize,
     d_sae: usize,
     selection: Selection,
     params: Params,
@@ -350,6 +364,7 @@ multiversion! {
         w_enc_t: &[f32],
         b_enc: &[f32],
         w_dec: &[f32],
+        d_out: usize,
         select: HalfSelect<'_>,
         decode: bool,
     ) => encode_half_inline
@@ -389,6 +404,7 @@ fn encode_half_inline<S: Simd>(
     w_enc_t: &[f32],
     b_enc: &[f32],
     w_dec: &[f32],
+    d_out: usize,
     select: HalfSelect<'_>,
     decode: bool,
 ) {
@@ -472,7 +488,7 @@ fn encode_half_inline<S: Simd>(
             rows,
             half.lo,
             w_dec,
-            d_in,
+            d_out,
             &mut half.partial,
             &[],
             &mut half.prefix_partials,
@@ -492,13 +508,13 @@ fn decode_inline(
     rows: usize,
     lo: usize,
     w_dec: &[f32],
-    d_in: usize,
+    d_out: usize,
     out: &mut Vec<f32>,
     cuts: &[usize],
     snapshots: &mut Vec<f32>,
 ) {
     out.clear();
-    out.resize(rows * d_in, 0.0);
+    out.resize(rows * d_out, 0.0);
     snapshots.clear();
     let mut cuts = cuts.iter().peekable();
     for j in 0..csc.start.len() - 1 {
@@ -506,10 +522,10 @@ fn decode_inline(
         while cuts.next_if(|&&c| c == f).is_some() {
             snapshots.extend_from_slice(out);
         }
-        let w = &w_dec[f * d_in..(f + 1) * d_in];
+        let w = &w_dec[f * d_out..(f + 1) * d_out];
         for e in csc.col(j) {
             let r = csc.row[e] as usize;
-            axpy(&mut out[r * d_in..(r + 1) * d_in], csc.val[e], w);
+            axpy(&mut out[r * d_out..(r + 1) * d_out], csc.val[e], w);
         }
     }
     for _ in cuts {
@@ -520,14 +536,14 @@ fn decode_inline(
 multiversion! {
     /// Phase 1b of a half (TopK family): decoder partial sum (with Matryoshka's
     /// prefix snapshots at `cuts`), and AuxK's local candidates among `dead`.
-    fn decode_half(half: &mut Half, w_dec: &[f32], d_in: usize, dead: &[bool], aux: Option<Selection>, cuts: &[usize]) => decode_half_inline
+    fn decode_half(half: &mut Half, w_dec: &[f32], d_out: usize, dead: &[bool], aux: Option<Selection>, cuts: &[usize]) => decode_half_inline
 }
 
 #[inline(always)]
 fn decode_half_inline<S: Simd>(
     half: &mut Half,
     w_dec: &[f32],
-    d_in: usize,
+    d_out: usize,
     dead: &[bool],
     aux: Option<Selection>,
     cuts: &[usize],
@@ -542,7 +558,7 @@ fn decode_half_inline<S: Simd>(
         rows,
         half.lo,
         w_dec,
-        d_in,
+        d_out,
         &mut half.partial,
         own_cuts,
         &mut half.prefix_partials,
@@ -567,11 +583,11 @@ fn decode_half_inline<S: Simd>(
 }
 
 multiversion! {
-    fn decode_aux_half(half: &mut Half, w_dec: &[f32], d_in: usize) => decode_aux_half_inline
+    fn decode_aux_half(half: &mut Half, w_dec: &[f32], d_out: usize) => decode_aux_half_inline
 }
 
 #[inline(always)]
-fn decode_aux_half_inline<S: Simd>(half: &mut Half, w_dec: &[f32], d_in: usize) {
+fn decode_aux_half_inline<S: Simd>(half: &mut Half, w_dec: &[f32], d_out: usize) {
     let (n, rows) = (half.n(), half.aux.rows());
     half.aux_cols.build(&half.aux, half.lo, n);
     decode_inline(
@@ -579,7 +595,7 @@ fn decode_aux_half_inline<S: Simd>(half: &mut Half, w_dec: &[f32], d_in: usize) 
         rows,
         half.lo,
         w_dec,
-        d_in,
+        d_out,
         &mut half.aux_partial,
         &[],
         &mut Vec::new(),
@@ -692,13 +708,14 @@ fn feature_pass_half_inline<S: Simd>(
     mut mode: PassMode<'_>,
 ) {
     // The CSC views were built when the halves decoded.
-    let d = inputs.d_in;
+    let (d_in, d) = (inputs.d_in, inputs.d_out);
     let n = half.n();
     let has_aux = !inputs.aux_residual.is_empty() || inputs.gated.is_some();
     half.g_b_dec.fill(0.0);
     let mut group = inputs.prefix_widths.partition_point(|&w| w <= half.lo);
     for j in 0..n {
         let rows_j = j * d..(j + 1) * d;
+        let enc_j = j * d_in..(j + 1) * d_in;
         while group < inputs.prefix_widths.len() && half.lo + j >= inputs.prefix_widths[group] {
             group += 1;
         }
@@ -753,7 +770,7 @@ fn feature_pass_half_inline<S: Simd>(
                 axpy(
                     &mut half.g_enc_row,
                     g_enc,
-                    &inputs.x_cent[r * d..(r + 1) * d],
+                    &inputs.x_cent[r * d_in..(r + 1) * d_in],
                 );
                 g_pre_total += g_enc;
                 match inputs.gated {
@@ -781,7 +798,7 @@ fn feature_pass_half_inline<S: Simd>(
                     axpy(
                         &mut half.g_enc_row,
                         g_gate,
-                        &inputs.x_cent[r * d..(r + 1) * d],
+                        &inputs.x_cent[r * d_in..(r + 1) * d_in],
                     );
                     g_b_enc += g_gate;
                     g_pre_total += g_gate;
@@ -801,7 +818,7 @@ fn feature_pass_half_inline<S: Simd>(
                 axpy(
                     &mut half.g_enc_row,
                     g_pre,
-                    &inputs.x_cent[r * d..(r + 1) * d],
+                    &inputs.x_cent[r * d_in..(r + 1) * d_in],
                 );
                 g_b_enc += g_pre;
                 g_pre_total += g_pre;
@@ -820,7 +837,9 @@ fn feature_pass_half_inline<S: Simd>(
                 half.g_log_threshold[j] = theta * g_theta;
             }
             // x_cent = x - b_dec: b_dec's gradient gets -g_b_enc * (old) encoder column.
-            axpy(&mut half.g_b_dec, -g_pre_total, &p.w_enc_t[rows_j.clone()]);
+            if inputs.centred {
+                axpy(&mut half.g_b_dec, -g_pre_total, &p.w_enc_t[enc_j.clone()]);
+            }
             if inputs.project {
                 // Remove the component along the (normalised) decoder row.
                 let norm = S::dot(w_dec_j, w_dec_j).sqrt();
@@ -832,16 +851,16 @@ fn feature_pass_half_inline<S: Simd>(
         }
         half.g_b_enc[j] = g_b_enc;
         let (g_enc, g_dec) = if touched {
-            (&half.g_enc_row, &half.g_dec_row)
+            (&half.g_enc_row[..], &half.g_dec_row[..])
         } else {
-            (&half.zero_row, &half.zero_row)
+            (&half.zero_row[..d_in], &half.zero_row[..d])
         };
         match &mut mode {
             PassMode::Adam { step, renormalise } => {
                 kernels::adam_inline::<S>(
-                    &mut p.w_enc_t[rows_j.clone()],
-                    &mut p.w_enc_t_m[rows_j.clone()],
-                    &mut p.w_enc_t_v[rows_j.clone()],
+                    &mut p.w_enc_t[enc_j.clone()],
+                    &mut p.w_enc_t_m[enc_j.clone()],
+                    &mut p.w_enc_t_v[enc_j.clone()],
                     g_enc,
                     *step,
                 );
@@ -858,7 +877,7 @@ fn feature_pass_half_inline<S: Simd>(
                 }
             }
             PassMode::Export { g_w_enc_t, g_w_dec } => {
-                g_w_enc_t[rows_j.clone()].copy_from_slice(g_enc);
+                g_w_enc_t[enc_j].copy_from_slice(g_enc);
                 g_w_dec[rows_j].copy_from_slice(g_dec);
             }
         }
@@ -870,8 +889,7 @@ fn feature_pass_half_inline<S: Simd>(
 
 impl FastTrainer {
     pub fn new(sae: &Sae, aux_scale: AuxScale) -> Self {
-        let (d_in, d_sae) = (sae.d_in(), sae.d_sae());
-        let n = d_in * d_sae;
+        let (d_in, d_sae, d_out) = (sae.d_in(), sae.d_sae(), sae.d_out());
         let split = d_sae / 2;
         let half = |lo: usize, hi: usize| Half {
             lo,
@@ -882,13 +900,14 @@ impl FastTrainer {
             g_r_mag: vec![0.0; hi - lo],
             g_b_mag: vec![0.0; hi - lo],
             g_enc_row: vec![0.0; d_in],
-            g_dec_row: vec![0.0; d_in],
-            zero_row: vec![0.0; d_in],
+            g_dec_row: vec![0.0; d_out],
+            zero_row: vec![0.0; d_in.max(d_out)],
             ..Half::default()
         };
         FastTrainer {
             cfg: sae.cfg.clone(),
             d_in,
+            d_out,
             d_sae,
             selection: selection(&sae.cfg.variant),
             params: Params {
@@ -896,10 +915,12 @@ impl FastTrainer {
                 w_dec: sae.w_dec.clone(),
                 b_enc: sae.b_enc.clone(),
                 b_dec: sae.b_dec.clone(),
-                adam_w_enc_t: Moments::zeros(n),
-                adam_w_dec: Moments::zeros(n),
+                adam_w_enc_t: Moments::zeros(d_in * d_sae),
+                adam_w_dec: Moments::zeros(d_sae * d_out),
                 adam_b_enc: Moments::zeros(d_sae),
-                adam_b_dec: Moments::zeros(d_in),
+                adam_b_dec: Moments::zeros(d_out),
+                w_skip: sae.w_skip.clone(),
+                adam_w_skip: Moments::zeros(sae.w_skip.len()),
                 log_threshold: match sae.cfg.variant {
                     Variant::JumpRelu { .. } => sae.threshold.iter().map(|t| t.ln()).collect(),
                     _ => Vec::new(),
@@ -941,6 +962,8 @@ impl FastTrainer {
         let rows = self.step.rows;
         let inputs = PassInputs {
             d_in: self.d_in,
+            d_out: self.d_out,
+            centred: self.cfg.centres_input(),
             x_cent: &self.step.x_cent,
             err: &self.step.err,
             group_errs: &self.step.group_errs,
@@ -973,7 +996,7 @@ impl FastTrainer {
             },
         };
         let split = self.halves[1].lo;
-        let [p0, p1] = self.params.halves(split, self.d_in);
+        let [p0, p1] = self.params.halves(split, self.d_in, self.d_out);
         let [h0, h1] = &mut self.halves;
         let [m0, m1] = modes;
         exec.join(
@@ -1006,19 +1029,49 @@ impl FastTrainer {
         self.gathered(|h| &h.g_log_threshold)
     }
 
-    /// b_dec's full gradient: through x_hat (sum of dL/dx_hat) and the halves' shares.
+    /// dL/d(output) summed over every reconstruction the output's base
+    /// (b_dec, W_skip @ x) enters: every prefix's error for Matryoshka (the
+    /// first group's sum holds them all), else the error.
+    fn base_error(&self) -> &[f32] {
+        self.step.group_errs.first().unwrap_or(&self.step.err)
+    }
+
+    /// b_dec's full gradient: through x_hat (sum of dL/dx_hat) and, for an
+    /// SAE, the halves' shares through x - b_dec.
     fn b_dec_gradient(&self) -> Vec<f32> {
-        let d = self.d_in;
+        let d = self.d_out;
         let grad_scale = 2.0 / self.step.rows as f32;
         let mut g = vec![0.0f32; d];
-        // Every prefix's error reaches b_dec: the first group's sum holds them all.
-        let err = self.step.group_errs.first().unwrap_or(&self.step.err);
-        for err_r in err.chunks_exact(d) {
+        for err_r in self.base_error().chunks_exact(d) {
             axpy(&mut g, grad_scale, err_r);
         }
-        for half in &self.halves {
-            for (a, b) in g.iter_mut().zip(&half.g_b_dec) {
-                *a += b;
+        if self.cfg.centres_input() {
+            for half in &self.halves {
+                for (a, b) in g.iter_mut().zip(&half.g_b_dec) {
+                    *a += b;
+                }
+            }
+        }
+        g
+    }
+
+    /// A skip transcoder's W_skip gradient `[d_out, d_in]` (empty for
+    /// others): `grad_scale * sum over rows of err_r x_r^T`.
+    fn w_skip_gradient(&self) -> Vec<f32> {
+        if self.params.w_skip.is_empty() {
+            return Vec::new();
+        }
+        let (d_in, d_out) = (self.d_in, self.d_out);
+        let grad_scale = 2.0 / self.step.rows as f32;
+        let mut g = vec![0.0f32; d_out * d_in];
+        // A transcoder's x_cent is its input x.
+        for (err_r, x_r) in self
+            .base_error()
+            .chunks_exact(d_out)
+            .zip(self.step.x_cent.chunks_exact(d_in))
+        {
+            for (g_o, &e) in g.chunks_exact_mut(d_in).zip(err_r) {
+                axpy(g_o, grad_scale * e, x_r);
             }
         }
         g
@@ -1029,19 +1082,34 @@ impl Trainer for FastTrainer {
     fn compute(
         &mut self,
         x: &[f32],
+        target: &[f32],
         rows: usize,
         tracker: &mut FiringTracker,
         exec: Exec,
     ) -> Result<StepStats, SaeError> {
-        let d_in = self.d_in;
+        let (d_in, d_out) = (self.d_in, self.d_out);
         let x = &x[..rows * d_in];
+        // What the decoder predicts: x itself for an SAE.
+        let y = if self.cfg.transcoder.is_some() {
+            &target[..rows * d_out]
+        } else {
+            x
+        };
         let split = self.split();
         let st = &mut self.step;
         st.rows = rows;
         st.x_cent.clear();
-        for row in x.chunks_exact(d_in) {
-            st.x_cent
-                .extend(row.iter().zip(&self.params.b_dec).map(|(a, b)| a - b));
+        if self.cfg.centres_input() {
+            for row in x.chunks_exact(d_in) {
+                st.x_cent
+                    .extend(row.iter().zip(&self.params.b_dec).map(|(a, b)| a - b));
+            }
+        } else {
+            st.x_cent.extend_from_slice(x);
+        }
+        st.base.clear();
+        for x_r in x.chunks_exact(d_in) {
+            model::extend_base(&self.params.b_dec, &self.params.w_skip, x_r, &mut st.base);
         }
 
         let p = &self.params;
@@ -1074,12 +1142,12 @@ impl Trainer for FastTrainer {
         exec.join(
             || {
                 encode_half(
-                    h0, x_cent, rows, d_in, w_enc_t0, b_enc0, w_dec, select0, decode_now,
+                    h0, x_cent, rows, d_in, w_enc_t0, b_enc0, w_dec, d_out, select0, decode_now,
                 )
             },
             || {
                 encode_half(
-                    h1, x_cent, rows, d_in, w_enc_t1, b_enc1, w_dec, select1, decode_now,
+                    h1, x_cent, rows, d_in, w_enc_t1, b_enc1, w_dec, d_out, select1, decode_now,
                 )
             },
         );
@@ -1119,25 +1187,25 @@ impl Trainer for FastTrainer {
             let [h0, h1] = &mut self.halves;
             let cuts = &self.prefix_widths;
             exec.join(
-                || decode_half(h0, w_dec, d_in, dead, aux, cuts),
-                || decode_half(h1, w_dec, d_in, dead, aux, cuts),
+                || decode_half(h0, w_dec, d_out, dead, aux, cuts),
+                || decode_half(h1, w_dec, d_out, dead, aux, cuts),
             );
         }
 
-        // err = x_hat - x with x_hat = (b_dec + partial_0) + partial_1.
+        // err = x_hat - y with x_hat = (base + partial_0) + partial_1.
         st.err.clear();
         let mut sq_err_sum = 0.0f64;
         let [h0, h1] = &self.halves;
         for r in 0..rows {
-            let span = r * d_in..(r + 1) * d_in;
+            let span = r * d_out..(r + 1) * d_out;
             let start = st.err.len();
             st.err.extend(
-                p.b_dec
+                st.base[span.clone()]
                     .iter()
                     .zip(&h0.partial[span.clone()])
                     .zip(&h1.partial[span.clone()])
-                    .zip(&x[span])
-                    .map(|(((b, p0), p1), x)| ((b + p0) + p1) - x),
+                    .zip(&y[span])
+                    .map(|(((b, p0), p1), y)| ((b + p0) + p1) - y),
             );
             sq_err_sum += st.err[start..].iter().map(|&e| (e * e) as f64).sum::<f64>();
         }
@@ -1149,12 +1217,12 @@ impl Trainer for FastTrainer {
         if let Variant::Gated { .. } = self.cfg.variant {
             let [h0, h1] = &mut self.halves;
             exec.join(
-                || decode_aux_half(h0, w_dec, d_in),
-                || decode_aux_half(h1, w_dec, d_in),
+                || decode_aux_half(h0, w_dec, d_out),
+                || decode_aux_half(h1, w_dec, d_out),
             );
             let [h0, h1] = &self.halves;
-            for (e, &x) in x.iter().enumerate() {
-                let gate_err = ((p.b_dec[e % d_in] + h0.aux_partial[e]) + h1.aux_partial[e]) - x;
+            for (e, &y) in y.iter().enumerate() {
+                let gate_err = ((st.base[e] + h0.aux_partial[e]) + h1.aux_partial[e]) - y;
                 gate_sq += (gate_err * gate_err) as f64;
                 st.gate_err.push(gate_err);
             }
@@ -1167,12 +1235,12 @@ impl Trainer for FastTrainer {
                 .sum();
         }
 
-        // Matryoshka: each prefix's error e_w = (b_dec + its partial sums) - x;
+        // Matryoshka: each prefix's error e_w = (base + its partial sums) - y;
         // group g is trained on err + e_w for every prefix w it lies in.
         let mut prefix_sq = 0.0f64;
         st.group_errs
             .resize_with(self.prefix_widths.len(), Vec::new);
-        let block = rows * d_in;
+        let block = rows * d_out;
         let in_first_half = self.prefix_widths.iter().filter(|&&w| w <= split).count();
         for (g, &width) in self.prefix_widths.iter().enumerate().rev() {
             let [h0, h1] = &self.halves;
@@ -1192,11 +1260,11 @@ impl Trainer for FastTrainer {
             let summed = &mut head[g];
             summed.clear();
             for (e, &later) in later.iter().enumerate() {
-                let mut prefix_hat = p.b_dec[e % d_in] + upto0[e];
+                let mut prefix_hat = st.base[e] + upto0[e];
                 if let Some(upto1) = upto1 {
                     prefix_hat += upto1[e];
                 }
-                let prefix_err = prefix_hat - x[e];
+                let prefix_err = prefix_hat - y[e];
                 prefix_sq += (prefix_err * prefix_err) as f64;
                 summed.push(later + prefix_err);
             }
@@ -1209,8 +1277,8 @@ impl Trainer for FastTrainer {
             merge_top_k(&mut self.halves, &mut st.spare, &mut st.merge, k_aux, true);
             let [h0, h1] = &mut self.halves;
             exec.join(
-                || decode_aux_half(h0, w_dec, d_in),
-                || decode_aux_half(h1, w_dec, d_in),
+                || decode_aux_half(h0, w_dec, d_out),
+                || decode_aux_half(h1, w_dec, d_out),
             );
             let [h0, h1] = &self.halves;
             st.aux_residual.extend(
@@ -1224,7 +1292,7 @@ impl Trainer for FastTrainer {
             if let Some((_, aux_coeff, _)) = aux_k {
                 let factor = self
                     .aux_scale
-                    .factor(aux_coeff, model::total_variance(&st.err, d_in));
+                    .factor(aux_coeff, model::total_variance(&st.err, d_out));
                 aux += factor * aux_sq;
                 st.aux_grad_scale = (-2.0 * factor) as f32;
             }
@@ -1238,7 +1306,7 @@ impl Trainer for FastTrainer {
                 let mut weighted = 0.0f64;
                 for half in &self.halves {
                     for (&f, &v) in half.main.idx.iter().zip(&half.main.val) {
-                        let row = &p.w_dec[f as usize * d_in..(f as usize + 1) * d_in];
+                        let row = &p.w_dec[f as usize * d_out..(f as usize + 1) * d_out];
                         let norm = row.iter().map(|&w| (w * w) as f64).sum::<f64>().sqrt();
                         weighted += v as f64 * norm;
                     }
@@ -1268,6 +1336,7 @@ impl Trainer for FastTrainer {
         };
         self.feature_pass(exec, [mode(), mode()], unit_norm);
         let g_b_dec = self.b_dec_gradient();
+        let g_w_skip = self.w_skip_gradient();
         let g_log_threshold = self.log_threshold_gradient();
         let p = &mut self.params;
         kernels::adam(
@@ -1277,6 +1346,15 @@ impl Trainer for FastTrainer {
             &g_b_dec,
             step,
         );
+        if !p.w_skip.is_empty() {
+            kernels::adam(
+                &mut p.w_skip,
+                &mut p.adam_w_skip.m,
+                &mut p.adam_w_skip.v,
+                &g_w_skip,
+                step,
+            );
+        }
         if !p.log_threshold.is_empty() {
             kernels::adam(
                 &mut p.log_threshold,
@@ -1314,12 +1392,11 @@ impl Trainer for FastTrainer {
     }
 
     fn gradients(&mut self) -> Result<Gradients, SaeError> {
-        let (d_in, d_sae) = (self.d_in, self.d_sae);
+        let (d_in, d_sae, d_out) = (self.d_in, self.d_sae, self.d_out);
         let mut g_w_enc_t = vec![0.0f32; d_in * d_sae];
-        let mut g_w_dec = vec![0.0f32; d_in * d_sae];
-        let at = self.split() * d_in;
-        let (e0, e1) = g_w_enc_t.split_at_mut(at);
-        let (d0, d1) = g_w_dec.split_at_mut(at);
+        let mut g_w_dec = vec![0.0f32; d_sae * d_out];
+        let (e0, e1) = g_w_enc_t.split_at_mut(self.split() * d_in);
+        let (d0, d1) = g_w_dec.split_at_mut(self.split() * d_out);
         let modes = [
             PassMode::Export {
                 g_w_enc_t: e0,
@@ -1338,6 +1415,7 @@ impl Trainer for FastTrainer {
             w_dec: g_w_dec,
             b_enc,
             b_dec: self.b_dec_gradient(),
+            w_skip: self.w_skip_gradient(),
             threshold: self.log_threshold_gradient(),
             r_mag,
             b_mag,
@@ -1352,6 +1430,7 @@ impl Trainer for FastTrainer {
             w_dec: p.w_dec.clone(),
             b_enc: p.b_enc.clone(),
             b_dec: p.b_dec.clone(),
+            w_skip: p.w_skip.clone(),
             threshold: match &self.batch_threshold {
                 Some(threshold) => threshold.per_feature(self.d_sae),
                 None => self.threshold.clone(),
@@ -1362,16 +1441,16 @@ impl Trainer for FastTrainer {
     }
 
     fn reset_features(&mut self, resets: &[FeatureReset]) -> Result<(), SaeError> {
-        let d_in = self.d_in;
+        let (d_in, d_out) = (self.d_in, self.d_out);
         let p = &mut self.params;
         for reset in resets {
             let f = reset.feature;
-            let rows_f = f * d_in..(f + 1) * d_in;
-            p.w_dec[rows_f.clone()].copy_from_slice(&reset.decoder_row);
-            p.w_enc_t[rows_f.clone()].copy_from_slice(&reset.encoder_column);
+            let (enc_f, dec_f) = (f * d_in..(f + 1) * d_in, f * d_out..(f + 1) * d_out);
+            p.w_dec[dec_f.clone()].copy_from_slice(&reset.decoder_row);
+            p.w_enc_t[enc_f.clone()].copy_from_slice(&reset.encoder_column);
             p.b_enc[f] = 0.0;
-            p.adam_w_dec.reset(rows_f.clone());
-            p.adam_w_enc_t.reset(rows_f);
+            p.adam_w_dec.reset(dec_f);
+            p.adam_w_enc_t.reset(enc_f);
             p.adam_b_enc.reset(f..f + 1);
             if let Variant::JumpRelu { init_threshold, .. } = self.cfg.variant {
                 self.threshold[f] = init_threshold as f32;
@@ -1401,19 +1480,22 @@ mod tests {
     use crate::duo::Duo;
     use crate::{synthetic, Variant};
 
-    /// Steps `steps` batches with `exec`; returns the parameters.
-    fn run(cfg: &SaeConfig, data: &[f32], steps: usize, exec: Exec) -> Sae {
-        let sae = Sae::init(cfg, data).unwrap();
-        let mut trainer = FastTrainer::new(&sae, AuxScale::of(data, cfg.d_in));
+    /// Steps `steps` batches of `data` predicting `target` with `exec`; returns the parameters.
+    fn run(cfg: &SaeConfig, data: &[f32], target: &[f32], steps: usize, exec: Exec) -> Sae {
+        let sae = Sae::init(cfg, target).unwrap();
+        let mut trainer = FastTrainer::new(&sae, AuxScale::of(target, cfg.d_out()));
         let mut tracker = FiringTracker::new(cfg.d_sae, cfg.dead_window_steps);
-        for (i, batch) in data
+        for (i, (batch, batch_target)) in data
             .chunks(cfg.batch_size * cfg.d_in)
+            .zip(target.chunks(cfg.batch_size * cfg.d_out()))
             .cycle()
             .take(steps)
             .enumerate()
         {
             let rows = batch.len() / cfg.d_in;
-            let stats = trainer.compute(batch, rows, &mut tracker, exec).unwrap();
+            let stats = trainer
+                .compute(batch, batch_target, rows, &mut tracker, exec)
+                .unwrap();
             assert!(stats.loss.is_finite(), "step {i}");
             trainer.apply(1e-3, exec).unwrap();
         }
@@ -1423,6 +1505,7 @@ mod tests {
     #[test]
     fn two_threads_and_one_give_the_same_bits() {
         let data = synthetic::sparse_directions(200, 24, 60, 4, 0.05, 3);
+        let target = synthetic::sparse_directions(200, 20, 60, 4, 0.05, 4);
         for variant in [
             Variant::L1 { l1_coeff: 3e-3 },
             Variant::top_k(5),
@@ -1440,8 +1523,19 @@ mod tests {
                 dead_window_steps: 3,
                 ..SaeConfig::default()
             };
-            let serial = run(&cfg, &data, 20, Exec::Serial);
-            let parallel = Duo::scope(|duo| run(&cfg, &data, 20, Exec::Duo(duo)));
+            let serial = run(&cfg, &data, &data, 20, Exec::Serial);
+            let parallel = Duo::scope(|duo| run(&cfg, &data, &data, 20, Exec::Duo(duo)));
+            assert_eq!(serial, parallel);
+            // The same as a skip transcoder predicting another layer.
+            let cfg = SaeConfig {
+                transcoder: Some(crate::Transcoder {
+                    d_out: 20,
+                    skip: true,
+                }),
+                ..cfg
+            };
+            let serial = run(&cfg, &data, &target, 20, Exec::Serial);
+            let parallel = Duo::scope(|duo| run(&cfg, &data, &target, 20, Exec::Duo(duo)));
             assert_eq!(serial, parallel);
         }
     }

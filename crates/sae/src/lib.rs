@@ -1,13 +1,15 @@
 //! Sparse autoencoders trained on cached activations.
 //!
 //! This crate owns the SAE architectures (L1, TopK with AuxK, decoder-norm-weighted
-//! L1, BatchTopK, Matryoshka BatchTopK, JumpReLU, Gated), their initialisation, the trainer in two interchangeable paths (a
+//! L1, BatchTopK, Matryoshka BatchTopK, JumpReLU, Gated), transcoders and skip
+//! transcoders with any of them (the decoder predicts another layer), their initialisation, the trainer in two interchangeable paths (a
 //! reference on candle autograd that also runs on GPUs, and a fused sparse CPU
 //! path), dead-feature tracking and resampling, sweeps, metrics and
 //! checkpoints (folders SAELens loads: `sae_weights.safetensors`, SAELens'
 //! `cfg.json`, and `saelab_config.json`). It must not read IDX or
 //! parquet files nor depend on the mnist/mlp/activations crates: callers hand
-//! it training data as row-major `&[f32]` `[rows, d_in]`, and get the loss
+//! it training data as row-major `&[f32]` `[rows, d_in]` (a transcoder also
+//! its target `[rows, d_out]`, `TrainData`), and get the loss
 //! curve back as data. Invariant: the same config and seed give a
 //! bit-identical SAE on the fast path.
 //!
@@ -36,21 +38,21 @@ pub use checkpoint::{
 };
 pub use config::{
     AdamConfig, Architecture, AuxInput, DecoderBiasInit, EncoderInit, LrSchedule, Reduction,
-    ResampleConfig, ResampleSchedule, SaeConfig, Variant, VariantAxes,
+    ResampleConfig, ResampleSchedule, SaeConfig, Transcoder, Variant, VariantAxes,
 };
 pub use error::SaeError;
 pub use model::{
-    column_mean, decode_row, encode, encode_sparse, evaluate, explained_variance, reconstruct,
-    EvalMetrics, Sae, SparseCodes,
+    column_mean, decode_row, encode, encode_sparse, evaluate, evaluate_on, explained_variance,
+    reconstruct, EvalMetrics, Sae, SparseCodes,
 };
 pub use sweep::{ScheduledPoint, SweepScheduler};
 pub use train::{
-    train, train_sweep, train_sweep_on, CurvePoint, ProgressEvent, ProgressKind, ResampleEvent,
-    SweepPoint, TrainPath, Trained, PROGRESS_EVERY_STEPS,
+    train, train_on, train_sweep, train_sweep_data, train_sweep_on, CurvePoint, ProgressEvent,
+    ProgressKind, ResampleEvent, SweepPoint, TrainData, TrainPath, Trained, PROGRESS_EVERY_STEPS,
 };
 // Test hooks (gradients at one batch, per-step losses) for this crate's tests
 // and the real-data comparison in xtask: not part of the API.
 #[doc(hidden)]
-pub use train::{gradients, loss_trajectory, Trajectory};
+pub use train::{gradients, gradients_on, loss_trajectory, loss_trajectory_on, Trajectory};
 #[doc(hidden)]
 pub use trainer::Gradients;

@@ -23,18 +23,22 @@ pub(crate) fn rng(seed: u64, stream: u64) -> ChaCha8Rng {
 }
 
 /// A sparse autoencoder in SAELens layout:
-/// `acts = act(( x - b_dec) @ W_enc + b_enc)`, `x_hat = acts @ W_dec + b_dec`.
+/// `acts = act(( x - b_dec) @ W_enc + b_enc)`, `x_hat = acts @ W_dec + b_dec`;
+/// or a transcoder (`cfg.transcoder`): `acts = act(x @ W_enc + b_enc)`,
+/// `y_hat = acts @ W_dec + b_dec (+ x @ W_skip^T)`, of width `d_out`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sae {
     pub cfg: SaeConfig,
     /// `[d_in, d_sae]` row-major.
     pub w_enc: Vec<f32>,
-    /// `[d_sae, d_in]` row-major; row f is feature f's decoder direction.
+    /// `[d_sae, d_out]` row-major; row f is feature f's decoder direction.
     pub w_dec: Vec<f32>,
     /// `[d_sae]`
     pub b_enc: Vec<f32>,
-    /// `[d_in]`
+    /// `[d_out]`
     pub b_dec: Vec<f32>,
+    /// A skip transcoder's `[d_out, d_in]` linear map; empty otherwise.
+    pub w_skip: Vec<f32>,
     /// `[d_sae]` for variants with an inference threshold (JumpReLU, the
     /// BatchTopK family: a feature is active where its pre-activation exceeds
     /// both 0 and its threshold); empty for the others.
@@ -53,11 +57,12 @@ fn uniform(rng: &mut ChaCha8Rng, len: usize, bound: f32) -> Vec<f32> {
 }
 
 impl Sae {
-    /// Initial parameters for `cfg` (validated first). `data` (row-major
-    /// `[rows, d_in]`) is only read by `DecoderBiasInit::DataMean`.
-    pub fn init(cfg: &SaeConfig, data: &[f32]) -> Result<Sae, SaeError> {
+    /// Initial parameters for `cfg` (validated first). `target` (row-major
+    /// `[rows, d_out]`: an SAE's own input, a transcoder's output layer) is
+    /// only read by `DecoderBiasInit::DataMean`.
+    pub fn init(cfg: &SaeConfig, target: &[f32]) -> Result<Sae, SaeError> {
         cfg.validate()?;
-        let (d_in, d_sae) = (cfg.d_in, cfg.d_sae);
+        let (d_in, d_sae, d_out) = (cfg.d_in, cfg.d_sae, cfg.d_out());
         let mut rng = rng(cfg.seed, STREAM_INIT);
         // nn.Linear's kaiming-uniform(a = sqrt 5) bound is 1/sqrt(fan_in).
         let enc_bound = 1.0 / (d_in as f32).sqrt();
@@ -66,23 +71,28 @@ impl Sae {
         let (w_enc, mut w_dec) = match cfg.encoder_init {
             EncoderInit::Uniform => {
                 let w_enc = uniform(&mut rng, d_in * d_sae, enc_bound);
-                (w_enc, uniform(&mut rng, d_sae * d_in, dec_bound))
+                (w_enc, uniform(&mut rng, d_sae * d_out, dec_bound))
             }
-            EncoderInit::Tied => (Vec::new(), uniform(&mut rng, d_sae * d_in, dec_bound)),
+            EncoderInit::Tied => (Vec::new(), uniform(&mut rng, d_sae * d_out, dec_bound)),
         };
-        kernels::normalise_rows(&mut w_dec, d_in);
+        kernels::normalise_rows(&mut w_dec, d_out);
         let w_enc = match cfg.encoder_init {
-            EncoderInit::Tied => transpose(&w_dec, d_sae, d_in),
+            // validate() refuses a tied transcoder whose widths differ.
+            EncoderInit::Tied => transpose(&w_dec, d_sae, d_out),
             EncoderInit::Uniform => w_enc,
         };
         let b_dec = if cfg.b_dec_init == DecoderBiasInit::DataMean {
-            let rows = check_rows("training data", data, d_in)?;
-            column_mean(data, rows, d_in)
+            let rows = check_rows("training data", target, d_out)?;
+            column_mean(target, rows, d_out)
                 .into_iter()
                 .map(|m| m as f32)
                 .collect()
         } else {
-            vec![0.0; d_in]
+            vec![0.0; d_out]
+        };
+        let w_skip = match cfg.transcoder {
+            Some(t) if t.skip => vec![0.0; d_out * d_in],
+            _ => Vec::new(),
         };
         let threshold = match cfg.variant {
             Variant::JumpRelu { init_threshold, .. } => vec![init_threshold as f32; d_sae],
@@ -103,6 +113,7 @@ impl Sae {
             w_dec,
             b_enc: vec![0.0; d_sae],
             b_dec,
+            w_skip,
             threshold,
             r_mag: gated(d_sae),
             b_mag: gated(d_sae),
@@ -117,6 +128,17 @@ impl Sae {
         self.cfg.d_sae
     }
 
+    /// Width of the decoder's output: `d_in` for an SAE.
+    pub fn d_out(&self) -> usize {
+        self.cfg.d_out()
+    }
+
+    /// The decoder's output before any feature: `b_dec`, plus a skip
+    /// transcoder's `W_skip @ x` for input row `x`, appended to `out`.
+    pub(crate) fn extend_base(&self, x: &[f32], out: &mut Vec<f32>) {
+        extend_base(&self.b_dec, &self.w_skip, x, out);
+    }
+
     pub(crate) fn selection(&self) -> Selection {
         selection(&self.cfg.variant)
     }
@@ -124,15 +146,15 @@ impl Sae {
     /// Sparse forward over `x` (`rows` rows), in chunks of `CHUNK_ROWS`.
     fn forward_chunk(&self, x: &[f32], out: &mut ChunkForward) {
         self.encode_chunk(x, out);
-        let (d_in, rows) = (self.d_in(), x.len() / self.d_in());
+        let (d_in, d_out) = (self.d_in(), self.d_out());
         out.x_hat.clear();
-        for r in 0..rows {
+        for (r, x_r) in x.chunks_exact(d_in).enumerate() {
             let start = out.x_hat.len();
-            out.x_hat.extend_from_slice(&self.b_dec);
+            self.extend_base(x_r, &mut out.x_hat);
             let x_hat = &mut out.x_hat[start..];
             for e in out.row_start[r]..out.row_start[r + 1] {
                 let f = out.idx[e] as usize;
-                kernels::axpy(x_hat, out.val[e], &self.w_dec[f * d_in..(f + 1) * d_in]);
+                kernels::axpy(x_hat, out.val[e], &self.w_dec[f * d_out..(f + 1) * d_out]);
             }
         }
     }
@@ -142,9 +164,13 @@ impl Sae {
         let (d_in, d_sae) = (self.d_in(), self.d_sae());
         let rows = x.len() / d_in;
         out.x_cent.clear();
-        for row in x.chunks_exact(d_in) {
-            out.x_cent
-                .extend(row.iter().zip(&self.b_dec).map(|(a, b)| a - b));
+        if self.cfg.centres_input() {
+            for row in x.chunks_exact(d_in) {
+                out.x_cent
+                    .extend(row.iter().zip(&self.b_dec).map(|(a, b)| a - b));
+            }
+        } else {
+            out.x_cent.extend_from_slice(x);
         }
         out.pre.clear();
         for _ in 0..rows {
@@ -211,6 +237,20 @@ impl Sae {
     }
 }
 
+/// Appends `b_dec`, plus `W_skip @ x` where `w_skip` (`[d_out, x.len()]`) is not empty.
+pub(crate) fn extend_base(b_dec: &[f32], w_skip: &[f32], x: &[f32], out: &mut Vec<f32>) {
+    if w_skip.is_empty() {
+        out.extend_from_slice(b_dec);
+    } else {
+        out.extend(
+            w_skip
+                .chunks_exact(x.len())
+                .zip(b_dec)
+                .map(|(w, b)| b + <kernels::Portable as kernels::Simd>::dot(w, x)),
+        );
+    }
+}
+
 /// The per-row selection of the fast path and of inference (threshold
 /// variants select by `Sae::threshold` instead, see `encode_chunk`).
 pub(crate) fn selection(variant: &Variant) -> Selection {
@@ -233,16 +273,18 @@ struct ChunkForward {
     x_hat: Vec<f32>,
 }
 
-/// Runs `visit` on the forward pass of every chunk, in parallel, results in chunk order.
+/// Runs `visit` on the forward pass of every chunk (with the chunk's first
+/// row), in parallel, results in chunk order.
 fn map_chunks<T: Send>(
     sae: &Sae,
     x: &[f32],
-    visit: impl Fn(&[f32], &ChunkForward) -> T + Sync,
+    visit: impl Fn(usize, &[f32], &ChunkForward) -> T + Sync,
 ) -> Vec<T> {
     x.par_chunks(CHUNK_ROWS * sae.d_in())
-        .map_init(ChunkForward::default, |out, chunk| {
+        .enumerate()
+        .map_init(ChunkForward::default, |out, (i, chunk)| {
             sae.forward_chunk(chunk, out);
-            visit(chunk, out)
+            visit(i * CHUNK_ROWS, chunk, out)
         })
         .collect()
 }
@@ -305,7 +347,7 @@ pub fn explained_variance(x: &[f32], x_hat: &[f32], width: usize) -> Result<f64,
 pub fn encode(sae: &Sae, x: &[f32]) -> Result<Vec<f32>, SaeError> {
     sae.check_input(x)?;
     let d_sae = sae.d_sae();
-    let chunks = map_chunks(sae, x, |chunk, out| {
+    let chunks = map_chunks(sae, x, |_, chunk, out| {
         let rows = chunk.len() / sae.d_in();
         let mut acts = vec![0.0f32; rows * d_sae];
         for r in 0..rows {
@@ -354,22 +396,25 @@ pub fn encode_sparse(sae: &Sae, x: &[f32]) -> Result<SparseCodes, SaeError> {
     Ok(codes)
 }
 
-/// One row's reconstruction from its sparse code: `b_dec + sum value * W_dec[feature]`,
+/// One row's output from its sparse code: `b_dec (+ W_skip @ x) + sum value * W_dec[feature]`,
 /// summed in the order given (as the forward pass does, in feature order).
-pub fn decode_row(sae: &Sae, features: &[u32], values: &[f32]) -> Vec<f32> {
-    let d_in = sae.d_in();
-    let mut x_hat = sae.b_dec.clone();
+/// `x` is the input row, read only by a skip transcoder.
+pub fn decode_row(sae: &Sae, x: &[f32], features: &[u32], values: &[f32]) -> Vec<f32> {
+    let d_out = sae.d_out();
+    let mut x_hat = Vec::with_capacity(d_out);
+    sae.extend_base(x, &mut x_hat);
     for (&f, &v) in features.iter().zip(values) {
         let f = f as usize;
-        kernels::axpy(&mut x_hat, v, &sae.w_dec[f * d_in..(f + 1) * d_in]);
+        kernels::axpy(&mut x_hat, v, &sae.w_dec[f * d_out..(f + 1) * d_out]);
     }
     x_hat
 }
 
-/// Reconstruction `x_hat` `[rows, d_in]` of row-major input `x` `[rows, d_in]`.
+/// The decoder's output `[rows, d_out]` for row-major input `x` `[rows, d_in]`:
+/// an SAE's reconstruction, a transcoder's prediction of its output layer.
 pub fn reconstruct(sae: &Sae, x: &[f32]) -> Result<Vec<f32>, SaeError> {
     sae.check_input(x)?;
-    Ok(map_chunks(sae, x, |_, out| out.x_hat.clone()).concat())
+    Ok(map_chunks(sae, x, |_, _, out| out.x_hat.clone()).concat())
 }
 
 /// Metrics of an SAE over a whole data set.
@@ -393,9 +438,29 @@ pub struct EvalMetrics {
     pub firing_counts: Vec<u64>,
 }
 
-/// Evaluates `sae` on row-major `data` `[rows, d_in]`.
+/// Evaluates an SAE on row-major `data` `[rows, d_in]` (a transcoder: [`evaluate_on`]).
 pub fn evaluate(sae: &Sae, data: &[f32]) -> Result<EvalMetrics, SaeError> {
-    let rows = sae.check_input(data)?;
+    if sae.cfg.transcoder.is_some() {
+        return Err(SaeError::InvalidConfig(
+            "a transcoder is measured against its output layer: call evaluate_on(sae, input, target)".into(),
+        ));
+    }
+    evaluate_on(sae, data, data)
+}
+
+/// Evaluates `sae` on row-major `input` `[rows, d_in]` against `target`
+/// `[rows, d_out]` (an SAE's target is its input): errors, explained
+/// variance of the target, L0 and firing counts.
+pub fn evaluate_on(sae: &Sae, input: &[f32], target: &[f32]) -> Result<EvalMetrics, SaeError> {
+    let rows = sae.check_input(input)?;
+    let d_out = sae.d_out();
+    if check_rows("target", target, d_out)? != rows {
+        return Err(SaeError::DataShape {
+            what: format!("target (expected {rows} rows like the input)"),
+            len: target.len(),
+            width: d_out,
+        });
+    }
     let d_sae = sae.d_sae();
     struct Partial {
         sq_err: f64,
@@ -403,8 +468,9 @@ pub fn evaluate(sae: &Sae, data: &[f32]) -> Result<EvalMetrics, SaeError> {
         active: u64,
         firing: Vec<u64>,
     }
-    let partials = map_chunks(sae, data, |chunk, out| {
-        let sq_err = chunk
+    let partials = map_chunks(sae, input, |first, chunk, out| {
+        let rows = chunk.len() / sae.d_in();
+        let sq_err = target[first * d_out..(first + rows) * d_out]
             .iter()
             .zip(&out.x_hat)
             .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
@@ -430,11 +496,11 @@ pub fn evaluate(sae: &Sae, data: &[f32]) -> Result<EvalMetrics, SaeError> {
             .for_each(|(a, b)| *a += b);
     }
     Ok(EvalMetrics {
-        mse: sq_err / (rows * sae.d_in()) as f64,
+        mse: sq_err / (rows * d_out) as f64,
         l2_sum: sq_err,
         l1: abs,
         l0: active as f64 / rows as f64,
-        explained_variance: 1.0 - sq_err / total_variance(data, sae.d_in()),
+        explained_variance: 1.0 - sq_err / total_variance(target, d_out),
         dead: firing_counts.iter().filter(|&&c| c == 0).count(),
         firing_counts,
     })
@@ -443,7 +509,7 @@ pub fn evaluate(sae: &Sae, data: &[f32]) -> Result<EvalMetrics, SaeError> {
 /// Per-row `||x - x_hat||^2` (used to pick resampling inputs).
 pub(crate) fn row_squared_errors(sae: &Sae, x: &[f32]) -> Vec<f32> {
     let d_in = sae.d_in();
-    map_chunks(sae, x, |chunk, out| {
+    map_chunks(sae, x, |_, chunk, out| {
         chunk
             .chunks_exact(d_in)
             .zip(out.x_hat.chunks_exact(d_in))

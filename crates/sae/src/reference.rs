@@ -23,6 +23,8 @@ pub(crate) struct ReferenceTrainer {
     adam_t: usize,
     aux_scale: AuxScale,
     batch_threshold: Option<RunningThreshold>,
+    /// A skip transcoder's `W_skip` `[d_out, d_in]`, the last parameter.
+    skip: Option<usize>,
 }
 
 const W_ENC: usize = 0;
@@ -63,15 +65,15 @@ fn normalise_rows(w: &Tensor) -> candle_core::Result<Tensor> {
 
 impl ReferenceTrainer {
     pub fn new(sae: &Sae, device: &Device, aux_scale: AuxScale) -> Result<Self, SaeError> {
-        let (d_in, d_sae) = (sae.d_in(), sae.d_sae());
+        let (d_in, d_sae, d_out) = (sae.d_in(), sae.d_sae(), sae.d_out());
         let var = |data: &[f32], shape: &[usize]| -> candle_core::Result<Var> {
             Var::from_tensor(&Tensor::from_slice(data, shape, device)?)
         };
         let mut params = vec![
             var(&sae.w_enc, &[d_in, d_sae])?,
-            var(&sae.w_dec, &[d_sae, d_in])?,
+            var(&sae.w_dec, &[d_sae, d_out])?,
             var(&sae.b_enc, &[d_sae])?,
-            var(&sae.b_dec, &[d_in])?,
+            var(&sae.b_dec, &[d_out])?,
         ];
         if matches!(sae.cfg.variant, Variant::JumpRelu { .. }) {
             let log_threshold: Vec<f32> = sae.threshold.iter().map(|t| t.ln()).collect();
@@ -80,6 +82,10 @@ impl ReferenceTrainer {
         if matches!(sae.cfg.variant, Variant::Gated { .. }) {
             params.push(var(&sae.r_mag, &[d_sae])?);
             params.push(var(&sae.b_mag, &[d_sae])?);
+        }
+        let skip = (!sae.w_skip.is_empty()).then_some(params.len());
+        if skip.is_some() {
+            params.push(var(&sae.w_skip, &[d_out, d_in])?);
         }
         let moments = params
             .iter()
@@ -99,22 +105,45 @@ impl ReferenceTrainer {
             adam_t: 0,
             aux_scale,
             batch_threshold: RunningThreshold::of(sae),
+            skip,
         })
     }
 
     fn compute_inner(
         &mut self,
         x: &[f32],
+        target: &[f32],
         rows: usize,
         tracker: &mut FiringTracker,
     ) -> candle_core::Result<StepStats> {
-        let (d_in, d_sae) = (self.cfg.d_in, self.cfg.d_sae);
+        let (d_in, d_sae, d_out) = (self.cfg.d_in, self.cfg.d_sae, self.cfg.d_out());
         let device = self.device.clone();
         let dev = &device;
         let [w_enc, w_dec, b_enc, b_dec] =
             [W_ENC, W_DEC, B_ENC, B_DEC].map(|i| self.params[i].as_tensor().clone());
         let x = Tensor::from_slice(&x[..rows * d_in], (rows, d_in), dev)?;
-        let x_cent = x.broadcast_sub(&b_dec)?;
+        let y = if self.cfg.transcoder.is_some() {
+            Tensor::from_slice(&target[..rows * d_out], (rows, d_out), dev)?
+        } else {
+            x.clone()
+        };
+        // The output before any feature: b_dec, plus a skip transcoder's x @ W_skip^T.
+        let skip_out = match self.skip {
+            Some(i) => Some(x.matmul(&self.params[i].as_tensor().t()?)?),
+            None => None,
+        };
+        let with_skip = |t: Tensor, detach: bool| -> candle_core::Result<Tensor> {
+            match &skip_out {
+                Some(s) if detach => t + s.detach(),
+                Some(s) => t + s,
+                None => Ok(t),
+            }
+        };
+        let x_cent = if self.cfg.centres_input() {
+            x.broadcast_sub(&b_dec)?
+        } else {
+            x.clone()
+        };
         let enc = x_cent.matmul(&w_enc)?;
         let pre = enc.broadcast_add(&b_enc)?;
         let pre_detached = pre.detach();
@@ -168,10 +197,13 @@ impl ReferenceTrainer {
                 let gate_relu = (&pre * &positive)?;
                 sparsity = (gate_relu.sum_all()? * self.cfg.l1_scale(rows))?;
                 // The gate's ReLU reconstructs through the frozen decoder (the paper's L_aux).
-                let gate_hat = gate_relu
-                    .matmul(&w_dec.detach())?
-                    .broadcast_add(&b_dec.detach())?;
-                gate_reconstruction = Some((gate_hat - &x)?.sqr()?.sum(1)?.mean(0)?);
+                let gate_hat = with_skip(
+                    gate_relu
+                        .matmul(&w_dec.detach())?
+                        .broadcast_add(&b_dec.detach())?,
+                    true,
+                )?;
+                gate_reconstruction = Some((gate_hat - &y)?.sqr()?.sum(1)?.mean(0)?);
                 (mask.clone(), (&magnitude * &mask)?)
             }
             Variant::L1 { .. } | Variant::NormWeightedL1 { .. } => {
@@ -197,8 +229,8 @@ impl ReferenceTrainer {
             threshold.observe(smallest as f64);
         }
 
-        let x_hat = acts.matmul(&w_dec)?.broadcast_add(&b_dec)?;
-        let row_sq = (&x_hat - &x)?.sqr()?.sum(1)?;
+        let x_hat = with_skip(acts.matmul(&w_dec)?.broadcast_add(&b_dec)?, false)?;
+        let row_sq = (&x_hat - &y)?.sqr()?.sum(1)?;
         let sq_err_sum = row_sq.sum_all()?.to_scalar::<f32>()? as f64;
         let l2 = row_sq.mean(0)?;
         // The ReLU variants' acts are >= 0, so |acts| = acts.
@@ -218,11 +250,13 @@ impl ReferenceTrainer {
         };
         // Matryoshka: each prefix of the dictionary reconstructs on its own.
         for width in self.cfg.variant.prefix_widths(d_sae) {
-            let prefix_hat = acts
-                .narrow(1, 0, width)?
-                .matmul(&w_dec.narrow(0, 0, width)?)?
-                .broadcast_add(&b_dec)?;
-            aux_total = (aux_total + (prefix_hat - &x)?.sqr()?.sum(1)?.mean(0)?)?;
+            let prefix_hat = with_skip(
+                acts.narrow(1, 0, width)?
+                    .matmul(&w_dec.narrow(0, 0, width)?)?
+                    .broadcast_add(&b_dec)?,
+                false,
+            )?;
+            aux_total = (aux_total + (prefix_hat - &y)?.sqr()?.sum(1)?.mean(0)?)?;
         }
         if let Some((k_aux, aux_coeff, aux_input)) = self.cfg.variant.aux_k() {
             let dead = tracker.dead_mask();
@@ -240,8 +274,8 @@ impl ReferenceTrainer {
                     AuxInput::Raw => chosen,
                 };
                 let aux_acts = (&pre * &aux_mask)?;
-                let residual = (&x - &x_hat)?.detach();
-                let spread = crate::model::total_variance(&to_host(&residual)?, d_in);
+                let residual = (&y - &x_hat)?.detach();
+                let spread = crate::model::total_variance(&to_host(&residual)?, d_out);
                 let factor = self.aux_scale.factor(aux_coeff, spread);
                 let aux = ((residual - aux_acts.matmul(&w_dec)?)?.sqr()?.sum_all()? * factor)?;
                 aux_total = (aux_total + aux)?;
@@ -302,7 +336,7 @@ impl ReferenceTrainer {
     }
 
     fn reset_inner(&mut self, resets: &[FeatureReset]) -> candle_core::Result<()> {
-        let (d_in, d_sae) = (self.cfg.d_in, self.cfg.d_sae);
+        let (d_in, d_sae, d_out) = (self.cfg.d_in, self.cfg.d_sae, self.cfg.d_out());
         let mut host: Vec<Vec<f32>> = self
             .params
             .iter()
@@ -320,9 +354,9 @@ impl ReferenceTrainer {
                 moments[W_ENC].0[d * d_sae + f] = 0.0;
                 moments[W_ENC].1[d * d_sae + f] = 0.0;
             }
-            host[W_DEC][f * d_in..(f + 1) * d_in].copy_from_slice(&reset.decoder_row);
-            moments[W_DEC].0[f * d_in..(f + 1) * d_in].fill(0.0);
-            moments[W_DEC].1[f * d_in..(f + 1) * d_in].fill(0.0);
+            host[W_DEC][f * d_out..(f + 1) * d_out].copy_from_slice(&reset.decoder_row);
+            moments[W_DEC].0[f * d_out..(f + 1) * d_out].fill(0.0);
+            moments[W_DEC].1[f * d_out..(f + 1) * d_out].fill(0.0);
             host[B_ENC][f] = 0.0;
             moments[B_ENC].0[f] = 0.0;
             moments[B_ENC].1[f] = 0.0;
@@ -361,11 +395,12 @@ impl Trainer for ReferenceTrainer {
     fn compute(
         &mut self,
         x: &[f32],
+        target: &[f32],
         rows: usize,
         tracker: &mut FiringTracker,
         _exec: Exec,
     ) -> Result<StepStats, SaeError> {
-        Ok(self.compute_inner(x, rows, tracker)?)
+        Ok(self.compute_inner(x, target, rows, tracker)?)
     }
 
     fn apply(&mut self, lr: f64, _exec: Exec) -> Result<(), SaeError> {
@@ -383,6 +418,10 @@ impl Trainer for ReferenceTrainer {
             w_dec: to_host(&grads[W_DEC])?,
             b_enc: to_host(&grads[B_ENC])?,
             b_dec: to_host(&grads[B_DEC])?,
+            w_skip: match self.skip {
+                Some(i) => to_host(&grads[i])?,
+                None => Vec::new(),
+            },
             threshold: match self.cfg.variant {
                 Variant::JumpRelu { .. } => to_host(&grads[LOG_THRESHOLD])?,
                 _ => Vec::new(),
@@ -414,6 +453,10 @@ impl Trainer for ReferenceTrainer {
             w_dec: host(W_DEC)?,
             b_enc: host(B_ENC)?,
             b_dec: host(B_DEC)?,
+            w_skip: match self.skip {
+                Some(i) => host(i)?,
+                None => Vec::new(),
+            },
             threshold,
             r_mag: if gated { host(R_MAG)? } else { Vec::new() },
             b_mag: if gated { host(B_MAG)? } else { Vec::new() },

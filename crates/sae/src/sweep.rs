@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
-use crate::train::{train_sweep_on, ProgressEvent, SweepPoint, TrainPath, Trained};
+use crate::train::{train_sweep_data, ProgressEvent, SweepPoint, TrainData, TrainPath, Trained};
 use crate::SaeError;
 
 /// One point of a sweep and the group of points it can train with (those
@@ -42,11 +42,11 @@ impl SweepScheduler {
     }
 
     /// The trained point `name`, training it and its group's pending points on
-    /// `data` (row-major `[rows, d_in]`) unless an earlier call already did.
+    /// `data` unless an earlier call already did.
     pub fn trained(
         &self,
         name: &str,
-        data: &[f32],
+        data: TrainData,
         path: &TrainPath,
         progress: &(dyn Fn(&ProgressEvent) + Sync),
     ) -> Result<Trained, SaeError> {
@@ -76,7 +76,7 @@ impl SweepScheduler {
             pending.remove(&p.name);
         }
         drop(pending);
-        let results = train_sweep_on(&group, data, asked.point.cfg.d_in, path, progress);
+        let results = train_sweep_data(&group, data, path, progress);
         let mut mine = None;
         let mut kept = self.results.lock().expect("no panics while locked");
         for (p, result) in group.into_iter().zip(results) {

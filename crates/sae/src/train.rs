@@ -28,6 +28,56 @@ pub enum TrainPath {
     Fast,
 }
 
+/// What a run trains on: the rows the encoder reads (`input`, `[rows, d_in]`
+/// row-major) and the rows the decoder must predict (`target`, `[rows,
+/// d_out]`), row r of one with row r of the other. An SAE's target is its input.
+#[derive(Clone, Copy, Debug)]
+pub struct TrainData<'a> {
+    pub input: &'a [f32],
+    pub d_in: usize,
+    pub target: &'a [f32],
+    pub d_out: usize,
+}
+
+impl<'a> TrainData<'a> {
+    /// An SAE's data: it reconstructs its input.
+    pub fn autoencoding(data: &'a [f32], d_in: usize) -> Self {
+        TrainData {
+            input: data,
+            d_in,
+            target: data,
+            d_out: d_in,
+        }
+    }
+
+    /// A transcoder's data: `input` predicts `target`.
+    pub fn transcoding(input: &'a [f32], d_in: usize, target: &'a [f32], d_out: usize) -> Self {
+        TrainData {
+            input,
+            d_in,
+            target,
+            d_out,
+        }
+    }
+
+    /// The number of rows, once both sides are whole rows of the same count.
+    fn check(&self) -> Result<usize, SaeError> {
+        let rows = check_rows("training data", self.input, self.d_in)?;
+        if check_rows("training target", self.target, self.d_out)? != rows {
+            return Err(SaeError::DataShape {
+                what: format!("training target (expected {rows} rows like the input)"),
+                len: self.target.len(),
+                width: self.d_out,
+            });
+        }
+        Ok(rows)
+    }
+
+    fn rows(&self) -> usize {
+        self.input.len() / self.d_in
+    }
+}
+
 /// One named configuration of a sweep.
 #[derive(Clone, Debug)]
 pub struct SweepPoint {
@@ -156,8 +206,8 @@ struct Limits {
 }
 
 struct Shared<'a> {
-    data: &'a [f32],
-    d_in: usize,
+    data: TrainData<'a>,
+    /// Of the target.
     total_variance: f64,
     progress: &'a (dyn Fn(&ProgressEvent) + Sync),
     limits: Limits,
@@ -170,20 +220,17 @@ impl Run<'_> {
             && limits.max_steps.is_none_or(|max| self.steps < max)
     }
 
-    fn step(&mut self, batch: &[f32], rows: usize, shared: &Shared, exec: Exec) {
-        if let Err(e) = self.try_step(batch, rows, shared, exec) {
+    fn step(&mut self, batch: TrainData, shared: &Shared, exec: Exec) {
+        if let Err(e) = self.try_step(batch, shared, exec) {
             self.failed = Some(e);
         }
     }
 
-    fn try_step(
-        &mut self,
-        batch: &[f32],
-        rows: usize,
-        shared: &Shared,
-        exec: Exec,
-    ) -> Result<(), SaeError> {
-        let stats = self.trainer.compute(batch, rows, &mut self.tracker, exec)?;
+    fn try_step(&mut self, batch: TrainData, shared: &Shared, exec: Exec) -> Result<(), SaeError> {
+        let rows = batch.rows();
+        let stats =
+            self.trainer
+                .compute(batch.input, batch.target, rows, &mut self.tracker, exec)?;
         self.steps += 1;
         if !stats.loss.is_finite() {
             return Err(SaeError::Diverged {
@@ -207,7 +254,7 @@ impl Run<'_> {
         s.active += stats.active;
         if let Some(resample) = &self.cfg.resample {
             if resample.schedule.fires_at(self.steps) {
-                self.resample(shared.data, shared.d_in, resample.sample_rows)?;
+                self.resample(shared.data.input, shared.data.d_in, resample.sample_rows)?;
             }
         }
         if self.steps.is_multiple_of(PROGRESS_EVERY_STEPS) {
@@ -230,11 +277,11 @@ impl Run<'_> {
         if s.rows == 0 {
             return;
         }
-        let rows_total = shared.data.len() / shared.d_in;
+        let rows_total = shared.data.rows();
         let variance = shared.total_variance * s.rows as f64 / rows_total as f64;
         let point = CurvePoint {
             epoch: epoch + 1,
-            mse: s.sq_err / (s.rows * shared.d_in) as f64,
+            mse: s.sq_err / (s.rows * shared.data.d_out) as f64,
             l2_sum: s.l2,
             l1: s.l1,
             aux: s.aux,
@@ -366,12 +413,15 @@ fn drive_group_on(runs: &mut [&mut Run], shared: &Shared, exec: Exec) {
         return;
     };
     let (batch_size, shuffle_seed) = order_key(first.cfg);
-    let d_in = shared.d_in;
-    let rows = shared.data.len() / d_in;
+    let data = shared.data;
+    let (d_in, d_out) = (data.d_in, data.d_out);
+    let rows = data.rows();
+    let autoencoding = std::ptr::eq(data.input, data.target);
     let epochs = runs.iter().map(|r| r.cfg.epochs).max().unwrap_or(0);
     let mut shuffle_rng = shuffle_seed.map(|seed| model::rng(seed, STREAM_SHUFFLE));
     let mut order: Vec<usize> = Vec::new();
     let mut gathered: Vec<f32> = Vec::new();
+    let mut gathered_target: Vec<f32> = Vec::new();
     for epoch in 0..epochs {
         if !runs.iter().any(|r| r.active_in(epoch, shared.limits)) {
             break;
@@ -386,20 +436,33 @@ fn drive_group_on(runs: &mut [&mut Run], shared: &Shared, exec: Exec) {
         }
         for start in (0..rows).step_by(batch_size) {
             let end = (start + batch_size).min(rows);
-            let batch: &[f32] = if shuffle_rng.is_some() {
+            let batch = if shuffle_rng.is_some() {
                 gathered.clear();
+                gathered_target.clear();
                 for &r in &order[start..end] {
-                    gathered.extend_from_slice(&shared.data[r * d_in..(r + 1) * d_in]);
+                    gathered.extend_from_slice(&data.input[r * d_in..(r + 1) * d_in]);
+                    if !autoencoding {
+                        gathered_target.extend_from_slice(&data.target[r * d_out..(r + 1) * d_out]);
+                    }
                 }
-                &gathered
+                let target = if autoencoding {
+                    &gathered
+                } else {
+                    &gathered_target
+                };
+                TrainData::transcoding(&gathered, d_in, target, d_out)
             } else {
-                &shared.data[start * d_in..end * d_in]
+                TrainData::transcoding(
+                    &data.input[start * d_in..end * d_in],
+                    d_in,
+                    &data.target[start * d_out..end * d_out],
+                    d_out,
+                )
             };
-            let batch_rows = end - start;
             let mut stepped = false;
             for run in runs.iter_mut() {
                 if run.active_in(epoch, shared.limits) {
-                    run.step(batch, batch_rows, shared, exec);
+                    run.step(batch, shared, exec);
                     stepped = true;
                 }
             }
@@ -415,22 +478,31 @@ fn drive_group_on(runs: &mut [&mut Run], shared: &Shared, exec: Exec) {
 
 fn new_run<'a>(
     point: &'a SweepPoint,
-    data: &[f32],
-    d_in: usize,
+    data: TrainData,
     path: &TrainPath,
     limits: Limits,
     aux: AuxScale,
 ) -> Result<Run<'a>, SaeError> {
     let cfg = &point.cfg;
     cfg.validate()?;
-    if cfg.d_in != d_in {
-        return Err(SaeError::InvalidConfig(format!(
-            "SAE config key `d_in` of sweep point `{}` is {}, but the training data has width {d_in}.",
-            point.name, cfg.d_in
-        )));
+    for (key, configured, width, what) in [
+        ("d_in", cfg.d_in, data.d_in, "training data"),
+        (
+            "transcoder.d_out",
+            cfg.d_out(),
+            data.d_out,
+            "training target",
+        ),
+    ] {
+        if configured != width {
+            return Err(SaeError::InvalidConfig(format!(
+                "SAE config key `{key}` of sweep point `{}` is {configured}, but the {what} has width {width}.",
+                point.name
+            )));
+        }
     }
-    let sae = Sae::init(cfg, data)?;
-    let rows = data.len() / d_in;
+    let sae = Sae::init(cfg, data.target)?;
+    let rows = data.rows();
     let steps_total = cfg.steps_per_epoch(rows) * cfg.epochs;
     Ok(Run {
         name: &point.name,
@@ -452,26 +524,24 @@ fn new_run<'a>(
 
 fn drive<'a>(
     points: &'a [SweepPoint],
-    data: &[f32],
-    d_in: usize,
+    data: TrainData,
     path: &TrainPath,
     progress: &(dyn Fn(&ProgressEvent) + Sync),
     limits: Limits,
 ) -> Vec<Result<Run<'a>, SaeError>> {
-    if let Err(e) = check_rows("training data", data, d_in) {
+    if let Err(e) = data.check() {
         return points.iter().map(|_| Err(clone_shape_error(&e))).collect();
     }
     let shared = Shared {
         data,
-        d_in,
-        total_variance: model::total_variance(data, d_in),
+        total_variance: model::total_variance(data.target, data.d_out),
         progress,
         limits,
     };
-    let aux = AuxScale::from_total_variance(shared.total_variance, data.len() / d_in);
+    let aux = AuxScale::from_total_variance(shared.total_variance, data.rows());
     let mut slots: Vec<Result<Run, SaeError>> = points
         .iter()
-        .map(|p| new_run(p, data, d_in, path, limits, aux))
+        .map(|p| new_run(p, data, path, limits, aux))
         .collect();
     let mut keys: Vec<(usize, Option<u64>)> = slots
         .iter()
@@ -529,9 +599,22 @@ const FULL: Limits = Limits {
     record_losses: false,
 };
 
-/// Trains every point on row-major `data` `[rows, d_in]` with `path`. Points
-/// sharing batch size and row order step together on each batch; a point that
-/// fails (bad config, divergence) stops alone.
+/// Trains every point on `data` with `path`. Points sharing batch size and
+/// row order step together on each batch; a point that fails (bad config,
+/// divergence) stops alone.
+pub fn train_sweep_data(
+    points: &[SweepPoint],
+    data: TrainData,
+    path: &TrainPath,
+    progress: &(dyn Fn(&ProgressEvent) + Sync),
+) -> Vec<Result<Trained, SaeError>> {
+    drive(points, data, path, progress, FULL)
+        .into_iter()
+        .map(|r| r.and_then(finish))
+        .collect()
+}
+
+/// [`train_sweep_data`] for SAEs on row-major `data` `[rows, d_in]`.
 pub fn train_sweep_on(
     points: &[SweepPoint],
     data: &[f32],
@@ -539,10 +622,7 @@ pub fn train_sweep_on(
     path: &TrainPath,
     progress: &(dyn Fn(&ProgressEvent) + Sync),
 ) -> Vec<Result<Trained, SaeError>> {
-    drive(points, data, d_in, path, progress, FULL)
-        .into_iter()
-        .map(|r| r.and_then(finish))
-        .collect()
+    train_sweep_data(points, TrainData::autoencoding(data, d_in), path, progress)
 }
 
 /// [`train_sweep_on`] with the fast path.
@@ -562,11 +642,21 @@ pub fn train(
     path: &TrainPath,
     progress: &(dyn Fn(&ProgressEvent) + Sync),
 ) -> Result<Trained, SaeError> {
+    train_on(cfg, TrainData::autoencoding(data, cfg.d_in), path, progress)
+}
+
+/// Trains one SAE or transcoder (reported as point `sae`) on `data`.
+pub fn train_on(
+    cfg: &SaeConfig,
+    data: TrainData,
+    path: &TrainPath,
+    progress: &(dyn Fn(&ProgressEvent) + Sync),
+) -> Result<Trained, SaeError> {
     let point = [SweepPoint {
         name: "sae".to_string(),
         cfg: cfg.clone(),
     }];
-    train_sweep_on(&point, data, cfg.d_in, path, progress)
+    train_sweep_data(&point, data, path, progress)
         .pop()
         .expect("one result per point")
 }
@@ -579,6 +669,21 @@ pub fn loss_trajectory(
     path: &TrainPath,
     max_steps: usize,
 ) -> Result<Trajectory, SaeError> {
+    loss_trajectory_on(
+        cfg,
+        TrainData::autoencoding(data, cfg.d_in),
+        path,
+        max_steps,
+    )
+}
+
+/// [`loss_trajectory`] for an SAE or transcoder on `data`.
+pub fn loss_trajectory_on(
+    cfg: &SaeConfig,
+    data: TrainData,
+    path: &TrainPath,
+    max_steps: usize,
+) -> Result<Trajectory, SaeError> {
     let point = [SweepPoint {
         name: "trajectory".to_string(),
         cfg: cfg.clone(),
@@ -587,7 +692,7 @@ pub fn loss_trajectory(
         max_steps: Some(max_steps),
         record_losses: true,
     };
-    let mut run = drive(&point, data, cfg.d_in, path, &|_| {}, limits)
+    let mut run = drive(&point, data, path, &|_| {}, limits)
         .pop()
         .expect("one result per point")?;
     Ok(Trajectory {
@@ -606,14 +711,29 @@ pub fn gradients(
     dead_features: &[usize],
     path: &TrainPath,
 ) -> Result<(f64, Gradients), SaeError> {
+    gradients_on(
+        sae,
+        TrainData::autoencoding(batch, sae.d_in()),
+        dead_features,
+        path,
+    )
+}
+
+/// [`gradients`] for an SAE or transcoder on one batch of `data`.
+pub fn gradients_on(
+    sae: &Sae,
+    batch: TrainData,
+    dead_features: &[usize],
+    path: &TrainPath,
+) -> Result<(f64, Gradients), SaeError> {
     sae.cfg.validate()?;
-    let rows = check_rows("gradient batch", batch, sae.d_in())?;
-    let mut trainer = make_trainer(sae, path, AuxScale::of(batch, sae.d_in()))?;
+    let rows = batch.check()?;
+    let mut trainer = make_trainer(sae, path, AuxScale::of(batch.target, batch.d_out))?;
     let window = usize::MAX / 2;
     let mut tracker = FiringTracker::new(sae.d_sae(), window);
     for &f in dead_features {
         tracker.since_fired[f] = window as u64;
     }
-    let stats = trainer.compute(batch, rows, &mut tracker, Exec::Serial)?;
+    let stats = trainer.compute(batch.input, batch.target, rows, &mut tracker, Exec::Serial)?;
     Ok((stats.loss, trainer.gradients()?))
 }

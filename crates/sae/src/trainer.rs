@@ -15,6 +15,8 @@ pub struct Gradients {
     pub w_dec: Vec<f32>,
     pub b_enc: Vec<f32>,
     pub b_dec: Vec<f32>,
+    /// A skip transcoder's `W_skip` gradient; empty for others.
+    pub w_skip: Vec<f32>,
     /// JumpReLU's gradient with respect to its log-thresholds; empty for other variants.
     pub threshold: Vec<f32>,
     /// Gated's `r_mag` and `b_mag` gradients (its `b_enc` is `b_gate`); empty for others.
@@ -46,9 +48,12 @@ pub(crate) struct FeatureReset {
 /// gradients; records which features fired) then `apply` (decoder gradient
 /// projection, Adam, renormalisation).
 pub(crate) trait Trainer: Send {
+    /// `x`: the encoder's input `[rows, d_in]`; `target`: what the decoder
+    /// predicts `[rows, d_out]` (`x` itself for an SAE).
     fn compute(
         &mut self,
         x: &[f32],
+        target: &[f32],
         rows: usize,
         tracker: &mut FiringTracker,
         exec: Exec,

@@ -714,6 +714,7 @@ fn the_first_step_moves_decoder_rows_along_the_projected_gradient() {
 #[test]
 fn the_scheduler_trains_a_group_once_and_hands_each_point_its_own_result() {
     let data = structured_data(128, 16, 8);
+    let rows = sae::TrainData::autoencoding(&data, 16);
     let point = |name: &str, l1_coeff: f64, group: &str| sae::ScheduledPoint {
         point: SweepPoint {
             name: name.into(),
@@ -738,7 +739,7 @@ fn the_scheduler_trains_a_group_once_and_hands_each_point_its_own_result() {
         trained_points.lock().unwrap().insert(e.point.to_string());
     };
     let b = scheduler
-        .trained("b", &data, &TrainPath::Fast, &record)
+        .trained("b", rows, &TrainPath::Fast, &record)
         .unwrap();
     assert_eq!(
         *trained_points.lock().unwrap(),
@@ -746,7 +747,7 @@ fn the_scheduler_trains_a_group_once_and_hands_each_point_its_own_result() {
     );
     trained_points.lock().unwrap().clear();
     let a = scheduler
-        .trained("a", &data, &TrainPath::Fast, &record)
+        .trained("a", rows, &TrainPath::Fast, &record)
         .unwrap();
     assert!(
         trained_points.lock().unwrap().is_empty(),
@@ -758,13 +759,13 @@ fn the_scheduler_trains_a_group_once_and_hands_each_point_its_own_result() {
         assert_eq!(got.sae.w_dec, alone.sae.w_dec, "{}", p.point.name);
     }
     scheduler
-        .trained("c", &data, &TrainPath::Fast, &record)
+        .trained("c", rows, &TrainPath::Fast, &record)
         .unwrap();
     assert_eq!(
         *trained_points.lock().unwrap(),
         ["c"].map(String::from).into()
     );
-    let unknown = match scheduler.trained("nope", &data, &TrainPath::Fast, &record) {
+    let unknown = match scheduler.trained("nope", rows, &TrainPath::Fast, &record) {
         Ok(_) => panic!("an unknown point trained"),
         Err(e) => e.to_string(),
     };
@@ -803,7 +804,12 @@ fn sparse_codes_are_the_dense_encoding_and_decode_to_the_reconstruction() {
             .collect();
         assert_eq!(got, expected, "row {r}");
         nonzeros += got.len();
-        let decoded = sae::decode_row(&sae, &codes.feature[start..end], &codes.value[start..end]);
+        let decoded = sae::decode_row(
+            &sae,
+            &[],
+            &codes.feature[start..end],
+            &codes.value[start..end],
+        );
         assert_eq!(decoded, x_hat[r * 16..(r + 1) * 16], "row {r}");
     }
     assert!(

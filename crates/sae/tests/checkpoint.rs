@@ -8,12 +8,15 @@ use std::path::Path as FsPath;
 use std::process::Command;
 
 use common::*;
-use sae::{load, reconstruct, save, train, Origin, SaeConfig, TrainPath, Variant};
+use sae::{
+    load, reconstruct, save, train, Origin, SaeConfig, TrainData, TrainPath, Transcoder, Variant,
+};
 
 fn origin() -> Origin {
     Origin {
         model_name: "test".into(),
         hook_name: "fc2.pre".into(),
+        hook_name_out: None,
     }
 }
 
@@ -44,6 +47,33 @@ fn trained(variant: Variant) -> (sae::Sae, Vec<f32>) {
     )
 }
 
+/// A transcoder (16 -> 12 wide) trained on synthetic data: it, its inputs and its targets.
+fn trained_transcoder(variant: Variant, skip: bool) -> (sae::Sae, Vec<f32>, Vec<f32>) {
+    let input = structured_data(200, 16, 41);
+    let target = structured_data(200, 12, 42);
+    let cfg = SaeConfig {
+        epochs: 2,
+        transcoder: Some(Transcoder { d_out: 12, skip }),
+        ..config(variant, 16, 40)
+    };
+    let data = TrainData::transcoding(&input, 16, &target, 12);
+    let sae = sae::train_on(&cfg, data, &TrainPath::Fast, &|_| {})
+        .unwrap()
+        .sae;
+    (sae, input, target)
+}
+
+/// Transcoders of the variants SAELens has as transcoders (ReLU, and
+/// JumpReLU, which also holds the BatchTopK family), with their SAELens class.
+fn saelens_transcoders() -> Vec<(Variant, bool, &'static str)> {
+    vec![
+        (Variant::L1 { l1_coeff: 3e-3 }, false, "Transcoder"),
+        (Variant::L1 { l1_coeff: 3e-3 }, true, "SkipTranscoder"),
+        (Variant::jump_relu(1e-2), false, "JumpReLUTranscoder"),
+        (Variant::batch_top_k(5), true, "JumpReLUSkipTranscoder"),
+    ]
+}
+
 #[test]
 fn save_load_round_trip_keeps_every_bit() {
     let dir = tempfile::tempdir().unwrap();
@@ -52,6 +82,41 @@ fn save_load_round_trip_keeps_every_bit() {
         save(&sae, dir.path(), &origin()).unwrap();
         assert_eq!(load(dir.path()).unwrap(), sae);
     }
+    for variant in every_architecture() {
+        for skip in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let (sae, _, _) = trained_transcoder(variant.clone(), skip);
+            save(&sae, dir.path(), &origin()).unwrap();
+            assert_eq!(load(dir.path()).unwrap(), sae);
+        }
+    }
+}
+
+#[test]
+fn a_skip_transcoder_without_its_skip_weights_is_refused_naming_the_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sae, _, _) = trained_transcoder(Variant::L1 { l1_coeff: 3e-3 }, true);
+    save(&sae, dir.path(), &origin()).unwrap();
+    let cfg_path = dir.path().join(sae::CONFIG_FILE);
+    let json = std::fs::read_to_string(&cfg_path).unwrap();
+    // The same weights read as a plain transcoder: W_skip does not belong.
+    std::fs::write(&cfg_path, json.replace("\"skip\": true", "\"skip\": false")).unwrap();
+    let message = load(dir.path()).unwrap_err().to_string();
+    assert!(
+        message.contains(sae::WEIGHTS_FILE)
+            && message.contains("`W_skip`")
+            && message.contains("transcoder"),
+        "{message}"
+    );
+    // A skip transcoder whose file lacks W_skip.
+    let (plain, _, _) = trained_transcoder(Variant::L1 { l1_coeff: 3e-3 }, false);
+    save(&plain, dir.path(), &origin()).unwrap();
+    std::fs::write(&cfg_path, &json).unwrap();
+    let message = load(dir.path()).unwrap_err().to_string();
+    assert!(
+        message.contains(sae::WEIGHTS_FILE) && message.contains("`W_skip` is missing"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -144,6 +209,22 @@ fn python_reconstruction_matches_rust() {
             None => return,
         }
     }
+    for variant in every_architecture() {
+        for skip in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let (sae, input, _) = trained_transcoder(variant.clone(), skip);
+            save(&sae, dir.path(), &origin()).unwrap();
+            write_f32(&dir.path().join("x.f32"), &input);
+            write_f32(
+                &dir.path().join("x_hat.f32"),
+                &reconstruct(&sae, &input).unwrap(),
+            );
+            match run_python("check_sae.py", &[dir.path()]) {
+                Some(stdout) => eprintln!("{stdout}"),
+                None => return,
+            }
+        }
+    }
 }
 
 /// SAELens' class for each architecture's folder (the BatchTopK family is
@@ -177,6 +258,25 @@ fn saelens_loads_every_architecture_and_reproduces_its_metrics() {
             std::fs::write(dir.path().join("expected.json"), expected.to_string()).unwrap();
             dir
         })
+        .chain(
+            saelens_transcoders()
+                .into_iter()
+                .map(|(variant, skip, class)| {
+                    let dir = tempfile::tempdir().unwrap();
+                    let (sae, input, target) = trained_transcoder(variant, skip);
+                    save(&sae, dir.path(), &origin()).unwrap();
+                    write_f32(&dir.path().join("x.f32"), &input);
+                    write_f32(&dir.path().join("y.f32"), &target);
+                    let metrics = sae::evaluate_on(&sae, &input, &target).unwrap();
+                    let expected = serde_json::json!({
+                        "class": class,
+                        "explained_variance": metrics.explained_variance,
+                        "l0": metrics.l0,
+                    });
+                    std::fs::write(dir.path().join("expected.json"), expected.to_string()).unwrap();
+                    dir
+                }),
+        )
         .collect();
     let paths: Vec<&FsPath> = dirs.iter().map(|d| d.path()).collect();
     if let Some(stdout) = run_python("check_saelens.py", &paths) {

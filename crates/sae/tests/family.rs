@@ -86,7 +86,7 @@ fn prefix_explained_variance(sae: &Sae, data: &[f32], width: usize) -> f64 {
             .zip(&codes.value[span])
             .filter(|(&f, _)| (f as usize) < width)
             .unzip();
-        x_hat.extend(decode_row(sae, &features, &values));
+        x_hat.extend(decode_row(sae, &[], &features, &values));
     }
     explained_variance(data, &x_hat, D_IN).unwrap()
 }
@@ -208,6 +208,7 @@ fn origin() -> Origin {
     Origin {
         model_name: "test-mlp".into(),
         hook_name: "fc2.pre".into(),
+        hook_name_out: None,
     }
 }
 

@@ -5,7 +5,10 @@ mod common;
 
 use candle_core::Device;
 use common::*;
-use sae::{gradients, loss_trajectory, AuxInput, Reduction, SaeConfig, TrainPath, Variant};
+use sae::{
+    gradients_on, loss_trajectory_on, AuxInput, Reduction, SaeConfig, TrainData, TrainPath,
+    Transcoder, Variant,
+};
 
 fn reference() -> TrainPath {
     TrainPath::Reference {
@@ -13,18 +16,24 @@ fn reference() -> TrainPath {
     }
 }
 
-/// Both paths' loss and gradients match the f64 host computation.
+/// Both paths' loss and gradients match the f64 host computation (a
+/// transcoder's target is independent of its input, so every term is live).
 fn check_gradients(cfg: &SaeConfig, dead: &[usize], seed: u64) {
     let sae = perturbed_sae(cfg, seed);
     let batch = structured_data(24, cfg.d_in, seed + 1);
+    let target = match cfg.transcoder {
+        Some(t) => structured_data(24, t.d_out, seed + 2),
+        None => batch.clone(),
+    };
+    let data = TrainData::transcoding(&batch, cfg.d_in, &target, cfg.d_out());
     let mut dead_mask = vec![false; cfg.d_sae];
     dead.iter().for_each(|&f| dead_mask[f] = true);
     let host = match cfg.variant {
-        Variant::Gated { .. } => host_gradients_gated(&sae, &batch),
-        _ => host_gradients(&sae, &batch, &dead_mask),
+        Variant::Gated { .. } => host_gradients_gated_on(&sae, &batch, &target),
+        _ => host_gradients_on(&sae, &batch, &target, &dead_mask),
     };
     for path in [TrainPath::Fast, reference()] {
-        let (loss, g) = gradients(&sae, &batch, dead, &path).unwrap();
+        let (loss, g) = gradients_on(&sae, data, dead, &path).unwrap();
         let label = format!("{:?} {:?}", cfg.variant, path);
         assert!(
             ((loss - host.loss) / host.loss).abs() < 1e-5,
@@ -36,6 +45,7 @@ fn check_gradients(cfg: &SaeConfig, dead: &[usize], seed: u64) {
             ("W_dec", &g.w_dec, &host.w_dec),
             ("b_enc", &g.b_enc, &host.b_enc),
             ("b_dec", &g.b_dec, &host.b_dec),
+            ("W_skip", &g.w_skip, &host.w_skip),
             ("log-threshold", &g.threshold, &host.threshold),
             ("r_mag", &g.r_mag, &host.r_mag),
             ("b_mag", &g.b_mag, &host.b_mag),
@@ -84,6 +94,75 @@ fn batch_top_k_and_matryoshka_gradients_match_f64_host() {
             };
             check_gradients(&with_aux, &[0, 5, 9, 17, 30, 41, 47], seed + offset);
         }
+    }
+}
+
+/// `variant` as a transcoder from 16 to 12 wide (different widths, so no
+/// index can mix them up), with or without the skip.
+fn transcoder(variant: Variant, skip: bool) -> SaeConfig {
+    SaeConfig {
+        transcoder: Some(Transcoder { d_out: 12, skip }),
+        ..config(variant, 16, 48)
+    }
+}
+
+#[test]
+fn transcoder_and_skip_transcoder_gradients_match_f64_host_for_every_variant() {
+    let jump = Variant::JumpRelu {
+        l0_coeff: 0.3,
+        bandwidth: 0.2,
+        init_threshold: 0.01,
+    };
+    let aux = |v: Variant| with_aux(v, 6, 0.5, AuxInput::Raw);
+    let dead = [0, 5, 9, 17, 30, 41, 47];
+    for skip in [false, true] {
+        for (seed, variant, dead) in [
+            (41, Variant::L1 { l1_coeff: 3e-3 }, &[][..]),
+            (42, Variant::NormWeightedL1 { l1_coeff: 0.02 }, &[]),
+            (43, aux(Variant::top_k(6)), &dead[..]),
+            (44, aux(Variant::batch_top_k(3)), &dead),
+            (45, aux(Variant::matryoshka_batch_top_k(3)), &dead),
+            (46, jump.clone(), &[]),
+            (47, Variant::Gated { l1_coeff: 3e-3 }, &[]),
+        ] {
+            check_gradients(&transcoder(variant, skip), dead, seed + 10 * skip as u64);
+        }
+    }
+}
+
+#[test]
+fn skip_transcoder_paths_follow_the_same_loss_trajectory_for_320_steps() {
+    // fc2's sublayer in miniature: the target is a ReLU layer of the input,
+    // scaled to O(1) values like the SAE tests' data (at 10x the scale ReLU
+    // boundary flips grow the paths' 1e-8 gaps to 1e-4 by step 300).
+    let (rows, d_in, d_out) = (64 * 80, 128, 96);
+    let input = structured_data(rows, d_in, 17);
+    let weights = structured_data(d_out, d_in, 18);
+    let target: Vec<f32> = input
+        .chunks_exact(d_in)
+        .flat_map(|x| {
+            weights
+                .chunks_exact(d_in)
+                .map(|w| 0.1 * w.iter().zip(x).map(|(a, b)| a * b).sum::<f32>().max(0.0))
+                .collect::<Vec<f32>>()
+        })
+        .collect();
+    let data = TrainData::transcoding(&input, d_in, &target, d_out);
+    for variant in [
+        Variant::L1 { l1_coeff: 3e-3 },
+        with_aux(Variant::top_k(16), 48, 1.0 / 32.0, AuxInput::Relu),
+    ] {
+        let cfg = SaeConfig {
+            epochs: 10,
+            dead_window_steps: 25,
+            transcoder: Some(Transcoder { d_out, skip: true }),
+            ..config(variant.clone(), d_in, 512)
+        };
+        let gap = trajectory_gap_on(&cfg, data, 320);
+        assert!(
+            gap < TRAJECTORY_TOLERANCE,
+            "{variant:?} skip transcoder: loss trajectories differ by {gap:e}"
+        );
     }
 }
 
@@ -160,7 +239,7 @@ fn top_k_and_aux_k_gradients_match_f64_host_on_both_paths() {
     let row = structured_data(1, cfg.d_in, 5);
     let host = host_gradients(&sae, &row, &vec![true; cfg.d_sae]);
     for path in [TrainPath::Fast, reference()] {
-        let (loss, g) = gradients(&sae, &row, &dead, &path).unwrap();
+        let (loss, g) = sae::gradients(&sae, &row, &dead, &path).unwrap();
         assert!(loss.is_finite() && ((loss - host.loss) / host.loss).abs() < 1e-5);
         assert!(relative_error(&g.w_enc, &host.w_enc) < 2e-5, "{path:?}");
     }
@@ -188,8 +267,12 @@ fn norm_weighted_l1_paths_follow_the_same_loss_trajectory_for_320_steps() {
 
 /// Loss at every step of both paths; returns the largest relative gap.
 fn trajectory_gap(cfg: &SaeConfig, data: &[f32], steps: usize) -> f64 {
-    let fast = loss_trajectory(cfg, data, &TrainPath::Fast, steps).unwrap();
-    let refr = loss_trajectory(cfg, data, &reference(), steps).unwrap();
+    trajectory_gap_on(cfg, TrainData::autoencoding(data, cfg.d_in), steps)
+}
+
+fn trajectory_gap_on(cfg: &SaeConfig, data: TrainData, steps: usize) -> f64 {
+    let fast = loss_trajectory_on(cfg, data, &TrainPath::Fast, steps).unwrap();
+    let refr = loss_trajectory_on(cfg, data, &reference(), steps).unwrap();
     assert_eq!(fast.losses.len(), steps);
     assert_eq!(refr.losses.len(), steps);
     assert!(
@@ -268,7 +351,7 @@ fn jump_relu_paths_follow_the_same_loss_trajectory_for_320_steps() {
         gap < TRAJECTORY_TOLERANCE,
         "JumpReLU loss trajectories differ by {gap:e}"
     );
-    let fast = loss_trajectory(&cfg, &data, &TrainPath::Fast, 320)
+    let fast = sae::loss_trajectory(&cfg, &data, &TrainPath::Fast, 320)
         .unwrap()
         .sae;
     let moved = fast

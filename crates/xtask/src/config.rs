@@ -197,16 +197,23 @@ fn finish(mut table: Table, source: &str) -> Result<Config> {
 /// What one section's values mean for another's, checked before any stage
 /// runs rather than after the stages that precede the one that would fail.
 fn check_across_sections(config: &Config) -> Result<()> {
-    if let Some(layer) = config
-        .sae
-        .layer
-        .iter()
-        .find(|l| !config.extract.layers.contains(l))
-    {
-        bail!(
-            "sae.layer names {layer:?}, but extract.layers = {:?} does not cache it: add it to extract.layers",
-            config.extract.layers
-        );
+    let sae = &config.sae;
+    let transcoder_layers = [
+        ("transcoder_input", &sae.transcoder_input),
+        ("transcoder_output", &sae.transcoder_output),
+    ];
+    let read = sae.layer.iter().map(|l| ("layer", l)).chain(
+        transcoder_layers
+            .into_iter()
+            .filter(|_| sae.has_transcoders()),
+    );
+    for (key, layer) in read {
+        if !config.extract.layers.contains(layer) {
+            bail!(
+                "sae.{key} names {layer:?}, but extract.layers = {:?} does not cache it: add it to extract.layers",
+                config.extract.layers
+            );
+        }
     }
     if config.sae.device == TrainerDevice::Cuda && !cfg!(feature = "cuda") {
         bail!("sae.device = \"cuda\" needs an xtask built with CUDA, and this one was built without it: run `cargo run --release -p xtask --features cuda -- ...`");
@@ -519,6 +526,68 @@ mod tests {
     }
 
     #[test]
+    fn transcoder_points_read_one_layer_and_write_another_once_whatever_the_layer_axis() {
+        let points =
+            |overrides: &[&str]| load_text("", None, overrides).unwrap().config.sae.points();
+        let both = points(&[
+            "sae.variant=[\"l1\", \"transcoder\", \"skip_transcoder\"]",
+            "sae.layer=[\"fc2.pre\", \"fc1.pre\"]",
+        ]);
+        let summary: Vec<(&str, &str, &str, Option<sae::Transcoder>)> = both
+            .iter()
+            .map(|p| {
+                (
+                    p.name.as_str(),
+                    p.layer.as_str(),
+                    p.output.as_str(),
+                    p.cfg.transcoder,
+                )
+            })
+            .collect();
+        let transcoder = |skip| Some(sae::Transcoder { d_out: 128, skip });
+        assert_eq!(
+            summary,
+            [
+                ("sae/fc2.pre/l1-0.003/d1024/s0", "fc2.pre", "fc2.pre", None),
+                ("sae/fc1.pre/l1-0.003/d1024/s0", "fc1.pre", "fc1.pre", None),
+                (
+                    "sae/fc1.post_to_fc2.post/transcoder-l1-0.003/d1024/s0",
+                    "fc1.post",
+                    "fc2.post",
+                    transcoder(false)
+                ),
+                (
+                    "sae/fc1.post_to_fc2.post/skip_transcoder-l1-0.003/d1024/s0",
+                    "fc1.post",
+                    "fc2.post",
+                    transcoder(true)
+                ),
+            ]
+        );
+        assert_eq!(both[3].params["variant"], "skip_transcoder");
+        assert_eq!(both[3].params["transcoder_variant"], "l1");
+        // A TopK transcoder starts as TopK does where the widths allow a tied encoder ...
+        let topk = |output: &str| {
+            let point = points(&[
+                "sae.variant=[\"transcoder\"]",
+                "sae.transcoder_variant=[\"topk\"]",
+                &format!("sae.transcoder_output=\"{output}\""),
+            ])
+            .remove(0);
+            (point.cfg.encoder_init, point.cfg.b_dec_init)
+        };
+        assert_eq!(
+            topk("fc2.post"),
+            (sae::EncoderInit::Tied, sae::DecoderBiasInit::DataMean)
+        );
+        // ... and from an independent encoder where they differ.
+        assert_eq!(
+            topk("logits"),
+            (sae::EncoderInit::Uniform, sae::DecoderBiasInit::DataMean)
+        );
+    }
+
+    #[test]
     fn presets_and_overrides_apply_in_order() {
         let toml = "[presets.fast.mlp]\nepochs = 2\nlr = 0.5\n";
         let loaded = load_text(toml, Some("fast"), &["mlp.lr=0.25", "sae.k=[8, 16]"]).unwrap();
@@ -569,7 +638,7 @@ mod tests {
             }
         }
         // Each refusal is one sentence naming the key as written and the value.
-        let exact: [(&str, &[&str], &str); 9] = [
+        let exact: [(&str, &[&str], &str); 14] = [
             ("[mlp]\nepochs = -3\n", &[], "mlp.epochs = -3 is out of range: it must be a whole number >= 0"),
             ("", &["sae.seed=[0, -1]"], "sae.seed holds -1, which is out of range: every value must be a whole number >= 0"),
             ("", &["sae.l1_coeff=NaN"], "sae.l1_coeff = NaN is out of range: it must be a finite number >= 0 (in sweep point sae/fc2.pre/l1-NaN/d1024/s0)"),
@@ -580,6 +649,12 @@ mod tests {
             ("[mlp]\noptimizer = \"lion\"\n", &[], "mlp.optimizer: unknown variant `lion`, expected `sgd` or `adam`"),
             // Checked before any stage runs: the SAE reads a layer extract does not cache.
             ("[extract]\nlayers = [\"fc1.pre\"]\n", &[], "sae.layer names \"fc2.pre\", but extract.layers = [\"fc1.pre\"] does not cache it: add it to extract.layers"),
+            // Transcoders: their layers, their variant and their init.
+            ("", &["sae.variant=[\"skip\"]"], "sae.variant[0]: unknown variant `skip`, expected one of `l1`, `topk`, `norm_weighted_l1`, `batchtopk`, `matryoshka_batchtopk`, `jumprelu`, `gated`, `transcoder`, `skip_transcoder`"),
+            ("", &["sae.transcoder_output=\"fc9\""], "sae.transcoder_output names \"fc9\", which is not a layer; layers are fc1.pre, fc1.post, fc2.pre, fc2.post, logits"),
+            ("", &["sae.transcoder_output=\"fc1.post\""], "sae.transcoder_output = \"fc1.post\" is sae.transcoder_input: a transcoder predicts another layer than it reads"),
+            ("[extract]\nlayers = [\"fc2.pre\", \"fc2.post\"]\n[sae]\nvariant = [\"transcoder\"]\n", &[], "sae.transcoder_input names \"fc1.post\", but extract.layers = [\"fc2.pre\", \"fc2.post\"] does not cache it: add it to extract.layers"),
+            ("[sae]\nvariant = [\"transcoder\"]\ntranscoder_output = \"logits\"\nencoder_init = \"tied\"\n", &[], "sae.encoder_init = \"tied\" is out of range: it must be \"uniform\" for a transcoder whose widths differ (d_in 128, d_out 10): a tied encoder is the decoder transposed (in sweep point sae/fc1.post_to_logits/transcoder-l1-0.003/d1024/s0)"),
         ];
         for (toml, overrides, expected) in exact {
             let message = refusal(toml, overrides);

@@ -41,13 +41,20 @@ pub fn dashboards(
     )?;
     let store = ActivationStore::open_dir(&extract_dir, VerifyMode::Sizes)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let copy = LayerCopy::read(&store, &point.layer).map_err(anyhow::Error::msg)?;
-    let layer = copy.data(&point.layer, &data.train.images.pixels, &model);
+    // The neurons it is compared with are its report's; it encodes its own layer.
+    let report = crate::stages::analysis::report_layer(point, &points);
+    let read = |name: &str| LayerCopy::read(&store, name).map_err(anyhow::Error::msg);
+    let (copy, input_copy) = (read(report)?, read(&point.layer)?);
+    let pixels = &data.train.images.pixels;
+    let layer = copy.data(report, pixels, &model);
+    let reads = input_copy.data(&point.layer, pixels, &model);
     let sae = sae::load(&sae_dir)?;
     let name = point.name.trim_start_matches("sae/").replace('/', "_");
     let run = analysis::SaeRun {
         name: &name,
         sae: &sae,
+        reads: &reads,
+        writes: &point.output,
         curve: &[],
         metrics: analysis::SaeMetrics::default(),
     };

@@ -31,7 +31,7 @@ impl SweepTrainer {
             .points()
             .into_iter()
             .map(|p| sae::ScheduledPoint {
-                group: format!("{}/{}", p.layer, p.reference_path),
+                group: format!("{}/{}/{}", p.layer, p.output, p.reference_path),
                 point: SweepPoint {
                     name: p.name,
                     cfg: p.cfg,
@@ -48,7 +48,7 @@ impl SweepTrainer {
         self.scheduler.set_pending(names);
     }
 
-    pub fn trained(&self, point: &Point, train: &[f32]) -> Result<Trained, StageError> {
+    pub fn trained(&self, point: &Point, train: sae::TrainData) -> Result<Trained, StageError> {
         let path = if point.reference_path {
             let device = if self.cuda {
                 Device::new_cuda(0)?
@@ -86,7 +86,13 @@ impl SweepTrainer {
 #[serde(deny_unknown_fields, default)]
 pub struct SaeSweep {
     pub layer: Vec<String>,
-    pub variant: Vec<sae::Architecture>,
+    pub variant: Vec<VariantChoice>,
+    /// Transcoder points read this layer ...
+    pub transcoder_input: String,
+    /// ... and predict this one (fc2's sublayer by default).
+    pub transcoder_output: String,
+    /// The sparsity of transcoder points: any SAE architecture (a sweep axis).
+    pub transcoder_variant: Vec<sae::Architecture>,
     /// For the l1, norm_weighted_l1 and gated variants.
     pub l1_coeff: Vec<f64>,
     /// For the topk, batchtopk and matryoshka_batchtopk variants.
@@ -131,6 +137,66 @@ pub struct SaeSweep {
     pub resample_sample_rows: usize,
     pub path: TrainerPath,
     pub device: TrainerDevice,
+}
+
+/// A value of `sae.variant`: an SAE architecture, or a transcoder (SAELens'
+/// names) whose sparsity is `sae.transcoder_variant`'s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VariantChoice {
+    Sae(sae::Architecture),
+    /// The encoder reads `transcoder_input`, the decoder predicts `transcoder_output`.
+    Transcoder,
+    /// A transcoder with a learned linear skip, `x @ W_skip^T`.
+    SkipTranscoder,
+}
+
+impl VariantChoice {
+    pub fn name(self) -> &'static str {
+        match self {
+            VariantChoice::Sae(architecture) => architecture.name(),
+            VariantChoice::Transcoder => "transcoder",
+            VariantChoice::SkipTranscoder => "skip_transcoder",
+        }
+    }
+
+    fn all() -> impl Iterator<Item = VariantChoice> {
+        sae::Architecture::ALL
+            .into_iter()
+            .map(VariantChoice::Sae)
+            .chain([VariantChoice::Transcoder, VariantChoice::SkipTranscoder])
+    }
+
+    /// A transcoder's skip (`None` for an SAE).
+    fn skip(self) -> Option<bool> {
+        match self {
+            VariantChoice::Sae(_) => None,
+            VariantChoice::Transcoder => Some(false),
+            VariantChoice::SkipTranscoder => Some(true),
+        }
+    }
+}
+
+impl Serialize for VariantChoice {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for VariantChoice {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        VariantChoice::all()
+            .find(|choice| choice.name() == name)
+            .ok_or_else(|| {
+                let names: Vec<String> = VariantChoice::all()
+                    .map(|c| format!("`{}`", c.name()))
+                    .collect();
+                serde::de::Error::custom(format!(
+                    "unknown variant `{name}`, expected one of {}",
+                    names.join(", ")
+                ))
+            })
+    }
 }
 
 /// `sae.encoder_init`.
@@ -225,7 +291,10 @@ impl Default for SaeSweep {
         };
         SaeSweep {
             layer: vec!["fc2.pre".into()],
-            variant: vec![Variant::default().architecture()],
+            variant: vec![VariantChoice::Sae(Variant::default().architecture())],
+            transcoder_input: "fc1.post".into(),
+            transcoder_output: "fc2.post".into(),
+            transcoder_variant: vec![Variant::default().architecture()],
             l1_coeff: vec![l1_coeff],
             k: vec![k],
             l0_coeff: vec![l0_coeff],
@@ -257,11 +326,14 @@ impl Default for SaeSweep {
     }
 }
 
-/// One SAE of the sweep.
+/// One SAE (or transcoder) of the sweep.
 #[derive(Clone, Debug)]
 pub struct Point {
     pub name: String,
+    /// The layer the encoder reads.
     pub layer: String,
+    /// The layer the decoder predicts: `layer` for an SAE.
+    pub output: String,
     pub cfg: SaeConfig,
     pub reference_path: bool,
     /// The `[sae]` keys that shape this point, with its values, as the user
@@ -275,6 +347,7 @@ impl SaeSweep {
         for (key, empty) in [
             ("layer", self.layer.is_empty()),
             ("variant", self.variant.is_empty()),
+            ("transcoder_variant", self.transcoder_variant.is_empty()),
             ("d_sae", self.d_sae.is_empty()),
             ("seed", self.seed.is_empty()),
             ("resample_every_steps", self.resample_every_steps.is_empty()),
@@ -283,13 +356,23 @@ impl SaeSweep {
                 bail!("sae.{key} is an empty list: a sweep axis needs at least one value");
             }
         }
-        for layer in &self.layer {
+        let named = self.layer.iter().map(|l| ("layer", l)).chain([
+            ("transcoder_input", &self.transcoder_input),
+            ("transcoder_output", &self.transcoder_output),
+        ]);
+        for (key, layer) in named {
             if mlp::layer_width(layer).is_none() {
                 bail!(
-                    "sae.layer names {layer:?}, which is not a layer; layers are {}",
+                    "sae.{key} names {layer:?}, which is not a layer; layers are {}",
                     mlp::LAYER_NAMES.join(", ")
                 );
             }
+        }
+        if self.transcoder_input == self.transcoder_output {
+            bail!(
+                "sae.transcoder_output = {:?} is sae.transcoder_input: a transcoder predicts another layer than it reads",
+                self.transcoder_output
+            );
         }
         if self.device == TrainerDevice::Cuda && self.path != TrainerPath::Reference {
             bail!(
@@ -323,12 +406,36 @@ impl SaeSweep {
         Ok(())
     }
 
-    /// Every combination of the list-valued keys.
+    /// Whether any point is a transcoder (its layers must be extracted).
+    pub fn has_transcoders(&self) -> bool {
+        self.variant.iter().any(|v| v.skip().is_some())
+    }
+
+    /// Every combination of the list-valued keys: SAE architectures over
+    /// `layer`, transcoders over `transcoder_variant` on their own two layers.
     /// (See [`sweep_key`] for how a point's `SaeConfig` keys map back to these.)
     pub fn points(&self) -> Vec<Point> {
         let mut out = Vec::new();
+        let mut units: Vec<(String, String, sae::Architecture, Option<bool>)> = Vec::new();
         for layer in &self.layer {
-            for architecture in &self.variant {
+            for choice in &self.variant {
+                if let VariantChoice::Sae(architecture) = choice {
+                    units.push((layer.clone(), layer.clone(), *architecture, None));
+                }
+            }
+        }
+        for choice in &self.variant {
+            for &architecture in &self.transcoder_variant {
+                if let Some(skip) = choice.skip() {
+                    let (input, output) = (&self.transcoder_input, &self.transcoder_output);
+                    units.push((input.clone(), output.clone(), architecture, Some(skip)));
+                }
+            }
+        }
+        units.dedup();
+        for (layer, output, architecture, skip) in units {
+            {
+                let layer = &layer;
                 let width = mlp::layer_width(layer).unwrap_or(0);
                 let axes = sae::VariantAxes {
                     l1_coeff: &self.l1_coeff,
@@ -347,8 +454,13 @@ impl SaeSweep {
                     aux_coeff: self.aux_coeff,
                 };
                 let variants = architecture.variants(&axes);
+                let (folder, kind) = match skip {
+                    None => (layer.clone(), String::new()),
+                    Some(false) => (format!("{layer}_to_{output}"), "transcoder-".into()),
+                    Some(true) => (format!("{layer}_to_{output}"), "skip_transcoder-".into()),
+                };
                 for variant in variants {
-                    let variant_label = variant.label();
+                    let variant_label = format!("{kind}{}", variant.label());
                     for &d_sae in &self.d_sae {
                         for &seed in &self.seed {
                             for &every in &self.resample_every_steps {
@@ -357,14 +469,41 @@ impl SaeSweep {
                                 } else {
                                     String::new()
                                 };
+                                let transcoder = skip.map(|skip| sae::Transcoder {
+                                    d_out: mlp::layer_width(&output).unwrap_or(0),
+                                    skip,
+                                });
+                                let mut params =
+                                    self.point_params(layer, &variant, d_sae, seed, every);
+                                let mut cfg =
+                                    self.config(layer, variant.clone(), d_sae, seed, every);
+                                if let Some(transcoder) = transcoder {
+                                    cfg.transcoder = Some(transcoder);
+                                    if cfg.encoder_init == sae::EncoderInit::Tied
+                                        && self.encoder_init == EncoderInitChoice::Architecture
+                                        && transcoder.d_out != cfg.d_in
+                                    {
+                                        // Tied needs equal widths; validate() refuses only an explicit "tied".
+                                        cfg.encoder_init = sae::EncoderInit::Uniform;
+                                    }
+                                    params["variant"] = serde_json::json!(if transcoder.skip {
+                                        "skip_transcoder"
+                                    } else {
+                                        "transcoder"
+                                    });
+                                    params["transcoder_variant"] = serde_json::json!(architecture);
+                                    params["transcoder_output"] = serde_json::json!(output);
+                                    params["encoder_init"] = serde_json::json!(cfg.encoder_init);
+                                }
                                 out.push(Point {
                                     name: format!(
-                                        "sae/{layer}/{variant_label}/d{d_sae}/s{seed}{resampled}"
+                                        "sae/{folder}/{variant_label}/d{d_sae}/s{seed}{resampled}"
                                     ),
                                     layer: layer.clone(),
-                                    cfg: self.config(layer, variant.clone(), d_sae, seed, every),
+                                    output: output.clone(),
+                                    cfg,
                                     reference_path: self.path == TrainerPath::Reference,
-                                    params: self.point_params(layer, &variant, d_sae, seed, every),
+                                    params,
                                 });
                             }
                         }
@@ -454,6 +593,7 @@ impl SaeSweep {
         let (encoder_init, b_dec_init) = self.init(variant.architecture());
         SaeConfig {
             d_in: mlp::layer_width(layer).unwrap_or(0),
+            transcoder: None,
             d_sae,
             variant,
             l1_reduction: self.l1_reduction,

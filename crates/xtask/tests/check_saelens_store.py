@@ -1,6 +1,8 @@
 """Loads every SAE folder of a saelab store with SAELens and checks that
 SAELens' own encode/decode reproduce the train-split explained variance and
-L0 that saelab wrote in the folder's metrics.json.
+L0 that saelab wrote in the folder's metrics.json. A transcoder
+(`metadata.hook_name_out`) is measured by its forward pass, skip included,
+against its output layer.
 
 Usage: check_saelens_store.py STORE. Exit 0: every SAE agrees within 1e-4;
 1: one does not (or there are none); 3: sae_lens is missing.
@@ -38,9 +40,15 @@ def main() -> int:
         if layer not in rows:
             rows[layer] = torch.from_numpy(train_rows(store, layer))
         x = rows[layer]
+        out = getattr(sae.cfg.metadata, "hook_name_out", None)
         with torch.no_grad():
             f = sae.encode(x)
-            x_hat = sae.decode(f)
+            x_hat = sae(x) if out else sae.decode(f)
+        if out:
+            if out not in rows:
+                rows[out] = torch.from_numpy(train_rows(store, out))
+            x = rows[out]
+            layer = f"{layer} -> {out}"
         x64, x_hat64 = x.double(), x_hat.double()
         ev = float(1.0 - ((x64 - x_hat64) ** 2).sum() / ((x64 - x64.mean(0)) ** 2).sum())
         l0 = float((f > 0).double().sum(-1).mean())

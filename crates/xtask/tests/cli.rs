@@ -622,7 +622,9 @@ fn dashboards_render_on_demand_for_named_or_queried_features() {
 #[test]
 fn every_architecture_trains_into_one_report_and_saelens_loads_each_folder() {
     let store = tempfile::tempdir().unwrap();
-    let variants = format!("sae.variant={:?}", sae::Architecture::ALL.map(|a| a.name()));
+    let mut names: Vec<&str> = sae::Architecture::ALL.map(|a| a.name()).to_vec();
+    names.extend(["transcoder", "skip_transcoder"]);
+    let variants = format!("sae.variant={names:?}");
     let run = xtask(
         store.path(),
         &[
@@ -648,7 +650,29 @@ fn every_architecture_trains_into_one_report_and_saelens_loads_each_folder() {
         let stage = format!("sae/fc2.pre/{label}/d256/s0");
         assert_eq!(verdict(&run, &stage), "ran", "{stage}: {}", run.stdout);
     }
+    for label in ["transcoder-l1-0.003", "skip_transcoder-l1-0.003"] {
+        let stage = format!("sae/fc1.post_to_fc2.post/{label}/d256/s0");
+        assert_eq!(verdict(&run, &stage), "ran", "{stage}: {}", run.stdout);
+    }
     assert_eq!(verdict(&run, "analysis"), "ran");
+    // The transcoders share fc2's report with the SAEs: one sweep table, one
+    // family paragraph naming both kinds.
+    let reports: Vec<_> = std::fs::read_dir(store.path().join("analysis"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().join("manifest.json").exists())
+        .collect();
+    assert_eq!(reports.len(), 1);
+    let report_dir = reports[0].path().join("fc2_pre");
+    let html = std::fs::read_to_string(report_dir.join("report.html")).unwrap();
+    // The sweep table's layer column (HTML-escaped).
+    for name in ["skip_transcoder", "fc1.post-&gt;fc2.post", "gated"] {
+        assert!(html.contains(name), "the report lacks {name}");
+    }
+    assert!(
+        !reports[0].path().join("fc2_post").exists(),
+        "the transcoders got a report of their own"
+    );
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/check_saelens_store.py");
     let output = match std::process::Command::new("python3")
@@ -673,7 +697,7 @@ fn every_architecture_trains_into_one_report_and_saelens_loads_each_folder() {
         return;
     }
     assert!(
-        output.status.success() && stdout.lines().count() == 7,
+        output.status.success() && stdout.lines().count() == 9,
         "{stdout}{}",
         String::from_utf8_lossy(&output.stderr)
     );

@@ -39,9 +39,10 @@ pub fn perturbed_sae(cfg: &SaeConfig, seed: u64) -> Sae {
         .for_each(|t| *t = 0.1 + 0.3 * next().abs());
     sae.r_mag.iter_mut().for_each(|r| *r = 0.3 * next());
     sae.b_mag.iter_mut().for_each(|b| *b = 0.1 * next());
+    sae.w_skip.iter_mut().for_each(|w| *w = 0.2 * next());
     if !cfg.variant.unit_norm_decoder() {
         // Rows of unequal norm, so the norm weighting matters.
-        for (f, row) in sae.w_dec.chunks_exact_mut(cfg.d_in).enumerate() {
+        for (f, row) in sae.w_dec.chunks_exact_mut(cfg.d_out()).enumerate() {
             let scale = 0.5 + (f % 5) as f32 * 0.3;
             row.iter_mut().for_each(|w| *w *= scale);
         }
@@ -55,6 +56,8 @@ pub struct HostGradients {
     pub w_dec: Vec<f64>,
     pub b_enc: Vec<f64>,
     pub b_dec: Vec<f64>,
+    /// Skip transcoders: d loss / d W_skip `[d_out, d_in]`; empty otherwise.
+    pub w_skip: Vec<f64>,
     /// JumpReLU: d loss / d log-threshold; empty otherwise.
     pub threshold: Vec<f64>,
     /// Gated: d loss / d r_mag and d b_mag; empty otherwise.
@@ -63,13 +66,15 @@ pub struct HostGradients {
 }
 
 impl HostGradients {
-    fn zeros(d: usize, f_n: usize) -> Self {
+    fn zeros(sae: &Sae) -> Self {
+        let (d_in, f_n, d_out) = (sae.d_in(), sae.d_sae(), sae.d_out());
         HostGradients {
             loss: 0.0,
-            w_enc: vec![0.0; d * f_n],
-            w_dec: vec![0.0; f_n * d],
+            w_enc: vec![0.0; d_in * f_n],
+            w_dec: vec![0.0; f_n * d_out],
             b_enc: vec![0.0; f_n],
-            b_dec: vec![0.0; d],
+            b_dec: vec![0.0; d_out],
+            w_skip: vec![0.0; sae.w_skip.len()],
             threshold: Vec::new(),
             r_mag: Vec::new(),
             b_mag: Vec::new(),
@@ -93,10 +98,65 @@ fn active_set(pre: &[f64], k: Option<usize>, allowed: &[bool], any_sign: bool) -
 /// Loss and gradients of `sae` on `x` in f64. `dead` marks AuxK's dead
 /// latents before this batch; features that fire in the batch are revived.
 pub fn host_gradients(sae: &Sae, x: &[f32], dead: &[bool]) -> HostGradients {
-    let (d, f_n) = (sae.cfg.d_in, sae.cfg.d_sae);
-    let rows = x.len() / d;
+    host_gradients_on(sae, x, x, dead)
+}
+
+/// An SAE's input centred on b_dec, a transcoder's as it is, `[rows][d_in]`.
+fn encoder_input(sae: &Sae, x: &[f32]) -> Vec<Vec<f64>> {
+    let d_in = sae.d_in();
+    x.chunks_exact(d_in)
+        .map(|row| {
+            (0..d_in)
+                .map(|i| match sae.cfg.transcoder {
+                    None => row[i] as f64 - sae.b_dec[i] as f64,
+                    Some(_) => row[i] as f64,
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The output before any feature, `[rows][d_out]`: b_dec plus a skip transcoder's W_skip @ x.
+fn output_base(sae: &Sae, x: &[f32]) -> Vec<Vec<f64>> {
+    let (d_in, d_out) = (sae.d_in(), sae.d_out());
+    x.chunks_exact(d_in)
+        .map(|row| {
+            (0..d_out)
+                .map(|o| {
+                    let skip: f64 = if sae.w_skip.is_empty() {
+                        0.0
+                    } else {
+                        (0..d_in)
+                            .map(|i| sae.w_skip[o * d_in + i] as f64 * row[i] as f64)
+                            .sum()
+                    };
+                    sae.b_dec[o] as f64 + skip
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// `g` gets the gradient through the output's base (b_dec, W_skip) of `g_out` at row `r`.
+fn base_gradient(sae: &Sae, g: &mut HostGradients, x: &[f32], r: usize, g_out: &[f64]) {
+    let d_in = sae.d_in();
+    for (o, &go) in g_out.iter().enumerate() {
+        g.b_dec[o] += go;
+        if !g.w_skip.is_empty() {
+            for i in 0..d_in {
+                g.w_skip[o * d_in + i] += go * x[r * d_in + i] as f64;
+            }
+        }
+    }
+}
+
+/// [`host_gradients`] of an SAE or transcoder: `x` `[rows, d_in]` predicts `y` `[rows, d_out]`.
+pub fn host_gradients_on(sae: &Sae, x: &[f32], y: &[f32], dead: &[bool]) -> HostGradients {
+    let (d_in, f_n, d) = (sae.d_in(), sae.d_sae(), sae.d_out());
+    let rows = x.len() / d_in;
     let w_enc = |i: usize, f: usize| sae.w_enc[i * f_n + f] as f64;
-    let w_dec = |f: usize, i: usize| sae.w_dec[f * d + i] as f64;
+    let w_dec = |f: usize, o: usize| sae.w_dec[f * d + o] as f64;
+    let centred = sae.cfg.transcoder.is_none();
     let variant = &sae.cfg.variant;
     let (k, batch_k) = match *variant {
         Variant::TopK { k, .. } => (Some(k), None),
@@ -129,16 +189,15 @@ pub fn host_gradients(sae: &Sae, x: &[f32], dead: &[bool]) -> HostGradients {
         .collect();
     let everything = vec![true; f_n];
 
-    let mut xc = vec![vec![0.0; d]; rows];
+    let xc = encoder_input(sae, x);
+    let base = output_base(sae, x);
     let mut pre = vec![vec![0.0; f_n]; rows];
     let mut active = Vec::new();
     let mut fired = vec![false; f_n];
     for r in 0..rows {
-        for i in 0..d {
-            xc[r][i] = x[r * d + i] as f64 - sae.b_dec[i] as f64;
-        }
         for f in 0..f_n {
-            pre[r][f] = sae.b_enc[f] as f64 + (0..d).map(|i| xc[r][i] * w_enc(i, f)).sum::<f64>();
+            pre[r][f] =
+                sae.b_enc[f] as f64 + (0..d_in).map(|i| xc[r][i] * w_enc(i, f)).sum::<f64>();
         }
         let set = match jump {
             Some(_) => (0..f_n)
@@ -166,13 +225,13 @@ pub fn host_gradients(sae: &Sae, x: &[f32], dead: &[bool]) -> HostGradients {
     let dead: Vec<bool> = (0..f_n).map(|f| dead[f] && !fired[f]).collect();
     let any_dead = dead.iter().any(|&x| x);
 
-    // err = x_hat - x per row.
+    // err = y_hat - y per row.
     let err: Vec<Vec<f64>> = (0..rows)
         .map(|r| {
             (0..d)
                 .map(|i| {
                     let dec: f64 = active[r].iter().map(|&f| pre[r][f] * w_dec(f, i)).sum();
-                    sae.b_dec[i] as f64 + dec - x[r * d + i] as f64
+                    base[r][i] + dec - y[r * d + i] as f64
                 })
                 .collect()
         })
@@ -187,12 +246,12 @@ pub fn host_gradients(sae: &Sae, x: &[f32], dead: &[bool]) -> HostGradients {
             })
             .sum()
     };
-    let data_variance = spread(&|r, i| x[r * d + i] as f64) / rows as f64;
+    let data_variance = spread(&|r, i| y[r * d + i] as f64) / rows as f64;
     let residual_spread = spread(&|r, i| err[r][i]);
 
     let mut g = HostGradients {
         threshold: vec![0.0; if jump.is_some() { f_n } else { 0 }],
-        ..HostGradients::zeros(d, f_n)
+        ..HostGradients::zeros(sae)
     };
     for r in 0..rows {
         let err = &err[r];
@@ -211,14 +270,11 @@ pub fn host_gradients(sae: &Sae, x: &[f32], dead: &[bool]) -> HostGradients {
                 }
             }
         }
-        for i in 0..d {
-            g.b_dec[i] += g_xhat[i];
-        }
+        base_gradient(sae, &mut g, x, r, &g_xhat);
         // Matryoshka: each prefix's own reconstruction error.
         for &width in &prefixes {
-            let mut prefix_err: Vec<f64> = (0..d)
-                .map(|i| sae.b_dec[i] as f64 - x[r * d + i] as f64)
-                .collect();
+            let mut prefix_err: Vec<f64> =
+                (0..d).map(|i| base[r][i] - y[r * d + i] as f64).collect();
             for &f in active[r].iter().filter(|&&f| f < width) {
                 for i in 0..d {
                     prefix_err[i] += pre[r][f] * w_dec(f, i);
@@ -232,9 +288,7 @@ pub fn host_gradients(sae: &Sae, x: &[f32], dead: &[bool]) -> HostGradients {
                     g.w_dec[f * d + i] += pre[r][f] * g_prefix[i];
                 }
             }
-            for i in 0..d {
-                g.b_dec[i] += g_prefix[i];
-            }
+            base_gradient(sae, &mut g, x, r, &g_prefix);
         }
         // JumpReLU: L0 as a mean over rows; the threshold's pseudo-derivative
         // (rectangle kernel of width `bandwidth`) from the output and the L0.
@@ -277,9 +331,11 @@ pub fn host_gradients(sae: &Sae, x: &[f32], dead: &[bool]) -> HostGradients {
                 continue;
             }
             g.b_enc[f] += g_pre[f];
-            for i in 0..d {
+            for i in 0..d_in {
                 g.w_enc[i * f_n + f] += g_pre[f] * xc[r][i];
-                g.b_dec[i] -= g_pre[f] * w_enc(i, f);
+                if centred {
+                    g.b_dec[i] -= g_pre[f] * w_enc(i, f);
+                }
             }
         }
     }
@@ -321,11 +377,20 @@ pub fn tied(cfg: SaeConfig) -> SaeConfig {
 /// `||x - x_hat||^2` + `l1 * sum relu(pi_gate)` + `||relu(pi_gate) @ W_dec + b_dec - x||^2`
 /// with the decoder frozen in the last term, each a mean over rows.
 pub fn host_gradients_gated(sae: &Sae, x: &[f32]) -> HostGradients {
+    host_gradients_gated_on(sae, x, x)
+}
+
+/// [`host_gradients_gated`] of a Gated SAE or transcoder (the frozen decoder
+/// includes the output's base).
+pub fn host_gradients_gated_on(sae: &Sae, x: &[f32], y: &[f32]) -> HostGradients {
     let Variant::Gated { l1_coeff } = sae.cfg.variant else {
         panic!("not a Gated SAE")
     };
-    let (d, f_n) = (sae.cfg.d_in, sae.cfg.d_sae);
-    let rows = x.len() / d;
+    let (d_in, f_n, d) = (sae.d_in(), sae.d_sae(), sae.d_out());
+    let rows = x.len() / d_in;
+    let centred = sae.cfg.transcoder.is_none();
+    let xcs = encoder_input(sae, x);
+    let bases = output_base(sae, x);
     let l1_scale = match sae.cfg.l1_reduction {
         Reduction::Sum => l1_coeff,
         Reduction::Mean => l1_coeff / rows as f64,
@@ -335,13 +400,13 @@ pub fn host_gradients_gated(sae: &Sae, x: &[f32]) -> HostGradients {
     let mut g = HostGradients {
         r_mag: vec![0.0; f_n],
         b_mag: vec![0.0; f_n],
-        ..HostGradients::zeros(d, f_n)
+        ..HostGradients::zeros(sae)
     };
     for r in 0..rows {
-        let xr: Vec<f64> = (0..d).map(|i| x[r * d + i] as f64).collect();
-        let xc: Vec<f64> = (0..d).map(|i| xr[i] - sae.b_dec[i] as f64).collect();
+        let yr: Vec<f64> = (0..d).map(|i| y[r * d + i] as f64).collect();
+        let (xc, base) = (&xcs[r], &bases[r]);
         let enc: Vec<f64> = (0..f_n)
-            .map(|f| (0..d).map(|i| xc[i] * w_enc(i, f)).sum())
+            .map(|f| (0..d_in).map(|i| xc[i] * w_enc(i, f)).sum())
             .collect();
         let gate: Vec<f64> = (0..f_n).map(|f| enc[f] + sae.b_enc[f] as f64).collect();
         let scale: Vec<f64> = (0..f_n).map(|f| (sae.r_mag[f] as f64).exp()).collect();
@@ -354,7 +419,7 @@ pub fn host_gradients_gated(sae: &Sae, x: &[f32]) -> HostGradients {
         let open: Vec<usize> = (0..f_n).filter(|&f| gate[f] > 0.0).collect();
         let err: Vec<f64> = (0..d)
             .map(|i| {
-                sae.b_dec[i] as f64 - xr[i]
+                base[i] - yr[i]
                     + active
                         .iter()
                         .map(|&f| magnitude[f] * w_dec(f, i))
@@ -362,10 +427,7 @@ pub fn host_gradients_gated(sae: &Sae, x: &[f32]) -> HostGradients {
             })
             .collect();
         let gate_err: Vec<f64> = (0..d)
-            .map(|i| {
-                sae.b_dec[i] as f64 - xr[i]
-                    + open.iter().map(|&f| gate[f] * w_dec(f, i)).sum::<f64>()
-            })
+            .map(|i| base[i] - yr[i] + open.iter().map(|&f| gate[f] * w_dec(f, i)).sum::<f64>())
             .collect();
         g.loss += err.iter().chain(&gate_err).map(|e| e * e).sum::<f64>() / rows as f64;
         g.loss += l1_scale * open.iter().map(|&f| gate[f]).sum::<f64>();
@@ -387,13 +449,13 @@ pub fn host_gradients_gated(sae: &Sae, x: &[f32]) -> HostGradients {
             g_enc[f] += g_gate;
             g.b_enc[f] += g_gate;
         }
-        for i in 0..d {
-            g.b_dec[i] += g_xhat[i];
-        }
+        base_gradient(sae, &mut g, x, r, &g_xhat);
         for f in 0..f_n {
-            for i in 0..d {
+            for i in 0..d_in {
                 g.w_enc[i * f_n + f] += g_enc[f] * xc[i];
-                g.b_dec[i] -= g_enc[f] * w_enc(i, f);
+                if centred {
+                    g.b_dec[i] -= g_enc[f] * w_enc(i, f);
+                }
             }
         }
     }

@@ -2,6 +2,7 @@
 //! the cached activations and the MLP, and writes (per layer) the feature,
 //! neuron and probe tables, the plots, the dashboards and `report.html`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use activations::{ActivationStore, VerifyMode};
@@ -70,6 +71,27 @@ fn run_folder(point: &Point) -> String {
     point.name.trim_start_matches("sae/").replace('/', "_")
 }
 
+/// The neurons a layer's values belong to: `fc2.pre` and `fc2.post` are
+/// fc2's before and after the ReLU (active = positive in both, so the neuron
+/// baseline is the same).
+fn neurons_of(layer: &str) -> &str {
+    layer.split('.').next().unwrap_or(layer)
+}
+
+/// The layer whose report a point joins: an SAE's own; a transcoder's, the
+/// layer of the sweep's first SAE on the neurons it writes (so SAEs and
+/// transcoders of fc2 share one report's panels), else the layer it writes.
+pub fn report_layer<'a>(point: &'a Point, points: &'a [Point]) -> &'a str {
+    if point.layer == point.output {
+        return &point.layer;
+    }
+    points
+        .iter()
+        .filter(|p| p.layer == p.output)
+        .find(|p| neurons_of(&p.layer) == neurons_of(&point.output))
+        .map_or(&point.output, |p| &p.layer)
+}
+
 impl Stage for AnalysisStage {
     fn name(&self) -> &str {
         "analysis"
@@ -98,25 +120,50 @@ impl Stage for AnalysisStage {
         let mlp_metrics: MlpMetricsFile = super::read_json(inputs.dir("mlp"), MLP_METRICS_FILE)?;
         let mlp_losses = mlp_metrics.step_losses;
         let store = ActivationStore::open_dir(inputs.dir("activations"), VerifyMode::Sizes)?;
-        let mut layers: Vec<&str> = self.points.iter().map(|p| p.layer.as_str()).collect();
+        let report_of = |p: &Point| report_layer(p, &self.points).to_string();
+        let mut layers: Vec<String> = self.points.iter().map(report_of).collect();
         layers.dedup();
+        let mut copies: BTreeMap<&str, LayerCopy> = BTreeMap::new();
+        for name in self
+            .points
+            .iter()
+            .map(|p| p.layer.as_str())
+            .chain(layers.iter().map(String::as_str))
+        {
+            if !copies.contains_key(name) {
+                copies.insert(name, LayerCopy::read(&store, name)?);
+            }
+        }
+        let pixels = &data.train.images.pixels;
+        let views: BTreeMap<&str, LayerData<'_>> = copies
+            .iter()
+            .map(|(&name, copy)| (name, copy.data(name, pixels, &model)))
+            .collect();
         let mut reports = Vec::new();
         let mut headline = String::new();
-        for layer in layers {
-            let copy = LayerCopy::read(&store, layer)?;
-            let layer_data = copy.data(layer, &data.train.images.pixels, &model);
+        for layer in &layers {
+            let layer = layer.as_str();
+            let layer_data = &views[layer];
             let mut loaded = Vec::new();
-            for point in self.points.iter().filter(|p| p.layer == layer) {
+            for point in self.points.iter().filter(|p| report_of(p) == layer) {
                 let dir = inputs.dir(&point.name);
                 let m: SaeMetricsFile = super::read_json(dir, METRICS_FILE)?;
                 let curve = sae::TrainingRecord::load(dir)?.curve;
-                loaded.push((run_folder(point), sae::load(dir)?, curve, m.analysed()));
+                loaded.push((
+                    point,
+                    run_folder(point),
+                    sae::load(dir)?,
+                    curve,
+                    m.analysed(),
+                ));
             }
             let runs: Vec<SaeRun<'_>> = loaded
                 .iter()
-                .map(|(name, sae, curve, metrics)| SaeRun {
+                .map(|(point, name, sae, curve, metrics)| SaeRun {
                     name,
                     sae,
+                    reads: &views[point.layer.as_str()],
+                    writes: &point.output,
                     curve,
                     metrics: metrics.clone(),
                 })
@@ -124,7 +171,7 @@ impl Stage for AnalysisStage {
             let folder = out.join(layer_folder(layer));
             std::fs::create_dir_all(&folder)?;
             let (report, summaries) =
-                analysis::analyse_sweep(&layer_data, &runs, &mlp_losses, &self.cfg, &folder)?;
+                analysis::analyse_sweep(layer_data, &runs, &mlp_losses, &self.cfg, &folder)?;
             headline = analysis::headline(layer, &summaries);
             reports.push(
                 report

@@ -29,7 +29,8 @@ pub struct SaeStage {
 pub struct SaeMetricsFile {
     pub train: sae::EvalMetrics,
     pub test: sae::EvalMetrics,
-    /// On the test split, the layer replaced by the SAE's reconstruction.
+    /// On the test split, the layer replaced by the SAE's reconstruction (a
+    /// transcoder's output layer by its prediction).
     pub downstream: mlp::SpliceMetrics,
     /// The sweep group's training time (points of a sweep train together).
     pub train_seconds: f64,
@@ -76,29 +77,43 @@ impl Stage for SaeStage {
     }
     fn run(&self, inputs: &StageInputs, out: &Path) -> Result<Value, StageError> {
         let store = ActivationStore::open_dir(inputs.dir("activations"), VerifyMode::Sizes)?;
-        let layer = &self.point.layer;
-        let train_view = store.layer("train", layer)?;
+        let (layer, output) = (&self.point.layer, &self.point.output);
         let test_view = store.layer("test", layer)?;
-        let (train, test) = (train_view.to_vec(), test_view.to_vec());
-        let trained = self.trainer.trained(&self.point, &train)?;
+        let (train, test) = (store.layer("train", layer)?.to_vec(), test_view.to_vec());
+        // A transcoder predicts its output layer; an SAE, its own input.
+        let targets = if output == layer {
+            None
+        } else {
+            let (train, test) = (store.layer("train", output)?, store.layer("test", output)?);
+            Some((train.to_vec(), test.to_vec()))
+        };
+        let (train_target, test_target) = match &targets {
+            Some((train, test)) => (train.as_slice(), test.as_slice()),
+            None => (train.as_slice(), test.as_slice()),
+        };
+        let (d_in, d_out) = (self.point.cfg.d_in, self.point.cfg.d_out());
+        let data = sae::TrainData::transcoding(&train, d_in, train_target, d_out);
+        let trained = self.trainer.trained(&self.point, data)?;
         let origin = sae::Origin {
             model_name: format!("saelab-mlp-{}", inputs.manifest("mlp").key),
             hook_name: layer.clone(),
+            hook_name_out: targets.is_some().then(|| output.clone()),
         };
         sae::save(&trained.sae, out, &origin)?;
         sae::TrainingRecord::of(&trained).save(out)?;
 
-        let on_train = sae::evaluate(&trained.sae, &train)?;
-        let on_test = sae::evaluate(&trained.sae, &test)?;
+        let on_train = sae::evaluate_on(&trained.sae, &train, train_target)?;
+        let on_test = sae::evaluate_on(&trained.sae, &test, test_target)?;
         let model = Mlp::new(&load_weights(inputs.dir("mlp"))?, &Device::Cpu)?;
-        let d_in = self.point.cfg.d_in;
-        let mean_row: Vec<f32> = sae::column_mean(&train, train.len() / d_in, d_in)
+        let mean_row: Vec<f32> = sae::column_mean(train_target, train_target.len() / d_out, d_out)
             .into_iter()
             .map(|m| m as f32)
             .collect();
+        // The output layer replaced by the prediction: for a transcoder, the
+        // whole sublayer it stands in for.
         let downstream = model.splice_metrics(
-            layer,
-            &test,
+            output,
+            test_target,
             &sae::reconstruct(&trained.sae, &test)?,
             &mean_row,
             &test_view.labels(),
