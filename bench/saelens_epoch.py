@@ -1,6 +1,10 @@
 """Times one training epoch of each SAE architecture in SAELens (PyTorch, CPU),
 on the same cached fc2.pre rows and settings as `cargo xtask bench sae`
 (d_sae 1024, batch 64, Adam lr 1e-3, rows in dataset order), for the ratio.
+SAELens 6 has no transcoder trainer, so the transcoders (fc1.post -> fc2.post)
+train SAELens' `Transcoder`/`SkipTranscoder` modules with the L1 loss written
+here: sum of squared errors per row, mean over rows, plus 3e-3 x sum of
+activations.
 
 Usage: python3 bench/saelens_epoch.py STORE [EPOCHS]. STORE is a saelab store
 holding one activation cache (`cargo xtask all` makes one). Prints seconds per
@@ -28,18 +32,40 @@ from sae_lens.saes import (
     TopKTrainingSAE,
     TopKTrainingSAEConfig,
 )
+from sae_lens.saes import SkipTranscoder, SkipTranscoderConfig, Transcoder, TranscoderConfig
 from sae_lens.saes.sae import TrainStepInput
 
 D_IN, D_SAE, BATCH = 128, 1024, 64
 
 
-def train_rows(store: Path) -> torch.Tensor:
+def train_rows(store: Path, layer: str = "fc2.pre") -> torch.Tensor:
     (cache,) = [p for p in (store / "activations").iterdir() if (p / "shards.json").exists()]
     shards = sorted(
         (s for s in json.loads((cache / "shards.json").read_text()) if s["split"] == "train"),
         key=lambda s: s["row_start"],
     )
-    return torch.from_numpy(np.concatenate([load_file(str(cache / s["file"]))["fc2.pre"] for s in shards]))
+    return torch.from_numpy(np.concatenate([load_file(str(cache / s["file"]))[layer] for s in shards]))
+
+
+def transcoder_epoch_seconds(cls, cfg, x: torch.Tensor, y: torch.Tensor, epochs: int) -> float:
+    torch.manual_seed(0)
+    tc = cls(cfg)
+    optimizer = torch.optim.Adam(tc.parameters(), lr=1e-3)
+    seconds = 0.0
+    for _ in range(epochs):
+        started = time.perf_counter()
+        for start in range(0, x.shape[0], BATCH):
+            xb, yb = x[start : start + BATCH], y[start : start + BATCH]
+            acts = tc.encode(xb)
+            y_hat = tc.decode(acts)
+            if isinstance(tc, SkipTranscoder):
+                y_hat = y_hat + xb @ tc.W_skip.T
+            loss = ((y_hat - yb) ** 2).sum(-1).mean() + 3e-3 * acts.sum()
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        seconds = time.perf_counter() - started
+    return seconds
 
 
 ARCHITECTURES = {
@@ -92,6 +118,13 @@ def main() -> int:
     print(f"SAELens training epochs on {x.shape[0]} fc2.pre rows, d_sae {D_SAE}, batch {BATCH}, {torch.get_num_threads()} threads")
     for name, (cls, cfg) in ARCHITECTURES.items():
         print(f"  {name}: {epoch_seconds(cls, cfg, x, epochs):.3f} s per epoch", flush=True)
+    x, y = train_rows(store, "fc1.post"), train_rows(store, "fc2.post")
+    for name, cls, cfg in [
+        ("transcoder L1 3e-3", Transcoder, TranscoderConfig(d_in=D_IN, d_sae=D_SAE, d_out=D_IN)),
+        ("skip transcoder L1 3e-3", SkipTranscoder, SkipTranscoderConfig(d_in=D_IN, d_sae=D_SAE, d_out=D_IN)),
+    ]:
+        seconds = transcoder_epoch_seconds(cls, cfg, x, y, epochs)
+        print(f"  {name} (fc1.post -> fc2.post): {seconds:.3f} s per epoch", flush=True)
     return 0
 
 

@@ -97,6 +97,11 @@ fn bench_sae(config: &Config, ctx: &Context, store: &Store) -> Result<()> {
     let activations = activations::ActivationStore::open_dir(&dir, activations::VerifyMode::Sizes)
         .map_err(|e| anyhow!("{e}"))?;
     let data = activations.layer("train", "fc2.pre")?.to_vec();
+    // fc2's sublayer, for the transcoders.
+    let (fc1_post, fc2_post) = (
+        activations.layer("train", "fc1.post")?.to_vec(),
+        activations.layer("train", "fc2.post")?.to_vec(),
+    );
     let notebook = sae::SaeConfig {
         epochs: 5,
         ..sae::SaeConfig::default()
@@ -145,7 +150,28 @@ fn bench_sae(config: &Config, ctx: &Context, store: &Store) -> Result<()> {
     let reference_path = || sae::TrainPath::Reference {
         device: candle_core::Device::Cpu,
     };
-    let runs: Vec<(&str, Vec<sae::SweepPoint>, sae::TrainPath)> = vec![
+    let transcoder = |skip: bool, epochs: usize| {
+        let cfg = sae::SaeConfig {
+            epochs,
+            transcoder: Some(sae::Transcoder {
+                d_out: notebook.d_in,
+                skip,
+            }),
+            ..notebook.clone()
+        };
+        vec![point(
+            if skip {
+                "skip_transcoder"
+            } else {
+                "transcoder"
+            },
+            cfg,
+        )]
+    };
+    let transcoding =
+        sae::TrainData::transcoding(&fc1_post, notebook.d_in, &fc2_post, notebook.d_in);
+    let autoencoding = sae::TrainData::autoencoding(&data, notebook.d_in);
+    let sae_runs: Vec<(&str, Vec<sae::SweepPoint>, sae::TrainPath)> = vec![
         (
             "fast path, L1",
             vec![point("l1", notebook.clone())],
@@ -205,9 +231,34 @@ fn bench_sae(config: &Config, ctx: &Context, store: &Store) -> Result<()> {
             reference_path(),
         ),
     ];
-    for (label, points, path) in runs {
+    let transcoder_runs: Vec<(&str, Vec<sae::SweepPoint>, sae::TrainPath)> = vec![
+        (
+            "fast path, transcoder L1 3e-3 (fc1.post -> fc2.post)",
+            transcoder(false, 5),
+            sae::TrainPath::Fast,
+        ),
+        (
+            "fast path, skip transcoder L1 3e-3 (fc1.post -> fc2.post)",
+            transcoder(true, 5),
+            sae::TrainPath::Fast,
+        ),
+        (
+            "reference path, skip transcoder L1 3e-3",
+            transcoder(true, 1),
+            reference_path(),
+        ),
+    ];
+    let runs = sae_runs
+        .into_iter()
+        .map(|(label, points, path)| (label, points, path, autoencoding))
+        .chain(
+            transcoder_runs
+                .into_iter()
+                .map(|(label, points, path)| (label, points, path, transcoding)),
+        );
+    for (label, points, path, data) in runs {
         let started = Instant::now();
-        let results = sae::train_sweep_on(&points, &data, notebook.d_in, &path, &|_| {});
+        let results = sae::train_sweep_data(&points, data, &path, &|_| {});
         let seconds = started.elapsed().as_secs_f64();
         let epochs = points[0].cfg.epochs;
         let steps: usize = points
