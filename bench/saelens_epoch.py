@@ -120,8 +120,8 @@ def main() -> int:
         print(f"  {name}: {epoch_seconds(cls, cfg, x, epochs):.3f} s per epoch", flush=True)
     x, y = train_rows(store, "fc1.post"), train_rows(store, "fc2.post")
     for name, cls, cfg in [
-        ("transcoder L1 3e-3", Transcoder, TranscoderConfig(d_in=D_IN, d_sae=D_SAE, d_out=D_IN)),
-        ("skip transcoder L1 3e-3", SkipTranscoder, SkipTranscoderConfig(d_in=D_IN, d_sae=D_SAE, d_out=D_IN)),
+        ("transcoder L1 3e-3", Transcoder, TranscoderConfig(d_in=D_IN, d_sae=D_SAE, d_out=D_IN, apply_b_dec_to_input=False)),
+        ("skip transcoder L1 3e-3", SkipTranscoder, SkipTranscoderConfig(d_in=D_IN, d_sae=D_SAE, d_out=D_IN, apply_b_dec_to_input=False)),
     ]:
         seconds = transcoder_epoch_seconds(cls, cfg, x, y, epochs)
         print(f"  {name} (fc1.post -> fc2.post): {seconds:.3f} s per epoch", flush=True)

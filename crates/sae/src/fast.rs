@@ -1061,19 +1061,20 @@ impl FastTrainer {
         if self.params.w_skip.is_empty() {
             return Vec::new();
         }
-        let (d_in, d_out) = (self.d_in, self.d_out);
-        let grad_scale = 2.0 / self.step.rows as f32;
+        let (d_in, d_out, rows) = (self.d_in, self.d_out, self.step.rows);
         let mut g = vec![0.0f32; d_out * d_in];
-        // A transcoder's x_cent is its input x.
-        for (err_r, x_r) in self
-            .base_error()
-            .chunks_exact(d_out)
-            .zip(self.step.x_cent.chunks_exact(d_in))
-        {
-            for (g_o, &e) in g.chunks_exact_mut(d_in).zip(err_r) {
-                axpy(g_o, grad_scale * e, x_r);
-            }
-        }
+        // err^T @ x (a transcoder's x_cent is its input x), then the scale.
+        kernels::matmul(
+            &mut g,
+            d_out,
+            d_in,
+            rows,
+            false,
+            MatRef::transposed(self.base_error(), d_out),
+            MatRef::row_major(&self.step.x_cent, d_in),
+        );
+        let grad_scale = 2.0 / rows as f32;
+        g.iter_mut().for_each(|v| *v *= grad_scale);
         g
     }
 }
@@ -1108,8 +1109,20 @@ impl Trainer for FastTrainer {
             st.x_cent.extend_from_slice(x);
         }
         st.base.clear();
-        for x_r in x.chunks_exact(d_in) {
-            model::extend_base(&self.params.b_dec, &self.params.w_skip, x_r, &mut st.base);
+        for _ in 0..rows {
+            st.base.extend_from_slice(&self.params.b_dec);
+        }
+        if !self.params.w_skip.is_empty() {
+            // base += x @ W_skip^T
+            kernels::matmul(
+                &mut st.base,
+                rows,
+                d_out,
+                d_in,
+                true,
+                MatRef::row_major(x, d_in),
+                MatRef::transposed(&self.params.w_skip, d_in),
+            );
         }
 
         let p = &self.params;
