@@ -195,34 +195,26 @@ fn run_python(script: &str, dirs: &[&FsPath]) -> Option<String> {
 
 #[test]
 fn python_reconstruction_matches_rust() {
-    for variant in every_architecture() {
+    let saes = every_architecture()
+        .into_iter()
+        .map(|variant| trained(variant))
+        .chain(every_architecture().into_iter().flat_map(|variant| {
+            [false, true].map(|skip| {
+                let (sae, input, _) = trained_transcoder(variant.clone(), skip);
+                (sae, input)
+            })
+        }));
+    for (sae, input) in saes {
         let dir = tempfile::tempdir().unwrap();
-        let (sae, data) = trained(variant);
         save(&sae, dir.path(), &origin()).unwrap();
-        write_f32(&dir.path().join("x.f32"), &data);
+        write_f32(&dir.path().join("x.f32"), &input);
         write_f32(
             &dir.path().join("x_hat.f32"),
-            &reconstruct(&sae, &data).unwrap(),
+            &reconstruct(&sae, &input).unwrap(),
         );
         match run_python("check_sae.py", &[dir.path()]) {
             Some(stdout) => eprintln!("{stdout}"),
             None => return,
-        }
-    }
-    for variant in every_architecture() {
-        for skip in [false, true] {
-            let dir = tempfile::tempdir().unwrap();
-            let (sae, input, _) = trained_transcoder(variant.clone(), skip);
-            save(&sae, dir.path(), &origin()).unwrap();
-            write_f32(&dir.path().join("x.f32"), &input);
-            write_f32(
-                &dir.path().join("x_hat.f32"),
-                &reconstruct(&sae, &input).unwrap(),
-            );
-            match run_python("check_sae.py", &[dir.path()]) {
-                Some(stdout) => eprintln!("{stdout}"),
-                None => return,
-            }
         }
     }
 }
