@@ -92,6 +92,18 @@ pub fn report_layer<'a>(point: &'a Point, points: &'a [Point]) -> &'a str {
         .map_or(&point.output, |p| &p.layer)
 }
 
+/// Every report layer of a sweep, once each, in the order of their first points.
+pub fn report_layers(points: &[Point]) -> Vec<&str> {
+    let mut layers: Vec<&str> = Vec::new();
+    for point in points {
+        let layer = report_layer(point, points);
+        if !layers.contains(&layer) {
+            layers.push(layer);
+        }
+    }
+    layers
+}
+
 impl Stage for AnalysisStage {
     fn name(&self) -> &str {
         "analysis"
@@ -120,15 +132,13 @@ impl Stage for AnalysisStage {
         let mlp_metrics: MlpMetricsFile = super::read_json(inputs.dir("mlp"), MLP_METRICS_FILE)?;
         let mlp_losses = mlp_metrics.step_losses;
         let store = ActivationStore::open_dir(inputs.dir("activations"), VerifyMode::Sizes)?;
-        let report_of = |p: &Point| report_layer(p, &self.points).to_string();
-        let mut layers: Vec<String> = self.points.iter().map(report_of).collect();
-        layers.dedup();
+        let layers = report_layers(&self.points);
         let mut copies: BTreeMap<&str, LayerCopy> = BTreeMap::new();
         for name in self
             .points
             .iter()
             .map(|p| p.layer.as_str())
-            .chain(layers.iter().map(String::as_str))
+            .chain(layers.iter().copied())
         {
             if !copies.contains_key(name) {
                 copies.insert(name, LayerCopy::read(&store, name)?);
@@ -141,11 +151,14 @@ impl Stage for AnalysisStage {
             .collect();
         let mut reports = Vec::new();
         let mut headline = String::new();
-        for layer in &layers {
-            let layer = layer.as_str();
+        for &layer in &layers {
             let layer_data = &views[layer];
             let mut loaded = Vec::new();
-            for point in self.points.iter().filter(|p| report_of(p) == layer) {
+            for point in self
+                .points
+                .iter()
+                .filter(|p| report_layer(p, &self.points) == layer)
+            {
                 let dir = inputs.dir(&point.name);
                 let m: SaeMetricsFile = super::read_json(dir, METRICS_FILE)?;
                 let curve = sae::TrainingRecord::load(dir)?.curve;
@@ -207,4 +220,46 @@ pub fn report_paths(
             )
         })?;
     Ok(metrics.reports.iter().map(|p| dir.join(p)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sweep::{SaeSweep, VariantChoice};
+
+    #[test]
+    fn transcoders_join_the_report_of_the_sae_on_their_neurons_and_each_report_is_made_once() {
+        let sweep = SaeSweep {
+            layer: vec!["fc2.pre".into(), "fc1.pre".into()],
+            variant: vec![
+                VariantChoice::Sae(sae::Architecture::L1),
+                VariantChoice::SkipTranscoder,
+            ],
+            ..SaeSweep::default()
+        };
+        let points = sweep.points();
+        let reports: Vec<(&str, &str)> = points
+            .iter()
+            .map(|p| (p.name.as_str(), report_layer(p, &points)))
+            .collect();
+        assert_eq!(
+            reports,
+            [
+                ("sae/fc2.pre/l1-0.003/d1024/s0", "fc2.pre"),
+                ("sae/fc1.pre/l1-0.003/d1024/s0", "fc1.pre"),
+                (
+                    "sae/fc1.post_to_fc2.post/skip_transcoder-l1-0.003/d1024/s0",
+                    "fc2.pre"
+                ),
+            ]
+        );
+        assert_eq!(report_layers(&points), ["fc2.pre", "fc1.pre"]);
+        // Without an SAE on fc2's neurons, the transcoder has a report of its own.
+        let alone = SaeSweep {
+            variant: vec![VariantChoice::Transcoder],
+            ..SaeSweep::default()
+        }
+        .points();
+        assert_eq!(report_layers(&alone), ["fc2.post"]);
+    }
 }
