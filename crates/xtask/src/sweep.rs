@@ -415,97 +415,82 @@ impl SaeSweep {
     /// `layer`, transcoders over `transcoder_variant` on their own two layers.
     /// (See [`sweep_key`] for how a point's `SaeConfig` keys map back to these.)
     pub fn points(&self) -> Vec<Point> {
-        let mut out = Vec::new();
-        let mut units: Vec<(String, String, sae::Architecture, Option<bool>)> = Vec::new();
+        let mut units = Vec::new();
         for layer in &self.layer {
-            for choice in &self.variant {
-                if let VariantChoice::Sae(architecture) = choice {
-                    units.push((layer.clone(), layer.clone(), *architecture, None));
+            for &choice in &self.variant {
+                if let VariantChoice::Sae(sparsity) = choice {
+                    units.push(Unit {
+                        input: layer,
+                        output: layer,
+                        choice,
+                        sparsity,
+                    });
                 }
             }
         }
-        for choice in &self.variant {
-            for &architecture in &self.transcoder_variant {
-                if let Some(skip) = choice.skip() {
-                    let (input, output) = (&self.transcoder_input, &self.transcoder_output);
-                    units.push((input.clone(), output.clone(), architecture, Some(skip)));
-                }
+        for &choice in self.variant.iter().filter(|c| c.skip().is_some()) {
+            for &sparsity in &self.transcoder_variant {
+                units.push(Unit {
+                    input: &self.transcoder_input,
+                    output: &self.transcoder_output,
+                    choice,
+                    sparsity,
+                });
             }
         }
-        units.dedup();
-        for (layer, output, architecture, skip) in units {
-            {
-                let layer = &layer;
-                let width = mlp::layer_width(layer).unwrap_or(0);
-                let axes = sae::VariantAxes {
-                    l1_coeff: &self.l1_coeff,
-                    k: &self.k,
-                    l0_coeff: &self.l0_coeff,
-                    threshold_lr: self.threshold_lr,
-                    prefix_fractions: &self.prefix_fractions,
-                    aux_input: self.aux_input,
-                    bandwidth: self.bandwidth,
-                    init_threshold: self.init_threshold,
-                    k_aux: if self.k_aux == HALF_THE_WIDTH {
-                        (width / 2).max(1)
-                    } else {
-                        self.k_aux
-                    },
-                    aux_coeff: self.aux_coeff,
-                };
-                let variants = architecture.variants(&axes);
-                let (folder, kind) = match skip {
-                    None => (layer.clone(), String::new()),
-                    Some(false) => (format!("{layer}_to_{output}"), "transcoder-".into()),
-                    Some(true) => (format!("{layer}_to_{output}"), "skip_transcoder-".into()),
-                };
-                for variant in variants {
-                    let variant_label = format!("{kind}{}", variant.label());
-                    for &d_sae in &self.d_sae {
-                        for &seed in &self.seed {
-                            for &every in &self.resample_every_steps {
-                                let resampled = if every > 0 {
-                                    format!("/rs{every}")
-                                } else {
-                                    String::new()
-                                };
-                                let transcoder = skip.map(|skip| sae::Transcoder {
-                                    d_out: mlp::layer_width(&output).unwrap_or(0),
-                                    skip,
-                                });
-                                let mut params =
-                                    self.point_params(layer, &variant, d_sae, seed, every);
-                                let mut cfg =
-                                    self.config(layer, variant.clone(), d_sae, seed, every);
-                                if let Some(transcoder) = transcoder {
-                                    cfg.transcoder = Some(transcoder);
-                                    if cfg.encoder_init == sae::EncoderInit::Tied
-                                        && self.encoder_init == EncoderInitChoice::Architecture
-                                        && transcoder.d_out != cfg.d_in
-                                    {
-                                        // Tied needs equal widths; validate() refuses only an explicit "tied".
-                                        cfg.encoder_init = sae::EncoderInit::Uniform;
-                                    }
-                                    params["variant"] = serde_json::json!(if transcoder.skip {
-                                        "skip_transcoder"
-                                    } else {
-                                        "transcoder"
-                                    });
-                                    params["transcoder_variant"] = serde_json::json!(architecture);
-                                    params["transcoder_output"] = serde_json::json!(output);
-                                    params["encoder_init"] = serde_json::json!(cfg.encoder_init);
-                                }
-                                out.push(Point {
-                                    name: format!(
-                                        "sae/{folder}/{variant_label}/d{d_sae}/s{seed}{resampled}"
-                                    ),
-                                    layer: layer.clone(),
-                                    output: output.clone(),
-                                    cfg,
-                                    reference_path: self.path == TrainerPath::Reference,
-                                    params,
-                                });
-                            }
+        let mut out = Vec::new();
+        for unit in &units {
+            let width = mlp::layer_width(unit.input).unwrap_or(0);
+            let axes = sae::VariantAxes {
+                l1_coeff: &self.l1_coeff,
+                k: &self.k,
+                l0_coeff: &self.l0_coeff,
+                threshold_lr: self.threshold_lr,
+                prefix_fractions: &self.prefix_fractions,
+                aux_input: self.aux_input,
+                bandwidth: self.bandwidth,
+                init_threshold: self.init_threshold,
+                k_aux: if self.k_aux == HALF_THE_WIDTH {
+                    (width / 2).max(1)
+                } else {
+                    self.k_aux
+                },
+                aux_coeff: self.aux_coeff,
+            };
+            let transcoder = unit.choice.skip().map(|skip| sae::Transcoder {
+                d_out: mlp::layer_width(unit.output).unwrap_or(0),
+                skip,
+            });
+            let (input, output) = (unit.input, unit.output);
+            let (folder, kind) = match transcoder {
+                None => (input.to_string(), String::new()),
+                Some(_) => (
+                    format!("{input}_to_{output}"),
+                    format!("{}-", unit.choice.name()),
+                ),
+            };
+            for variant in unit.sparsity.variants(&axes) {
+                let variant_label = format!("{kind}{}", variant.label());
+                for &d_sae in &self.d_sae {
+                    for &seed in &self.seed {
+                        for &every in &self.resample_every_steps {
+                            let resampled = if every > 0 {
+                                format!("/rs{every}")
+                            } else {
+                                String::new()
+                            };
+                            let cfg =
+                                self.config(input, transcoder, variant.clone(), d_sae, seed, every);
+                            out.push(Point {
+                                name: format!(
+                                    "sae/{folder}/{variant_label}/d{d_sae}/s{seed}{resampled}"
+                                ),
+                                layer: input.to_string(),
+                                output: output.to_string(),
+                                params: self.point_params(&cfg, unit, every),
+                                cfg,
+                                reference_path: self.path == TrainerPath::Reference,
+                            });
                         }
                     }
                 }
@@ -518,24 +503,22 @@ impl SaeSweep {
     /// coordinates, and its variant's own params (named as in the config).
     fn point_params(
         &self,
-        layer: &str,
-        variant: &Variant,
-        d_sae: usize,
-        seed: u64,
+        cfg: &SaeConfig,
+        unit: &Unit,
         resample_every_steps: usize,
     ) -> serde_json::Value {
         let mut params = serde_json::json!({
-            "layer": layer,
-            "variant": variant.architecture(),
-            "d_sae": d_sae,
-            "seed": seed,
+            "layer": unit.input,
+            "variant": unit.choice,
+            "d_sae": cfg.d_sae,
+            "seed": cfg.seed,
             "lr": self.lr,
             "epochs": self.epochs,
             "batch_size": self.batch_size,
             "shuffle": self.shuffle,
             "l1_reduction": self.l1_reduction,
-            "encoder_init": self.init(variant.architecture()).0,
-            "b_dec_init": self.init(variant.architecture()).1,
+            "encoder_init": cfg.encoder_init,
+            "b_dec_init": cfg.b_dec_init,
             "lr_step_epochs": self.lr_step_epochs,
             "lr_gamma": self.lr_gamma,
             "dead_window_steps": self.dead_window_steps,
@@ -543,6 +526,10 @@ impl SaeSweep {
             "path": self.path,
             "device": self.device,
         });
+        if cfg.transcoder.is_some() {
+            params["transcoder_variant"] = serde_json::json!(unit.sparsity);
+            params["transcoder_output"] = serde_json::json!(unit.output);
+        }
         if resample_every_steps > 0 {
             params["resample_until"] = self.resample_until.into();
             params["resample_sample_rows"] = self.resample_sample_rows.into();
@@ -550,7 +537,7 @@ impl SaeSweep {
         // The variant's own fields carry their config names (l1_coeff, k, k_aux,
         // aux_coeff, aux_input, l0_coeff, threshold_lr, prefix_fractions, bandwidth, init_threshold).
         if let serde_json::Value::Object(fields) =
-            serde_json::to_value(variant).expect("a variant serialises")
+            serde_json::to_value(&cfg.variant).expect("a variant serialises")
         {
             for (key, value) in fields.into_iter().filter(|(key, _)| key != "kind") {
                 params[key] = value;
@@ -559,10 +546,19 @@ impl SaeSweep {
         params
     }
 
-    /// The init a point of `architecture` starts from.
-    fn init(&self, architecture: sae::Architecture) -> (sae::EncoderInit, sae::DecoderBiasInit) {
+    /// The init a point of `architecture` from `d_in` to `d_out` starts from.
+    /// A paper's tied encoder needs equal widths: between unequal ones the
+    /// default falls back to an independent encoder (an explicit "tied" is
+    /// refused by `SaeConfig::validate`).
+    fn init(
+        &self,
+        architecture: sae::Architecture,
+        d_in: usize,
+        d_out: usize,
+    ) -> (sae::EncoderInit, sae::DecoderBiasInit) {
         let (paper_encoder, paper_b_dec) = paper_init(architecture);
         let encoder = match self.encoder_init {
+            EncoderInitChoice::Architecture if d_in != d_out => sae::EncoderInit::Uniform,
             EncoderInitChoice::Architecture => paper_encoder,
             EncoderInitChoice::Uniform => sae::EncoderInit::Uniform,
             EncoderInitChoice::Tied => sae::EncoderInit::Tied,
@@ -578,6 +574,7 @@ impl SaeSweep {
     fn config(
         &self,
         layer: &str,
+        transcoder: Option<sae::Transcoder>,
         variant: Variant,
         d_sae: usize,
         seed: u64,
@@ -590,10 +587,12 @@ impl SaeSweep {
             },
             sample_rows: self.resample_sample_rows,
         });
-        let (encoder_init, b_dec_init) = self.init(variant.architecture());
+        let d_in = mlp::layer_width(layer).unwrap_or(0);
+        let d_out = transcoder.map_or(d_in, |t| t.d_out);
+        let (encoder_init, b_dec_init) = self.init(variant.architecture(), d_in, d_out);
         SaeConfig {
-            d_in: mlp::layer_width(layer).unwrap_or(0),
-            transcoder: None,
+            d_in,
+            transcoder,
             d_sae,
             variant,
             l1_reduction: self.l1_reduction,
@@ -615,6 +614,15 @@ impl SaeSweep {
             seed,
         }
     }
+}
+
+/// A kind of point before its sweep coordinates: the layers it reads and
+/// writes, its `sae.variant` value and the sparsity it trains with.
+struct Unit<'a> {
+    input: &'a str,
+    output: &'a str,
+    choice: VariantChoice,
+    sparsity: sae::Architecture,
 }
 
 /// The `[sae]` key a `SaeConfig` key comes from: a variant's own params keep
