@@ -38,6 +38,23 @@ pub enum SaeError {
     Candle(#[from] candle_core::Error),
 }
 
+/// The rows of `input` and `target` (each `(what, data, width)`), once both
+/// are whole rows and as many.
+pub(crate) fn check_paired(
+    (input_what, input, d_in): (&str, &[f32], usize),
+    (target_what, target, d_out): (&str, &[f32], usize),
+) -> Result<usize, SaeError> {
+    let rows = check_rows(input_what, input, d_in)?;
+    if check_rows(target_what, target, d_out)? != rows {
+        return Err(SaeError::DataShape {
+            what: format!("{target_what} (expected {rows} rows like the input)"),
+            len: target.len(),
+            width: d_out,
+        });
+    }
+    Ok(rows)
+}
+
 pub(crate) fn check_rows(what: &str, data: &[f32], width: usize) -> Result<usize, SaeError> {
     if width == 0 || data.is_empty() || !data.len().is_multiple_of(width) {
         return Err(SaeError::DataShape {

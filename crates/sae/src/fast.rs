@@ -317,7 +317,8 @@ struct StepState {
     rows: usize,
     /// The encoder's input: `x - b_dec` for an SAE, `x` for a transcoder.
     x_cent: Vec<f32>,
-    /// `[rows, d_out]`: the output before any feature, b_dec (+ a skip transcoder's W_skip @ x).
+    /// A skip transcoder's output before any feature, `b_dec + x @ W_skip^T`
+    /// `[rows, d_out]`; empty otherwise (see `OutputBase`).
     base: Vec<f32>,
     /// x_hat - x
     err: Vec<f32>,
@@ -333,6 +334,30 @@ struct StepState {
     fired: Vec<bool>,
     merge: Vec<(f32, u32)>,
     spare: [Csr; 2],
+}
+
+/// The output before any feature, per row: `b_dec`, or a skip transcoder's
+/// `b_dec + x @ W_skip^T` (`with_skip`, `[rows, d_out]`, empty otherwise), so
+/// an SAE's step copies nothing for it.
+struct OutputBase<'a> {
+    b_dec: &'a [f32],
+    with_skip: &'a [f32],
+    d_out: usize,
+}
+
+impl OutputBase<'_> {
+    fn row(&self, r: usize) -> &[f32] {
+        if self.with_skip.is_empty() {
+            self.b_dec
+        } else {
+            &self.with_skip[r * self.d_out..(r + 1) * self.d_out]
+        }
+    }
+
+    /// At flat index `e` of a `[rows, d_out]` buffer.
+    fn at(&self, e: usize) -> f32 {
+        self.row(e / self.d_out)[e % self.d_out]
+    }
 }
 
 pub(crate) struct FastTrainer {
@@ -1036,8 +1061,9 @@ impl FastTrainer {
         self.step.group_errs.first().unwrap_or(&self.step.err)
     }
 
-    /// b_dec's full gradient: through x_hat (sum of dL/dx_hat) and, for an
-    /// SAE, the halves' shares through x - b_dec.
+    /// b_dec's full gradient: through x_hat (sum of dL/dx_hat) and the
+    /// halves' shares through x - b_dec (zero for a transcoder, which does
+    /// not centre its input).
     fn b_dec_gradient(&self) -> Vec<f32> {
         let d = self.d_out;
         let grad_scale = 2.0 / self.step.rows as f32;
@@ -1045,11 +1071,9 @@ impl FastTrainer {
         for err_r in self.base_error().chunks_exact(d) {
             axpy(&mut g, grad_scale, err_r);
         }
-        if self.cfg.centres_input() {
-            for half in &self.halves {
-                for (a, b) in g.iter_mut().zip(&half.g_b_dec) {
-                    *a += b;
-                }
+        for half in &self.halves {
+            for (a, b) in g.iter_mut().zip(&half.g_b_dec) {
+                *a += b;
             }
         }
         g
@@ -1109,11 +1133,11 @@ impl Trainer for FastTrainer {
             st.x_cent.extend_from_slice(x);
         }
         st.base.clear();
-        for _ in 0..rows {
-            st.base.extend_from_slice(&self.params.b_dec);
-        }
         if !self.params.w_skip.is_empty() {
-            // base += x @ W_skip^T
+            // base = b_dec + x @ W_skip^T; an SAE's is b_dec alone (see `OutputBase`).
+            for _ in 0..rows {
+                st.base.extend_from_slice(&self.params.b_dec);
+            }
             kernels::matmul(
                 &mut st.base,
                 rows,
@@ -1206,6 +1230,11 @@ impl Trainer for FastTrainer {
         }
 
         // err = x_hat - y with x_hat = (base + partial_0) + partial_1.
+        let base = OutputBase {
+            b_dec: &p.b_dec,
+            with_skip: &st.base,
+            d_out,
+        };
         st.err.clear();
         let mut sq_err_sum = 0.0f64;
         let [h0, h1] = &self.halves;
@@ -1213,7 +1242,7 @@ impl Trainer for FastTrainer {
             let span = r * d_out..(r + 1) * d_out;
             let start = st.err.len();
             st.err.extend(
-                st.base[span.clone()]
+                base.row(r)
                     .iter()
                     .zip(&h0.partial[span.clone()])
                     .zip(&h1.partial[span.clone()])
@@ -1235,7 +1264,7 @@ impl Trainer for FastTrainer {
             );
             let [h0, h1] = &self.halves;
             for (e, &y) in y.iter().enumerate() {
-                let gate_err = ((st.base[e] + h0.aux_partial[e]) + h1.aux_partial[e]) - y;
+                let gate_err = ((base.at(e) + h0.aux_partial[e]) + h1.aux_partial[e]) - y;
                 gate_sq += (gate_err * gate_err) as f64;
                 st.gate_err.push(gate_err);
             }
@@ -1273,7 +1302,7 @@ impl Trainer for FastTrainer {
             let summed = &mut head[g];
             summed.clear();
             for (e, &later) in later.iter().enumerate() {
-                let mut prefix_hat = st.base[e] + upto0[e];
+                let mut prefix_hat = base.at(e) + upto0[e];
                 if let Some(upto1) = upto1 {
                     prefix_hat += upto1[e];
                 }

@@ -7,7 +7,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{DecoderBiasInit, EncoderInit, SaeConfig, Variant};
-use crate::error::check_rows;
+use crate::error::{check_paired, check_rows};
 use crate::kernels::{self, MatRef, Selection};
 use crate::SaeError;
 
@@ -136,7 +136,16 @@ impl Sae {
     /// The decoder's output before any feature: `b_dec`, plus a skip
     /// transcoder's `W_skip @ x` for input row `x`, appended to `out`.
     pub(crate) fn extend_base(&self, x: &[f32], out: &mut Vec<f32>) {
-        extend_base(&self.b_dec, &self.w_skip, x, out);
+        if self.w_skip.is_empty() {
+            out.extend_from_slice(&self.b_dec);
+        } else {
+            out.extend(
+                self.w_skip
+                    .chunks_exact(x.len())
+                    .zip(&self.b_dec)
+                    .map(|(w, b)| b + <kernels::Portable as kernels::Simd>::dot(w, x)),
+            );
+        }
     }
 
     pub(crate) fn selection(&self) -> Selection {
@@ -234,20 +243,6 @@ impl Sae {
 
     fn check_input(&self, x: &[f32]) -> Result<usize, SaeError> {
         check_rows("SAE input", x, self.d_in())
-    }
-}
-
-/// Appends `b_dec`, plus `W_skip @ x` where `w_skip` (`[d_out, x.len()]`) is not empty.
-pub(crate) fn extend_base(b_dec: &[f32], w_skip: &[f32], x: &[f32], out: &mut Vec<f32>) {
-    if w_skip.is_empty() {
-        out.extend_from_slice(b_dec);
-    } else {
-        out.extend(
-            w_skip
-                .chunks_exact(x.len())
-                .zip(b_dec)
-                .map(|(w, b)| b + <kernels::Portable as kernels::Simd>::dot(w, x)),
-        );
     }
 }
 
@@ -452,15 +447,8 @@ pub fn evaluate(sae: &Sae, data: &[f32]) -> Result<EvalMetrics, SaeError> {
 /// `[rows, d_out]` (an SAE's target is its input): errors, explained
 /// variance of the target, L0 and firing counts.
 pub fn evaluate_on(sae: &Sae, input: &[f32], target: &[f32]) -> Result<EvalMetrics, SaeError> {
-    let rows = sae.check_input(input)?;
     let d_out = sae.d_out();
-    if check_rows("target", target, d_out)? != rows {
-        return Err(SaeError::DataShape {
-            what: format!("target (expected {rows} rows like the input)"),
-            len: target.len(),
-            width: d_out,
-        });
-    }
+    let rows = check_paired(("SAE input", input, sae.d_in()), ("target", target, d_out))?;
     let d_sae = sae.d_sae();
     struct Partial {
         sq_err: f64,

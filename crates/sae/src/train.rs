@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::SaeConfig;
 use crate::duo::{Duo, Exec};
-use crate::error::check_rows;
+use crate::error::check_paired;
 use crate::fast::{self, FastTrainer};
 use crate::model::{self, row_squared_errors, Sae, STREAM_RESAMPLE, STREAM_SHUFFLE};
 use crate::reference::ReferenceTrainer;
@@ -62,15 +62,10 @@ impl<'a> TrainData<'a> {
 
     /// The number of rows, once both sides are whole rows of the same count.
     fn check(&self) -> Result<usize, SaeError> {
-        let rows = check_rows("training data", self.input, self.d_in)?;
-        if check_rows("training target", self.target, self.d_out)? != rows {
-            return Err(SaeError::DataShape {
-                what: format!("training target (expected {rows} rows like the input)"),
-                len: self.target.len(),
-                width: self.d_out,
-            });
-        }
-        Ok(rows)
+        check_paired(
+            ("training data", self.input, self.d_in),
+            ("training target", self.target, self.d_out),
+        )
     }
 
     fn rows(&self) -> usize {
