@@ -3,8 +3,9 @@
 //!
 //! On the 2-core target machine an empty `rayon::join` costs about 20 us
 //! (the idle worker sleeps and must be woken), more than the phases it would
-//! split. Here one helper thread lives for a whole training run and spins
-//! (then yields) between tasks, so handing it work costs well under a microsecond.
+//! split. Here a helper thread (a sweep's core with no point left to train)
+//! spins (then yields) between tasks until it is released, so handing it
+//! work costs well under a microsecond.
 //! If the helper has not picked a task up by the time the caller is done with
 //! its own half (it was descheduled on a busy machine), the caller takes the
 //! task back and runs it itself rather than wait.
@@ -80,26 +81,40 @@ fn wait_while(state: &AtomicU8, mut busy: impl FnMut(u8) -> bool) -> u8 {
 }
 
 impl Duo {
-    /// Runs `body` with a `Duo` whose helper thread lives as long as `body`.
-    pub fn scope<R>(body: impl FnOnce(&Duo) -> R) -> R {
-        let duo = Duo {
+    /// A `Duo` with no helper yet: some thread must call
+    /// [`Duo::help_until_released`] (until then `join` runs both halves itself).
+    pub fn new() -> Duo {
+        Duo {
             state: AtomicU8::new(IDLE),
             task: UnsafeCell::new(None),
-        };
+        }
+    }
+
+    /// Runs `body` with a `Duo` whose helper thread lives as long as `body`.
+    #[cfg(test)]
+    pub fn scope<R>(body: impl FnOnce(&Duo) -> R) -> R {
+        let duo = Duo::new();
         std::thread::scope(|scope| {
-            scope.spawn(|| duo.helper_loop());
-            struct Shutdown<'a>(&'a Duo);
-            impl Drop for Shutdown<'_> {
+            scope.spawn(|| duo.help_until_released());
+            struct Release<'a>(&'a Duo);
+            impl Drop for Release<'_> {
                 fn drop(&mut self) {
-                    self.0.state.store(SHUTDOWN, Ordering::Release);
+                    self.0.release();
                 }
             }
-            let _shutdown = Shutdown(&duo);
+            let _release = Release(&duo);
             body(&duo)
         })
     }
 
-    fn helper_loop(&self) {
+    /// Lets [`Duo::help_until_released`] return (at once if it is called
+    /// later). No `join` may follow.
+    pub fn release(&self) {
+        self.state.store(SHUTDOWN, Ordering::Release);
+    }
+
+    /// Runs the tasks `join` posts on this thread until [`Duo::release`].
+    pub fn help_until_released(&self) {
         loop {
             if wait_while(&self.state, |s| s != POSTED && s != SHUTDOWN) == SHUTDOWN {
                 return;
@@ -117,7 +132,7 @@ impl Duo {
             let task = unsafe { (*self.task.get()).expect("a posted task") };
             let outcome = catch_unwind(AssertUnwindSafe(|| unsafe { (*task)() }));
             let next = if outcome.is_ok() { DONE } else { FAILED };
-            // Shutdown can only come after the caller saw DONE, so this cannot race it.
+            // Release can only come after the caller saw DONE, so this cannot race it.
             self.state.store(next, Ordering::Release);
         }
     }

@@ -13,15 +13,17 @@
 //! curve back as data. Invariant: the same config and seed give a
 //! bit-identical SAE on the fast path.
 //!
-//! Threads: a fast-path run (or sweep group) keeps one spinning helper thread
-//! for its duration and splits each step's features over the two cores; the
-//! reference path leaves threading to candle. `evaluate`/`encode`/`reconstruct`
+//! Threads: a fast-path sweep trains one point per core, and a core with no
+//! point left becomes a spinning helper that takes half of each step of the
+//! other's (a single run: from its first step); the reference path leaves
+//! threading to candle. `evaluate`/`encode`/`reconstruct`
 //! use the rayon pool.
 
 #[doc(hidden)] // Measurement code for `cargo xtask bench`, not an API.
 pub mod bench;
 mod checkpoint;
 mod config;
+mod dormant;
 mod duo;
 mod error;
 mod fast;

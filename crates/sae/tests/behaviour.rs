@@ -307,8 +307,8 @@ fn same_seed_same_sae_and_sweeps_match_single_runs() {
     )
     .unwrap();
     assert_ne!(a.sae.w_dec, unshuffled.sae.w_dec);
-    // In a sweep, points stepping in lockstep on shared batches give the
-    // same bits as when trained alone.
+    // In a sweep, points trained side by side on both cores give the same
+    // bits as when trained alone.
     let points = [
         SweepPoint {
             name: "l1".into(),
@@ -331,13 +331,13 @@ fn same_seed_same_sae_and_sweeps_match_single_runs() {
 }
 
 #[test]
-fn sweep_groups_report_their_own_training_time() {
+fn sweep_points_report_their_own_training_time() {
     let data = structured_data(64 * 20, 32, 27);
     let base = SaeConfig {
         epochs: 30,
         ..config(Variant::L1 { l1_coeff: 3e-3 }, 32, 256)
     };
-    // Different batch sizes cannot share batches: two groups, one after the other.
+    // Batch 32 takes twice the steps of batch 64.
     let points = [
         SweepPoint {
             name: "b64".into(),
@@ -356,10 +356,10 @@ fn sweep_groups_report_their_own_training_time() {
     let total = started.elapsed().as_secs_f64();
     let seconds: Vec<f64> = swept.iter().map(|r| r.as_ref().unwrap().seconds).collect();
     assert!(seconds.iter().all(|&s| s > 0.0), "{seconds:?}");
-    // Each group's clock covers only its own training, so they add up to at most the whole.
+    // Each point's clock covers its own training, within the sweep's.
     assert!(
-        seconds[0] + seconds[1] <= total,
-        "{seconds:?} add up to more than the sweep's {total} s"
+        seconds.iter().all(|&s| s <= total),
+        "{seconds:?}: a point's clock ran past the sweep's {total} s"
     );
 }
 

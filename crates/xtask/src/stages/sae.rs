@@ -32,7 +32,7 @@ pub struct SaeMetricsFile {
     /// On the test split, the layer replaced by the SAE's reconstruction (a
     /// transcoder's output layer by its prediction).
     pub downstream: mlp::SpliceMetrics,
-    /// The sweep group's training time (points of a sweep train together).
+    /// The point's own training time (a sweep trains its points side by side, one per core).
     pub train_seconds: f64,
     pub final_epoch: Option<sae::CurvePoint>,
     /// Features reset by resampling, over the whole run.
