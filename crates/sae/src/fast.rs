@@ -12,10 +12,20 @@
 //!    even where the gradient is zero) and the decoder row renormalisation;
 //! 4. on the caller: b_dec's gradient and Adam.
 //!
+//! Features that have settled skip work without changing a bit (`dormant`):
+//! a *resting* feature (no gradient for a while, and weights a zero-gradient
+//! Adam step no longer moves) skips its Adam step and renormalisation until
+//! it next has a gradient, when its second moments' decays are replayed; a
+//! *dormant* one (resting, and certified below its firing level on every
+//! training row) also leaves the encoder gemm. `settle`, every 64 steps,
+//! puts features to rest and to sleep; each step first wakes the dormant
+//! features whose certificate b_dec's or b_enc's drift has broken.
+//!
 //! The halves are fixed by `d_sae`, so the result is the same bits whether they
 //! run on two threads or one after the other.
 
 use crate::config::{AuxInput, SaeConfig, Variant};
+use crate::dormant::{self, Certificate};
 use crate::duo::Exec;
 use crate::kernels::{self, axpy, multiversion, AdamStep, MatRef, Selection, Simd};
 use crate::model::{self, selection, transpose, Sae};
@@ -158,11 +168,33 @@ struct Half {
     g_dec_row: Vec<f32>,
     /// `[max(d_in, d_out)]` zeros: the gradient of an untouched feature.
     zero_row: Vec<f32>,
+    /// Rest and dormancy (see `dormant`), per feature of this half: whether
+    /// it rests (its Adam steps are skipped until it next has a gradient)
+    /// and since which `adam_t`, whether it is dormant (it rests and is also
+    /// left out of the encoder), the last `adam_t` it had a gradient, and its
+    /// certificate once it rests (cleared when its encoder column may change).
+    resting: Vec<bool>,
+    resting_since: Vec<usize>,
+    dormant: Vec<bool>,
+    last_touched: Vec<usize>,
+    certificate: Vec<Option<Certificate>>,
+    certificates_made: Vec<u32>,
+    /// The features that are not dormant (local indices), and the encoder's
+    /// weights, biases and outputs packed to them while some are.
+    awake: Vec<u32>,
+    packed_w: Vec<f32>,
+    packed_pre: Vec<f32>,
 }
 
 impl Half {
     fn n(&self) -> usize {
         self.hi - self.lo
+    }
+
+    fn refresh_awake(&mut self) {
+        self.awake.clear();
+        self.awake
+            .extend((0..self.n() as u32).filter(|&j| !self.dormant[j as usize]));
     }
 }
 
@@ -276,6 +308,8 @@ struct PassInputs<'a> {
     project: bool,
     /// JumpReLU: every feature's threshold, and the straight-through terms.
     jump: Option<JumpGrad<'a>>,
+    /// The Adam step this pass belongs to (recorded as a touched feature's last).
+    adam_t: usize,
     /// Gated: `main` holds magnitudes, `aux` the open gates, trained on
     /// `gate_err` through the frozen decoder; `l1_grad` applies to the gates.
     gated: Option<GatedGrad<'a>>,
@@ -377,7 +411,38 @@ pub(crate) struct FastTrainer {
     /// JumpReLU's thresholds, `exp` of `params.log_threshold` (empty otherwise).
     threshold: Vec<f32>,
     magnitude: MagnitudePath,
+    dormancy: Dormancy,
 }
+
+/// The trainer-wide side of dormant features (see `dormant`; per feature in [`Half`]).
+struct Dormancy {
+    enabled: bool,
+    /// The largest Adam step size that settled features were checked against
+    /// since every feature last woke: a larger step wakes them all.
+    checked_step_size: f32,
+    /// The step `apply` took last (its betas replay the skipped decays).
+    last_step: Option<AdamStep>,
+    /// The largest training-row norm, once `settle` has seen the data.
+    input_norm: Option<f64>,
+    scratch: Vec<f32>,
+    scratch2: [Vec<f32>; 2],
+    /// How many times a feature fell asleep and woke (for tests and benches).
+    rested: usize,
+    slept: usize,
+    woken: usize,
+}
+
+/// How often (in steps) `settle` looks for features to put to sleep, and how
+/// long a feature must have had no gradient before it is checked (its first
+/// moments take about a thousand steps to reach a fixed point).
+const SETTLE_EVERY_STEPS: usize = 64;
+const QUIET_STEPS: usize = 512;
+/// Certificates are made for this many resting features at once (or every
+/// eight settles, whatever is waiting).
+const REACH_BATCH: usize = 32;
+/// A feature whose certificates keep failing (it fires again, or AuxK picks
+/// it) waits twice as long for each next one, up to this many doublings.
+const MAX_CERTIFICATE_BACKOFF: u32 = 4;
 
 multiversion! {
     /// Phase 1 of a half: encoder matmul, selection, and (if `decode`) the decoder partial sum.
@@ -434,19 +499,58 @@ fn encode_half_inline<S: Simd>(
     decode: bool,
 ) {
     let n = half.n();
-    half.pre.clear();
-    for _ in 0..rows {
-        half.pre.extend_from_slice(b_enc);
+    if half.awake.len() == n {
+        half.pre.clear();
+        for _ in 0..rows {
+            half.pre.extend_from_slice(b_enc);
+        }
+        kernels::matmul(
+            &mut half.pre,
+            rows,
+            n,
+            d_in,
+            true,
+            MatRef::row_major(x_cent, d_in),
+            MatRef::transposed(w_enc_t, d_in),
+        );
+    } else {
+        // Only the awake features' columns; a dormant one's pre-activation
+        // is below its firing level on every row (`dormant`), so -inf.
+        let awake = half.awake.len();
+        half.packed_w.clear();
+        half.packed_pre.clear();
+        for &j in &half.awake {
+            let j = j as usize;
+            half.packed_w
+                .extend_from_slice(&w_enc_t[j * d_in..(j + 1) * d_in]);
+        }
+        for _ in 0..rows {
+            half.packed_pre
+                .extend(half.awake.iter().map(|&j| b_enc[j as usize]));
+        }
+        kernels::matmul(
+            &mut half.packed_pre,
+            rows,
+            awake,
+            d_in,
+            true,
+            MatRef::row_major(x_cent, d_in),
+            MatRef::transposed(&half.packed_w, d_in),
+        );
+        half.pre.clear();
+        half.pre.resize(rows * n, f32::NEG_INFINITY);
+        if awake > 0 {
+            for (pre, packed) in half
+                .pre
+                .chunks_exact_mut(n)
+                .zip(half.packed_pre.chunks_exact(awake))
+            {
+                for (&j, &v) in half.awake.iter().zip(packed) {
+                    pre[j as usize] = v;
+                }
+            }
+        }
     }
-    kernels::matmul(
-        &mut half.pre,
-        rows,
-        n,
-        d_in,
-        true,
-        MatRef::row_major(x_cent, d_in),
-        MatRef::transposed(w_enc_t, d_in),
-    );
     half.main.clear();
     match select {
         HalfSelect::Rows(selection) => {
@@ -766,7 +870,26 @@ fn feature_pass_half_inline<S: Simd>(
             half.g_r_mag[j] = 0.0;
             half.g_b_mag[j] = 0.0;
         }
+        if half.dormant[j] {
+            // Selected nowhere, and resting (below).
+            debug_assert!(!touched, "a dormant feature is selected nowhere");
+            half.g_b_enc[j] = 0.0;
+            if let PassMode::Export { g_w_enc_t, g_w_dec } = &mut mode {
+                g_w_enc_t[enc_j].fill(0.0);
+                g_w_dec[rows_j].fill(0.0);
+            }
+            continue;
+        }
         if touched {
+            if let (true, PassMode::Adam { step, .. }) = (half.resting[j], &mode) {
+                // The second-moment decays of the steps it rested through.
+                let skipped = inputs.adam_t - 1 - half.resting_since[j];
+                dormant::replay_decay(&mut p.w_enc_t_v[enc_j.clone()], skipped, *step);
+                dormant::replay_decay(&mut p.w_dec_v[rows_j.clone()], skipped, *step);
+                half.resting[j] = false;
+            }
+            half.last_touched[j] = inputs.adam_t;
+            half.certificate[j] = None;
             half.g_enc_row.fill(0.0);
             half.g_dec_row.fill(0.0);
             let w_dec_j = &p.w_dec[rows_j.clone()];
@@ -881,6 +1004,9 @@ fn feature_pass_half_inline<S: Simd>(
             (&half.zero_row[..d_in], &half.zero_row[..d])
         };
         match &mut mode {
+            // No gradient, and a zero-gradient step would change none of its
+            // weights: only its second moments decay, replayed when it is next touched.
+            PassMode::Adam { .. } if half.resting[j] => {}
             PassMode::Adam { step, renormalise } => {
                 kernels::adam_inline::<S>(
                     &mut p.w_enc_t[enc_j.clone()],
@@ -927,6 +1053,13 @@ impl FastTrainer {
             g_enc_row: vec![0.0; d_in],
             g_dec_row: vec![0.0; d_out],
             zero_row: vec![0.0; d_in.max(d_out)],
+            resting: vec![false; hi - lo],
+            resting_since: vec![0; hi - lo],
+            dormant: vec![false; hi - lo],
+            last_touched: vec![0; hi - lo],
+            certificate: vec![None; hi - lo],
+            certificates_made: vec![0; hi - lo],
+            awake: (0..(hi - lo) as u32).collect(),
             ..Half::default()
         };
         FastTrainer {
@@ -975,7 +1108,149 @@ impl FastTrainer {
             aux_scale,
             batch_threshold: RunningThreshold::of(sae),
             prefix_widths: sae.cfg.variant.prefix_widths(d_sae),
+            dormancy: Dormancy {
+                // Raw AuxK may pick a latent whose pre-activation is negative.
+                enabled: !matches!(sae.cfg.variant.aux_k(), Some((_, _, AuxInput::Raw))),
+                checked_step_size: 0.0,
+                last_step: None,
+                input_norm: None,
+                scratch: Vec::new(),
+                scratch2: [Vec::new(), Vec::new()],
+                rested: 0,
+                slept: 0,
+                woken: 0,
+            },
         }
+    }
+
+    /// The same trainer with dormancy off: every feature dense, every step.
+    #[cfg(test)]
+    fn without_dormancy(mut self) -> Self {
+        self.dormancy.enabled = false;
+        self
+    }
+
+    /// Feature `f`'s firing level (its pre-activation must stay at or below it
+    /// to be selected nowhere) and the magnitude of the terms it is made of.
+    fn firing_level(&self, f: usize) -> (f64, f64) {
+        match self.cfg.variant {
+            // Neither active (pre > t) nor within the pseudo-derivative's
+            // window (|pre - t| < bandwidth / 2).
+            Variant::JumpRelu { bandwidth, .. } => {
+                let (t, half_width) = (self.threshold[f] as f64, (bandwidth / 2.0) as f32 as f64);
+                (t - half_width, t.abs() + half_width)
+            }
+            _ => (0.0, 0.0),
+        }
+    }
+
+    /// Whether feature `f`'s certificate holds for the current b_dec and b_enc.
+    fn certified(&self, f: usize, certificate: &Certificate, b_dec_norm: f64) -> bool {
+        let d_in = self.d_in;
+        let b_dec_dot = if self.cfg.centres_input() {
+            kernels::dot(
+                &self.params.b_dec,
+                &self.params.w_enc_t[f * d_in..(f + 1) * d_in],
+            )
+        } else {
+            0.0
+        };
+        let (level, level_scale) = self.firing_level(f);
+        certificate.holds(
+            b_dec_dot,
+            b_dec_norm,
+            self.params.b_enc[f],
+            level,
+            level_scale,
+        )
+    }
+
+    /// `||b_dec||` where the encoder reads `x - b_dec`, else 0.
+    fn centring_norm(&self) -> f64 {
+        if self.cfg.centres_input() {
+            self.params
+                .b_dec
+                .iter()
+                .map(|&b| (b as f64).powi(2))
+                .sum::<f64>()
+                .sqrt()
+        } else {
+            0.0
+        }
+    }
+
+    /// Wakes feature `j` of half `h` back into the encoder (it still rests).
+    fn wake(&mut self, h: usize, j: usize) {
+        self.halves[h].dormant[j] = false;
+        self.dormancy.woken += 1;
+    }
+
+    /// Ends feature `j` of half `h`'s rest: replays the second-moment decays
+    /// of the steps it rested through (before the next step's Adam).
+    fn end_rest(&mut self, h: usize, j: usize) {
+        let (d_in, d_out) = (self.d_in, self.d_out);
+        let half = &mut self.halves[h];
+        let f = half.lo + j;
+        let skipped = self.adam_t - half.resting_since[j];
+        half.resting[j] = false;
+        half.dormant[j] = false;
+        let step = self
+            .dormancy
+            .last_step
+            .expect("a feature rests after a step");
+        let p = &mut self.params;
+        dormant::replay_decay(
+            &mut p.adam_w_enc_t.v[f * d_in..(f + 1) * d_in],
+            skipped,
+            step,
+        );
+        dormant::replay_decay(
+            &mut p.adam_w_dec.v[f * d_out..(f + 1) * d_out],
+            skipped,
+            step,
+        );
+    }
+
+    /// Before a step: wakes every dormant feature whose certificate no longer
+    /// holds (b_dec, b_enc or a threshold moved).
+    fn wake_uncertified(&mut self) {
+        if self.halves.iter().all(|h| h.awake.len() == h.n()) {
+            return;
+        }
+        let b_dec_norm = self.centring_norm();
+        for h in 0..2 {
+            let mut woke = false;
+            for j in 0..self.halves[h].n() {
+                let half = &self.halves[h];
+                if !half.dormant[j] {
+                    continue;
+                }
+                let certificate = half.certificate[j].expect("a dormant feature is certified");
+                if !self.certified(half.lo + j, &certificate, b_dec_norm) {
+                    self.wake(h, j);
+                    woke = true;
+                }
+            }
+            if woke {
+                self.halves[h].refresh_awake();
+            }
+        }
+    }
+
+    /// Ends every rest and drops every certificate (a larger Adam step than
+    /// the checks allowed for is coming).
+    fn wake_all(&mut self) {
+        for h in 0..2 {
+            for j in 0..self.halves[h].n() {
+                if self.halves[h].resting[j] {
+                    self.end_rest(h, j);
+                }
+            }
+            let half = &mut self.halves[h];
+            half.certificate.fill(None);
+            half.refresh_awake();
+        }
+        self.dormancy.checked_step_size = 0.0;
     }
 
     fn split(&self) -> usize {
@@ -999,6 +1274,7 @@ impl FastTrainer {
             norm_weighted: matches!(self.cfg.variant, Variant::NormWeightedL1 { .. }),
             aux_grad_scale: self.step.aux_grad_scale,
             project,
+            adam_t: self.adam_t,
             jump: match self.cfg.variant {
                 Variant::JumpRelu {
                     l0_coeff,
@@ -1113,6 +1389,7 @@ impl Trainer for FastTrainer {
         exec: Exec,
     ) -> Result<StepStats, SaeError> {
         let (d_in, d_out) = (self.d_in, self.d_out);
+        self.wake_uncertified();
         let x = &x[..rows * d_in];
         // What the decoder predicts: x itself for an SAE.
         let y = if self.cfg.transcoder.is_some() {
@@ -1368,9 +1645,18 @@ impl Trainer for FastTrainer {
     }
 
     fn apply(&mut self, lr: f64, exec: Exec) -> Result<(), SaeError> {
-        self.adam_t += 1;
         let o = &self.cfg.optimizer;
-        let step = AdamStep::new(lr, o.beta1, o.beta2, o.eps, self.adam_t);
+        let step = AdamStep::new(lr, o.beta1, o.beta2, o.eps, self.adam_t + 1);
+        if step.step_size > self.dormancy.checked_step_size
+            && self
+                .halves
+                .iter()
+                .any(|h| h.certificate.iter().any(Option::is_some))
+        {
+            self.wake_all();
+        }
+        self.adam_t += 1;
+        self.dormancy.last_step = Some(step);
         let unit_norm = self.cfg.variant.unit_norm_decoder();
         let mode = || PassMode::Adam {
             step,
@@ -1494,6 +1780,13 @@ impl Trainer for FastTrainer {
             p.adam_w_dec.reset(dec_f);
             p.adam_w_enc_t.reset(enc_f);
             p.adam_b_enc.reset(f..f + 1);
+            let h = usize::from(f >= self.halves[1].lo);
+            let half = &mut self.halves[h];
+            let j = f - half.lo;
+            half.resting[j] = false;
+            half.dormant[j] = false;
+            half.certificate[j] = None;
+            half.last_touched[j] = self.adam_t;
             if let Variant::JumpRelu { init_threshold, .. } = self.cfg.variant {
                 self.threshold[f] = init_threshold as f32;
                 p.log_threshold[f] = self.threshold[f].ln();
@@ -1508,12 +1801,148 @@ impl Trainer for FastTrainer {
                 m.adam_b_mag.reset(f..f + 1);
             }
         }
+        self.halves.iter_mut().for_each(Half::refresh_awake);
         Ok(())
+    }
+
+    fn settle(&mut self, input: &[f32], exec: Exec) {
+        if !self.dormancy.enabled || !self.adam_t.is_multiple_of(SETTLE_EVERY_STEPS) {
+            return;
+        }
+        self.settle_inner(input, exec);
     }
 
     fn uses_helper_thread(&self) -> bool {
         true
     }
+}
+
+impl FastTrainer {
+    fn settle_inner(&mut self, input: &[f32], exec: Exec) {
+        let Some(step) = self.dormancy.last_step else {
+            return;
+        };
+        let (d_in, d_out) = (self.d_in, self.d_out);
+        let input_norm = *self
+            .dormancy
+            .input_norm
+            .get_or_insert_with(|| dormant::max_row_norm(input, d_in));
+        // Features quiet long enough whose weights a zero-gradient step no
+        // longer moves rest.
+        let unit_norm = self.cfg.variant.unit_norm_decoder();
+        let adam_t = self.adam_t;
+        for h in 0..2 {
+            let [h0, h1] = &mut self.halves;
+            let half = if h == 0 { h0 } else { h1 };
+            let p = &self.params;
+            for j in 0..half.n() {
+                if half.resting[j] || half.last_touched[j] + QUIET_STEPS > adam_t {
+                    continue;
+                }
+                let f = half.lo + j;
+                let (enc, dec) = (f * d_in..(f + 1) * d_in, f * d_out..(f + 1) * d_out);
+                if dormant::zero_step_is_identity(
+                    &p.w_enc_t[enc.clone()],
+                    &p.adam_w_enc_t.m[enc],
+                    step,
+                ) && dormant::zero_step_is_identity(
+                    &p.w_dec[dec.clone()],
+                    &p.adam_w_dec.m[dec.clone()],
+                    step,
+                ) && (!unit_norm
+                    || dormant::renormalise_is_identity(&p.w_dec[dec], &mut self.dormancy.scratch))
+                {
+                    half.resting[j] = true;
+                    half.resting_since[j] = adam_t;
+                    self.dormancy.rested += 1;
+                }
+            }
+        }
+        self.dormancy.checked_step_size = self.dormancy.checked_step_size.max(step.step_size);
+        // Resting features get a certificate (their reach over every row),
+        // unless their last batch already reached their firing level; one
+        // whose certificates keep being spent waits longer for the next.
+        let p = &self.params;
+        let mut settled = Vec::new();
+        for half in &self.halves {
+            for j in 0..half.n() {
+                let quiet = QUIET_STEPS << half.certificates_made[j].min(MAX_CERTIFICATE_BACKOFF);
+                if !half.resting[j]
+                    || half.certificate[j].is_some()
+                    || half.last_touched[j] + quiet > adam_t
+                {
+                    continue;
+                }
+                let f = half.lo + j;
+                let level = self.firing_level(f).0;
+                if half
+                    .pre
+                    .iter()
+                    .skip(j)
+                    .step_by(half.n())
+                    .any(|&pre| pre as f64 >= level)
+                {
+                    continue;
+                }
+                settled.push(f);
+            }
+        }
+        // The reach gemm over every row is cheaper per feature in batches.
+        let batch_due =
+            settled.len() >= REACH_BATCH || self.adam_t.is_multiple_of(SETTLE_EVERY_STEPS * 8);
+        if !settled.is_empty() && batch_due {
+            let w: Vec<f32> = settled
+                .iter()
+                .flat_map(|&f| &p.w_enc_t[f * d_in..(f + 1) * d_in])
+                .copied()
+                .collect();
+            // Half the features' reach on each core.
+            let (w0, w1) = w.split_at(settled.len() / 2 * d_in);
+            let [s0, s1] = &mut self.dormancy.scratch2;
+            let (mut reach, reach1) = exec.join(
+                || dormant::reach(input, d_in, w0, s0),
+                || dormant::reach(input, d_in, w1, s1),
+            );
+            reach.extend(reach1);
+            for (&f, reach) in settled.iter().zip(reach) {
+                let w_norm = w_norm(&p.w_enc_t[f * d_in..(f + 1) * d_in]);
+                let h = usize::from(f >= self.halves[1].lo);
+                let half = &mut self.halves[h];
+                half.certificates_made[f - half.lo] += 1;
+                half.certificate[f - half.lo] = Some(Certificate {
+                    reach,
+                    w_norm,
+                    input_norm,
+                });
+            }
+        }
+        // Certified features go to sleep.
+        let b_dec_norm = self.centring_norm();
+        for h in 0..2 {
+            let mut slept = false;
+            for j in 0..self.halves[h].n() {
+                let half = &self.halves[h];
+                let Some(certificate) =
+                    half.certificate[j].filter(|_| half.resting[j] && !half.dormant[j])
+                else {
+                    continue;
+                };
+                if self.certified(half.lo + j, &certificate, b_dec_norm) {
+                    let half = &mut self.halves[h];
+                    half.dormant[j] = true;
+                    slept = true;
+                    self.dormancy.slept += 1;
+                }
+            }
+            if slept {
+                self.halves[h].refresh_awake();
+            }
+        }
+    }
+}
+
+fn w_norm(w: &[f32]) -> f64 {
+    w.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt()
 }
 
 #[cfg(test)]
@@ -1525,7 +1954,20 @@ mod tests {
     /// Steps `steps` batches of `data` predicting `target` with `exec`; returns the parameters.
     fn run(cfg: &SaeConfig, data: &[f32], target: &[f32], steps: usize, exec: Exec) -> Sae {
         let sae = Sae::init(cfg, target).unwrap();
-        let mut trainer = FastTrainer::new(&sae, AuxScale::of(target, cfg.d_out()));
+        let trainer = FastTrainer::new(&sae, AuxScale::of(target, cfg.d_out()));
+        run_trainer(trainer, cfg, data, target, steps, exec).0
+    }
+
+    /// [`run`] with `trainer`, which also settles after each step; returns
+    /// the parameters and the trainer.
+    fn run_trainer(
+        mut trainer: FastTrainer,
+        cfg: &SaeConfig,
+        data: &[f32],
+        target: &[f32],
+        steps: usize,
+        exec: Exec,
+    ) -> (Sae, FastTrainer) {
         let mut tracker = FiringTracker::new(cfg.d_sae, cfg.dead_window_steps);
         for (i, (batch, batch_target)) in data
             .chunks(cfg.batch_size * cfg.d_in)
@@ -1539,9 +1981,86 @@ mod tests {
                 .compute(batch, batch_target, rows, &mut tracker, exec)
                 .unwrap();
             assert!(stats.loss.is_finite(), "step {i}");
-            trainer.apply(1e-3, exec).unwrap();
+            // The rate rises once, at three quarters, which ends every rest.
+            let lr = match i.cmp(&(steps * 3 / 4)) {
+                std::cmp::Ordering::Less => 1e-3,
+                std::cmp::Ordering::Equal => 2e-3,
+                std::cmp::Ordering::Greater => 1.5e-3,
+            };
+            trainer.apply(lr, exec).unwrap();
+            trainer.settle(data, exec);
         }
-        trainer.export().unwrap()
+        (trainer.export().unwrap(), trainer)
+    }
+
+    #[test]
+    fn dormancy_changes_no_bit() {
+        let mut woken = 0;
+        let data = synthetic::sparse_directions(256, 16, 12, 2, 0.05, 5);
+        let target = synthetic::sparse_directions(256, 12, 12, 2, 0.05, 6);
+        for variant in [
+            Variant::L1 { l1_coeff: 3e-2 },
+            Variant::top_k(3),
+            Variant::NormWeightedL1 { l1_coeff: 3e-2 },
+            Variant::batch_top_k(3),
+            Variant::matryoshka_batch_top_k(3),
+            Variant::jump_relu(0.3),
+            Variant::Gated { l1_coeff: 3e-2 },
+        ] {
+            for transcoder in [
+                None,
+                Some(crate::Transcoder {
+                    d_out: 12,
+                    skip: true,
+                }),
+            ] {
+                let cfg = SaeConfig {
+                    d_in: 16,
+                    d_sae: 96,
+                    variant: variant.clone(),
+                    batch_size: 32,
+                    dead_window_steps: 50,
+                    transcoder,
+                    ..SaeConfig::default()
+                };
+                let target = if transcoder.is_some() { &target } else { &data };
+                let sae = Sae::init(&cfg, target).unwrap();
+                let aux = AuxScale::of(target, cfg.d_out());
+                let steps = 6000;
+                let (dense, _) = run_trainer(
+                    FastTrainer::new(&sae, aux).without_dormancy(),
+                    &cfg,
+                    &data,
+                    target,
+                    steps,
+                    Exec::Serial,
+                );
+                let (sparse, trainer) = run_trainer(
+                    FastTrainer::new(&sae, aux),
+                    &cfg,
+                    &data,
+                    target,
+                    steps,
+                    Exec::Serial,
+                );
+                assert!(dense == sparse, "{variant:?}, transcoder {transcoder:?}");
+                let d = &trainer.dormancy;
+                if let Variant::L1 { .. } | Variant::JumpRelu { .. } | Variant::Gated { .. } =
+                    variant
+                {
+                    // The comparison above covered rests, sleep and wakes
+                    // (these three put features to sleep on this data).
+                    assert!(
+                        d.rested > 0 && d.slept > 0,
+                        "{variant:?}: {} {}",
+                        d.rested,
+                        d.slept
+                    );
+                }
+                woken += d.woken;
+            }
+        }
+        assert!(woken > 0);
     }
 
     #[test]

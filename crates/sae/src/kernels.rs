@@ -379,6 +379,15 @@ multiversion! {
     pub(crate) fn normalise_rows(w: &mut [f32], cols: usize) => normalise_rows_inline
 }
 
+#[inline(always)]
+fn dot_inline<S: Simd>(a: &[f32], b: &[f32]) -> f32 {
+    S::dot(a, b)
+}
+
+multiversion! {
+    pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 => dot_inline
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -237,6 +237,7 @@ impl Run<'_> {
             });
         }
         self.trainer.apply(self.lr, exec)?;
+        self.trainer.settle(shared.data.input, exec);
         if let Some(losses) = &mut self.losses {
             losses.push(stats.loss);
         }

@@ -64,6 +64,9 @@ pub(crate) trait Trainer: Send {
     fn export(&self) -> Result<Sae, SaeError>;
     /// Sets the features' parameters, zeroes their `b_enc` and their Adam moments.
     fn reset_features(&mut self, resets: &[FeatureReset]) -> Result<(), SaeError>;
+    /// After a step: `input` is every training row the encoder may read
+    /// (`[rows, d_in]`), for trainers that skip what provably cannot fire.
+    fn settle(&mut self, _input: &[f32], _exec: Exec) {}
     /// Whether `Exec::Duo` speeds this trainer up (candle has its own threads).
     fn uses_helper_thread(&self) -> bool {
         false
