@@ -1993,20 +1993,25 @@ mod tests {
         (trainer.export().unwrap(), trainer)
     }
 
+    /// The seven variants, with an L1 coefficient, a k and a JumpReLU L0 coefficient.
+    fn every_variant(l1_coeff: f64, k: usize, l0_coeff: f64) -> [Variant; 7] {
+        [
+            Variant::L1 { l1_coeff },
+            Variant::top_k(k),
+            Variant::NormWeightedL1 { l1_coeff },
+            Variant::batch_top_k(k),
+            Variant::matryoshka_batch_top_k(k),
+            Variant::jump_relu(l0_coeff),
+            Variant::Gated { l1_coeff },
+        ]
+    }
+
     #[test]
     fn dormancy_changes_no_bit() {
         let mut woken = 0;
         let data = synthetic::sparse_directions(256, 16, 12, 2, 0.05, 5);
         let target = synthetic::sparse_directions(256, 12, 12, 2, 0.05, 6);
-        for variant in [
-            Variant::L1 { l1_coeff: 3e-2 },
-            Variant::top_k(3),
-            Variant::NormWeightedL1 { l1_coeff: 3e-2 },
-            Variant::batch_top_k(3),
-            Variant::matryoshka_batch_top_k(3),
-            Variant::jump_relu(0.3),
-            Variant::Gated { l1_coeff: 3e-2 },
-        ] {
+        for variant in every_variant(3e-2, 3, 0.3) {
             for transcoder in [
                 None,
                 Some(crate::Transcoder {
@@ -2067,15 +2072,7 @@ mod tests {
     fn two_threads_and_one_give_the_same_bits() {
         let data = synthetic::sparse_directions(200, 24, 60, 4, 0.05, 3);
         let target = synthetic::sparse_directions(200, 20, 60, 4, 0.05, 4);
-        for variant in [
-            Variant::L1 { l1_coeff: 3e-3 },
-            Variant::top_k(5),
-            Variant::NormWeightedL1 { l1_coeff: 3e-3 },
-            Variant::batch_top_k(5),
-            Variant::matryoshka_batch_top_k(5),
-            Variant::jump_relu(0.01),
-            Variant::Gated { l1_coeff: 3e-3 },
-        ] {
+        for variant in every_variant(3e-3, 5, 0.01) {
             assert!(supports(&variant));
             let cfg = SaeConfig {
                 d_in: 24,
