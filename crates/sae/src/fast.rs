@@ -1647,11 +1647,10 @@ impl Trainer for FastTrainer {
     fn apply(&mut self, lr: f64, exec: Exec) -> Result<(), SaeError> {
         let o = &self.cfg.optimizer;
         let step = AdamStep::new(lr, o.beta1, o.beta2, o.eps, self.adam_t + 1);
+        // Rests (and the certificates, which only resting features hold)
+        // were checked against smaller steps.
         if step.step_size > self.dormancy.checked_step_size
-            && self
-                .halves
-                .iter()
-                .any(|h| h.certificate.iter().any(Option::is_some))
+            && self.halves.iter().any(|h| h.resting.contains(&true))
         {
             self.wake_all();
         }
@@ -2066,6 +2065,38 @@ mod tests {
             }
         }
         assert!(woken > 0);
+    }
+
+    #[test]
+    fn a_larger_step_ends_every_rest_even_before_its_certificate() {
+        let data = synthetic::sparse_directions(256, 16, 12, 2, 0.05, 5);
+        let cfg = SaeConfig {
+            d_in: 16,
+            d_sae: 96,
+            variant: Variant::L1 { l1_coeff: 3e-2 },
+            batch_size: 32,
+            ..SaeConfig::default()
+        };
+        let sae = Sae::init(&cfg, &data).unwrap();
+        let trainer = FastTrainer::new(&sae, AuxScale::of(&data, cfg.d_in));
+        // 4000 steps; the helper's rate rises at 3000, then settles at 1.5e-3.
+        let (_, mut trainer) = run_trainer(trainer, &cfg, &data, &data, 4000, Exec::Serial);
+        let resting = |t: &FastTrainer| {
+            t.halves
+                .iter()
+                .flat_map(|h| &h.resting)
+                .filter(|&&r| r)
+                .count()
+        };
+        assert!(resting(&trainer) > 0);
+        // Rests whose reach is still waiting for its batch have no certificate.
+        trainer.halves.iter_mut().for_each(|h| {
+            h.certificate.fill(None);
+            h.dormant.fill(false);
+            h.refresh_awake();
+        });
+        trainer.apply(2e-3, Exec::Serial).unwrap();
+        assert_eq!(resting(&trainer), 0);
     }
 
     #[test]
