@@ -61,6 +61,11 @@ impl Moments {
         }
     }
 
+    /// One dense Adam step of `params` (which these moments belong to) with gradient `g`.
+    fn adam(&mut self, params: &mut [f32], g: &[f32], step: AdamStep) {
+        kernels::adam(params, &mut self.m, &mut self.v, g, step);
+    }
+
     fn reset(&mut self, range: std::ops::Range<usize>) {
         self.m[range.clone()].fill(0.0);
         self.v[range].fill(0.0);
@@ -1666,30 +1671,13 @@ impl Trainer for FastTrainer {
         let g_w_skip = self.w_skip_gradient();
         let g_log_threshold = self.log_threshold_gradient();
         let p = &mut self.params;
-        kernels::adam(
-            &mut p.b_dec,
-            &mut p.adam_b_dec.m,
-            &mut p.adam_b_dec.v,
-            &g_b_dec,
-            step,
-        );
+        p.adam_b_dec.adam(&mut p.b_dec, &g_b_dec, step);
         if !p.w_skip.is_empty() {
-            kernels::adam(
-                &mut p.w_skip,
-                &mut p.adam_w_skip.m,
-                &mut p.adam_w_skip.v,
-                &g_w_skip,
-                step,
-            );
+            p.adam_w_skip.adam(&mut p.w_skip, &g_w_skip, step);
         }
         if !p.log_threshold.is_empty() {
-            kernels::adam(
-                &mut p.log_threshold,
-                &mut p.adam_log_threshold.m,
-                &mut p.adam_log_threshold.v,
-                &g_log_threshold,
-                step,
-            );
+            p.adam_log_threshold
+                .adam(&mut p.log_threshold, &g_log_threshold, step);
             for (t, l) in self.threshold.iter_mut().zip(&p.log_threshold) {
                 *t = l.exp();
             }
@@ -1697,20 +1685,8 @@ impl Trainer for FastTrainer {
         if !self.magnitude.r_mag.is_empty() {
             let (g_r_mag, g_b_mag) = self.magnitude_gradients();
             let m = &mut self.magnitude;
-            kernels::adam(
-                &mut m.r_mag,
-                &mut m.adam_r_mag.m,
-                &mut m.adam_r_mag.v,
-                &g_r_mag,
-                step,
-            );
-            kernels::adam(
-                &mut m.b_mag,
-                &mut m.adam_b_mag.m,
-                &mut m.adam_b_mag.v,
-                &g_b_mag,
-                step,
-            );
+            m.adam_r_mag.adam(&mut m.r_mag, &g_r_mag, step);
+            m.adam_b_mag.adam(&mut m.b_mag, &g_b_mag, step);
             for (s, r) in m.scale.iter_mut().zip(&m.r_mag) {
                 *s = r.exp();
             }
@@ -1830,9 +1806,7 @@ impl FastTrainer {
         // longer moves rest.
         let unit_norm = self.cfg.variant.unit_norm_decoder();
         let adam_t = self.adam_t;
-        for h in 0..2 {
-            let [h0, h1] = &mut self.halves;
-            let half = if h == 0 { h0 } else { h1 };
+        for half in &mut self.halves {
             let p = &self.params;
             for j in 0..half.n() {
                 if half.resting[j] || half.last_touched[j] + QUIET_STEPS > adam_t {
