@@ -141,27 +141,23 @@ fn transcoder_bad_configs_and_data_are_refused_naming_the_key() {
     let cfg = transcoder_config(Variant::L1 { l1_coeff: 1e-3 }, true, 1);
     // The target of the wrong width: the message names the key and both widths.
     let narrow = &target[..64 * (D_OUT - 1)];
-    let message = train_on(
-        &cfg,
-        TrainData::transcoding(&input, D_IN, narrow, D_OUT - 1),
-        &TrainPath::Fast,
-        &|_| {},
-    )
-    .unwrap_err()
-    .to_string();
+    let refusal = |data: TrainData| {
+        train_on(&cfg, data, &TrainPath::Fast, &|_| {})
+            .unwrap_err()
+            .to_string()
+    };
+    let message = refusal(TrainData::transcoding(&input, D_IN, narrow, D_OUT - 1));
     assert!(
         message.contains("`transcoder.d_out`") && message.contains("15"),
         "{message}"
     );
     // Fewer target rows than input rows.
-    let message = train_on(
-        &cfg,
-        TrainData::transcoding(&input, D_IN, &target[..32 * D_OUT], D_OUT),
-        &TrainPath::Fast,
-        &|_| {},
-    )
-    .unwrap_err()
-    .to_string();
+    let message = refusal(TrainData::transcoding(
+        &input,
+        D_IN,
+        &target[..32 * D_OUT],
+        D_OUT,
+    ));
     assert!(
         message.contains("training target") && message.contains("64 rows"),
         "{message}"
