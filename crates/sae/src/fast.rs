@@ -422,8 +422,8 @@ pub(crate) struct FastTrainer {
 /// The trainer-wide side of dormant features (see `dormant`; per feature in [`Half`]).
 struct Dormancy {
     enabled: bool,
-    /// The largest Adam step size that settled features were checked against
-    /// since every feature last woke: a larger step wakes them all.
+    /// The largest Adam step size that resting features were checked against
+    /// since the last larger step: a larger one ends every rest.
     checked_step_size: f32,
     /// The step `apply` took last (its betas replay the skipped decays).
     last_step: Option<AdamStep>,
@@ -431,7 +431,7 @@ struct Dormancy {
     input_norm: Option<f64>,
     scratch: Vec<f32>,
     scratch2: [Vec<f32>; 2],
-    /// How many times a feature fell asleep and woke (for tests and benches).
+    /// How many times a feature came to rest, fell asleep and woke (for tests).
     rested: usize,
     slept: usize,
     woken: usize,
