@@ -10,6 +10,7 @@
 //! forward needs. Inner loops run over fixed 128-float rows, compiled for
 //! AVX2/AVX-512 and chosen at run time; a batch is split over two threads.
 //! The split and every summation order are fixed, so runs are reproducible.
+//! Every thread of a step runs with subnormals flushed to zero (`subnormals`).
 
 use crate::{
     epoch_order, Examples, MlpError, Optimizer, TrainConfig, TrainLog, Weights, CLASSES, HIDDEN,
@@ -198,6 +199,43 @@ struct Trainer {
     lr: f32,
 }
 
+impl Trainer {
+    fn new(cfg: &TrainConfig, init: Weights, base: f32) -> Trainer {
+        let opt = cfg.optimizer;
+        let w1 = transpose(&init.fc1_weight, HIDDEN, INPUT);
+        let mut colsum = vec![0.0; HIDDEN];
+        for row in w1.chunks_exact(HIDDEN) {
+            axpy(&mut colsum, 1.0, row);
+        }
+        Trainer {
+            w1: Param::new(w1, opt),
+            colsum,
+            b1: Param::new(init.fc1_bias, opt),
+            w2: Param::new(transpose(&init.fc2_weight, HIDDEN, HIDDEN), opt),
+            b2: Param::new(init.fc2_bias, opt),
+            w3: Param::new(init.fc3_weight, opt),
+            b3: Param::new(init.fc3_bias, opt),
+            dh1: vec![0.0; cfg.batch_size * HIDDEN],
+            pixel_major: PixelMajor::default(),
+            base,
+            optimizer: opt,
+            lr: cfg.lr as f32,
+        }
+    }
+
+    /// The parameters, or one of their moment buffers, in PyTorch's layout.
+    fn export(&self, of: impl Fn(&Param) -> &[f32]) -> Weights {
+        Weights {
+            fc1_weight: transpose(of(&self.w1), INPUT, HIDDEN),
+            fc1_bias: of(&self.b1).to_vec(),
+            fc2_weight: transpose(of(&self.w2), HIDDEN, HIDDEN),
+            fc2_bias: of(&self.b2).to_vec(),
+            fc3_weight: of(&self.w3).to_vec(),
+            fc3_bias: of(&self.b3).to_vec(),
+        }
+    }
+}
+
 pub(crate) fn train(
     cfg: &TrainConfig,
     init: Weights,
@@ -206,54 +244,111 @@ pub(crate) fn train(
 ) -> Result<(Weights, TrainLog), MlpError> {
     let base = mnist::normalise::normalise_byte(0);
     let images = SparseImages::new(data.pixels, base);
-    let opt = cfg.optimizer;
-    let w1 = transpose(&init.fc1_weight, HIDDEN, INPUT);
-    let mut colsum = vec![0.0; HIDDEN];
-    for row in w1.chunks_exact(HIDDEN) {
-        axpy(&mut colsum, 1.0, row);
-    }
-    let bs = cfg.batch_size;
-    let mut t = Trainer {
-        w1: Param::new(w1, opt),
-        colsum,
-        b1: Param::new(init.fc1_bias, opt),
-        w2: Param::new(transpose(&init.fc2_weight, HIDDEN, HIDDEN), opt),
-        b2: Param::new(init.fc2_bias, opt),
-        w3: Param::new(init.fc3_weight, opt),
-        b3: Param::new(init.fc3_bias, opt),
-        dh1: vec![0.0; bs * HIDDEN],
-        pixel_major: PixelMajor::default(),
-        base,
-        optimizer: opt,
-        lr: cfg.lr as f32,
-    };
+    let mut t = Trainer::new(cfg, init, base);
     let mut log = TrainLog::default();
     // Inside the pool, so each step's joins hand work to the other worker
     // directly instead of injecting it from outside twice a step.
     rayon::scope(|_| -> Result<(), MlpError> {
-        for epoch in 0..cfg.epochs {
-            let order = epoch_order(cfg, data.len(), epoch);
-            for batch in order.chunks(bs) {
-                let step = log.step_losses.len() + 1;
-                let loss = train_step(&mut t, &images, data.labels, batch, step);
-                if !loss.is_finite() {
-                    return Err(MlpError::Diverged { step, loss });
+        subnormals::flushed(|| {
+            for epoch in 0..cfg.epochs {
+                let order = epoch_order(cfg, data.len(), epoch);
+                for batch in order.chunks(cfg.batch_size) {
+                    let step = log.step_losses.len() + 1;
+                    let loss = train_step(&mut t, &images, data.labels, batch, step);
+                    if !loss.is_finite() {
+                        return Err(MlpError::Diverged { step, loss });
+                    }
+                    log.step_losses.push(loss);
+                    on_step(step, loss);
                 }
-                log.step_losses.push(loss);
-                on_step(step, loss);
             }
-        }
-        Ok(())
+            Ok(())
+        })
     })?;
-    let weights = Weights {
-        fc1_weight: transpose(&t.w1.w, INPUT, HIDDEN),
-        fc1_bias: t.b1.w,
-        fc2_weight: transpose(&t.w2.w, HIDDEN, HIDDEN),
-        fc2_bias: t.b2.w,
-        fc3_weight: t.w3.w,
-        fc3_bias: t.b3.w,
-    };
-    Ok((weights, log))
+    Ok((t.export(|p| &p.w), log))
+}
+
+/// The fast trainer stepped one batch at a time, so that tests can check a
+/// step's gradient and update against an independent computation from the
+/// same weights and moments. Not an API.
+#[doc(hidden)]
+pub struct Stepper<'a> {
+    t: Trainer,
+    images: SparseImages,
+    labels: &'a [u8],
+    steps: usize,
+}
+
+impl<'a> Stepper<'a> {
+    pub fn new(cfg: &TrainConfig, init: Weights, data: Examples<'a>) -> Result<Self, MlpError> {
+        cfg.validate()?;
+        crate::check_examples(data)?;
+        let base = mnist::normalise::normalise_byte(0);
+        Ok(Stepper {
+            t: Trainer::new(cfg, init, base),
+            images: SparseImages::new(data.pixels, base),
+            labels: data.labels,
+            steps: 0,
+        })
+    }
+
+    pub fn weights(&self) -> Weights {
+        self.t.export(|p| &p.w)
+    }
+
+    /// Adam's first and second moments, in the weights' layout; `None` for SGD.
+    pub fn moments(&self) -> Option<(Weights, Weights)> {
+        (self.t.optimizer == Optimizer::Adam)
+            .then(|| (self.t.export(|p| &p.m), self.t.export(|p| &p.v)))
+    }
+
+    /// The batch's mean loss and the gradient the next `step` on `batch`
+    /// applies (fc1's, fused into its update there, written out here by the
+    /// same kernel), at the current weights. Changes no parameter.
+    pub fn gradients(&mut self, batch: &[usize]) -> (f32, Weights) {
+        subnormals::flushed(|| self.gradients_flushed(batch))
+    }
+
+    fn gradients_flushed(&mut self, batch: &[usize]) -> (f32, Weights) {
+        let t = &mut self.t;
+        let g = backward(t, &self.images, self.labels, batch);
+        t.pixel_major.fill(&self.images, batch);
+        let mut g1 = vec![0.0; INPUT * HIDDEN];
+        let db1: [f32; HIDDEN] = g.db1.clone().try_into().expect("128 biases");
+        // SGD at lr -1 onto zeros writes 0 + 1 * g: the gradient itself.
+        let write_gradient = Rule::Sgd { lr: -1.0 };
+        let dh1 = &t.dh1[..batch.len() * HIDDEN];
+        fc1_update(
+            &t.pixel_major,
+            0..INPUT,
+            dh1,
+            &db1,
+            t.base,
+            write_gradient,
+            &mut g1,
+            &mut [],
+            &mut [],
+        );
+        let gradient = Weights {
+            fc1_weight: transpose(&g1, INPUT, HIDDEN),
+            fc1_bias: g.db1,
+            fc2_weight: transpose(&g.g2, HIDDEN, HIDDEN),
+            fc2_bias: g.db2,
+            fc3_weight: g.g3,
+            fc3_bias: g.db3,
+        };
+        (g.loss_sum / batch.len() as f32, gradient)
+    }
+
+    /// One optimiser step on `batch` (row indices into the examples), exactly
+    /// as `train` takes it; returns the batch's mean loss.
+    pub fn step(&mut self, batch: &[usize]) -> f32 {
+        self.steps += 1;
+        let step = self.steps;
+        let t = &mut self.t;
+        let (images, labels) = (&self.images, self.labels);
+        rayon::scope(|_| subnormals::flushed(|| train_step(t, images, labels, batch, step)))
+    }
 }
 
 /// The fixed-size piece of `v` at `start`: fixed sizes let every loop over it
@@ -317,16 +412,25 @@ struct Net<'a> {
     b3: &'a [f32],
 }
 
-/// One forward, backward and update on `batch`; returns the batch's mean loss.
-/// The batch's rows are split over two threads; fc1's fused update is split
-/// by pixel.
-fn train_step(
+/// A batch's loss (summed over its rows) and every gradient but fc1's weight
+/// gradient, which `fc1_update` forms from `Trainer::dh1`.
+struct BatchGradients {
+    loss_sum: f32,
+    g2: Vec<f32>,
+    g3: Vec<f32>,
+    db1: Vec<f32>,
+    db2: Vec<f32>,
+    db3: Vec<f32>,
+}
+
+/// Forward and backward on `batch`, its rows split over two threads; leaves
+/// each row's fc1 pre-activation gradient in `t.dh1`.
+fn backward(
     t: &mut Trainer,
     images: &SparseImages,
     labels: &[u8],
     batch: &[usize],
-    step: usize,
-) -> f32 {
+) -> BatchGradients {
     const H: usize = HIDDEN;
     let n = batch.len();
     let base = t.base;
@@ -347,44 +451,75 @@ fn train_step(
     let split = n / 2;
     let (dh1_a, dh1_b) = t.dh1[..n * H].split_at_mut(split * H);
     let (a, b) = rayon::join(
-        || rows_forward_backward(&net, images, labels, &batch[..split], n, dh1_a),
-        || rows_forward_backward(&net, images, labels, &batch[split..], n, dh1_b),
+        || {
+            subnormals::flushed(|| {
+                rows_forward_backward(&net, images, labels, &batch[..split], n, dh1_a)
+            })
+        },
+        || {
+            subnormals::flushed(|| {
+                rows_forward_backward(&net, images, labels, &batch[split..], n, dh1_b)
+            })
+        },
     );
     let mut g2 = a.g2;
     axpy(&mut g2, 1.0, &b.g2);
     let mut g3 = a.g3;
     axpy(&mut g3, 1.0, &b.g3);
     let sum = |x: &[f32], y: &[f32]| -> Vec<f32> { x.iter().zip(y).map(|(x, y)| x + y).collect() };
-    let (db1, db2, db3) = (
-        sum(&a.db1, &b.db1),
-        sum(&a.db2, &b.db2),
-        sum(&a.db3, &b.db3),
-    );
+    BatchGradients {
+        loss_sum: a.loss + b.loss,
+        g2,
+        g3,
+        db1: sum(&a.db1, &b.db1),
+        db2: sum(&a.db2, &b.db2),
+        db3: sum(&a.db3, &b.db3),
+    }
+}
 
+/// One forward, backward and update on `batch`; returns the batch's mean loss.
+/// The batch's rows are split over two threads; fc1's fused update is split
+/// by pixel. Callers flush subnormals (`subnormals::flushed`); each join's
+/// halves flush their own, since either may run on another thread.
+fn train_step(
+    t: &mut Trainer,
+    images: &SparseImages,
+    labels: &[u8],
+    batch: &[usize],
+    step: usize,
+) -> f32 {
+    const H: usize = HIDDEN;
+    let n = batch.len();
+    let base = t.base;
+    let g = backward(t, images, labels, batch);
     let rule = Rule::at(t.optimizer, t.lr, step);
-    t.w3.step(rule, &g3);
-    t.b3.step(rule, &db3);
-    t.w2.step(rule, &g2);
-    t.b2.step(rule, &db2);
-    t.b1.step(rule, &db1);
+    t.w3.step(rule, &g.g3);
+    t.b3.step(rule, &g.db3);
+    t.w2.step(rule, &g.g2);
+    t.b2.step(rule, &g.db2);
+    t.b1.step(rule, &g.db1);
 
     t.pixel_major.fill(images, batch);
     let pm = &t.pixel_major;
     let half = INPUT / 2;
-    let db1: [f32; H] = db1.try_into().expect("128 biases");
+    let db1: [f32; H] = g.db1.try_into().expect("128 biases");
     let dh1 = &t.dh1[..n * H];
     let (w_a, w_b) = t.w1.w.split_at_mut(half * H);
     let moments_at = if t.w1.m.is_empty() { 0 } else { half * H };
     let (m_a, m_b) = t.w1.m.split_at_mut(moments_at);
     let (v_a, v_b) = t.w1.v.split_at_mut(moments_at);
     let (c_a, c_b) = rayon::join(
-        || fc1_update(pm, 0..half, dh1, &db1, base, rule, w_a, m_a, v_a),
-        || fc1_update(pm, half..INPUT, dh1, &db1, base, rule, w_b, m_b, v_b),
+        || subnormals::flushed(|| fc1_update(pm, 0..half, dh1, &db1, base, rule, w_a, m_a, v_a)),
+        || {
+            subnormals::flushed(|| {
+                fc1_update(pm, half..INPUT, dh1, &db1, base, rule, w_b, m_b, v_b)
+            })
+        },
     );
     for ((c, x), y) in t.colsum.iter_mut().zip(&c_a).zip(&c_b) {
         *c = x + y;
     }
-    (a.loss + b.loss) / n as f32
+    g.loss_sum / n as f32
 }
 
 /// Forward and backward through the whole MLP for `rows`, accumulating the

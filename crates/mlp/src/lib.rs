@@ -15,6 +15,9 @@ mod splice;
 mod weights;
 
 pub use config::{Optimizer, TrainConfig};
+// A test hook (the fast trainer one step at a time), not part of the API.
+#[doc(hidden)]
+pub use fast::Stepper;
 pub use model::{Evaluation, Layers, Mlp};
 pub use splice::SpliceMetrics;
 pub use weights::Weights;

@@ -17,7 +17,8 @@
 //! point left becomes a spinning helper that takes half of each step of the
 //! other's (a single run: from its first step); the reference path leaves
 //! threading to candle. `evaluate`/`encode`/`reconstruct`
-//! use the rayon pool.
+//! use the rayon pool. Every fast-path thread and every encoding chunk runs
+//! with subnormals flushed to zero (`subnormals::flushed`).
 
 #[doc(hidden)] // Measurement code for `cargo xtask bench`, not an API.
 pub mod bench;

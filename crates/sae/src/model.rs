@@ -278,8 +278,10 @@ fn map_chunks<T: Send>(
     x.par_chunks(CHUNK_ROWS * sae.d_in())
         .enumerate()
         .map_init(ChunkForward::default, |out, (i, chunk)| {
-            sae.forward_chunk(chunk, out);
-            visit(i * CHUNK_ROWS, chunk, out)
+            subnormals::flushed(|| {
+                sae.forward_chunk(chunk, out);
+                visit(i * CHUNK_ROWS, chunk, out)
+            })
         })
         .collect()
 }
@@ -371,7 +373,7 @@ pub fn encode_sparse(sae: &Sae, x: &[f32]) -> Result<SparseCodes, SaeError> {
     let chunks: Vec<(Vec<usize>, Vec<u32>, Vec<f32>)> = x
         .par_chunks(CHUNK_ROWS * sae.d_in())
         .map_init(ChunkForward::default, |out, chunk| {
-            sae.encode_chunk(chunk, out);
+            subnormals::flushed(|| sae.encode_chunk(chunk, out));
             (out.row_start.clone(), out.idx.clone(), out.val.clone())
         })
         .collect();

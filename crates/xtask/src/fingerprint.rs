@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 /// Stage -> the sources (crate folders or files, relative to `crates/`) its output depends on.
 pub const STAGES: &[(&str, &[&str])] = &[
     ("MNIST", &["mnist", "xtask/src/stages/mnist.rs"]),
-    ("MLP", &["mlp", "xtask/src/stages/mlp.rs"]),
+    ("MLP", &["mlp", "subnormals", "xtask/src/stages/mlp.rs"]),
     (
         "EXTRACT",
         &[
@@ -22,7 +22,12 @@ pub const STAGES: &[(&str, &[&str])] = &[
     // user's values, so the code that maps them must be in the fingerprint).
     (
         "SAE",
-        &["sae", "xtask/src/stages/sae.rs", "xtask/src/sweep.rs"],
+        &[
+            "sae",
+            "subnormals",
+            "xtask/src/stages/sae.rs",
+            "xtask/src/sweep.rs",
+        ],
     ),
     ("ANALYSIS", &["analysis", "xtask/src/stages/analysis.rs"]),
 ];
