@@ -31,6 +31,7 @@ use crate::kernels::{self, axpy, multiversion, AdamStep, MatRef, Selection, Simd
 use crate::model::{self, selection, transpose, Sae};
 use crate::trainer::{
     AuxScale, FeatureReset, FiringTracker, Gradients, RunningThreshold, StepStats, Trainer,
+    TrainerState,
 };
 use crate::SaeError;
 
@@ -1128,9 +1129,10 @@ impl FastTrainer {
         }
     }
 
-    /// The same trainer with dormancy off: every feature dense, every step.
-    #[cfg(test)]
-    fn without_dormancy(mut self) -> Self {
+    /// The same trainer with dormancy off: every feature dense, every step
+    /// (the same bits, `dormancy_changes_no_bit`; what step checks use, since
+    /// a resting feature's moments lag until it next has a gradient).
+    pub(crate) fn without_dormancy(mut self) -> Self {
         self.dormancy.enabled = false;
         self
     }
@@ -1740,6 +1742,54 @@ impl Trainer for FastTrainer {
             },
             r_mag: self.magnitude.r_mag.clone(),
             b_mag: self.magnitude.b_mag.clone(),
+        })
+    }
+
+    fn state(&self) -> Result<TrainerState, SaeError> {
+        let (p, mag) = (&self.params, &self.magnitude);
+        let (d_in, d_sae) = (self.d_in, self.d_sae);
+        let layout = |w_enc_t: &[f32],
+                      w_dec: &[f32],
+                      b_enc: &[f32],
+                      b_dec: &[f32],
+                      w_skip: &[f32],
+                      log_threshold: &[f32],
+                      r_mag: &[f32],
+                      b_mag: &[f32]| Gradients {
+            w_enc: transpose(w_enc_t, d_sae, d_in),
+            w_dec: w_dec.to_vec(),
+            b_enc: b_enc.to_vec(),
+            b_dec: b_dec.to_vec(),
+            w_skip: w_skip.to_vec(),
+            threshold: log_threshold.to_vec(),
+            r_mag: r_mag.to_vec(),
+            b_mag: b_mag.to_vec(),
+        };
+        let moment = |of: fn(&Moments) -> &[f32]| {
+            layout(
+                of(&p.adam_w_enc_t),
+                of(&p.adam_w_dec),
+                of(&p.adam_b_enc),
+                of(&p.adam_b_dec),
+                of(&p.adam_w_skip),
+                of(&p.adam_log_threshold),
+                of(&mag.adam_r_mag),
+                of(&mag.adam_b_mag),
+            )
+        };
+        Ok(TrainerState {
+            params: layout(
+                &p.w_enc_t,
+                &p.w_dec,
+                &p.b_enc,
+                &p.b_dec,
+                &p.w_skip,
+                &p.log_threshold,
+                &mag.r_mag,
+                &mag.b_mag,
+            ),
+            m: moment(|m| &m.m),
+            v: moment(|m| &m.v),
         })
     }
 

@@ -56,6 +56,9 @@ pub use train::{
 // Test hooks (gradients at one batch, per-step losses) for this crate's tests
 // and the real-data comparison in xtask: not part of the API.
 #[doc(hidden)]
-pub use train::{gradients, gradients_on, loss_trajectory, loss_trajectory_on, Trajectory};
+pub use train::{
+    checked_steps_on, gradients, gradients_on, loss_trajectory, loss_trajectory_on, CheckedStep,
+    Trajectory,
+};
 #[doc(hidden)]
-pub use trainer::Gradients;
+pub use trainer::{Gradients, TrainerState};

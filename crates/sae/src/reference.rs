@@ -8,6 +8,7 @@ use crate::config::{AuxInput, SaeConfig, Variant};
 use crate::duo::Exec;
 use crate::trainer::{
     AuxScale, FeatureReset, FiringTracker, Gradients, RunningThreshold, StepStats, Trainer,
+    TrainerState,
 };
 use crate::{Sae, SaeError};
 
@@ -405,6 +406,32 @@ impl Trainer for ReferenceTrainer {
 
     fn apply(&mut self, lr: f64, _exec: Exec) -> Result<(), SaeError> {
         Ok(self.apply_inner(lr)?)
+    }
+
+    fn state(&self) -> Result<TrainerState, SaeError> {
+        let layout = |of: &dyn Fn(usize) -> candle_core::Result<Vec<f32>>| {
+            let extra = |i: usize, wanted: bool| if wanted { of(i) } else { Ok(Vec::new()) };
+            let jump = matches!(self.cfg.variant, Variant::JumpRelu { .. });
+            let gated = matches!(self.cfg.variant, Variant::Gated { .. });
+            Ok::<_, candle_core::Error>(Gradients {
+                w_enc: of(W_ENC)?,
+                w_dec: of(W_DEC)?,
+                b_enc: of(B_ENC)?,
+                b_dec: of(B_DEC)?,
+                w_skip: match self.skip {
+                    Some(i) => of(i)?,
+                    None => Vec::new(),
+                },
+                threshold: extra(LOG_THRESHOLD, jump)?,
+                r_mag: extra(R_MAG, gated)?,
+                b_mag: extra(B_MAG, gated)?,
+            })
+        };
+        Ok(TrainerState {
+            params: layout(&|i| to_host(self.params[i].as_tensor()))?,
+            m: layout(&|i| to_host(self.moments[i].0.as_tensor()))?,
+            v: layout(&|i| to_host(self.moments[i].1.as_tensor()))?,
+        })
     }
 
     fn gradients(&mut self) -> Result<Gradients, SaeError> {

@@ -17,7 +17,7 @@ use crate::error::check_paired;
 use crate::fast::{self, FastTrainer};
 use crate::model::{self, row_squared_errors, Sae, STREAM_RESAMPLE, STREAM_SHUFFLE};
 use crate::reference::ReferenceTrainer;
-use crate::trainer::{AuxScale, FeatureReset, FiringTracker, Gradients, Trainer};
+use crate::trainer::{AuxScale, FeatureReset, FiringTracker, Gradients, Trainer, TrainerState};
 use crate::SaeError;
 
 /// Which implementation trains the SAE. Both follow the same config.
@@ -157,8 +157,35 @@ pub struct Trajectory {
     pub resamples: Vec<ResampleEvent>,
 }
 
-fn make_trainer(sae: &Sae, path: &TrainPath, aux: AuxScale) -> Result<Box<dyn Trainer>, SaeError> {
+/// One training step as the trainer took it, recorded for tests that check
+/// it against an independent computation: the batch, AuxK's dead features
+/// before it, the trainer's state before and after, and the raw gradient
+/// (before any decoder projection) that the step applied at `lr`. Not an API.
+#[doc(hidden)]
+#[derive(Clone, Debug)]
+pub struct CheckedStep {
+    /// 1 for the first step (Adam's t).
+    pub step: usize,
+    pub lr: f64,
+    pub input: Vec<f32>,
+    pub target: Vec<f32>,
+    pub dead: Vec<bool>,
+    pub before: TrainerState,
+    pub loss: f64,
+    pub gradients: Gradients,
+    pub after: Option<TrainerState>,
+}
+
+fn make_trainer(
+    sae: &Sae,
+    path: &TrainPath,
+    aux: AuxScale,
+    limits: Limits,
+) -> Result<Box<dyn Trainer>, SaeError> {
     Ok(match path {
+        TrainPath::Fast if fast::supports(&sae.cfg.variant) && limits.check_every.is_some() => {
+            Box::new(FastTrainer::new(sae, aux).without_dormancy())
+        }
         TrainPath::Fast if fast::supports(&sae.cfg.variant) => Box::new(FastTrainer::new(sae, aux)),
         TrainPath::Fast => Box::new(ReferenceTrainer::new(sae, &Device::Cpu, aux)?),
         TrainPath::Reference { device } => Box::new(ReferenceTrainer::new(sae, device, aux)?),
@@ -190,6 +217,8 @@ struct Run<'a> {
     curve: Vec<CurvePoint>,
     resamples: Vec<ResampleEvent>,
     losses: Option<Vec<f64>>,
+    check_every: Option<usize>,
+    checked: Vec<CheckedStep>,
     failed: Option<SaeError>,
     /// Wall time of the run, once it has trained.
     seconds: f64,
@@ -200,6 +229,8 @@ struct Run<'a> {
 struct Limits {
     max_steps: Option<usize>,
     record_losses: bool,
+    /// Record every this many steps a [`CheckedStep`] (dormancy off).
+    check_every: Option<usize>,
 }
 
 struct Shared<'a> {
@@ -225,10 +256,31 @@ impl Run<'_> {
 
     fn try_step(&mut self, batch: TrainData, shared: &Shared, exec: Exec) -> Result<(), SaeError> {
         let rows = batch.rows();
+        let check = self
+            .check_every
+            .is_some_and(|every| self.steps.is_multiple_of(every));
+        let before = if check {
+            Some((self.trainer.state()?, self.tracker.dead_mask().to_vec()))
+        } else {
+            None
+        };
         let stats =
             self.trainer
                 .compute(batch.input, batch.target, rows, &mut self.tracker, exec)?;
         self.steps += 1;
+        if let Some((before, dead)) = before {
+            self.checked.push(CheckedStep {
+                step: self.steps,
+                lr: self.lr,
+                input: batch.input.to_vec(),
+                target: batch.target.to_vec(),
+                dead,
+                before,
+                loss: stats.loss,
+                gradients: self.trainer.gradients()?,
+                after: None,
+            });
+        }
         if !stats.loss.is_finite() {
             return Err(SaeError::Diverged {
                 point: self.name.to_string(),
@@ -237,6 +289,12 @@ impl Run<'_> {
             });
         }
         self.trainer.apply(self.lr, exec)?;
+        if check {
+            let after = self.trainer.state()?;
+            if let Some(last) = self.checked.last_mut() {
+                last.after = Some(after);
+            }
+        }
         self.trainer.settle(shared.data.input, exec);
         if let Some(losses) = &mut self.losses {
             losses.push(stats.loss);
@@ -571,7 +629,7 @@ fn new_run<'a>(
     Ok(Run {
         name: &point.name,
         cfg,
-        trainer: make_trainer(&sae, path, aux)?,
+        trainer: make_trainer(&sae, path, aux, limits)?,
         tracker: FiringTracker::new(cfg.d_sae, cfg.dead_window_steps),
         resample_rng: model::rng(cfg.seed, STREAM_RESAMPLE),
         steps: 0,
@@ -581,6 +639,8 @@ fn new_run<'a>(
         curve: Vec::new(),
         resamples: Vec::new(),
         losses: limits.record_losses.then(Vec::new),
+        check_every: limits.check_every,
+        checked: Vec::new(),
         failed: None,
         seconds: 0.0,
     })
@@ -647,6 +707,7 @@ fn finish(run: Run) -> Result<Trained, SaeError> {
 const FULL: Limits = Limits {
     max_steps: None,
     record_losses: false,
+    check_every: None,
 };
 
 /// Trains every point on `data` with `path`. Points sharing batch size and
@@ -741,6 +802,7 @@ pub fn loss_trajectory_on(
     let limits = Limits {
         max_steps: Some(max_steps),
         record_losses: true,
+        check_every: None,
     };
     let mut run = drive(&point, data, path, &|_| {}, limits)
         .pop()
@@ -750,6 +812,31 @@ pub fn loss_trajectory_on(
         sae: run.trainer.export()?,
         resamples: std::mem::take(&mut run.resamples),
     })
+}
+
+/// The first `max_steps` steps of training `cfg` on `data`, with every
+/// `every`-th step recorded as a [`CheckedStep`] (the fast path with dormancy
+/// off: the same bits, every feature stepped densely), and the SAE after them.
+pub fn checked_steps_on(
+    cfg: &SaeConfig,
+    data: TrainData,
+    path: &TrainPath,
+    max_steps: usize,
+    every: usize,
+) -> Result<(Vec<CheckedStep>, Sae), SaeError> {
+    let point = [SweepPoint {
+        name: "checked".to_string(),
+        cfg: cfg.clone(),
+    }];
+    let limits = Limits {
+        max_steps: Some(max_steps),
+        record_losses: false,
+        check_every: Some(every.max(1)),
+    };
+    let run = drive(&point, data, path, &|_| {}, limits)
+        .pop()
+        .expect("one result per point")?;
+    Ok((run.checked, run.trainer.export()?))
 }
 
 /// Loss and raw gradients of `sae` on one batch (row-major `[rows, d_in]`),
@@ -778,7 +865,7 @@ pub fn gradients_on(
 ) -> Result<(f64, Gradients), SaeError> {
     sae.cfg.validate()?;
     let rows = batch.check()?;
-    let mut trainer = make_trainer(sae, path, AuxScale::of(batch.target, batch.d_out))?;
+    let mut trainer = make_trainer(sae, path, AuxScale::of(batch.target, batch.d_out), FULL)?;
     let window = usize::MAX / 2;
     let mut tracker = FiringTracker::new(sae.d_sae(), window);
     for &f in dead_features {

@@ -24,6 +24,17 @@ pub struct Gradients {
     pub b_mag: Vec<f32>,
 }
 
+/// A trainer's parameters and Adam moments, each in the public layout of
+/// [`Gradients`] (whose `threshold` is JumpReLU's log-thresholds here), for
+/// tests that check a step against an independent computation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainerState {
+    pub params: Gradients,
+    /// Adam's first and second moments of each parameter.
+    pub m: Gradients,
+    pub v: Gradients,
+}
+
 /// What a trainer reports about one batch.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct StepStats {
@@ -62,6 +73,8 @@ pub(crate) trait Trainer: Send {
     /// The raw gradients at the last `compute`.
     fn gradients(&mut self) -> Result<Gradients, SaeError>;
     fn export(&self) -> Result<Sae, SaeError>;
+    /// Every parameter with its moments, as the next `compute` reads them.
+    fn state(&self) -> Result<TrainerState, SaeError>;
     /// Sets the features' parameters, zeroes their `b_enc` and their Adam moments.
     fn reset_features(&mut self, resets: &[FeatureReset]) -> Result<(), SaeError>;
     /// After a step: `input` is every training row the encoder may read

@@ -1,10 +1,15 @@
-//! The SAE's fast path against the candle-autograd reference on the real
-//! cached activations (fc2.pre of an MLP trained by the pipeline).
+//! The SAE's fast path and the candle-autograd reference on the real cached
+//! activations (fc2.pre of an MLP trained by the pipeline): their training
+//! steps against f64.
+
+// The sae crate's f64 oracle, shared rather than copied.
+#[path = "../../sae/tests/common/mod.rs"]
+mod common;
 
 use std::process::Command;
 
 use activations::{ActivationStore, ShardInfo, VerifyMode};
-use sae::{loss_trajectory, SaeConfig, Variant};
+use sae::{checked_steps_on, loss_trajectory_on, SaeConfig, TrainData, TrainPath, Variant};
 
 /// Train rows of `fc2.pre`, extracted by `xtask run extract` into a fresh store.
 fn real_fc2_pre(rows: usize) -> Vec<f32> {
@@ -39,44 +44,44 @@ fn real_fc2_pre(rows: usize) -> Vec<f32> {
     view.to_vec()[..rows * 128].to_vec()
 }
 
-fn largest_relative_gap(cfg: &SaeConfig, data: &[f32], steps: usize) -> f64 {
-    let fast = loss_trajectory(cfg, data, &sae::TrainPath::Fast, steps).unwrap();
-    let reference = loss_trajectory(
-        cfg,
-        data,
-        &sae::TrainPath::Reference {
+/// Every 50th of 300 steps on each path, checked against f64 from the same
+/// parameters, moments and gradient (`sae/tests/common`'s oracle); the
+/// recorded fast run ends in the same bits as an unrecorded one.
+fn check_steps(cfg: &SaeConfig, data: &[f32], label: &str) {
+    let data = TrainData::autoencoding(data, cfg.d_in);
+    let plain = loss_trajectory_on(cfg, data, &TrainPath::Fast, 300).unwrap();
+    assert!(
+        plain.losses[299] < 0.5 * plain.losses[0],
+        "{label}: no progress: {} -> {}",
+        plain.losses[0],
+        plain.losses[299]
+    );
+    for path in [
+        TrainPath::Fast,
+        TrainPath::Reference {
             device: candle_core::Device::Cpu,
         },
-        steps,
-    )
-    .unwrap();
-    assert!(
-        fast.losses[steps - 1] < 0.5 * fast.losses[0],
-        "no progress: {} -> {}",
-        fast.losses[0],
-        fast.losses[steps - 1]
-    );
-    fast.losses
-        .iter()
-        .zip(&reference.losses)
-        .map(|(f, r)| ((f - r) / r).abs())
-        .fold(0.0, f64::max)
+    ] {
+        let (steps, sae) = checked_steps_on(cfg, data, &path, 300, 50).unwrap();
+        assert_eq!(steps.len(), 6);
+        for step in &steps {
+            common::assert_step_matches_f64(cfg, step, &format!("{label} {path:?}"));
+        }
+        if matches!(path, TrainPath::Fast) {
+            assert!(sae == plain.sae, "{label}: recording changed the SAE");
+        }
+    }
 }
 
 #[test]
-fn fast_and_reference_paths_agree_for_300_steps_on_real_activations() {
+fn training_steps_on_real_activations_match_f64_on_both_paths() {
     let data = real_fc2_pre(64 * 300);
     // The notebook's SAE: d_sae 1024, L1 3e-3 summed over the batch, Adam 1e-3.
     let l1 = SaeConfig {
         epochs: 1,
         ..SaeConfig::default()
     };
-    let gap = largest_relative_gap(&l1, &data, 300);
-    eprintln!("L1: largest relative loss gap over 300 steps {gap:e}");
-    assert!(
-        gap < 1e-4,
-        "L1: loss trajectories differ by {gap:e} (relative)"
-    );
+    check_steps(&l1, &data, "L1");
     // TopK with AuxK, dead window short enough that AuxK is active.
     let topk = SaeConfig {
         epochs: 1,
@@ -84,10 +89,5 @@ fn fast_and_reference_paths_agree_for_300_steps_on_real_activations() {
         variant: Variant::top_k(32),
         ..SaeConfig::default()
     };
-    let gap = largest_relative_gap(&topk, &data, 300);
-    eprintln!("TopK: largest relative loss gap over 300 steps {gap:e}");
-    assert!(
-        gap < 1e-4,
-        "TopK: loss trajectories differ by {gap:e} (relative)"
-    );
+    check_steps(&topk, &data, "TopK");
 }

@@ -472,3 +472,143 @@ pub fn with_aux(mut variant: Variant, latents: usize, coeff: f64, input: AuxInpu
     *aux_input = input;
     variant
 }
+
+/// Each Adam-trained parameter of a state or gradient by name, in one order.
+fn named(g: &sae::Gradients) -> [(&'static str, &[f32]); 8] {
+    [
+        ("W_enc", &g.w_enc),
+        ("W_dec", &g.w_dec),
+        ("b_enc", &g.b_enc),
+        ("b_dec", &g.b_dec),
+        ("W_skip", &g.w_skip),
+        ("log-threshold", &g.threshold),
+        ("r_mag", &g.r_mag),
+        ("b_mag", &g.b_mag),
+    ]
+}
+
+/// Asserts one recorded training step against f64 from the same parameters,
+/// moments and raw gradient: the decoder projection (unit-norm variants),
+/// Adam's moments and update, and the rows' renormalisation. Elementwise,
+/// each value within a few f32 roundings of the terms it is made of, so the
+/// check holds whatever the summation order or vector width: it does not
+/// compare trajectories, whose rounding compounds over steps.
+pub fn assert_step_matches_f64(cfg: &SaeConfig, s: &sae::CheckedStep, label: &str) {
+    let label = format!("{label} step {}", s.step);
+    let after = s
+        .after
+        .as_ref()
+        .expect("a recorded step has its after-state");
+    let o = &cfg.optimizer;
+    let (b1, b2, eps) = (o.beta1, o.beta2, o.eps);
+    let t = s.step as i32;
+    let step_size = s.lr / (1.0 - b1.powi(t));
+    let inv_bc2_sqrt = 1.0 / (1.0 - b2.powi(t)).sqrt();
+    let ulp = f32::EPSILON as f64;
+    // A value below f32's normal range may be flushed to zero on the fast path.
+    let flush = 1e-37;
+    let d_out = cfg.d_out();
+    let unit_norm = cfg.variant.unit_norm_decoder();
+    let (params, m0s, v0s, grads) = (
+        named(&s.before.params),
+        named(&s.before.m),
+        named(&s.before.v),
+        named(&s.gradients),
+    );
+    let (p1s, m1s, v1s) = (named(&after.params), named(&after.m), named(&after.v));
+    for i in 0..8 {
+        let (name, p0) = params[i];
+        let (g, m0, v0, p1, m1, v1) =
+            (grads[i].1, m0s[i].1, v0s[i].1, p1s[i].1, m1s[i].1, v1s[i].1);
+        let n = p0.len();
+        for (what, len) in [("gradient", g.len()), ("m", m0.len()), ("v", v0.len())] {
+            assert_eq!(
+                len, n,
+                "{label}: {name}'s {what} has {len} entries for {n} parameters"
+            );
+        }
+        if n == 0 {
+            continue;
+        }
+        let mut g64: Vec<f64> = g.iter().map(|&x| x as f64).collect();
+        let mut g_slack = vec![0.0f64; n];
+        let rows_renormalised = name == "W_dec" && unit_norm;
+        if rows_renormalised {
+            // Remove each row's gradient component along the row.
+            for (f, (gr, sl)) in g64
+                .chunks_exact_mut(d_out)
+                .zip(g_slack.chunks_exact_mut(d_out))
+                .enumerate()
+            {
+                let w: Vec<f64> = p0[f * d_out..(f + 1) * d_out]
+                    .iter()
+                    .map(|&x| x as f64)
+                    .collect();
+                let norm = w.iter().map(|x| x * x).sum::<f64>().sqrt();
+                let along = gr.iter().zip(&w).map(|(g, w)| g * w).sum::<f64>() / norm;
+                let along_terms = gr.iter().zip(&w).map(|(g, w)| (g * w).abs()).sum::<f64>() / norm;
+                let sums = (d_out + 4) as f64 * ulp;
+                for ((g, s), w) in gr.iter_mut().zip(sl.iter_mut()).zip(&w) {
+                    *s = sums * (g.abs() + along_terms * w.abs() / norm);
+                    *g -= along * w / norm;
+                }
+            }
+        }
+        let mut q = vec![0.0f64; n];
+        let mut q_slack = vec![0.0f64; n];
+        for e in 0..n {
+            let (g, gs) = (g64[e], g_slack[e]);
+            let (m0, v0) = (m0[e] as f64, v0[e] as f64);
+            let m = b1 * m0 + (1.0 - b1) * g;
+            let m_allowed =
+                4.0 * ulp * (b1 * m0.abs() + (1.0 - b1) * g.abs()) + (1.0 - b1) * gs + flush;
+            let v = b2 * v0 + (1.0 - b2) * g * g;
+            let v_allowed = 6.0 * ulp * v + (1.0 - b2) * (2.0 * g.abs() + gs) * gs + flush;
+            assert!(
+                (m1[e] as f64 - m).abs() <= m_allowed && (v1[e] as f64 - v).abs() <= v_allowed,
+                "{label}: {name}[{e}] moments ({:e}, {:e}), f64 ({m:e}, {v:e})",
+                m1[e],
+                v1[e]
+            );
+            // The update from the trainer's own new moments (checked just
+            // above): only its last few roundings remain.
+            let (m1, v1) = (m1[e] as f64, v1[e] as f64);
+            let update = step_size * m1 / (v1.sqrt() * inv_bc2_sqrt + eps);
+            q[e] = p0[e] as f64 - update;
+            q_slack[e] = ulp * q[e].abs() + 8.0 * ulp * update.abs() + flush;
+        }
+        if rows_renormalised {
+            for f in 0..n / d_out {
+                let rows = f * d_out..(f + 1) * d_out;
+                let norm = q[rows.clone()].iter().map(|x| x * x).sum::<f64>().sqrt();
+                let carried = q_slack[rows.clone()]
+                    .iter()
+                    .map(|x| x * x)
+                    .sum::<f64>()
+                    .sqrt();
+                for e in rows {
+                    let want = q[e] / norm;
+                    let allowed = (d_out + 6) as f64 * ulp * want.abs()
+                        + (q_slack[e] + want.abs() * carried) / norm
+                        + flush;
+                    assert!(
+                        (p1[e] as f64 - want).abs() <= allowed,
+                        "{label}: W_dec[{e}] became {:e} after renormalising, f64 says {want:e}",
+                        p1[e]
+                    );
+                }
+            }
+        } else {
+            for e in 0..n {
+                assert!(
+                    (p1[e] as f64 - q[e]).abs() <= q_slack[e],
+                    "{label}: {name}[{e}] became {:e}, f64 says {:e} (from {:e}, gradient {:e})",
+                    p1[e],
+                    q[e],
+                    p0[e],
+                    g[e]
+                );
+            }
+        }
+    }
+}
