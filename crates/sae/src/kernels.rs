@@ -38,7 +38,14 @@ impl<'a> MatRef<'a> {
     }
 }
 
-/// `dst[m, n] (row-major) = (accumulate ? dst : 0) + lhs[m, k] @ rhs[k, n]`, single-threaded.
+/// The most terms gemm sums in one block. Above it, gemm splits the sum over
+/// `k` into blocks sized from the L1 cache it detects, so the bits would
+/// follow the machine; [`matmul`] splits such sums itself, in fixed blocks.
+const K_BLOCK_MAX: usize = 512;
+
+/// `dst[m, n] (row-major) = (accumulate ? dst : 0) + lhs[m, k] @ rhs[k, n]`,
+/// single-threaded. A sum over more than 512 terms is taken in equal blocks
+/// of at most 512, added in order: the same bits on every machine.
 pub(crate) fn matmul(
     dst: &mut [f32],
     m: usize,
@@ -60,29 +67,34 @@ pub(crate) fn matmul(
         }
         return;
     }
-    // SAFETY: every index gemm touches was bounds-checked above.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.data.as_ptr(),
-            lhs.col_stride as isize,
-            lhs.row_stride as isize,
-            rhs.data.as_ptr(),
-            rhs.col_stride as isize,
-            rhs.row_stride as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
+    let block = k.div_ceil(k.div_ceil(K_BLOCK_MAX));
+    for start in (0..k).step_by(block) {
+        let terms = block.min(k - start);
+        // SAFETY: every index gemm touches was bounds-checked above; this
+        // block reads columns `start..start + terms` of lhs and those rows of rhs.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                terms,
+                dst.as_mut_ptr(),
+                1,
+                n as isize,
+                accumulate || start > 0,
+                lhs.data.as_ptr().add(start * lhs.col_stride),
+                lhs.col_stride as isize,
+                lhs.row_stride as isize,
+                rhs.data.as_ptr().add(start * rhs.row_stride),
+                rhs.col_stride as isize,
+                rhs.row_stride as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
     }
 }
 
@@ -408,6 +420,54 @@ mod tests {
                 Avx2::dot(&noisy, &other).to_bits(),
                 Portable::dot(&noisy, &other).to_bits()
             );
+        }
+    }
+
+    #[test]
+    fn a_long_sum_is_taken_in_fixed_blocks_in_order() {
+        // k = 1100: three blocks of 367, 367 and 366 terms, added in order.
+        let (m, n, k) = (3, 5, 1100);
+        let value = |i: usize| ((i * 7919) % 1000) as f32 / 997.0 - 0.5;
+        let lhs: Vec<f32> = (0..m * k).map(value).collect();
+        let rhs_t: Vec<f32> = (0..n * k).map(|i| value(i + 13)).collect();
+        let mut whole = vec![0.25f32; m * n];
+        matmul(
+            &mut whole,
+            m,
+            n,
+            k,
+            true,
+            MatRef::row_major(&lhs, k),
+            MatRef::transposed(&rhs_t, k),
+        );
+        let mut blocks = vec![0.25f32; m * n];
+        for (start, terms) in [(0, 367), (367, 367), (734, 366)] {
+            let l: Vec<f32> = lhs
+                .chunks(k)
+                .flat_map(|r| r[start..start + terms].to_vec())
+                .collect();
+            let r: Vec<f32> = rhs_t
+                .chunks(k)
+                .flat_map(|r| r[start..start + terms].to_vec())
+                .collect();
+            matmul(
+                &mut blocks,
+                m,
+                n,
+                terms,
+                true,
+                MatRef::row_major(&l, terms),
+                MatRef::transposed(&r, terms),
+            );
+        }
+        assert_eq!(whole, blocks);
+        // And it is the product: against f64.
+        for (i, j) in (0..m).flat_map(|i| (0..n).map(move |j| (i, j))) {
+            let want = 0.25
+                + (0..k)
+                    .map(|t| lhs[i * k + t] as f64 * rhs_t[j * k + t] as f64)
+                    .sum::<f64>();
+            assert!((whole[i * n + j] as f64 - want).abs() < 1e-3, "{i},{j}");
         }
     }
 
