@@ -6,10 +6,14 @@ train SAELens' `Transcoder`/`SkipTranscoder` modules with the L1 loss written
 here: sum of squared errors per row, mean over rows, plus 3e-3 x sum of
 activations.
 
-Usage: python3 bench/saelens_epoch.py STORE [EPOCHS]. STORE is a saelab store
-holding one activation cache (`cargo xtask all` makes one). Prints seconds per
-epoch (the last of EPOCHS, default 2, so the first pays for warm-up).
+Usage: python3 bench/saelens_epoch.py STORE [EPOCHS] [--threads N] [--json].
+STORE is a saelab store holding one activation cache (`cargo xtask all` makes
+one), or an activation cache folder itself (what `cargo xtask bench sae` passes
+when it runs this script for its ratio column). Prints seconds per epoch (the
+last of EPOCHS, default 2, so the first pays for warm-up) on N threads (default
+2); `--json` ends with one line `{"architecture": seconds, ...}` for a program.
 """
+import argparse
 import json
 import sys
 import time
@@ -39,7 +43,10 @@ D_IN, D_SAE, BATCH = 128, 1024, 64
 
 
 def train_rows(store: Path, layer: str = "fc2.pre") -> torch.Tensor:
-    (cache,) = [p for p in (store / "activations").iterdir() if (p / "shards.json").exists()]
+    if (store / "shards.json").exists():
+        cache = store
+    else:
+        (cache,) = [p for p in (store / "activations").iterdir() if (p / "shards.json").exists()]
     shards = sorted(
         (s for s in json.loads((cache / "shards.json").read_text()) if s["split"] == "train"),
         key=lambda s: s["row_start"],
@@ -111,20 +118,28 @@ def epoch_seconds(cls, cfg, x: torch.Tensor, epochs: int) -> float:
 
 
 def main() -> int:
-    store = Path(sys.argv[1])
-    epochs = int(sys.argv[2]) if len(sys.argv) > 2 else 2
-    torch.set_num_threads(2)
-    x = train_rows(store)
-    print(f"SAELens training epochs on {x.shape[0]} fc2.pre rows, d_sae {D_SAE}, batch {BATCH}, {torch.get_num_threads()} threads")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("store", type=Path)
+    parser.add_argument("epochs", type=int, nargs="?", default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    x = train_rows(args.store)
+    print(f"SAELens training epochs on {x.shape[0]} fc2.pre rows, d_sae {D_SAE}, batch {BATCH}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    seconds = {}
     for name, (cls, cfg) in ARCHITECTURES.items():
-        print(f"  {name}: {epoch_seconds(cls, cfg, x, epochs):.3f} s per epoch", flush=True)
-    x, y = train_rows(store, "fc1.post"), train_rows(store, "fc2.post")
+        seconds[name] = epoch_seconds(cls, cfg, x, args.epochs)
+        print(f"  {name}: {seconds[name]:.3f} s per epoch", flush=True)
+    x, y = train_rows(args.store, "fc1.post"), train_rows(args.store, "fc2.post")
     for name, cls, cfg in [
         ("transcoder L1 3e-3", Transcoder, TranscoderConfig(d_in=D_IN, d_sae=D_SAE, d_out=D_IN, apply_b_dec_to_input=False)),
         ("skip transcoder L1 3e-3", SkipTranscoder, SkipTranscoderConfig(d_in=D_IN, d_sae=D_SAE, d_out=D_IN, apply_b_dec_to_input=False)),
     ]:
-        seconds = transcoder_epoch_seconds(cls, cfg, x, y, epochs)
-        print(f"  {name} (fc1.post -> fc2.post): {seconds:.3f} s per epoch", flush=True)
+        seconds[name] = transcoder_epoch_seconds(cls, cfg, x, y, args.epochs)
+        print(f"  {name} (fc1.post -> fc2.post): {seconds[name]:.3f} s per epoch", flush=True)
+    if args.json:
+        print(json.dumps(seconds))
     return 0
 
 

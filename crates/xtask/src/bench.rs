@@ -42,6 +42,7 @@ fn prepare(
 }
 
 pub fn run(target: Target, config: &Config, ctx: &Context, store: &Store) -> Result<()> {
+    println!("{}", machine());
     match target {
         Target::Mlp => bench_mlp(config, ctx, store),
         Target::Sae => bench_sae(config, ctx, store),
@@ -248,6 +249,8 @@ fn bench_sae(config: &Config, ctx: &Context, store: &Store) -> Result<()> {
             reference_path(),
         ),
     ];
+    // saelab's figure per architecture, for the ratio to PyTorch.
+    let mut epochs_seconds: Vec<(&str, f64)> = Vec::new();
     let runs = sae_runs
         .into_iter()
         .map(|(label, points, path)| (label, points, path, autoencoding))
@@ -279,6 +282,155 @@ fn bench_sae(config: &Config, ctx: &Context, store: &Store) -> Result<()> {
             sae::bench::peak_rss_mib(),
             last.join(", ")
         );
+        if let Some((_, torch_name)) = PYTORCH_NAMES.iter().find(|(l, _)| *l == label) {
+            epochs_seconds.push((torch_name, seconds / epochs as f64));
+        }
     }
+    compare_with_pytorch(&dir, &epochs_seconds);
     Ok(())
+}
+
+/// The fast-path runs above and the names `bench/saelens_epoch.py` gives the
+/// same SAEs trained by SAELens (PyTorch).
+const PYTORCH_NAMES: &[(&str, &str)] = &[
+    ("fast path, L1", "L1 (standard) 3e-3"),
+    ("fast path, TopK k=32", "TopK k=32"),
+    ("fast path, BatchTopK k=32", "BatchTopK k=32"),
+    (
+        "fast path, Matryoshka BatchTopK k=32",
+        "Matryoshka BatchTopK k=32",
+    ),
+    ("fast path, JumpReLU l0 0.1", "JumpReLU l0 0.1"),
+    ("fast path, Gated l1 3e-3", "Gated l1 3e-3"),
+    (
+        "fast path, transcoder L1 3e-3 (fc1.post -> fc2.post)",
+        "transcoder L1 3e-3",
+    ),
+    (
+        "fast path, skip transcoder L1 3e-3 (fc1.post -> fc2.post)",
+        "skip transcoder L1 3e-3",
+    ),
+];
+
+/// Runs `bench/saelens_epoch.py` on the same activation cache, in this run
+/// and on as many threads as saelab trains with, and prints the ratio per
+/// architecture; says why not where Python lacks torch or sae_lens.
+fn compare_with_pytorch(cache: &std::path::Path, saelab: &[(&str, f64)]) {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/saelens_epoch.py");
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(2);
+    let has_torch = std::process::Command::new("python3")
+        .args(["-c", "import torch, sae_lens"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_torch {
+        println!("PyTorch: python3 cannot import torch and sae_lens here (pip install sae-lens), so no ratio");
+        return;
+    }
+    println!("PyTorch (SAELens), the same SAEs on the same rows, {threads} thread(s), 2 epochs each (the second timed):");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(cache)
+        .args(["2", "--threads", &threads.to_string(), "--json"])
+        .stderr(std::process::Stdio::inherit())
+        .output();
+    let out = match out {
+        Ok(out) if out.status.success() => out,
+        Ok(out) => {
+            println!(
+                "  {} failed ({}), so no ratio",
+                script.display(),
+                out.status
+            );
+            return;
+        }
+        Err(e) => {
+            println!("  {} could not run ({e}), so no ratio", script.display());
+            return;
+        }
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let Some(torch) = stdout
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str::<std::collections::BTreeMap<String, f64>>(l).ok())
+    else {
+        println!(
+            "  {} printed no JSON line, so no ratio:\n{stdout}",
+            script.display()
+        );
+        return;
+    };
+    println!(
+        "  {:<28} {:>16} {:>17} {:>8}",
+        "architecture", "saelab s/epoch", "PyTorch s/epoch", "ratio"
+    );
+    for (name, seconds) in saelab {
+        match torch.get(*name) {
+            Some(t) => println!(
+                "  {name:<28} {seconds:>16.3} {t:>17.3} {:>7.1}x",
+                t / seconds
+            ),
+            None => println!(
+                "  {name:<28} {seconds:>16.3} {:>17} {:>8}",
+                "(not run)", "-"
+            ),
+        }
+    }
+}
+
+/// The machine a figure was measured on, for every bench's first line: the CPU
+/// model, its cores, the instruction sets that decide saelab's speed and
+/// arithmetic, and which of them saelab's kernels run here.
+pub fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown CPU", |(_, m)| m.trim())
+        .to_string();
+    let flags: Vec<&str> = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("flags"))
+        .and_then(|l| l.split_once(':'))
+        .map_or(Vec::new(), |(_, f)| f.split_whitespace().collect());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let shown: Vec<&str> = [
+        "avx2",
+        "fma",
+        "avx512f",
+        "avx512bw",
+        "avx512dq",
+        "avx512vl",
+        "avx512_bf16",
+        "amx_tile",
+    ]
+    .into_iter()
+    .filter(|f| flags.contains(f))
+    .collect();
+    let has = |f: &str| flags.contains(&f);
+    let sae_kernels = if has("avx2") && has("fma") {
+        "AVX2+FMA"
+    } else {
+        "portable"
+    };
+    let mlp_kernels = if ["avx512f", "avx512bw", "avx512dq", "avx512vl"]
+        .iter()
+        .all(|f| has(f))
+    {
+        "AVX-512"
+    } else {
+        sae_kernels
+    };
+    format!(
+        "machine: {model}, {cores} cores; flags {}; kernels: SAE {sae_kernels}, MLP {mlp_kernels}; subnormals flushed",
+        if shown.is_empty() {
+            "(none of avx2, fma, avx512*, amx)".to_string()
+        } else {
+            shown.join(" ")
+        }
+    )
 }
