@@ -795,22 +795,17 @@ pub fn loss_trajectory_on(
     path: &TrainPath,
     max_steps: usize,
 ) -> Result<Trajectory, SaeError> {
-    let point = [SweepPoint {
-        name: "trajectory".to_string(),
-        cfg: cfg.clone(),
-    }];
     let limits = Limits {
         max_steps: Some(max_steps),
         record_losses: true,
         check_every: None,
     };
-    let mut run = drive(&point, data, path, &|_| {}, limits)
-        .pop()
-        .expect("one result per point")?;
-    Ok(Trajectory {
-        losses: run.losses.take().unwrap_or_default(),
-        sae: run.trainer.export()?,
-        resamples: std::mem::take(&mut run.resamples),
+    drive_one(cfg, data, path, limits, |mut run| {
+        Ok(Trajectory {
+            losses: run.losses.take().unwrap_or_default(),
+            sae: run.trainer.export()?,
+            resamples: std::mem::take(&mut run.resamples),
+        })
     })
 }
 
@@ -824,19 +819,33 @@ pub fn checked_steps_on(
     max_steps: usize,
     every: usize,
 ) -> Result<(Vec<CheckedStep>, Sae), SaeError> {
-    let point = [SweepPoint {
-        name: "checked".to_string(),
-        cfg: cfg.clone(),
-    }];
     let limits = Limits {
         max_steps: Some(max_steps),
         record_losses: false,
         check_every: Some(every.max(1)),
     };
+    drive_one(cfg, data, path, limits, |run| {
+        Ok((run.checked, run.trainer.export()?))
+    })
+}
+
+/// Trains `cfg` alone within `limits` and hands the run to `take`, for the
+/// test hooks above.
+fn drive_one<T>(
+    cfg: &SaeConfig,
+    data: TrainData,
+    path: &TrainPath,
+    limits: Limits,
+    take: impl FnOnce(Run) -> Result<T, SaeError>,
+) -> Result<T, SaeError> {
+    let point = [SweepPoint {
+        name: "hook".to_string(),
+        cfg: cfg.clone(),
+    }];
     let run = drive(&point, data, path, &|_| {}, limits)
         .pop()
         .expect("one result per point")?;
-    Ok((run.checked, run.trainer.export()?))
+    take(run)
 }
 
 /// Loss and raw gradients of `sae` on one batch (row-major `[rows, d_in]`),

@@ -11,58 +11,26 @@
 //! The values were measured on an AMD EPYC (AVX2). When a change is meant to
 //! change the bits (a new default, a new init), update them and say why.
 
+mod support;
+
 use std::path::Path;
-use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
-/// (what, SHA-256): the MLP's weights, fc2.pre's training rows, then each
-/// zoo point's `sae_weights.safetensors` after 2 epochs, by `sae.variant`.
+/// (what, SHA-256): the MLP's weights (one epoch), fc2.pre's training rows,
+/// then each zoo point's `sae_weights.safetensors` after 2 epochs, by `sae.variant`.
 const GOLDEN: &[(&str, &str)] = &[
-    (
-        "mlp",
-        "72afec3a87e51d8086b4c03d06f08525fdd0c10e8d4dc482aa86fb81b3b946c9",
-    ),
-    (
-        "fc2.pre",
-        "07e43eb3b6e51d01497397c3507ed88817baddb2a1f4f9bdb00ef062dcaa2a73",
-    ),
-    (
-        "l1",
-        "9e5db72754faf8e6569860005ab3df5bbaa785e2a461de1ed09cc2801a68bdef",
-    ),
-    (
-        "topk",
-        "3a120411c9451360699628fe7bc250b9f48cc53053609c761b7e08e6d196df40",
-    ),
-    (
-        "norm_weighted_l1",
-        "e0ff8ae02a57ac2f58b44cc0e3e5604294cc3c673d7662db791faa5056820146",
-    ),
-    (
-        "batchtopk",
-        "208ccda4d27498e5f015bf8f2b44d6c5dd427e04a7a53ed9dbab03b8deef1fa9",
-    ),
-    (
-        "matryoshka_batchtopk",
-        "c6c099da9401f516a75ae2c1e6f611e93eec3818294966d9137263df775c90e5",
-    ),
-    (
-        "jumprelu",
-        "6f786bec3f8653b0634b3d63eee5446f755df80a4c34f56055d5b30ac05eea1f",
-    ),
-    (
-        "gated",
-        "4f871214782b861108bef60ae21fd48995eebb02eb966cb8eec5b0db9f7580c7",
-    ),
-    (
-        "transcoder",
-        "ccded2e03cdd92d9cf7713f2e468505f9eb7ce71acfa82bff1a6ed07b870e1bd",
-    ),
-    (
-        "skip_transcoder",
-        "66260214a856f5849e3eccb90abfb049fea8be62c9a7a150b1a2c99c450f094e",
-    ),
+    ("mlp", "ba471c4f149f6a587baef241394a0c5dfea0f8d62eef07cad70eeb786635500d"),
+    ("fc2.pre", "6d141a5397a8678c3d1d2c95756cdd77afe381387e1ce5bd8bef57d0f63a9518"),
+    ("l1", "1d0aa1ae5f9437d3bd9f66ba1860ed55d2b6ea4056fc60e85c52257220c237d5"),
+    ("topk", "ae3a8e114b18d5495df0788229fc1a3a721a8235cd25b216feda6182b2940055"),
+    ("norm_weighted_l1", "d36b328e4b15b1f09c972d1839dbc712acf569b0a1cf2ad483dfd024deaf29cb"),
+    ("batchtopk", "f4bcfea025526e19a25698afaf0a7b411b49dde59c10842e61dc396c00324812"),
+    ("matryoshka_batchtopk", "f5cf40f63464afb743332e8999adbf56eb2d86c126869420bc506289608bb976"),
+    ("jumprelu", "e8e2c030355318633f58acf49a8947f4d190d8d0a712c462f901e34d1ba85797"),
+    ("gated", "eadca801639c01e22f2d5788a6692ebfa5c3a1e8ca5dbb61686857c5efa61579"),
+    ("transcoder", "3e253a680235c2b7c86b605faf59e7a56057c626f822829ecc7705f2df0eec0d"),
+    ("skip_transcoder", "9970eef718f769177a16c91e0fd1f6c9ad9e5d6532f809fc2fc0c75daec32a3c"),
 ];
 
 fn sha256(bytes: &[u8]) -> String {
@@ -86,17 +54,12 @@ fn folders(store: &Path, kind: &str) -> Vec<(std::path::PathBuf, serde_json::Val
 #[test]
 fn the_zoo_trains_to_the_pinned_bits() {
     let store = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .env("SAELAB_ARTIFACTS", store.path())
-        .env("SAELAB_MNIST_DIR", testkit::mnist_dir())
-        .args(["run", "sae", "--preset", "zoo", "--set", "sae.epochs=2"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    // The quick MLP (one epoch), then 2 epochs of every zoo point.
+    let run = support::xtask(
+        store.path(),
+        &["run", "sae", "--preset", "zoo", "--set", "sae.epochs=2"],
     );
+    assert!(run.ok, "{}", run.stderr);
     let mut measured: Vec<(String, String)> = Vec::new();
     let [(mlp, _)] = &folders(store.path(), "mlp")[..] else {
         panic!("one MLP")

@@ -5,8 +5,7 @@
 // The sae crate's f64 oracle, shared rather than copied.
 #[path = "../../sae/tests/common/mod.rs"]
 mod common;
-
-use std::process::Command;
+mod support;
 
 use activations::{ActivationStore, ShardInfo, VerifyMode};
 use sae::{checked_steps_on, loss_trajectory_on, SaeConfig, TrainData, TrainPath, Variant};
@@ -14,24 +13,12 @@ use sae::{checked_steps_on, loss_trajectory_on, SaeConfig, TrainData, TrainPath,
 /// Train rows of `fc2.pre`, extracted by `xtask run extract` into a fresh store.
 fn real_fc2_pre(rows: usize) -> Vec<f32> {
     let store = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .env("SAELAB_ARTIFACTS", store.path())
-        .env("SAELAB_MNIST_DIR", testkit::mnist_dir())
-        .args([
-            "run",
-            "extract",
-            "--set",
-            "mlp.epochs=1",
-            "--set",
-            "extract.layers=[\"fc2.pre\"]",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    // The quick MLP (one epoch).
+    let run = support::xtask(
+        store.path(),
+        &["run", "extract", "--set", "extract.layers=[\"fc2.pre\"]"],
     );
+    assert!(run.ok, "{}", run.stderr);
     let dir = std::fs::read_dir(store.path().join("activations"))
         .unwrap()
         .map(|e| e.unwrap().path())
