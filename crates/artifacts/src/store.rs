@@ -152,12 +152,9 @@ impl Store {
             Ok(m) => m,
             Err(e) => return Check::Invalid(e),
         };
-        if &manifest.key != key {
-            return Check::Invalid(format!(
-                "{}: manifest names key {}",
-                dir.display(),
-                manifest.key
-            ));
+        // The manifest is checked like the files it lists: re-derived and re-hashed.
+        if let Some(why) = manifest.inconsistency(stage, key) {
+            return Check::Invalid(why);
         }
         if let Ok(reason) =
             fs::read_to_string(integrity::side_file(&self.root, MARKS, stage, key.as_str()))
@@ -309,6 +306,11 @@ impl Store {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
+            digest: String::new(),
+        };
+        let manifest = Manifest {
+            digest: manifest.content_digest(),
+            ..manifest
         };
         let text = serde_json::to_string_pretty(&manifest).expect("a manifest always serialises");
         write_durably(&staging.join(MANIFEST), text.as_bytes())?;

@@ -349,6 +349,127 @@ fn an_invalidated_artifact_is_stale_with_the_reason_until_rebuilt() {
     assert_eq!(states(&[&a], &store), ["fresh"]);
 }
 
+/// Replaces the first `from` in `a`'s manifest by `to` (same length, valid JSON).
+fn edit_manifest(store: &Store, key: &Key, from: &str, to: &str) {
+    let path = store.artifact_dir("a", key).join(artifacts::MANIFEST);
+    let text = fs::read_to_string(&path).unwrap();
+    assert!(text.contains(from), "{from} not in {text}");
+    let edited = text.replacen(from, to, 1);
+    assert_eq!(edited.len(), text.len());
+    serde_json::from_str::<Value>(&edited).unwrap();
+    fs::write(&path, edited).unwrap();
+}
+
+#[test]
+fn a_manifest_edited_while_valid_json_is_corrupt_and_so_is_what_was_built_from_it() {
+    // Each edit keeps the JSON valid and every listed file intact: only the
+    // manifest's own digest and its key's re-derivation can tell.
+    let digest_of_out = |store: &Store, key: &Key| {
+        let m = match store.check("a", key) {
+            Check::Fresh(m) => m,
+            other => panic!("{other:?}"),
+        };
+        m.file("out.txt").unwrap().sha256.clone()
+    };
+    let cases: [(&str, &dyn Fn(&Store, &Key) -> (String, String)); 6] = [
+        ("a param", &|_, _| {
+            ("\"param\": 1".into(), "\"param\": 7".into())
+        }),
+        ("a metric", &|_, _| {
+            ("\"headline\": 1".into(), "\"headline\": 9".into())
+        }),
+        ("the fingerprint", &|_, _| {
+            ("toy-v1".into(), "toy-v2".into())
+        }),
+        ("the build time", &|_, _| {
+            (
+                "\"created_unix_s\": 1".into(),
+                "\"created_unix_s\": 2".into(),
+            )
+        }),
+        ("a file's digest", &|store, key| {
+            let d = digest_of_out(store, key);
+            let flipped = format!("{}{}", if d.starts_with('0') { "1" } else { "0" }, &d[1..]);
+            (d, flipped)
+        }),
+        ("the digest itself", &|store, key| {
+            let m = match store.check("a", key) {
+                Check::Fresh(m) => m,
+                other => panic!("{other:?}"),
+            };
+            let d = m.digest.clone();
+            let flipped = format!("{}{}", if d.starts_with('0') { "1" } else { "0" }, &d[1..]);
+            (d, flipped)
+        }),
+    ];
+    for (what, edit) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (a, b) = (toy("a", 1, &[]), toy("b", 2, &["a"]));
+        let stages: [&dyn Stage; 2] = [&a, &b];
+        run_all(&store, &stages);
+        let key = key_of(&stages, &store, "a");
+        let (from, to) = edit(&store, &key);
+        edit_manifest(&store, &key, &from, &to);
+        for verify in [Verify::Stamps, Verify::Digests] {
+            match store.check_with("a", &key, verify) {
+                Check::Invalid(why) => assert!(why.contains("manifest.json"), "{what}: {why}"),
+                other => panic!("{what}: an edited manifest checked as {other:?}"),
+            }
+        }
+        let labels = states(&stages, &store);
+        assert!(
+            labels[0].starts_with("stale: manifest.json"),
+            "{what}: {labels:?}"
+        );
+        assert_eq!(labels[1], "stale: built from a, which is corrupt", "{what}");
+        // Rebuilt from scratch: the true param and headline again.
+        assert_eq!(ran(&run_all(&store, &stages)), vec!["a", "b"], "{what}");
+        match store.check("a", &key) {
+            Check::Fresh(m) => {
+                assert_eq!(m.params["param"], 1, "{what}");
+                assert_eq!(m.headline(), "1", "{what}");
+            }
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_manifest_whose_params_were_rewritten_with_its_digest_still_fails_its_key() {
+    // Someone who recomputes the digest after editing a param is still caught:
+    // the params no longer hash to the folder's key.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let a = toy("a", 1, &[]);
+    run_all(&store, &[&a]);
+    let key = key_of(&[&a], &store, "a");
+    let path = store.artifact_dir("a", &key).join(artifacts::MANIFEST);
+    let mut manifest: artifacts::Manifest =
+        serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    manifest.params = json!({ "param": 7 });
+    manifest.digest = manifest.content_digest();
+    fs::write(&path, serde_json::to_string_pretty(&manifest).unwrap()).unwrap();
+    match store.check_with("a", &key, Verify::Digests) {
+        Check::Invalid(why) => assert_eq!(
+            why,
+            format!(
+                "manifest.json's stage, fingerprint, params and inputs hash to key {}, not to its folder's",
+                manifest.spec().key()
+            )
+        ),
+        other => panic!("{other:?}"),
+    }
+    // A manifest from before digests existed is rebuilt, not trusted.
+    manifest.params = json!({ "param": 1 });
+    manifest.digest.clear();
+    fs::write(&path, serde_json::to_string_pretty(&manifest).unwrap()).unwrap();
+    assert_eq!(
+        states(&[&a], &store),
+        ["stale: manifest.json carries no digest of itself (written by an older saelab)"]
+    );
+}
+
 fn gc_options(dry_run: bool) -> GcOptions {
     GcOptions {
         keep_newer_than_s: None,

@@ -20,17 +20,50 @@ use sha2::{Digest, Sha256};
 /// (what, SHA-256): the MLP's weights (one epoch), fc2.pre's training rows,
 /// then each zoo point's `sae_weights.safetensors` after 2 epochs, by `sae.variant`.
 const GOLDEN: &[(&str, &str)] = &[
-    ("mlp", "ba471c4f149f6a587baef241394a0c5dfea0f8d62eef07cad70eeb786635500d"),
-    ("fc2.pre", "6d141a5397a8678c3d1d2c95756cdd77afe381387e1ce5bd8bef57d0f63a9518"),
-    ("l1", "1d0aa1ae5f9437d3bd9f66ba1860ed55d2b6ea4056fc60e85c52257220c237d5"),
-    ("topk", "ae3a8e114b18d5495df0788229fc1a3a721a8235cd25b216feda6182b2940055"),
-    ("norm_weighted_l1", "d36b328e4b15b1f09c972d1839dbc712acf569b0a1cf2ad483dfd024deaf29cb"),
-    ("batchtopk", "f4bcfea025526e19a25698afaf0a7b411b49dde59c10842e61dc396c00324812"),
-    ("matryoshka_batchtopk", "f5cf40f63464afb743332e8999adbf56eb2d86c126869420bc506289608bb976"),
-    ("jumprelu", "e8e2c030355318633f58acf49a8947f4d190d8d0a712c462f901e34d1ba85797"),
-    ("gated", "eadca801639c01e22f2d5788a6692ebfa5c3a1e8ca5dbb61686857c5efa61579"),
-    ("transcoder", "3e253a680235c2b7c86b605faf59e7a56057c626f822829ecc7705f2df0eec0d"),
-    ("skip_transcoder", "9970eef718f769177a16c91e0fd1f6c9ad9e5d6532f809fc2fc0c75daec32a3c"),
+    (
+        "mlp",
+        "ba471c4f149f6a587baef241394a0c5dfea0f8d62eef07cad70eeb786635500d",
+    ),
+    (
+        "fc2.pre",
+        "6d141a5397a8678c3d1d2c95756cdd77afe381387e1ce5bd8bef57d0f63a9518",
+    ),
+    (
+        "l1",
+        "1d0aa1ae5f9437d3bd9f66ba1860ed55d2b6ea4056fc60e85c52257220c237d5",
+    ),
+    (
+        "topk",
+        "ae3a8e114b18d5495df0788229fc1a3a721a8235cd25b216feda6182b2940055",
+    ),
+    (
+        "norm_weighted_l1",
+        "d36b328e4b15b1f09c972d1839dbc712acf569b0a1cf2ad483dfd024deaf29cb",
+    ),
+    (
+        "batchtopk",
+        "f4bcfea025526e19a25698afaf0a7b411b49dde59c10842e61dc396c00324812",
+    ),
+    (
+        "matryoshka_batchtopk",
+        "f5cf40f63464afb743332e8999adbf56eb2d86c126869420bc506289608bb976",
+    ),
+    (
+        "jumprelu",
+        "e8e2c030355318633f58acf49a8947f4d190d8d0a712c462f901e34d1ba85797",
+    ),
+    (
+        "gated",
+        "eadca801639c01e22f2d5788a6692ebfa5c3a1e8ca5dbb61686857c5efa61579",
+    ),
+    (
+        "transcoder",
+        "3e253a680235c2b7c86b605faf59e7a56057c626f822829ecc7705f2df0eec0d",
+    ),
+    (
+        "skip_transcoder",
+        "9970eef718f769177a16c91e0fd1f6c9ad9e5d6532f809fc2fc0c75daec32a3c",
+    ),
 ];
 
 fn sha256(bytes: &[u8]) -> String {

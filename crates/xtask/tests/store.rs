@@ -202,6 +202,54 @@ fn a_flipped_weight_or_a_garbage_cfg_makes_the_sae_and_its_analysis_stale() {
 }
 
 #[test]
+fn a_manifest_that_lies_in_valid_json_is_served_by_nothing_and_rebuilt() {
+    // The two lies found by hand: a param and the headline, one character each.
+    for (what, from, to) in [
+        ("a param", "\"l1_coeff\": 0.003", "\"l1_coeff\": 0.013"),
+        ("the headline", "\"headline\": \"L0 ", "\"headline\": \"L1 "),
+    ] {
+        let store = testkit::copy_of(built_store());
+        let store = store.path();
+        let manifest = artifact(store, "sae").join("manifest.json");
+        let text = std::fs::read_to_string(&manifest).unwrap();
+        assert!(text.contains(from), "{what}: {from} not in {text}");
+        std::fs::write(&manifest, text.replacen(from, to, 1)).unwrap();
+        let status = xtask(store, &["status"]);
+        assert!(
+            state(&status, SAE).starts_with("stale: manifest.json"),
+            "{what}: {}",
+            status.stdout
+        );
+        assert_eq!(
+            state(&status, "analysis"),
+            format!("stale: built from {SAE}, which is corrupt"),
+            "{what}"
+        );
+        let verify = xtask(store, &["verify", "--all"]);
+        assert!(
+            verify.stdout.contains("manifest.json") || verify.stderr.contains("manifest.json"),
+            "{what}: verify did not name the manifest:\n{}\n{}",
+            verify.stdout,
+            verify.stderr
+        );
+        let runs = xtask(store, &["runs", "--format", "csv"]);
+        assert!(
+            !runs.stdout.contains("0.013"),
+            "{what}: runs served the lie:\n{}",
+            runs.stdout
+        );
+        let repaired = xtask(store, &["all"]);
+        assert_eq!(
+            [SAE, "analysis"].map(|s| verdict(&repaired, s)),
+            ["ran", "ran"],
+            "{what}"
+        );
+        let rebuilt = std::fs::read_to_string(&manifest).unwrap();
+        assert!(!rebuilt.contains(to), "{what}");
+    }
+}
+
+#[test]
 fn a_store_whose_bookkeeping_cannot_be_written_still_serves_cached_results() {
     let store = testkit::copy_of(built_store());
     let store = store.path();
