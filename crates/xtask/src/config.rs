@@ -104,8 +104,17 @@ pub fn load(path: &Path, sources: &ConfigSources) -> Result<Loaded> {
     let mut table = if path.exists() {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("{name}: cannot read the config file"))?;
-        text.parse::<Table>()
-            .map_err(|e| anyhow::anyhow!("{name}: not valid TOML: {}", e.message()))?
+        text.parse::<Table>().map_err(|e| {
+            let at = e.span().map_or(String::new(), |span| {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let line_start = before.rfind('\n').map_or(0, |n| n + 1);
+                let column = before[line_start..].chars().count() + 1;
+                format!(" at line {line}, column {column}")
+            });
+            let message = e.message().trim_end().replace('\n', "; ");
+            anyhow::anyhow!("{name}: not valid TOML{at}: {message}")
+        })?
     } else {
         Table::new()
     };

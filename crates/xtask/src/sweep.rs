@@ -254,6 +254,21 @@ pub enum TrainerDevice {
     Cuda,
 }
 
+/// Rows of the pinned MNIST training split, which every SAE trains on.
+const MNIST_TRAIN_ROWS: usize = 60_000;
+
+/// A list axis's values as the config spells them, for refusals that name them.
+fn listed<T: Serialize>(values: &[T]) -> Vec<String> {
+    values
+        .iter()
+        .map(|v| match serde_json::to_value(v) {
+            Ok(serde_json::Value::String(s)) => format!("{s:?}"),
+            Ok(other) => other.to_string(),
+            Err(_) => "?".to_string(),
+        })
+        .collect()
+}
+
 /// `sae.k_aux = 0`: half the layer's width.
 const HALF_THE_WIDTH: usize = 0;
 
@@ -344,17 +359,43 @@ pub struct Point {
 
 impl SaeSweep {
     pub fn validate(&self) -> Result<()> {
-        for (key, empty) in [
-            ("layer", self.layer.is_empty()),
-            ("variant", self.variant.is_empty()),
-            ("transcoder_variant", self.transcoder_variant.is_empty()),
-            ("d_sae", self.d_sae.is_empty()),
-            ("seed", self.seed.is_empty()),
-            ("resample_every_steps", self.resample_every_steps.is_empty()),
-        ] {
-            if empty {
+        // Every list axis: at least one value, and no value twice (two
+        // points that would be one artifact).
+        let axes: [(&str, Vec<String>); 9] = [
+            ("layer", listed(&self.layer)),
+            ("variant", listed(&self.variant)),
+            ("transcoder_variant", listed(&self.transcoder_variant)),
+            ("l1_coeff", listed(&self.l1_coeff)),
+            ("k", listed(&self.k)),
+            ("l0_coeff", listed(&self.l0_coeff)),
+            ("d_sae", listed(&self.d_sae)),
+            ("seed", listed(&self.seed)),
+            ("resample_every_steps", listed(&self.resample_every_steps)),
+        ];
+        for (key, values) in axes {
+            if values.is_empty() {
                 bail!("sae.{key} is an empty list: a sweep axis needs at least one value");
             }
+            if let Some((i, twice)) = values
+                .iter()
+                .enumerate()
+                .find(|(i, v)| values[..*i].contains(v))
+            {
+                bail!(
+                    "sae.{key} lists {twice} twice (entries {} and {}): each value of a sweep axis makes its own points",
+                    values.iter().position(|v| v == twice).expect("listed before") + 1,
+                    i + 1
+                );
+            }
+        }
+        if self.prefix_fractions.is_empty() {
+            bail!("sae.prefix_fractions is an empty list: Matryoshka needs at least one nested prefix (the whole dictionary is always the last)");
+        }
+        if self.batch_size > MNIST_TRAIN_ROWS {
+            bail!(
+                "sae.batch_size = {} is more than the {MNIST_TRAIN_ROWS} training rows: a batch cannot hold more rows than there are",
+                self.batch_size
+            );
         }
         let named = self.layer.iter().map(|l| ("layer", l)).chain([
             ("transcoder_input", &self.transcoder_input),
@@ -372,6 +413,15 @@ impl SaeSweep {
             bail!(
                 "sae.transcoder_output = {:?} is sae.transcoder_input: a transcoder predicts another layer than it reads",
                 self.transcoder_output
+            );
+        }
+        let position = |layer: &str| mlp::LAYER_NAMES.iter().position(|l| *l == layer);
+        if position(&self.transcoder_output) < position(&self.transcoder_input) {
+            bail!(
+                "sae.transcoder_output = {:?} comes before sae.transcoder_input = {:?} in the network ({}): a transcoder predicts a later layer from an earlier one",
+                self.transcoder_output,
+                self.transcoder_input,
+                mlp::LAYER_NAMES.join(" -> ")
             );
         }
         if self.device == TrainerDevice::Cuda && self.path != TrainerPath::Reference {

@@ -335,6 +335,34 @@ fn bad_config_is_refused_in_one_sentence_that_names_the_key() {
             "mlp.epochs = -3 is out of range: it must be a whole number >= 0",
         ),
         (&["--preset", "fast"], "--preset fast: "),
+        // Values that used to slip through.
+        (
+            &["--set", "sae.l1_coeff=[]"],
+            "sae.l1_coeff is an empty list: a sweep axis needs at least one value",
+        ),
+        (
+            &["--set", "sae.batch_size=100000"],
+            "sae.batch_size = 100000 is more than the 60000 training rows",
+        ),
+        (
+            &["--set", "sae.prefix_fractions=[]"],
+            "sae.prefix_fractions is an empty list",
+        ),
+        (
+            &["--set", "sae.d_sae=[1024, 1024]"],
+            "sae.d_sae lists 1024 twice (entries 1 and 2)",
+        ),
+        (
+            &[
+                "--set",
+                "sae.variant=[\"transcoder\"]",
+                "--set",
+                "sae.transcoder_input=logits",
+                "--set",
+                "sae.transcoder_output=fc1.pre",
+            ],
+            "sae.transcoder_output = \"fc1.pre\" comes before sae.transcoder_input = \"logits\" in the network",
+        ),
     ];
     for (args, message) in cases {
         let run = xtask(store.path(), &[&["all"], *args].concat());
@@ -360,7 +388,17 @@ fn bad_config_is_refused_in_one_sentence_that_names_the_key() {
     std::fs::write(&config, "[mlp\n").unwrap();
     let run = xtask(store.path(), &["all", "--config", config.to_str().unwrap()]);
     assert!(
-        run.stderr.contains("bad.toml: not valid TOML"),
+        run.stderr
+            .contains("bad.toml: not valid TOML at line 1, column 5"),
+        "{}",
+        run.stderr
+    );
+    std::fs::write(&config, "[mlp]\nlr = 0.1\nepochs = = 3\n").unwrap();
+    let run = xtask(store.path(), &["all", "--config", config.to_str().unwrap()]);
+    assert!(
+        run.stderr
+            .contains("bad.toml: not valid TOML at line 3, column 10: ")
+            && run.stderr.lines().count() == 1,
         "{}",
         run.stderr
     );
