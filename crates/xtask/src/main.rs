@@ -342,6 +342,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             output,
         } => query(&session, &graph, &sql, format, output),
         Command::Bench { target } => {
+            check_named_mnist_dir(&session)?;
             bench::run(target, &session.config, &session.ctx, &session.store)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -448,6 +449,7 @@ fn execute(
     options: RunOptions,
 ) -> Result<ExitCode> {
     stop_cleanly_on_interrupt();
+    check_named_mnist_dir(session)?;
     let outcomes = pipeline.run(&session.store, &options, &|event| match event {
         Event::Running(p) => {
             let why = match &p.state {
@@ -477,6 +479,15 @@ fn execute(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// A named MNIST folder is used or refused, cached store or not.
+fn check_named_mnist_dir(session: &Session) -> Result<()> {
+    if let Some(dir) = &session.ctx.mnist_dir {
+        stages::mnist::check_named_dir(dir, &session.ctx.store_root)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    Ok(())
 }
 
 fn outcome_line(outcome: &Outcome) -> String {

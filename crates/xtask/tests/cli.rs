@@ -402,6 +402,32 @@ fn bad_config_is_refused_in_one_sentence_that_names_the_key() {
         "{}",
         run.stderr
     );
+    // A named MNIST folder is used or refused on a store that has MNIST
+    // cached too: one corrupt file, and nothing runs.
+    let named = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(testkit::mnist_dir()).unwrap() {
+        let from = entry.unwrap().path();
+        std::fs::copy(&from, named.path().join(from.file_name().unwrap())).unwrap();
+    }
+    let labels = std::fs::read_dir(named.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains("t10k-labels"))
+        .unwrap();
+    let mut bytes = std::fs::read(&labels).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 1;
+    std::fs::write(&labels, bytes).unwrap();
+    let named_dir = named.path().to_str().unwrap();
+    let run = xtask(store.path(), &["all", "--mnist-dir", named_dir]);
+    assert!(!run.ok, "a corrupt named MNIST folder was accepted");
+    assert!(
+        run.stderr.lines().count() == 1
+            && run.stderr.contains("fails verification, so it is not used")
+            && run.stderr.contains("t10k-labels"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(
         std::fs::read_dir(store.path().join("mlp")).unwrap().count(),
         before,
