@@ -199,6 +199,8 @@ struct Session {
     presets: std::collections::BTreeMap<String, Config>,
     ctx: Context,
     store: Store,
+    /// What read-only commands read, held against `gc` until the process ends.
+    holds: std::sync::Mutex<Vec<artifacts::UseLock>>,
 }
 
 fn open(cli: &Cli) -> Result<Session> {
@@ -241,6 +243,7 @@ fn open(cli: &Cli) -> Result<Session> {
             store_root,
         },
         store,
+        holds: std::sync::Mutex::new(Vec::new()),
     })
 }
 
@@ -554,9 +557,21 @@ fn fresh(
         .into_iter()
         .find(|p| p.name == name)
         .with_context(|| format!("no stage named {name}"))?;
-    match planned.state {
-        State::Fresh(m) => Ok((session.store.artifact_dir(&planned.kind, &planned.key), *m)),
-        other => bail!("the {name} stage for this config is {}; run `cargo xtask all` (with the same --config/--set/--preset) first", other.label()),
+    let State::Fresh(_) = planned.state else {
+        bail!("the {name} stage for this config is {}; run `cargo xtask all` (with the same --config/--set/--preset) first", planned.state.label());
+    };
+    // Held first, then checked again: a gc that removed it in between is
+    // seen here, and one that comes later waits for this process.
+    let hold = session.store.hold(&planned.kind, &planned.key);
+    session
+        .holds
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(hold);
+    match session.store.check(&planned.kind, &planned.key) {
+        artifacts::Check::Fresh(m) => Ok((session.store.artifact_dir(&planned.kind, &planned.key), *m)),
+        artifacts::Check::Missing => bail!("the {name} stage for this config was removed while being read (by gc?); run `cargo xtask all` to rebuild it"),
+        artifacts::Check::Invalid(why) => bail!("the {name} stage for this config is stale: {why}; run `cargo xtask all` (with the same --config/--set/--preset) first"),
     }
 }
 
@@ -750,7 +765,8 @@ fn gc(session: &Session, graph: &Graph<'_>, options: artifacts::GcOptions) -> Re
                 .map(|p| (p.kind, p.key)),
         );
     }
-    let report = session.store.gc(&keep, options).context("gc")?;
+    let mut report = session.store.gc(&keep, options).context("gc")?;
+    on_demand::collect_dashboards(&session.store, &mut report, options.dry_run)?;
     let verb = if options.dry_run {
         "would remove"
     } else {

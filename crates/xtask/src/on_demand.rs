@@ -13,6 +13,59 @@ use crate::stages::analysis::LayerCopy;
 use crate::stages::mlp::{load_mnist, load_weights};
 use crate::Session;
 
+/// The store's folder of on-demand dashboards, one folder per SAE key.
+const DASHBOARDS: &str = ".dashboards";
+
+/// `gc`'s share for on-demand dashboards: a folder whose SAE artifact is gone
+/// (or being removed by this gc) goes too, and is counted in `report`.
+pub fn collect_dashboards(
+    store: &artifacts::Store,
+    report: &mut artifacts::GcReport,
+    dry_run: bool,
+) -> Result<()> {
+    let root = store.root().join(DASHBOARDS);
+    let Ok(entries) = std::fs::read_dir(&root) else {
+        return Ok(());
+    };
+    let removed_saes: Vec<PathBuf> = report
+        .removed
+        .iter()
+        .filter(|p| p.parent().and_then(|k| k.file_name()) == Some("sae".as_ref()))
+        .cloned()
+        .collect();
+    for entry in entries.flatten() {
+        let folder = entry.path();
+        let key = entry.file_name();
+        let sae = store.root().join("sae").join(&key);
+        let orphan = !sae.exists() || removed_saes.contains(&sae);
+        if !orphan || !folder.is_dir() {
+            continue;
+        }
+        report.removed_bytes += folder_bytes(&folder);
+        if !dry_run {
+            std::fs::remove_dir_all(&folder)
+                .with_context(|| format!("gc: cannot remove {}", folder.display()))?;
+        }
+        report.removed.push(folder);
+    }
+    Ok(())
+}
+
+fn folder_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => folder_bytes(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 pub fn dashboards(
     session: &Session,
     graph: &Graph<'_>,
@@ -61,7 +114,7 @@ pub fn dashboards(
     let out = session
         .store
         .root()
-        .join(".dashboards")
+        .join(DASHBOARDS)
         .join(sae_manifest.key.as_str());
     Ok(analysis::dashboards_on_demand(
         &layer,

@@ -392,6 +392,14 @@ fn gc_keeps_the_file_default_every_preset_recent_work_and_what_a_run_holds() {
             .join(row.split_whitespace().nth(1).unwrap())
     };
     let (sae, analysis) = (one_off("sae/"), one_off("analysis"));
+    // An on-demand dashboard of the one-off SAE: it goes with its SAE.
+    ok(with_config(
+        &store,
+        &config,
+        &["--set", "sae.seed=[1]", "dashboard", "--feature", "0"],
+    ));
+    let dashboards = store.join(".dashboards").join(sae.file_name().unwrap());
+    assert!(dashboards.is_dir());
 
     // Built today: the default age limit keeps everything.
     let gc = ok(with_config(&store, &config, &["gc"]));
@@ -408,11 +416,18 @@ fn gc_keeps_the_file_default_every_preset_recent_work_and_what_a_run_holds() {
         .filter(|l| l.starts_with('/'))
         .collect();
     doomed.sort();
-    let mut expected = [analysis.to_str().unwrap(), sae.to_str().unwrap()];
+    let mut expected = [
+        analysis.to_str().unwrap(),
+        sae.to_str().unwrap(),
+        dashboards.to_str().unwrap(),
+    ];
     expected.sort();
     assert_eq!(doomed, expected, "{dry}");
-    assert!(dry.contains("would remove 2 folder(s)"), "{dry}");
-    assert!(sae.exists(), "a dry run removes nothing");
+    assert!(dry.contains("would remove 3 folder(s)"), "{dry}");
+    assert!(
+        sae.exists() && dashboards.exists(),
+        "a dry run removes nothing"
+    );
 
     // A run that holds the one-off MLP and activations: gc keeps them and the run finishes.
     let mut run = with_config(
@@ -442,12 +457,86 @@ fn gc_keeps_the_file_default_every_preset_recent_work_and_what_a_run_holds() {
         .unwrap();
     assert!(report.is_file(), "the run's report survived gc");
     assert!(
-        !sae.exists() && !analysis.exists(),
-        "the one-off sweep point went"
+        !sae.exists() && !analysis.exists() && !dashboards.exists(),
+        "the one-off sweep point went, with its dashboards"
     );
     // The file's default and the preset are still all cached.
     for args in [&["all"][..], &["--preset", "wide", "all"]] {
         let again = ok(with_config(&store, &config, args));
         assert!(!again.contains(" ran "), "{args:?}: {again}");
     }
+}
+
+#[test]
+fn a_read_only_command_holds_what_it_reads_against_gc() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, config) = (dir.path().join("store"), dir.path().join("saelab.toml"));
+    std::fs::write(
+        &config,
+        "[mlp]\nepochs = 1\n[sae]\nepochs = 1\n[analysis]\ndashboards_per_criterion = 1\n\
+         [analysis.probe]\nks = [1, 4]\niterations = 20\n",
+    )
+    .unwrap();
+    // A one-off point the config file does not reach: gc --all removes it unless held.
+    let one_off = ["--set", "sae.seed=[1]"];
+    ok(with_config(
+        &store,
+        &config,
+        &[&one_off[..], &["all"]].concat(),
+    ));
+    // The query blocks writing its result into a FIFO until it is read:
+    // meanwhile it has read the analysis tables and holds them.
+    let fifo = dir.path().join("result.csv");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let query = [
+        "query",
+        "SELECT count(*) AS n FROM sweep",
+        "--format",
+        "csv",
+        "--output",
+        fifo.to_str().unwrap(),
+    ];
+    let mut reader = with_config(&store, &config, &[&one_off[..], &query[..]].concat())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let dry = ok(with_config(&store, &config, &["gc", "--all", "--dry-run"]));
+        if dry.contains("/analysis/") && dry.contains("(a running saelab holds it)") {
+            break;
+        }
+        if Instant::now() > deadline {
+            // Not left blocked on the FIFO.
+            let _ = reader.kill();
+            panic!("the query never held the analysis:\n{dry}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let gc = with_config(&store, &config, &["gc", "--all"])
+        .output()
+        .unwrap();
+    // Whatever gc did, the reader is let go before anything is asserted.
+    let result = std::fs::read_to_string(&fifo).unwrap();
+    let finished = reader.wait_with_output().unwrap();
+    let gc = String::from_utf8_lossy(&gc.stdout);
+    let kept: Vec<&str> = gc
+        .lines()
+        .filter(|l| l.ends_with("(a running saelab holds it)"))
+        .collect();
+    assert!(
+        kept.iter().any(|l| l.contains("/analysis/")),
+        "gc removed what the query held:\n{gc}"
+    );
+    assert!(result.starts_with('n'), "{result}");
+    assert!(
+        finished.status.success(),
+        "{}",
+        String::from_utf8_lossy(&finished.stderr)
+    );
 }
