@@ -336,6 +336,11 @@ fn sigterm_stops_the_run_at_once_says_what_it_cut_short_and_leaves_no_staging() 
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// The quick settings as a config file, for tests that need one of their own.
+const QUICK_CONFIG: &str =
+    "[mlp]\nepochs = 1\n[sae]\nepochs = 1\n[analysis]\ndashboards_per_criterion = 1\n\
+     [analysis.probe]\nks = [1, 4]\niterations = 20\n";
+
 /// The binary with `config` and no quick overrides (the config file holds them).
 fn with_config(store: &Path, config: &Path, args: &[&str]) -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"));
@@ -364,9 +369,7 @@ fn gc_keeps_the_file_default_every_preset_recent_work_and_what_a_run_holds() {
     let (store, config) = (dir.path().join("store"), dir.path().join("saelab.toml"));
     std::fs::write(
         &config,
-        "[mlp]\nepochs = 1\n[sae]\nepochs = 1\n[analysis]\ndashboards_per_criterion = 1\n\
-         [analysis.probe]\nks = [1, 4]\niterations = 20\n\
-         [presets.wide.sae]\nd_sae = [512]\n",
+        format!("{QUICK_CONFIG}[presets.wide.sae]\nd_sae = [512]\n"),
     )
     .unwrap();
     ok(with_config(&store, &config, &["all"]));
@@ -471,12 +474,7 @@ fn gc_keeps_the_file_default_every_preset_recent_work_and_what_a_run_holds() {
 fn a_read_only_command_holds_what_it_reads_against_gc() {
     let dir = tempfile::tempdir().unwrap();
     let (store, config) = (dir.path().join("store"), dir.path().join("saelab.toml"));
-    std::fs::write(
-        &config,
-        "[mlp]\nepochs = 1\n[sae]\nepochs = 1\n[analysis]\ndashboards_per_criterion = 1\n\
-         [analysis.probe]\nks = [1, 4]\niterations = 20\n",
-    )
-    .unwrap();
+    std::fs::write(&config, QUICK_CONFIG).unwrap();
     // A one-off point the config file does not reach: gc --all removes it unless held.
     let one_off = ["--set", "sae.seed=[1]"];
     ok(with_config(
