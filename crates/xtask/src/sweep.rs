@@ -357,6 +357,22 @@ pub struct Point {
     pub params: serde_json::Value,
 }
 
+impl Point {
+    /// A lower bound on the memory training this point holds at once: its
+    /// weights with their gradients and Adam's two moments, a packed copy of
+    /// the encoder, and two batch-by-width buffers (pre-activations and their
+    /// gradients), all f32. What every trainer needs whatever it skips.
+    pub fn training_bytes(&self) -> u64 {
+        let c = &self.cfg;
+        let skip = match c.transcoder {
+            Some(t) if t.skip => (c.d_in * t.d_out) as u64,
+            _ => 0,
+        };
+        let weights = c.d_sae as u64 * (c.d_in + c.d_out()) as u64 + skip;
+        4 * (5 * weights + 2 * c.batch_size as u64 * c.d_sae as u64)
+    }
+}
+
 impl SaeSweep {
     pub fn validate(&self) -> Result<()> {
         // Every list axis: at least one value, and no value twice (two

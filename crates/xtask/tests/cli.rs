@@ -335,6 +335,11 @@ fn bad_config_is_refused_in_one_sentence_that_names_the_key() {
             "mlp.epochs = -3 is out of range: it must be a whole number >= 0",
         ),
         (&["--preset", "fast"], "--preset fast: "),
+        // A sweep that cannot fit in memory, named before anything runs.
+        (
+            &["--set", "sae.d_sae=1000000000"],
+            "sae.d_sae = 1000000000 needs at least",
+        ),
         // Values that used to slip through.
         (
             &["--set", "sae.l1_coeff=[]"],
