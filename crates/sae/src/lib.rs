@@ -20,8 +20,6 @@
 //! use the rayon pool. Every fast-path thread and every encoding chunk runs
 //! with subnormals flushed to zero (`subnormals::flushed`).
 
-#[doc(hidden)] // Measurement code for `cargo xtask bench`, not an API.
-pub mod bench;
 mod checkpoint;
 mod config;
 mod dormant;

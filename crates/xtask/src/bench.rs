@@ -88,7 +88,7 @@ fn bench_mlp(config: &Config, ctx: &Context, store: &Store) -> Result<()> {
         times[0],
         times[1],
         steps as f64 / times[1],
-        sae::bench::peak_rss_mib()
+        peak_rss_mib()
     );
     Ok(())
 }
@@ -279,7 +279,7 @@ fn bench_sae(config: &Config, ctx: &Context, store: &Store) -> Result<()> {
             seconds / epochs as f64,
             points.len(),
             steps as f64 / seconds,
-            sae::bench::peak_rss_mib(),
+            peak_rss_mib(),
             last.join(", ")
         );
         if let Some((_, torch_name)) = PYTORCH_NAMES.iter().find(|(l, _)| *l == label) {
@@ -288,6 +288,19 @@ fn bench_sae(config: &Config, ctx: &Context, store: &Store) -> Result<()> {
     }
     compare_with_pytorch(&dir, &epochs_seconds);
     Ok(())
+}
+
+/// Peak resident set size of this process in MiB (Linux `VmHWM`), 0 where unavailable.
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
 }
 
 /// The fast-path runs above and the names `bench/saelens_epoch.py` gives the
