@@ -26,6 +26,7 @@ mod dormant;
 mod duo;
 mod error;
 mod fast;
+mod hooks;
 mod kernels;
 mod model;
 mod reference;
@@ -54,7 +55,7 @@ pub use train::{
 // Test hooks (gradients at one batch, per-step losses) for this crate's tests
 // and the real-data comparison in xtask: not part of the API.
 #[doc(hidden)]
-pub use train::{
+pub use hooks::{
     checked_steps_on, gradients, gradients_on, loss_trajectory, loss_trajectory_on, CheckedStep,
     Trajectory,
 };

@@ -15,9 +15,10 @@ use crate::config::{SaeConfig, Variant};
 use crate::duo::{Duo, Exec};
 use crate::error::check_paired;
 use crate::fast::{self, FastTrainer};
+use crate::hooks::CheckedStep;
 use crate::model::{self, row_squared_errors, Sae, STREAM_RESAMPLE, STREAM_SHUFFLE};
 use crate::reference::ReferenceTrainer;
-use crate::trainer::{AuxScale, FeatureReset, FiringTracker, Gradients, Trainer, TrainerState};
+use crate::trainer::{AuxScale, FeatureReset, FiringTracker, Trainer};
 use crate::SaeError;
 
 /// Which implementation trains the SAE. Both follow the same config.
@@ -63,7 +64,7 @@ impl<'a> TrainData<'a> {
     }
 
     /// The number of rows, once both sides are whole rows of the same count.
-    fn check(&self) -> Result<usize, SaeError> {
+    pub(crate) fn check(&self) -> Result<usize, SaeError> {
         check_paired(
             ("training data", self.input, self.d_in),
             ("training target", self.target, self.d_out),
@@ -149,41 +150,16 @@ pub struct Trained {
     pub seconds: f64,
 }
 
-/// Loss at every step of a (possibly truncated) run, the SAE after it, and its resamplings.
-#[derive(Clone, Debug)]
-pub struct Trajectory {
-    pub losses: Vec<f64>,
-    pub sae: Sae,
-    pub resamples: Vec<ResampleEvent>,
-}
-
-/// One training step as the trainer took it, recorded for tests that check
-/// it against an independent computation: the batch, AuxK's dead features
-/// before it, the trainer's state before and after, and the raw gradient
-/// (before any decoder projection) that the step applied at `lr`. Not an API.
-#[doc(hidden)]
-#[derive(Clone, Debug)]
-pub struct CheckedStep {
-    /// 1 for the first step (Adam's t).
-    pub step: usize,
-    pub lr: f64,
-    pub input: Vec<f32>,
-    pub target: Vec<f32>,
-    pub dead: Vec<bool>,
-    pub before: TrainerState,
-    pub loss: f64,
-    pub gradients: Gradients,
-    pub after: Option<TrainerState>,
-}
-
-fn make_trainer(
+/// `dense`: the fast path with dormancy off (the same bits; every feature's
+/// moments up to date after every step, as recorded steps need).
+pub(crate) fn make_trainer(
     sae: &Sae,
     path: &TrainPath,
     aux: AuxScale,
-    limits: Limits,
+    dense: bool,
 ) -> Result<Box<dyn Trainer>, SaeError> {
     Ok(match path {
-        TrainPath::Fast if fast::supports(&sae.cfg.variant) && limits.check_every.is_some() => {
+        TrainPath::Fast if fast::supports(&sae.cfg.variant) && dense => {
             Box::new(FastTrainer::new(sae, aux).without_dormancy())
         }
         TrainPath::Fast if fast::supports(&sae.cfg.variant) => Box::new(FastTrainer::new(sae, aux)),
@@ -204,10 +180,10 @@ struct EpochSums {
     active: u64,
 }
 
-struct Run<'a> {
+pub(crate) struct Run<'a> {
     name: &'a str,
     cfg: &'a SaeConfig,
-    trainer: Box<dyn Trainer>,
+    pub(crate) trainer: Box<dyn Trainer>,
     tracker: FiringTracker,
     resample_rng: ChaCha8Rng,
     steps: usize,
@@ -215,10 +191,10 @@ struct Run<'a> {
     lr: f64,
     sums: EpochSums,
     curve: Vec<CurvePoint>,
-    resamples: Vec<ResampleEvent>,
-    losses: Option<Vec<f64>>,
+    pub(crate) resamples: Vec<ResampleEvent>,
+    pub(crate) losses: Option<Vec<f64>>,
     check_every: Option<usize>,
-    checked: Vec<CheckedStep>,
+    pub(crate) checked: Vec<CheckedStep>,
     failed: Option<SaeError>,
     /// Wall time of the run, once it has trained.
     seconds: f64,
@@ -226,11 +202,11 @@ struct Run<'a> {
 
 /// How far [`drive`] goes and what it records.
 #[derive(Clone, Copy)]
-struct Limits {
-    max_steps: Option<usize>,
-    record_losses: bool,
+pub(crate) struct Limits {
+    pub(crate) max_steps: Option<usize>,
+    pub(crate) record_losses: bool,
     /// Record every this many steps a [`CheckedStep`] (dormancy off).
-    check_every: Option<usize>,
+    pub(crate) check_every: Option<usize>,
 }
 
 struct Shared<'a> {
@@ -260,7 +236,7 @@ impl Run<'_> {
             .check_every
             .is_some_and(|every| self.steps.is_multiple_of(every));
         let before = if check {
-            Some((self.trainer.state()?, self.tracker.dead_mask().to_vec()))
+            Some(self.trainer.state()?)
         } else {
             None
         };
@@ -268,19 +244,11 @@ impl Run<'_> {
             self.trainer
                 .compute(batch.input, batch.target, rows, &mut self.tracker, exec)?;
         self.steps += 1;
-        if let Some((before, dead)) = before {
-            self.checked.push(CheckedStep {
-                step: self.steps,
-                lr: self.lr,
-                input: batch.input.to_vec(),
-                target: batch.target.to_vec(),
-                dead,
-                before,
-                loss: stats.loss,
-                gradients: self.trainer.gradients()?,
-                after: None,
-            });
-        }
+        let gradients = if check {
+            Some(self.trainer.gradients()?)
+        } else {
+            None
+        };
         if !stats.loss.is_finite() {
             return Err(SaeError::Diverged {
                 point: self.name.to_string(),
@@ -289,11 +257,14 @@ impl Run<'_> {
             });
         }
         self.trainer.apply(self.lr, exec)?;
-        if check {
-            let after = self.trainer.state()?;
-            if let Some(last) = self.checked.last_mut() {
-                last.after = Some(after);
-            }
+        if let (Some(before), Some(gradients)) = (before, gradients) {
+            self.checked.push(CheckedStep {
+                step: self.steps,
+                lr: self.lr,
+                before,
+                gradients,
+                after: self.trainer.state()?,
+            });
         }
         self.trainer.settle(shared.data.input, exec);
         if let Some(losses) = &mut self.losses {
@@ -629,7 +600,7 @@ fn new_run<'a>(
     Ok(Run {
         name: &point.name,
         cfg,
-        trainer: make_trainer(&sae, path, aux, limits)?,
+        trainer: make_trainer(&sae, path, aux, limits.check_every.is_some())?,
         tracker: FiringTracker::new(cfg.d_sae, cfg.dead_window_steps),
         resample_rng: model::rng(cfg.seed, STREAM_RESAMPLE),
         steps: 0,
@@ -646,7 +617,7 @@ fn new_run<'a>(
     })
 }
 
-fn drive<'a>(
+pub(crate) fn drive<'a>(
     points: &'a [SweepPoint],
     data: TrainData,
     path: &TrainPath,
@@ -770,116 +741,4 @@ pub fn train_on(
     train_sweep_data(&point, data, path, progress)
         .pop()
         .expect("one result per point")
-}
-
-/// The loss at each of the first `max_steps` steps of training `cfg` on
-/// `data` (for comparing paths), and the SAE after them.
-pub fn loss_trajectory(
-    cfg: &SaeConfig,
-    data: &[f32],
-    path: &TrainPath,
-    max_steps: usize,
-) -> Result<Trajectory, SaeError> {
-    loss_trajectory_on(
-        cfg,
-        TrainData::autoencoding(data, cfg.d_in),
-        path,
-        max_steps,
-    )
-}
-
-/// [`loss_trajectory`] for an SAE or transcoder on `data`.
-pub fn loss_trajectory_on(
-    cfg: &SaeConfig,
-    data: TrainData,
-    path: &TrainPath,
-    max_steps: usize,
-) -> Result<Trajectory, SaeError> {
-    let limits = Limits {
-        max_steps: Some(max_steps),
-        record_losses: true,
-        check_every: None,
-    };
-    drive_one(cfg, data, path, limits, |mut run| {
-        Ok(Trajectory {
-            losses: run.losses.take().unwrap_or_default(),
-            sae: run.trainer.export()?,
-            resamples: std::mem::take(&mut run.resamples),
-        })
-    })
-}
-
-/// The first `max_steps` steps of training `cfg` on `data`, with every
-/// `every`-th step recorded as a [`CheckedStep`] (the fast path with dormancy
-/// off: the same bits, every feature stepped densely), and the SAE after them.
-pub fn checked_steps_on(
-    cfg: &SaeConfig,
-    data: TrainData,
-    path: &TrainPath,
-    max_steps: usize,
-    every: usize,
-) -> Result<(Vec<CheckedStep>, Sae), SaeError> {
-    let limits = Limits {
-        max_steps: Some(max_steps),
-        record_losses: false,
-        check_every: Some(every.max(1)),
-    };
-    drive_one(cfg, data, path, limits, |run| {
-        Ok((run.checked, run.trainer.export()?))
-    })
-}
-
-/// Trains `cfg` alone within `limits` and hands the run to `take`, for the
-/// test hooks above.
-fn drive_one<T>(
-    cfg: &SaeConfig,
-    data: TrainData,
-    path: &TrainPath,
-    limits: Limits,
-    take: impl FnOnce(Run) -> Result<T, SaeError>,
-) -> Result<T, SaeError> {
-    let point = [SweepPoint {
-        name: "hook".to_string(),
-        cfg: cfg.clone(),
-    }];
-    let run = drive(&point, data, path, &|_| {}, limits)
-        .pop()
-        .expect("one result per point")?;
-    take(run)
-}
-
-/// Loss and raw gradients of `sae` on one batch (row-major `[rows, d_in]`),
-/// with `dead_features` treated as dead for TopK's AuxK (unless they fire in
-/// this batch). AuxK's data variance is the batch's own.
-pub fn gradients(
-    sae: &Sae,
-    batch: &[f32],
-    dead_features: &[usize],
-    path: &TrainPath,
-) -> Result<(f64, Gradients), SaeError> {
-    gradients_on(
-        sae,
-        TrainData::autoencoding(batch, sae.d_in()),
-        dead_features,
-        path,
-    )
-}
-
-/// [`gradients`] for an SAE or transcoder on one batch of `data`.
-pub fn gradients_on(
-    sae: &Sae,
-    batch: TrainData,
-    dead_features: &[usize],
-    path: &TrainPath,
-) -> Result<(f64, Gradients), SaeError> {
-    sae.cfg.validate()?;
-    let rows = batch.check()?;
-    let mut trainer = make_trainer(sae, path, AuxScale::of(batch.target, batch.d_out), FULL)?;
-    let window = usize::MAX / 2;
-    let mut tracker = FiringTracker::new(sae.d_sae(), window);
-    for &f in dead_features {
-        tracker.since_fired[f] = window as u64;
-    }
-    let stats = trainer.compute(batch.input, batch.target, rows, &mut tracker, Exec::Serial)?;
-    Ok((stats.loss, trainer.gradients()?))
 }
