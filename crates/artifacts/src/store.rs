@@ -1,4 +1,6 @@
 //! The store on disk: lookup, locking, atomic commit, listing and collection.
+//! One file, over 600 lines: these share the folder layout and the lock
+//! protocol (stamps and marks are in `integrity.rs`, manifests in `manifest.rs`).
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
@@ -584,7 +586,8 @@ fn sync_dir(dir: &Path) {
     }
 }
 
-fn folder_bytes(dir: &Path) -> u64 {
+/// Bytes of every file under `dir` (symlinks not followed), 0 for what cannot be read.
+pub fn folder_bytes(dir: &Path) -> u64 {
     sorted_entries(dir)
         .unwrap_or_default()
         .iter()

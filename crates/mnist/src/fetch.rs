@@ -172,7 +172,6 @@ pub fn fetch_into_shared_cache(
     fetch(&cfg, cache_dir)
 }
 
-/// The user's directory, all four files verified, or every file's reason.
 /// Checks a folder named explicitly without copying it anywhere: its four
 /// files (raw or .gz) must match `pins`, or it is refused with every file's
 /// reason, as [`fetch`] would.
@@ -180,6 +179,7 @@ pub fn verify_explicit_dir(dir: &Path, pins: &Pins) -> Result<(), MnistError> {
     read_explicit_dir(dir, pins).map(|_| ())
 }
 
+/// The user's directory, all four files verified, or every file's reason.
 fn read_explicit_dir(dir: &Path, pins: &Pins) -> Result<VerifiedFiles, MnistError> {
     let mut files = Vec::new();
     let mut problems = Vec::new();

@@ -397,7 +397,7 @@ fn compare_with_pytorch(cache: &std::path::Path, saelab: &[(&str, f64)]) {
 /// The machine a figure was measured on, for every bench's first line: the CPU
 /// model, its cores, the instruction sets that decide saelab's speed and
 /// arithmetic, and which of them saelab's kernels run here.
-pub fn machine() -> String {
+fn machine() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()

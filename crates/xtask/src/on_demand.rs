@@ -41,7 +41,7 @@ pub fn collect_dashboards(
         if !orphan || !folder.is_dir() {
             continue;
         }
-        report.removed_bytes += folder_bytes(&folder);
+        report.removed_bytes += artifacts::folder_bytes(&folder);
         if !dry_run {
             std::fs::remove_dir_all(&folder)
                 .with_context(|| format!("gc: cannot remove {}", folder.display()))?;
@@ -49,21 +49,6 @@ pub fn collect_dashboards(
         report.removed.push(folder);
     }
     Ok(())
-}
-
-fn folder_bytes(dir: &std::path::Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| match e.metadata() {
-                    Ok(m) if m.is_dir() => folder_bytes(&e.path()),
-                    Ok(m) => m.len(),
-                    Err(_) => 0,
-                })
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 pub fn dashboards(
