@@ -1,5 +1,8 @@
 //! The fused CPU trainer: forward, backward and Adam over raw f32 buffers.
 //!
+//! Over 2000 lines: the split by concern (step driver, layout, encode,
+//! feature pass, Adam, dormancy) and by architecture is issue 21, still open.
+//!
 //! Features are split into two halves, one per core, each owning its rows of
 //! W_enc (kept transposed, `[d_sae, d_in]`, so a feature's encoder column is
 //! contiguous), W_dec, b_enc and their Adam moments. A step is

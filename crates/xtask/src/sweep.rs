@@ -3,6 +3,8 @@
 //! demand (`sae::SweepScheduler`, on the path and device the config names,
 //! with a progress bar per point). The SAE fingerprint covers this file, and
 //! only this file of the config: it decides what each SAE is trained with.
+//! One file, over 600 lines, for that reason: splitting it would widen the
+//! SAE fingerprint to code that does not decide a point's training.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
