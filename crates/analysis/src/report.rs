@@ -732,10 +732,10 @@ pub fn verdict(s: &SaeSummary, cfg: &AnalysisConfig) -> Vec<String> {
     lines
 }
 
-/// The architecture (`sae.variant`) an SAE of the sweep has.
+/// The architecture (`sae.architecture`) an SAE of the sweep has.
 fn architecture(s: &SaeSummary) -> &str {
     s.params
-        .get("variant")
+        .get("architecture")
         .and_then(|v| v.as_str())
         .unwrap_or("unknown")
 }

@@ -191,12 +191,12 @@ pub fn sweep_params(
 ) -> serde_json::Map<String, serde_json::Value> {
     let mut params = serde_json::Map::new();
     params.insert("layer".into(), layer.into());
-    params.insert("variant".into(), cfg.architecture_name().into());
+    params.insert("architecture".into(), cfg.architecture_name().into());
     params.insert("d_sae".into(), cfg.d_sae.into());
     params.insert("seed".into(), cfg.seed.into());
     params.insert("epochs".into(), cfg.epochs.into());
     params.insert("resample".into(), cfg.resample.is_some().into());
-    for (key, value) in cfg.variant.sweep_coordinates() {
+    for (key, value) in cfg.architecture.sweep_coordinates() {
         params.insert(key.into(), value);
     }
     params

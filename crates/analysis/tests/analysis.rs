@@ -514,7 +514,7 @@ fn analysis_writes_tables_plots_and_a_report_that_renders() {
         .into_iter()
         .map(|(name, l1)| {
             let mut sae = f.sae.clone();
-            sae.cfg.variant = sae::Variant::L1 { l1_coeff: l1 };
+            sae.cfg.architecture = sae::Architecture::l1(l1);
             (name, l1, sae)
         })
         .collect();
@@ -586,7 +586,10 @@ fn analysis_writes_tables_plots_and_a_report_that_renders() {
     // text, and nulls where a key does not apply (no "null" strings).
     let column = |name: &str| sweep.column(name).unwrap().clone();
     assert_eq!(column("param_l1_coeff").f64().unwrap().get(1), Some(0.01));
-    assert_eq!(column("param_variant").str().unwrap().get(0), Some("l1"));
+    assert_eq!(
+        column("param_architecture").str().unwrap().get(0),
+        Some("l1")
+    );
     assert_eq!(
         column("d_sae").u32().unwrap().get(0),
         Some(f.sae.d_sae() as u32)
@@ -634,7 +637,9 @@ fn analysis_writes_tables_plots_and_a_report_that_renders() {
     assert!(analysis::family_verdict(&summaries).is_empty());
     assert!(!html.contains("Across architectures"));
     let mut family = summaries.clone();
-    family[1].params.insert("variant".into(), "topk".into());
+    family[1]
+        .params
+        .insert("architecture".into(), "topk".into());
     family[0].features.dead = family[0].features.units / 2;
     family[1].features.dead = 0;
     let lines = analysis::family_verdict(&family);

@@ -13,8 +13,8 @@ use serde::Serialize;
 
 use sae::synthetic;
 use sae::{
-    train_sweep_on, ProgressEvent, ProgressKind, SaeConfig, SaeError, SweepPoint, TrainPath,
-    Variant,
+    train_sweep_on, Architecture, ProgressEvent, ProgressKind, SaeConfig, SaeError, SweepPoint,
+    TrainPath,
 };
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -182,7 +182,7 @@ pub fn run(bench: &BenchConfig) -> Result<BenchReport, SaeError> {
             &TrainPath::Fast,
         )?);
         let mut topk = notebook_config(bench, bench.fast_epochs);
-        topk.variant = Variant::top_k(32);
+        topk.architecture = Architecture::top_k(32);
         let point = [SweepPoint {
             name: "fast-topk".into(),
             cfg: topk,
@@ -216,11 +216,11 @@ pub fn run(bench: &BenchConfig) -> Result<BenchReport, SaeError> {
             .sweep_l1_coeffs
             .iter()
             .map(|&l1_coeff| {
-                let variant = Variant::L1 { l1_coeff };
+                let architecture = Architecture::l1(l1_coeff);
                 SweepPoint {
-                    name: variant.label(),
+                    name: architecture.label(),
                     cfg: SaeConfig {
-                        variant,
+                        architecture,
                         ..notebook_config(bench, bench.sweep_epochs)
                     },
                 }

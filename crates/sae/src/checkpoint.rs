@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde_json::json;
 
-use crate::{Sae, SaeConfig, SaeError, Variant};
+use crate::{Sae, SaeConfig, SaeError, SaeLensArchitecture};
 
 pub const WEIGHTS_FILE: &str = "sae_weights.safetensors";
 /// SAELens' config (architecture, widths, hook).
@@ -49,7 +49,7 @@ fn le_bytes(values: &[f32]) -> Vec<u8> {
 /// The tensors of SAELens' layout for this SAE's architecture, in file order.
 fn tensors(sae: &Sae) -> Vec<(&'static str, Vec<usize>, &[f32])> {
     let (d_in, d_sae, d_out) = (sae.d_in(), sae.d_sae(), sae.d_out());
-    let gated = matches!(sae.cfg.variant, Variant::Gated { .. });
+    let gated = sae.cfg.architecture.is_gated();
     let mut out = vec![
         ("W_enc", vec![d_in, d_sae], sae.w_enc.as_slice()),
         ("W_dec", vec![d_sae, d_out], &sae.w_dec),
@@ -63,7 +63,7 @@ fn tensors(sae: &Sae) -> Vec<(&'static str, Vec<usize>, &[f32])> {
     if sae.cfg.transcoder.is_some_and(|t| t.skip) {
         out.push(("W_skip", vec![d_out, d_in], &sae.w_skip));
     }
-    if sae.cfg.variant.has_threshold() {
+    if sae.cfg.architecture.has_threshold() {
         out.push(("threshold", vec![d_sae], &sae.threshold));
     }
     if gated {
@@ -92,20 +92,19 @@ fn saelens_config(sae: &Sae, origin: &Origin) -> serde_json::Value {
             "sae_lens_version": SAELENS_FORMAT_VERSION,
             "model_name": origin.model_name,
             "hook_name": origin.hook_name,
-            "saelab_variant": sae.cfg.variant.architecture(),
+            "saelab_architecture": sae.cfg.architecture.kind(),
         },
     });
-    let architecture = match &sae.cfg.variant {
-        Variant::L1 { .. } | Variant::NormWeightedL1 { .. } => "standard",
-        Variant::Gated { .. } => "gated",
-        Variant::TopK { k, .. } => {
+    let layout = sae.cfg.architecture.saelens_architecture();
+    let architecture = match layout {
+        SaeLensArchitecture::Standard => "standard",
+        SaeLensArchitecture::Gated => "gated",
+        SaeLensArchitecture::TopK { k } => {
             cfg["k"] = json!(k);
             cfg["rescale_acts_by_decoder_norm"] = json!(false);
             "topk"
         }
-        Variant::BatchTopK { .. }
-        | Variant::MatryoshkaBatchTopK { .. }
-        | Variant::JumpRelu { .. } => "jumprelu",
+        SaeLensArchitecture::JumpRelu => "jumprelu",
     };
     let architecture = match sae.cfg.transcoder {
         None => architecture.to_string(),
@@ -119,10 +118,12 @@ fn saelens_config(sae: &Sae, origin: &Origin) -> serde_json::Value {
             } else {
                 "transcoder"
             };
-            match architecture {
-                "standard" => kind.to_string(),
-                "jumprelu" => format!("jumprelu_{kind}"),
-                _ => sae.cfg.architecture_name(),
+            match layout {
+                SaeLensArchitecture::Standard => kind.to_string(),
+                SaeLensArchitecture::JumpRelu => format!("jumprelu_{kind}"),
+                SaeLensArchitecture::TopK { .. } | SaeLensArchitecture::Gated => {
+                    sae.cfg.architecture_name()
+                }
             }
         }
     };
@@ -229,10 +230,10 @@ pub fn load(dir: &Path) -> Result<Sae, SaeError> {
     if sae.cfg.transcoder.is_some_and(|t| t.skip) {
         sae.w_skip = loaded.next().unwrap_or_default();
     }
-    if sae.cfg.variant.has_threshold() {
+    if sae.cfg.architecture.has_threshold() {
         sae.threshold = loaded.next().unwrap_or_default();
     }
-    if matches!(sae.cfg.variant, Variant::Gated { .. }) {
+    if sae.cfg.architecture.is_gated() {
         sae.r_mag = loaded.next().unwrap_or_default();
         sae.b_mag = loaded.next().unwrap_or_default();
     }

@@ -27,30 +27,17 @@
 //! The halves are fixed by `d_sae`, so the result is the same bits whether they
 //! run on two threads or one after the other.
 
-use crate::config::{AuxInput, SaeConfig, Variant};
+use crate::arch::{Activation, AuxInput, Penalty};
+use crate::config::SaeConfig;
 use crate::dormant::{self, Certificate};
 use crate::duo::Exec;
 use crate::kernels::{self, axpy, multiversion, AdamStep, MatRef, Selection, Simd};
-use crate::model::{self, selection, transpose, Sae};
+use crate::model::{self, transpose, Sae};
 use crate::trainer::{
     AuxScale, FeatureReset, FiringTracker, Gradients, RunningThreshold, StepStats, Trainer,
     TrainerState,
 };
 use crate::SaeError;
-
-/// Whether the fast path implements `variant`.
-pub(crate) fn supports(variant: &Variant) -> bool {
-    matches!(
-        variant,
-        Variant::L1 { .. }
-            | Variant::NormWeightedL1 { .. }
-            | Variant::TopK { .. }
-            | Variant::BatchTopK { .. }
-            | Variant::MatryoshkaBatchTopK { .. }
-            | Variant::JumpRelu { .. }
-            | Variant::Gated { .. }
-    )
-}
 
 struct Moments {
     m: Vec<f32>,
@@ -227,7 +214,7 @@ struct Params {
     adam_w_skip: Moments,
 }
 
-/// Gated's magnitude path (empty vectors for other variants), kept apart from
+/// Gated's magnitude path (empty vectors for other architectures), kept apart from
 /// `Params` because the per-feature pass reads it while the halves hold those.
 struct MagnitudePath {
     r_mag: Vec<f32>,
@@ -408,7 +395,6 @@ pub(crate) struct FastTrainer {
     d_in: usize,
     d_out: usize,
     d_sae: usize,
-    selection: Selection,
     params: Params,
     adam_t: usize,
     halves: [Half; 2],
@@ -1051,6 +1037,7 @@ impl FastTrainer {
     pub fn new(sae: &Sae, aux_scale: AuxScale) -> Self {
         let (d_in, d_sae, d_out) = (sae.d_in(), sae.d_sae(), sae.d_out());
         let split = d_sae / 2;
+        let learned_threshold = sae.cfg.architecture.learned_threshold().is_some();
         let half = |lo: usize, hi: usize| Half {
             lo,
             hi,
@@ -1076,7 +1063,6 @@ impl FastTrainer {
             d_in,
             d_out,
             d_sae,
-            selection: selection(&sae.cfg.variant),
             params: Params {
                 w_enc_t: transpose(&sae.w_enc, d_in, d_sae),
                 w_dec: sae.w_dec.clone(),
@@ -1088,18 +1074,17 @@ impl FastTrainer {
                 adam_b_dec: Moments::zeros(d_out),
                 w_skip: sae.w_skip.clone(),
                 adam_w_skip: Moments::zeros(sae.w_skip.len()),
-                log_threshold: match sae.cfg.variant {
-                    Variant::JumpRelu { .. } => sae.threshold.iter().map(|t| t.ln()).collect(),
-                    _ => Vec::new(),
+                log_threshold: if learned_threshold {
+                    sae.threshold.iter().map(|t| t.ln()).collect()
+                } else {
+                    Vec::new()
                 },
-                adam_log_threshold: Moments::zeros(match sae.cfg.variant {
-                    Variant::JumpRelu { .. } => d_sae,
-                    _ => 0,
-                }),
+                adam_log_threshold: Moments::zeros(if learned_threshold { d_sae } else { 0 }),
             },
-            threshold: match sae.cfg.variant {
-                Variant::JumpRelu { .. } => sae.threshold.clone(),
-                _ => Vec::new(),
+            threshold: if learned_threshold {
+                sae.threshold.clone()
+            } else {
+                Vec::new()
             },
             magnitude: MagnitudePath {
                 r_mag: sae.r_mag.clone(),
@@ -1116,10 +1101,10 @@ impl FastTrainer {
             },
             aux_scale,
             batch_threshold: RunningThreshold::of(sae),
-            prefix_widths: sae.cfg.variant.prefix_widths(d_sae),
+            prefix_widths: sae.cfg.architecture.prefix_widths(d_sae),
             dormancy: Dormancy {
                 // Raw AuxK may pick a latent whose pre-activation is negative.
-                enabled: !matches!(sae.cfg.variant.aux_k(), Some((_, _, AuxInput::Raw))),
+                enabled: !matches!(sae.cfg.aux_k(), Some((_, _, AuxInput::Raw))),
                 checked_step_size: 0.0,
                 last_step: None,
                 input_norm: None,
@@ -1143,14 +1128,18 @@ impl FastTrainer {
     /// Feature `f`'s firing level (its pre-activation must stay at or below it
     /// to be selected nowhere) and the magnitude of the terms it is made of.
     fn firing_level(&self, f: usize) -> (f64, f64) {
-        match self.cfg.variant {
+        match self.cfg.architecture.activation() {
             // Neither active (pre > t) nor within the pseudo-derivative's
             // window (|pre - t| < bandwidth / 2).
-            Variant::JumpRelu { bandwidth, .. } => {
+            Activation::JumpRelu { bandwidth, .. } => {
                 let (t, half_width) = (self.threshold[f] as f64, (bandwidth / 2.0) as f32 as f64);
                 (t - half_width, t.abs() + half_width)
             }
-            _ => (0.0, 0.0),
+            // Gated: its gate, whose pre-activation this is.
+            Activation::Relu
+            | Activation::TopK { .. }
+            | Activation::BatchTopK { .. }
+            | Activation::Gated => (0.0, 0.0),
         }
     }
 
@@ -1270,6 +1259,7 @@ impl FastTrainer {
     /// Runs the per-feature pass on both halves (modes per half).
     fn feature_pass(&mut self, exec: Exec, modes: [PassMode<'_>; 2], project: bool) {
         let rows = self.step.rows;
+        let architecture = &self.cfg.architecture;
         let inputs = PassInputs {
             d_in: self.d_in,
             d_out: self.d_out,
@@ -1281,30 +1271,29 @@ impl FastTrainer {
             aux_residual: &self.step.aux_residual,
             grad_scale: 2.0 / rows as f32,
             l1_grad: self.cfg.l1_scale(rows) as f32,
-            norm_weighted: matches!(self.cfg.variant, Variant::NormWeightedL1 { .. }),
+            norm_weighted: matches!(architecture.penalty(), Penalty::NormWeightedL1 { .. }),
             aux_grad_scale: self.step.aux_grad_scale,
             project,
             adam_t: self.adam_t,
-            jump: match self.cfg.variant {
-                Variant::JumpRelu {
-                    l0_coeff,
-                    bandwidth,
-                    ..
-                } => Some(JumpGrad {
+            jump: match architecture.activation() {
+                Activation::JumpRelu { bandwidth, .. } => Some(JumpGrad {
                     threshold: &self.threshold,
                     bandwidth: bandwidth as f32,
-                    l0_grad: (l0_coeff / rows as f64) as f32,
+                    l0_grad: match architecture.penalty() {
+                        Penalty::L0 { coeff } => (coeff / rows as f64) as f32,
+                        Penalty::None | Penalty::L1 { .. } | Penalty::NormWeightedL1 { .. } => 0.0,
+                    },
                 }),
-                _ => None,
+                Activation::Relu
+                | Activation::TopK { .. }
+                | Activation::BatchTopK { .. }
+                | Activation::Gated => None,
             },
-            gated: match self.cfg.variant {
-                Variant::Gated { .. } => Some(GatedGrad {
-                    scale: &self.magnitude.scale,
-                    b_mag: &self.magnitude.b_mag,
-                    gate_err: &self.step.gate_err,
-                }),
-                _ => None,
-            },
+            gated: architecture.is_gated().then_some(GatedGrad {
+                scale: &self.magnitude.scale,
+                b_mag: &self.magnitude.b_mag,
+                gate_err: &self.step.gate_err,
+            }),
         };
         let split = self.halves[1].lo;
         let [p0, p1] = self.params.halves(split, self.d_in, self.d_out);
@@ -1324,7 +1313,7 @@ impl FastTrainer {
             .collect()
     }
 
-    /// Gated's r_mag and b_mag gradients (empty for other variants).
+    /// Gated's r_mag and b_mag gradients (empty for other architectures).
     fn magnitude_gradients(&self) -> (Vec<f32>, Vec<f32>) {
         if self.magnitude.r_mag.is_empty() {
             return (Vec::new(), Vec::new());
@@ -1332,7 +1321,7 @@ impl FastTrainer {
         (self.gathered(|h| &h.g_r_mag), self.gathered(|h| &h.g_b_mag))
     }
 
-    /// JumpReLU's log-threshold gradient (empty for other variants).
+    /// JumpReLU's log-threshold gradient (empty for other architectures).
     fn log_threshold_gradient(&self) -> Vec<f32> {
         if self.params.log_threshold.is_empty() {
             return Vec::new();
@@ -1439,28 +1428,29 @@ impl Trainer for FastTrainer {
         let p = &self.params;
         let (w_enc_t0, w_enc_t1) = p.w_enc_t.split_at(split * d_in);
         let (b_enc0, b_enc1) = p.b_enc.split_at(split);
-        let top_k = match self.cfg.variant {
-            Variant::TopK { k, .. } => Some(k),
-            _ => None,
+        let activation = self.cfg.architecture.activation();
+        // Per row: each half's top k, merged below; per batch: every
+        // positive entry, the batch's top k * rows kept below.
+        let (top_k, batch_budget) = match activation {
+            Activation::TopK { k } => (Some(k), None),
+            Activation::BatchTopK { k, .. } => (None, Some(k * rows)),
+            Activation::Relu | Activation::JumpRelu { .. } | Activation::Gated => (None, None),
         };
-        let batch_budget = match self.cfg.variant {
-            Variant::BatchTopK { k, .. } | Variant::MatryoshkaBatchTopK { k, .. } => Some(k * rows),
-            _ => None,
-        };
-        let aux_k = self.cfg.variant.aux_k();
+        let aux_k = self.cfg.aux_k();
         let decode_now = aux_k.is_none();
         let [h0, h1] = &mut self.halves;
-        let (x_cent, w_dec, selection) = (&st.x_cent, &p.w_dec, self.selection);
-        let select = |range: std::ops::Range<usize>| match self.cfg.variant {
-            Variant::JumpRelu { bandwidth, .. } => HalfSelect::Jump(JumpSelect {
+        let (x_cent, w_dec) = (&st.x_cent, &p.w_dec);
+        let select = |range: std::ops::Range<usize>| match activation {
+            Activation::Relu | Activation::BatchTopK { .. } => HalfSelect::Rows(Selection::Relu),
+            Activation::TopK { k } => HalfSelect::Rows(Selection::TopK(k)),
+            Activation::JumpRelu { bandwidth, .. } => HalfSelect::Jump(JumpSelect {
                 threshold: &self.threshold[range],
                 half_width: (bandwidth / 2.0) as f32,
             }),
-            Variant::Gated { .. } => HalfSelect::Gated(GatedSelect {
+            Activation::Gated => HalfSelect::Gated(GatedSelect {
                 scale: &self.magnitude.scale[range.clone()],
                 b_mag: &self.magnitude.b_mag[range],
             }),
-            _ => HalfSelect::Rows(selection),
         };
         let (select0, select1) = (select(0..split), select(split..self.d_sae));
         exec.join(
@@ -1543,7 +1533,7 @@ impl Trainer for FastTrainer {
         let mut gate_sq = 0.0f64;
         let mut gate_sum = 0.0f64;
         st.gate_err.clear();
-        if let Variant::Gated { .. } = self.cfg.variant {
+        if activation == Activation::Gated {
             let [h0, h1] = &mut self.halves;
             exec.join(
                 || decode_aux_half(h0, w_dec, d_out),
@@ -1628,10 +1618,15 @@ impl Trainer for FastTrainer {
         }
 
         let l2 = sq_err_sum / rows as f64;
-        let l1 = match self.cfg.variant {
-            Variant::JumpRelu { l0_coeff, .. } => l0_coeff * active as f64 / rows as f64,
-            Variant::Gated { .. } => self.cfg.l1_scale(rows) * gate_sum,
-            Variant::NormWeightedL1 { .. } => {
+        let l1 = match self.cfg.architecture.penalty() {
+            Penalty::None => 0.0,
+            Penalty::L0 { coeff } => coeff * active as f64 / rows as f64,
+            // Gated's is on its gates.
+            Penalty::L1 { .. } if activation == Activation::Gated => {
+                self.cfg.l1_scale(rows) * gate_sum
+            }
+            Penalty::L1 { .. } => self.cfg.l1_scale(rows) * abs_sum,
+            Penalty::NormWeightedL1 { .. } => {
                 let mut weighted = 0.0f64;
                 for half in &self.halves {
                     for (&f, &v) in half.main.idx.iter().zip(&half.main.val) {
@@ -1642,7 +1637,6 @@ impl Trainer for FastTrainer {
                 }
                 self.cfg.l1_scale(rows) * weighted
             }
-            _ => self.cfg.l1_scale(rows) * abs_sum,
         };
         Ok(StepStats {
             loss: l2 + l1 + aux,
@@ -1666,7 +1660,7 @@ impl Trainer for FastTrainer {
         }
         self.adam_t += 1;
         self.dormancy.last_step = Some(step);
-        let unit_norm = self.cfg.variant.unit_norm_decoder();
+        let unit_norm = self.cfg.architecture.unit_norm_decoder();
         let mode = || PassMode::Adam {
             step,
             renormalise: unit_norm,
@@ -1815,7 +1809,7 @@ impl Trainer for FastTrainer {
             half.dormant[j] = false;
             half.certificate[j] = None;
             half.last_touched[j] = self.adam_t;
-            if let Variant::JumpRelu { init_threshold, .. } = self.cfg.variant {
+            if let Some(init_threshold) = self.cfg.architecture.learned_threshold() {
                 self.threshold[f] = init_threshold as f32;
                 p.log_threshold[f] = self.threshold[f].ln();
                 p.adam_log_threshold.reset(f..f + 1);
@@ -1857,7 +1851,7 @@ impl FastTrainer {
             .get_or_insert_with(|| dormant::max_row_norm(input, d_in));
         // Features quiet long enough whose weights a zero-gradient step no
         // longer moves rest.
-        let unit_norm = self.cfg.variant.unit_norm_decoder();
+        let unit_norm = self.cfg.architecture.unit_norm_decoder();
         let adam_t = self.adam_t;
         for half in &mut self.halves {
             let p = &self.params;
@@ -1975,7 +1969,7 @@ fn w_norm(w: &[f32]) -> f64 {
 mod tests {
     use super::*;
     use crate::duo::Duo;
-    use crate::{synthetic, Variant};
+    use crate::{synthetic, Architecture};
 
     /// Steps `steps` batches of `data` predicting `target` with `exec`; returns the parameters.
     fn run(cfg: &SaeConfig, data: &[f32], target: &[f32], steps: usize, exec: Exec) -> Sae {
@@ -2019,17 +2013,19 @@ mod tests {
         (trainer.export().unwrap(), trainer)
     }
 
-    /// The seven variants, with an L1 coefficient, a k and a JumpReLU L0 coefficient.
-    fn every_variant(l1_coeff: f64, k: usize, l0_coeff: f64) -> [Variant; 7] {
-        [
-            Variant::L1 { l1_coeff },
-            Variant::top_k(k),
-            Variant::NormWeightedL1 { l1_coeff },
-            Variant::batch_top_k(k),
-            Variant::matryoshka_batch_top_k(k),
-            Variant::jump_relu(l0_coeff),
-            Variant::Gated { l1_coeff },
-        ]
+    /// Every architecture, with an L1 coefficient, a k and a JumpReLU L0 coefficient.
+    fn every_architecture(l1_coeff: f64, k: usize, l0_coeff: f64) -> Vec<Architecture> {
+        let axes = crate::ArchitectureAxes {
+            l1_coeff: vec![l1_coeff],
+            k: vec![k],
+            l0_coeff: vec![l0_coeff],
+            k_aux: Some(256),
+            ..crate::ArchitectureAxes::default()
+        };
+        crate::ArchitectureKind::ALL
+            .iter()
+            .flat_map(|kind| kind.architectures(&axes))
+            .collect()
     }
 
     #[test]
@@ -2037,7 +2033,7 @@ mod tests {
         let mut woken = 0;
         let data = synthetic::sparse_directions(256, 16, 12, 2, 0.05, 5);
         let target = synthetic::sparse_directions(256, 12, 12, 2, 0.05, 6);
-        for variant in every_variant(3e-2, 3, 0.3) {
+        for architecture in every_architecture(3e-2, 3, 0.3) {
             for transcoder in [
                 None,
                 Some(crate::Transcoder {
@@ -2048,7 +2044,7 @@ mod tests {
                 let cfg = SaeConfig {
                     d_in: 16,
                     d_sae: 96,
-                    variant: variant.clone(),
+                    architecture: architecture.clone(),
                     batch_size: 32,
                     dead_window_steps: 50,
                     transcoder,
@@ -2074,16 +2070,19 @@ mod tests {
                     steps,
                     Exec::Serial,
                 );
-                assert!(dense == sparse, "{variant:?}, transcoder {transcoder:?}");
+                assert!(
+                    dense == sparse,
+                    "{architecture:?}, transcoder {transcoder:?}"
+                );
                 let d = &trainer.dormancy;
-                if let Variant::L1 { .. } | Variant::JumpRelu { .. } | Variant::Gated { .. } =
-                    variant
+                if let Architecture::L1(_) | Architecture::JumpRelu(_) | Architecture::Gated(_) =
+                    architecture
                 {
                     // The comparison above covered rests, sleep and wakes
                     // (these three put features to sleep on this data).
                     assert!(
                         d.rested > 0 && d.slept > 0,
-                        "{variant:?}: {} {}",
+                        "{architecture:?}: {} {}",
                         d.rested,
                         d.slept
                     );
@@ -2100,7 +2099,7 @@ mod tests {
         let cfg = SaeConfig {
             d_in: 16,
             d_sae: 96,
-            variant: Variant::L1 { l1_coeff: 3e-2 },
+            architecture: Architecture::l1(3e-2),
             batch_size: 32,
             ..SaeConfig::default()
         };
@@ -2130,12 +2129,11 @@ mod tests {
     fn two_threads_and_one_give_the_same_bits() {
         let data = synthetic::sparse_directions(200, 24, 60, 4, 0.05, 3);
         let target = synthetic::sparse_directions(200, 20, 60, 4, 0.05, 4);
-        for variant in every_variant(3e-3, 5, 0.01) {
-            assert!(supports(&variant));
+        for architecture in every_architecture(3e-3, 5, 0.01) {
             let cfg = SaeConfig {
                 d_in: 24,
                 d_sae: 77,
-                variant,
+                architecture,
                 dead_window_steps: 3,
                 ..SaeConfig::default()
             };

@@ -20,6 +20,7 @@
 //! use the rayon pool. Every fast-path thread and every encoding chunk runs
 //! with subnormals flushed to zero (`subnormals::flushed`).
 
+mod arch;
 mod checkpoint;
 mod config;
 mod dormant;
@@ -35,12 +36,17 @@ pub mod synthetic;
 mod train;
 mod trainer;
 
+pub use arch::{
+    default_k_aux, Activation, Architecture, ArchitectureAxes, ArchitectureKind, ArchitectureSpec,
+    AuxInput, BatchTopK, Coordinates, Gated, JumpRelu, MatryoshkaBatchTopK, NormWeightedL1,
+    Penalty, SaeLensArchitecture, TopK, L1,
+};
 pub use checkpoint::{
     load, save, Origin, TrainingRecord, CONFIG_FILE, RECORD_FILE, SAELENS_CONFIG_FILE, WEIGHTS_FILE,
 };
 pub use config::{
-    AdamConfig, Architecture, AuxInput, DecoderBiasInit, EncoderInit, LrSchedule, Reduction,
-    ResampleConfig, ResampleSchedule, SaeConfig, Transcoder, Variant, VariantAxes,
+    AdamConfig, DecoderBiasInit, EncoderInit, LrSchedule, Reduction, ResampleConfig,
+    ResampleSchedule, SaeConfig, Transcoder,
 };
 pub use error::SaeError;
 pub use model::{

@@ -6,7 +6,8 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{DecoderBiasInit, EncoderInit, SaeConfig, Variant};
+use crate::arch::Activation;
+use crate::config::{DecoderBiasInit, EncoderInit, SaeConfig};
 use crate::error::{check_paired, check_rows};
 use crate::kernels::{self, MatRef, Selection};
 use crate::SaeError;
@@ -94,14 +95,14 @@ impl Sae {
             Some(t) if t.skip => vec![0.0; d_out * d_in],
             _ => Vec::new(),
         };
-        let threshold = match cfg.variant {
-            Variant::JumpRelu { init_threshold, .. } => vec![init_threshold as f32; d_sae],
+        let threshold = match cfg.architecture.activation() {
+            Activation::JumpRelu { init_threshold, .. } => vec![init_threshold as f32; d_sae],
             // The running estimate starts at 0, as SAELens' (plain ReLU until it moves).
-            _ if cfg.variant.has_threshold() => vec![0.0; d_sae],
-            _ => Vec::new(),
+            Activation::BatchTopK { .. } => vec![0.0; d_sae],
+            Activation::Relu | Activation::TopK { .. } | Activation::Gated => Vec::new(),
         };
         let gated = |len| {
-            if matches!(cfg.variant, Variant::Gated { .. }) {
+            if cfg.architecture.is_gated() {
                 vec![0.0; len]
             } else {
                 Vec::new()
@@ -146,10 +147,6 @@ impl Sae {
                     .map(|(w, b)| b + <kernels::Portable as kernels::Simd>::dot(w, x)),
             );
         }
-    }
-
-    pub(crate) fn selection(&self) -> Selection {
-        selection(&self.cfg.variant)
     }
 
     /// Sparse forward over `x` (`rows` rows), in chunks of `CHUNK_ROWS`.
@@ -198,40 +195,23 @@ impl Sae {
         out.idx.clear();
         out.val.clear();
         out.row_start.push(0);
-        if let Variant::Gated { .. } = self.cfg.variant {
-            // Active where the gate is open and the magnitude positive; the
-            // magnitude path is the gate's pre-activation without b_gate,
-            // rescaled by exp(r_mag), plus b_mag.
-            for row in out.pre.chunks_exact(d_sae) {
-                for f in 0..d_sae {
-                    let gate = row[f];
-                    let magnitude = self.r_mag[f].exp() * (gate - self.b_enc[f]) + self.b_mag[f];
-                    if gate > 0.0 && magnitude > 0.0 {
-                        out.idx.push(f as u32);
-                        out.val.push(magnitude);
-                    }
-                }
-                out.row_start.push(out.idx.len());
+        let rows_rule = match self.cfg.architecture.activation() {
+            Activation::Relu => Selection::Relu,
+            Activation::TopK { k } => Selection::TopK(k),
+            Activation::Gated => {
+                self.select_gated(out);
+                return;
             }
-            return;
-        }
-        if self.cfg.variant.has_threshold() {
-            for row in out.pre.chunks_exact(d_sae) {
-                for (f, (&p, &t)) in row.iter().zip(&self.threshold).enumerate() {
-                    if p > t && p > 0.0 {
-                        out.idx.push(f as u32);
-                        out.val.push(p);
-                    }
-                }
-                out.row_start.push(out.idx.len());
+            Activation::BatchTopK { .. } | Activation::JumpRelu { .. } => {
+                self.select_by_threshold(out);
+                return;
             }
-            return;
-        }
+        };
         for row in out.pre.chunks_exact(d_sae) {
             kernels::select_active::<kernels::Portable>(
                 row,
                 0,
-                self.selection(),
+                rows_rule,
                 None,
                 &mut out.scratch,
                 &mut out.idx,
@@ -241,17 +221,39 @@ impl Sae {
         }
     }
 
+    /// Gated: active where the gate is open and the magnitude positive; the
+    /// magnitude path is the gate's pre-activation without b_gate, rescaled
+    /// by exp(r_mag), plus b_mag.
+    fn select_gated(&self, out: &mut ChunkForward) {
+        let d_sae = self.d_sae();
+        for row in out.pre.chunks_exact(d_sae) {
+            for f in 0..d_sae {
+                let gate = row[f];
+                let magnitude = self.r_mag[f].exp() * (gate - self.b_enc[f]) + self.b_mag[f];
+                if gate > 0.0 && magnitude > 0.0 {
+                    out.idx.push(f as u32);
+                    out.val.push(magnitude);
+                }
+            }
+            out.row_start.push(out.idx.len());
+        }
+    }
+
+    /// Where the pre-activation exceeds both 0 and the feature's threshold.
+    fn select_by_threshold(&self, out: &mut ChunkForward) {
+        for row in out.pre.chunks_exact(self.d_sae()) {
+            for (f, (&p, &t)) in row.iter().zip(&self.threshold).enumerate() {
+                if p > t && p > 0.0 {
+                    out.idx.push(f as u32);
+                    out.val.push(p);
+                }
+            }
+            out.row_start.push(out.idx.len());
+        }
+    }
+
     fn check_input(&self, x: &[f32]) -> Result<usize, SaeError> {
         check_rows("SAE input", x, self.d_in())
-    }
-}
-
-/// The per-row selection of the fast path and of inference (threshold
-/// variants select by `Sae::threshold` instead, see `encode_chunk`).
-pub(crate) fn selection(variant: &Variant) -> Selection {
-    match variant {
-        Variant::TopK { k, .. } => Selection::TopK(*k),
-        _ => Selection::Relu,
     }
 }
 

@@ -4,7 +4,8 @@
 
 use candle_core::{DType, Device, Tensor, Var, D};
 
-use crate::config::{AuxInput, SaeConfig, Variant};
+use crate::arch::{Activation, AuxInput, Penalty};
+use crate::config::SaeConfig;
 use crate::duo::Exec;
 use crate::trainer::{
     AuxScale, FeatureReset, FiringTracker, Gradients, RunningThreshold, StepStats, Trainer,
@@ -76,11 +77,11 @@ impl ReferenceTrainer {
             var(&sae.b_enc, &[d_sae])?,
             var(&sae.b_dec, &[d_out])?,
         ];
-        if matches!(sae.cfg.variant, Variant::JumpRelu { .. }) {
+        if sae.cfg.architecture.learned_threshold().is_some() {
             let log_threshold: Vec<f32> = sae.threshold.iter().map(|t| t.ln()).collect();
             params.push(var(&log_threshold, &[d_sae])?);
         }
-        if matches!(sae.cfg.variant, Variant::Gated { .. }) {
+        if sae.cfg.architecture.is_gated() {
             params.push(var(&sae.r_mag, &[d_sae])?);
             params.push(var(&sae.b_mag, &[d_sae])?);
         }
@@ -150,22 +151,21 @@ impl ReferenceTrainer {
         let pre_detached = pre.detach();
         // ReLU as a detached 0/1 mask: the gradient at exactly 0 is 0, as in PyTorch.
         let positive = pre_detached.gt(0.0)?.to_dtype(DType::F32)?;
-        let mut sparsity = Tensor::zeros((), DType::F32, dev)?;
         let mut gate_reconstruction = None;
-        let (mask, acts) = match &self.cfg.variant {
-            Variant::TopK { k, .. } => {
-                let mask = (&positive * top_k_mask(&pre_detached, *k)?)?;
+        // What an L1 penalty is on (Gated: its gate's ReLU), and the active
+        // count an L0 penalty reads (with JumpReLU's pseudo-derivative).
+        let mut penalised = None;
+        let mut l0 = None;
+        let (mask, acts) = match self.cfg.architecture.activation() {
+            Activation::TopK { k } => {
+                let mask = (&positive * top_k_mask(&pre_detached, k)?)?;
                 (mask.clone(), (&pre * &mask)?)
             }
-            Variant::BatchTopK { k, .. } | Variant::MatryoshkaBatchTopK { k, .. } => {
+            Activation::BatchTopK { k, .. } => {
                 let mask = (&positive * batch_top_k_mask(&pre_detached.relu()?, k * rows)?)?;
                 (mask.clone(), (&pre * &mask)?)
             }
-            Variant::JumpRelu {
-                l0_coeff,
-                bandwidth,
-                ..
-            } => {
+            Activation::JumpRelu { bandwidth, .. } => {
                 // JumpReLU's straight-through estimator (SAELens, GDM): the
                 // output's gradient reaches the threshold only where the
                 // pre-activation is within bandwidth / 2 of it. `moving` is
@@ -185,18 +185,16 @@ impl ReferenceTrainer {
                     (window.broadcast_mul(&theta_fixed.unsqueeze(0)?)? * (-1.0 / bandwidth))?;
                 let acts = ((&pre * &mask)? + moving.broadcast_mul(&jump_slope)?)?;
                 let step_slope = (&window * (-1.0 / bandwidth))?;
-                let l0 = (mask.sum_all()? + moving.broadcast_mul(&step_slope)?.sum_all()?)?;
-                sparsity = (l0 * (l0_coeff / rows as f64))?;
+                l0 = Some((mask.sum_all()? + moving.broadcast_mul(&step_slope)?.sum_all()?)?);
                 (mask, acts)
             }
-            Variant::Gated { .. } => {
+            Activation::Gated => {
                 // `pre` is the gate; the magnitude path shares its directions.
                 let scale = self.params[R_MAG].as_tensor().exp()?.unsqueeze(0)?;
                 let b_mag = self.params[B_MAG].as_tensor().unsqueeze(0)?;
                 let magnitude = enc.broadcast_mul(&scale)?.broadcast_add(&b_mag)?;
                 let mask = (&positive * magnitude.detach().gt(0.0)?.to_dtype(DType::F32)?)?;
                 let gate_relu = (&pre * &positive)?;
-                sparsity = (gate_relu.sum_all()? * self.cfg.l1_scale(rows))?;
                 // The gate's ReLU reconstructs through the frozen decoder (the paper's L_aux).
                 let gate_hat = with_skip(
                     gate_relu
@@ -205,11 +203,10 @@ impl ReferenceTrainer {
                     true,
                 )?;
                 gate_reconstruction = Some((gate_hat - &y)?.sqr()?.sum(1)?.mean(0)?);
+                penalised = Some(gate_relu);
                 (mask.clone(), (&magnitude * &mask)?)
             }
-            Variant::L1 { .. } | Variant::NormWeightedL1 { .. } => {
-                (positive.clone(), (&pre * &positive)?)
-            }
+            Activation::Relu => (positive.clone(), (&pre * &positive)?),
         };
         let fired: Vec<bool> = mask
             .max(0)?
@@ -234,23 +231,28 @@ impl ReferenceTrainer {
         let row_sq = (&x_hat - &y)?.sqr()?.sum(1)?;
         let sq_err_sum = row_sq.sum_all()?.to_scalar::<f32>()? as f64;
         let l2 = row_sq.mean(0)?;
-        // The ReLU variants' acts are >= 0, so |acts| = acts.
+        // Every activation's acts are >= 0, so |acts| = acts.
+        let penalised = penalised.as_ref().unwrap_or(&acts);
         let l1_scale = self.cfg.l1_scale(rows);
-        match self.cfg.variant {
-            Variant::L1 { .. } => sparsity = (acts.sum_all()? * l1_scale)?,
-            Variant::NormWeightedL1 { .. } => {
+        let sparsity = match self.cfg.architecture.penalty() {
+            Penalty::None => Tensor::zeros((), DType::F32, dev)?,
+            Penalty::L1 { .. } => (penalised.sum_all()? * l1_scale)?,
+            Penalty::NormWeightedL1 { .. } => {
                 let norms = w_dec.sqr()?.sum(1)?.sqrt()?.unsqueeze(0)?;
-                sparsity = (acts.broadcast_mul(&norms)?.sum_all()? * l1_scale)?;
+                (penalised.broadcast_mul(&norms)?.sum_all()? * l1_scale)?
             }
-            _ => {}
-        }
+            Penalty::L0 { coeff } => match &l0 {
+                Some(l0) => (l0 * (coeff / rows as f64))?,
+                None => (mask.sum_all()? * (coeff / rows as f64))?,
+            },
+        };
         let mut loss = (&l2 + &sparsity)?;
         let mut aux_total = match gate_reconstruction {
             Some(term) => term,
             None => Tensor::zeros((), DType::F32, dev)?,
         };
         // Matryoshka: each prefix of the dictionary reconstructs on its own.
-        for width in self.cfg.variant.prefix_widths(d_sae) {
+        for width in self.cfg.architecture.prefix_widths(d_sae) {
             let prefix_hat = with_skip(
                 acts.narrow(1, 0, width)?
                     .matmul(&w_dec.narrow(0, 0, width)?)?
@@ -259,7 +261,7 @@ impl ReferenceTrainer {
             )?;
             aux_total = (aux_total + (prefix_hat - &y)?.sqr()?.sum(1)?.mean(0)?)?;
         }
-        if let Some((k_aux, aux_coeff, aux_input)) = self.cfg.variant.aux_k() {
+        if let Some((k_aux, aux_coeff, aux_input)) = self.cfg.aux_k() {
             let dead = tracker.dead_mask();
             let n_dead = dead.iter().filter(|&&d| d).count();
             if n_dead > 0 {
@@ -309,7 +311,7 @@ impl ReferenceTrainer {
         let Some(mut grads) = self.grads.take() else {
             candle_core::bail!("apply called without compute");
         };
-        let unit_norm = self.cfg.variant.unit_norm_decoder();
+        let unit_norm = self.cfg.architecture.unit_norm_decoder();
         if unit_norm {
             let unit = normalise_rows(self.params[W_DEC].as_tensor())?;
             let along = (&grads[W_DEC] * &unit)?.sum_keepdim(1)?;
@@ -363,7 +365,7 @@ impl ReferenceTrainer {
             moments[B_ENC].1[f] = 0.0;
         }
         let mut touched = vec![W_ENC, W_DEC, B_ENC];
-        if let Variant::JumpRelu { init_threshold, .. } = self.cfg.variant {
+        if let Some(init_threshold) = self.cfg.architecture.learned_threshold() {
             for reset in resets {
                 host[LOG_THRESHOLD][reset.feature] = (init_threshold as f32).ln();
                 moments[LOG_THRESHOLD].0[reset.feature] = 0.0;
@@ -371,7 +373,7 @@ impl ReferenceTrainer {
             }
             touched.push(LOG_THRESHOLD);
         }
-        if let Variant::Gated { .. } = self.cfg.variant {
+        if self.cfg.architecture.is_gated() {
             for reset in resets {
                 for i in [R_MAG, B_MAG] {
                     host[i][reset.feature] = 0.0;
@@ -411,8 +413,8 @@ impl Trainer for ReferenceTrainer {
     fn state(&self) -> Result<TrainerState, SaeError> {
         let layout = |of: &dyn Fn(usize) -> candle_core::Result<Vec<f32>>| {
             let extra = |i: usize, wanted: bool| if wanted { of(i) } else { Ok(Vec::new()) };
-            let jump = matches!(self.cfg.variant, Variant::JumpRelu { .. });
-            let gated = matches!(self.cfg.variant, Variant::Gated { .. });
+            let jump = self.cfg.architecture.learned_threshold().is_some();
+            let gated = self.cfg.architecture.is_gated();
             Ok::<_, candle_core::Error>(Gradients {
                 w_enc: of(W_ENC)?,
                 w_dec: of(W_DEC)?,
@@ -435,6 +437,7 @@ impl Trainer for ReferenceTrainer {
     }
 
     fn gradients(&mut self) -> Result<Gradients, SaeError> {
+        let gated = self.cfg.architecture.is_gated();
         let Some(grads) = &self.grads else {
             return Err(SaeError::Candle(candle_core::Error::Msg(
                 "no gradients: compute has not run".into(),
@@ -449,30 +452,34 @@ impl Trainer for ReferenceTrainer {
                 Some(i) => to_host(&grads[i])?,
                 None => Vec::new(),
             },
-            threshold: match self.cfg.variant {
-                Variant::JumpRelu { .. } => to_host(&grads[LOG_THRESHOLD])?,
-                _ => Vec::new(),
+            threshold: if self.cfg.architecture.learned_threshold().is_some() {
+                to_host(&grads[LOG_THRESHOLD])?
+            } else {
+                Vec::new()
             },
-            r_mag: match self.cfg.variant {
-                Variant::Gated { .. } => to_host(&grads[R_MAG])?,
-                _ => Vec::new(),
+            r_mag: if gated {
+                to_host(&grads[R_MAG])?
+            } else {
+                Vec::new()
             },
-            b_mag: match self.cfg.variant {
-                Variant::Gated { .. } => to_host(&grads[B_MAG])?,
-                _ => Vec::new(),
+            b_mag: if gated {
+                to_host(&grads[B_MAG])?
+            } else {
+                Vec::new()
             },
         })
     }
 
     fn export(&self) -> Result<Sae, SaeError> {
         let host = |i: usize| to_host(self.params[i].as_tensor());
-        let gated = matches!(self.cfg.variant, Variant::Gated { .. });
-        let threshold = match self.cfg.variant {
-            Variant::JumpRelu { .. } => host(LOG_THRESHOLD)?.iter().map(|t| t.exp()).collect(),
-            _ => match &self.batch_threshold {
+        let gated = self.cfg.architecture.is_gated();
+        let threshold = if self.cfg.architecture.learned_threshold().is_some() {
+            host(LOG_THRESHOLD)?.iter().map(|t| t.exp()).collect()
+        } else {
+            match &self.batch_threshold {
                 Some(threshold) => threshold.per_feature(self.cfg.d_sae),
                 None => Vec::new(),
-            },
+            }
         };
         Ok(Sae {
             cfg: self.cfg.clone(),

@@ -11,10 +11,10 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{SaeConfig, Variant};
+use crate::config::SaeConfig;
 use crate::duo::{Duo, Exec};
 use crate::error::check_paired;
-use crate::fast::{self, FastTrainer};
+use crate::fast::FastTrainer;
 use crate::hooks::CheckedStep;
 use crate::model::{self, row_squared_errors, Sae, STREAM_RESAMPLE, STREAM_SHUFFLE};
 use crate::reference::ReferenceTrainer;
@@ -26,8 +26,7 @@ use crate::SaeError;
 pub enum TrainPath {
     /// candle autograd with a hand-written Adam on candle tensors; runs on any device.
     Reference { device: Device },
-    /// Fused CPU trainer over raw f32 buffers; covers every architecture
-    /// (a variant it did not would fall back to the reference path on the CPU).
+    /// Fused CPU trainer over raw f32 buffers; covers every architecture.
     Fast,
 }
 
@@ -159,11 +158,8 @@ pub(crate) fn make_trainer(
     dense: bool,
 ) -> Result<Box<dyn Trainer>, SaeError> {
     Ok(match path {
-        TrainPath::Fast if fast::supports(&sae.cfg.variant) && dense => {
-            Box::new(FastTrainer::new(sae, aux).without_dormancy())
-        }
-        TrainPath::Fast if fast::supports(&sae.cfg.variant) => Box::new(FastTrainer::new(sae, aux)),
-        TrainPath::Fast => Box::new(ReferenceTrainer::new(sae, &Device::Cpu, aux)?),
+        TrainPath::Fast if dense => Box::new(FastTrainer::new(sae, aux).without_dormancy()),
+        TrainPath::Fast => Box::new(FastTrainer::new(sae, aux)),
         TrainPath::Reference { device } => Box::new(ReferenceTrainer::new(sae, device, aux)?),
     })
 }
@@ -495,18 +491,13 @@ impl Drop for WorkerDone<'_> {
 }
 
 /// A run's training cost relative to others, for the longest-first order:
-/// its steps times the weights a step reads, times what each variant's step
-/// costs beyond that (from `cargo xtask bench sae`: Gated 1.8x L1's s/epoch,
-/// JumpReLU 1.2x, Matryoshka 1.1x).
+/// its steps times the weights a step reads, times what its architecture's
+/// step costs beyond that (`ArchitectureSpec::relative_step_cost`).
 fn cost(cfg: &SaeConfig, rows: usize) -> f64 {
-    let variant = match cfg.variant {
-        Variant::Gated { .. } => 1.8,
-        Variant::JumpRelu { .. } => 1.2,
-        Variant::MatryoshkaBatchTopK { .. } => 1.1,
-        _ => 1.0,
-    };
     let steps = cfg.steps_per_epoch(rows) * cfg.epochs;
-    steps as f64 * (cfg.d_sae * (cfg.d_in + cfg.d_out())) as f64 * variant
+    steps as f64
+        * (cfg.d_sae * (cfg.d_in + cfg.d_out())) as f64
+        * cfg.architecture.relative_step_cost()
 }
 
 /// Trains one run through its epochs, stepping with whatever `exec` gives

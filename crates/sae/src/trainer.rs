@@ -5,8 +5,8 @@
 
 use crate::duo::Exec;
 use crate::model::{self, Sae};
+use crate::Activation;
 use crate::SaeError;
-use crate::Variant;
 
 /// Loss and raw gradients (before the decoder projection) at one batch, in the public layout.
 #[derive(Clone, Debug, PartialEq)]
@@ -17,7 +17,7 @@ pub struct Gradients {
     pub b_dec: Vec<f32>,
     /// A skip transcoder's `W_skip` gradient; empty for others.
     pub w_skip: Vec<f32>,
-    /// JumpReLU's gradient with respect to its log-thresholds; empty for other variants.
+    /// JumpReLU's gradient with respect to its log-thresholds; empty for other architectures.
     pub threshold: Vec<f32>,
     /// Gated's `r_mag` and `b_mag` gradients (its `b_enc` is `b_gate`); empty for others.
     pub r_mag: Vec<f32>,
@@ -160,7 +160,7 @@ impl AuxScale {
 /// The BatchTopK family's inference threshold: the smallest selected
 /// activation of the first batch, then a running mean of each batch's
 /// smallest with weight `threshold_lr` (SAELens' rule; dictionary_learning's
-/// starts the same way). Absent for other variants.
+/// starts the same way). Absent for other activations.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct RunningThreshold {
     value: Option<f64>,
@@ -168,12 +168,14 @@ pub(crate) struct RunningThreshold {
 }
 
 impl RunningThreshold {
-    /// For `sae`'s variant, continuing from its saved threshold if positive.
+    /// For `sae`'s architecture, continuing from its saved threshold if positive.
     pub fn of(sae: &Sae) -> Option<Self> {
-        let lr = match sae.cfg.variant {
-            Variant::BatchTopK { threshold_lr, .. }
-            | Variant::MatryoshkaBatchTopK { threshold_lr, .. } => threshold_lr,
-            _ => return None,
+        let lr = match sae.cfg.architecture.activation() {
+            Activation::BatchTopK { threshold_lr, .. } => threshold_lr,
+            Activation::Relu
+            | Activation::TopK { .. }
+            | Activation::JumpRelu { .. }
+            | Activation::Gated => return None,
         };
         let value = sae
             .threshold

@@ -7,8 +7,8 @@ use candle_core::Device;
 use common::*;
 use sae::{
     encode, evaluate, explained_variance, loss_trajectory, reconstruct, train, train_sweep,
-    AdamConfig, DecoderBiasInit, LrSchedule, ResampleConfig, ResampleSchedule, Sae, SaeConfig,
-    SaeError, SweepPoint, TrainPath, Variant,
+    AdamConfig, Architecture, DecoderBiasInit, LrSchedule, ResampleConfig, ResampleSchedule, Sae,
+    SaeConfig, SaeError, SweepPoint, TrainPath,
 };
 
 fn reference() -> TrainPath {
@@ -33,11 +33,11 @@ fn explained_variance_hand_case() {
 #[test]
 fn decoder_rows_stay_unit_norm_after_every_step() {
     let data = structured_data(64 * 4, 32, 21);
-    for (variant, path) in [
-        (Variant::L1 { l1_coeff: 3e-3 }, TrainPath::Fast),
-        (Variant::L1 { l1_coeff: 3e-3 }, reference()),
-        (Variant::top_k(4), TrainPath::Fast),
-        (Variant::top_k(4), reference()),
+    for (architecture, path) in [
+        (Architecture::l1(3e-3), TrainPath::Fast),
+        (Architecture::l1(3e-3), reference()),
+        (Architecture::top_k(4), TrainPath::Fast),
+        (Architecture::top_k(4), reference()),
     ] {
         let cfg = SaeConfig {
             // lr large enough that an unconstrained row would drift visibly.
@@ -46,14 +46,14 @@ fn decoder_rows_stay_unit_norm_after_every_step() {
                 ..AdamConfig::default()
             },
             epochs: 3,
-            ..config(variant.clone(), 32, 96)
+            ..config(architecture.clone(), 32, 96)
         };
         for steps in 1..=12 {
             let sae = loss_trajectory(&cfg, &data, &path, steps).unwrap().sae;
             for (f, norm) in row_norms(&sae.w_dec, 32).iter().enumerate() {
                 assert!(
                     (norm - 1.0).abs() < 1e-5,
-                    "{variant:?} {path:?}: row {f} has norm {norm} after step {steps}"
+                    "{architecture:?} {path:?}: row {f} has norm {norm} after step {steps}"
                 );
             }
         }
@@ -69,7 +69,7 @@ fn norm_weighted_l1_leaves_decoder_norms_free() {
             lr: 1e-2,
             ..AdamConfig::default()
         },
-        ..config(Variant::NormWeightedL1 { l1_coeff: 1e-2 }, 32, 64)
+        ..config(Architecture::norm_weighted_l1(1e-2), 32, 64)
     };
     let trained = train(&cfg, &data, &TrainPath::Fast, &quiet()).unwrap();
     let norms = row_norms(&trained.sae.w_dec, 32);
@@ -94,7 +94,7 @@ fn resampling_config(at_step: usize) -> SaeConfig {
             },
             sample_rows: 512,
         }),
-        ..config(Variant::L1 { l1_coeff: 0.1 }, 32, 128)
+        ..config(Architecture::l1(0.1), 32, 128)
     }
 }
 
@@ -217,7 +217,7 @@ fn divergence_names_point_step_and_loss_and_others_finish() {
     let data = structured_data(64 * 8, 32, 25);
     let base = SaeConfig {
         epochs: 2,
-        ..config(Variant::L1 { l1_coeff: 3e-3 }, 32, 64)
+        ..config(Architecture::l1(3e-3), 32, 64)
     };
     let exploding = SaeConfig {
         optimizer: AdamConfig {
@@ -238,7 +238,7 @@ fn divergence_names_point_step_and_loss_and_others_finish() {
         SweepPoint {
             name: "sane-topk".into(),
             cfg: SaeConfig {
-                variant: Variant::top_k(8),
+                architecture: Architecture::top_k(8),
                 ..base
             },
         },
@@ -274,10 +274,10 @@ fn same_seed_same_sae_and_sweeps_match_single_runs() {
         epochs: 2,
         shuffle: true,
         seed: 7,
-        ..config(Variant::L1 { l1_coeff: 3e-3 }, 32, 96)
+        ..config(Architecture::l1(3e-3), 32, 96)
     };
     let topk = SaeConfig {
-        variant: Variant::top_k(6),
+        architecture: Architecture::top_k(6),
         dead_window_steps: 5,
         ..cfg.clone()
     };
@@ -335,7 +335,7 @@ fn sweep_points_report_their_own_training_time() {
     let data = structured_data(64 * 20, 32, 27);
     let base = SaeConfig {
         epochs: 30,
-        ..config(Variant::L1 { l1_coeff: 3e-3 }, 32, 256)
+        ..config(Architecture::l1(3e-3), 32, 256)
     };
     // Batch 32 takes twice the steps of batch 64.
     let points = [
@@ -365,7 +365,7 @@ fn sweep_points_report_their_own_training_time() {
 
 #[test]
 fn bad_config_values_are_refused_naming_the_key() {
-    let good = config(Variant::L1 { l1_coeff: 3e-3 }, 8, 16);
+    let good = config(Architecture::l1(3e-3), 8, 16);
     good.validate().unwrap();
     let cases: Vec<(SaeConfig, &str)> = vec![
         (
@@ -384,17 +384,17 @@ fn bad_config_values_are_refused_naming_the_key() {
         ),
         (
             SaeConfig {
-                variant: Variant::top_k(17),
+                architecture: Architecture::top_k(17),
                 ..good.clone()
             },
-            "`variant.k`",
+            "`architecture.k`",
         ),
         (
             SaeConfig {
-                variant: Variant::top_k(0),
+                architecture: Architecture::top_k(0),
                 ..good.clone()
             },
-            "`variant.k`",
+            "`architecture.k`",
         ),
         (
             SaeConfig {
@@ -439,10 +439,10 @@ fn bad_config_values_are_refused_naming_the_key() {
         ),
         (
             SaeConfig {
-                variant: Variant::L1 { l1_coeff: f64::NAN },
+                architecture: Architecture::l1(f64::NAN),
                 ..good.clone()
             },
-            "`variant.l1_coeff`",
+            "`architecture.l1_coeff`",
         ),
         (
             SaeConfig {
@@ -492,7 +492,7 @@ fn curve_metrics_schedule_and_partial_batches() {
             step_epochs: 2,
             gamma: 0.5,
         },
-        ..config(Variant::L1 { l1_coeff: 3e-3 }, 16, 32)
+        ..config(Architecture::l1(3e-3), 16, 32)
     };
     let trained = train(&cfg, &data, &TrainPath::Fast, &quiet()).unwrap();
     assert_eq!(trained.steps, 10);
@@ -514,7 +514,7 @@ fn encode_reconstruct_evaluate_agree_with_hand_computation() {
     let data = structured_data(300, 16, 28);
     let cfg = SaeConfig {
         epochs: 3,
-        ..config(Variant::L1 { l1_coeff: 3e-3 }, 16, 40)
+        ..config(Architecture::l1(3e-3), 16, 40)
     };
     let sae = train(&cfg, &data, &TrainPath::Fast, &quiet()).unwrap().sae;
     let acts = encode(&sae, &data).unwrap();
@@ -559,7 +559,7 @@ fn encode_reconstruct_evaluate_agree_with_hand_computation() {
 #[test]
 fn top_k_codes_have_at_most_k_features() {
     let data = structured_data(256, 16, 29);
-    let cfg = config(Variant::top_k(3), 16, 40);
+    let cfg = config(Architecture::top_k(3), 16, 40);
     let sae = train(&cfg, &data, &TrainPath::Fast, &quiet()).unwrap().sae;
     let acts = encode(&sae, &data).unwrap();
     for row in acts.chunks_exact(40) {
@@ -571,7 +571,7 @@ fn top_k_codes_have_at_most_k_features() {
 #[test]
 fn initialisations() {
     let data = structured_data(64, 8, 30);
-    let cfg = config(Variant::L1 { l1_coeff: 3e-3 }, 8, 24);
+    let cfg = config(Architecture::l1(3e-3), 8, 24);
     let notebook = Sae::init(&cfg, &data).unwrap();
     assert!(notebook
         .b_enc
@@ -619,7 +619,7 @@ fn progress_reports_the_epoch_mean_loss_not_the_last_batch() {
     let data = structured_data(6500, 16, 5);
     let cfg = SaeConfig {
         epochs: 2,
-        ..config(Variant::L1 { l1_coeff: 3e-3 }, 16, 32)
+        ..config(Architecture::l1(3e-3), 16, 32)
     };
     let events = std::sync::Mutex::new(Vec::new());
     train(&cfg, &data, &TrainPath::Fast, &|e: &sae::ProgressEvent| {
@@ -662,7 +662,7 @@ fn the_first_step_moves_decoder_rows_along_the_projected_gradient() {
     let data = structured_data(64, d_in, 9);
     let cfg = SaeConfig {
         epochs: 1,
-        ..config(Variant::L1 { l1_coeff: 3e-3 }, d_in, d_sae)
+        ..config(Architecture::l1(3e-3), d_in, d_sae)
     };
     let initial = Sae::init(&cfg, &data).unwrap();
     let (lr, eps) = (cfg.optimizer.lr, cfg.optimizer.eps);
@@ -720,7 +720,7 @@ fn the_scheduler_trains_a_group_once_and_hands_each_point_its_own_result() {
             name: name.into(),
             cfg: SaeConfig {
                 epochs: 2,
-                ..config(Variant::L1 { l1_coeff }, 16, 32)
+                ..config(Architecture::l1(l1_coeff), 16, 32)
             },
         },
         group: group.into(),

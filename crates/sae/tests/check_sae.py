@@ -26,9 +26,9 @@ def main() -> int:
     d_out = transcoder["d_out"] if transcoder else d_in
     assert t["W_enc"].shape == (d_in, d_sae), t["W_enc"].shape
     assert t["W_dec"].shape == (d_sae, d_out), t["W_dec"].shape
-    assert t["b_gate" if cfg["variant"]["kind"] == "Gated" else "b_enc"].shape == (d_sae,)
+    assert t["b_gate" if cfg["architecture"]["kind"] == "Gated" else "b_enc"].shape == (d_sae,)
     assert t["b_dec"].shape == (d_out,)
-    gated = cfg["variant"]["kind"] == "Gated"
+    gated = cfg["architecture"]["kind"] == "Gated"
     bias = "b_gate" if gated else "b_enc"
     w_enc, w_dec, b_enc, b_dec = (t[k].astype(np.float64) for k in ("W_enc", "W_dec", bias, "b_dec"))
     x = np.fromfile(root / "x.f32", dtype="<f4").reshape(-1, d_in).astype(np.float64)
@@ -36,7 +36,7 @@ def main() -> int:
 
     # A transcoder's b_dec is in the output's space: not subtracted from x.
     pre = (x if transcoder else x - b_dec) @ w_enc + b_enc
-    variant = cfg["variant"]
+    variant = cfg["architecture"]
     if variant["kind"] == "TopK":
         keep = np.argsort(-pre, axis=1, kind="stable")[:, : variant["k"]]
         mask = np.zeros_like(pre)

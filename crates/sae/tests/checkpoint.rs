@@ -9,7 +9,8 @@ use std::process::Command;
 
 use common::*;
 use sae::{
-    load, reconstruct, save, train, Origin, SaeConfig, TrainData, TrainPath, Transcoder, Variant,
+    load, reconstruct, save, train, Architecture, Origin, SaeConfig, TrainData, TrainPath,
+    Transcoder,
 };
 
 fn origin() -> Origin {
@@ -20,26 +21,26 @@ fn origin() -> Origin {
     }
 }
 
-/// One variant of each architecture.
-fn every_architecture() -> Vec<Variant> {
+/// One architecture of each architecture.
+fn every_architecture() -> Vec<Architecture> {
     let all = vec![
-        Variant::L1 { l1_coeff: 3e-3 },
-        Variant::top_k(5),
-        Variant::NormWeightedL1 { l1_coeff: 3e-3 },
-        Variant::batch_top_k(5),
-        Variant::matryoshka_batch_top_k(5),
-        Variant::jump_relu(1e-2),
-        Variant::Gated { l1_coeff: 3e-3 },
+        Architecture::l1(3e-3),
+        Architecture::top_k(5),
+        Architecture::norm_weighted_l1(3e-3),
+        Architecture::batch_top_k(5),
+        Architecture::matryoshka_batch_top_k(5),
+        Architecture::jump_relu(1e-2),
+        Architecture::gated(3e-3),
     ];
-    assert_eq!(all.len(), sae::Architecture::ALL.len());
+    assert_eq!(all.len(), sae::ArchitectureKind::ALL.len());
     all
 }
 
-fn trained(variant: Variant) -> (sae::Sae, Vec<f32>) {
+fn trained(architecture: Architecture) -> (sae::Sae, Vec<f32>) {
     let data = structured_data(200, 16, 41);
     let cfg = SaeConfig {
         epochs: 2,
-        ..config(variant, 16, 40)
+        ..config(architecture, 16, 40)
     };
     (
         train(&cfg, &data, &TrainPath::Fast, &|_| {}).unwrap().sae,
@@ -48,13 +49,13 @@ fn trained(variant: Variant) -> (sae::Sae, Vec<f32>) {
 }
 
 /// A transcoder (16 -> 12 wide) trained on synthetic data: it, its inputs and its targets.
-fn trained_transcoder(variant: Variant, skip: bool) -> (sae::Sae, Vec<f32>, Vec<f32>) {
+fn trained_transcoder(architecture: Architecture, skip: bool) -> (sae::Sae, Vec<f32>, Vec<f32>) {
     let input = structured_data(200, 16, 41);
     let target = structured_data(200, 12, 42);
     let cfg = SaeConfig {
         epochs: 2,
         transcoder: Some(Transcoder { d_out: 12, skip }),
-        ..config(variant, 16, 40)
+        ..config(architecture, 16, 40)
     };
     let data = TrainData::transcoding(&input, 16, &target, 12);
     let sae = sae::train_on(&cfg, data, &TrainPath::Fast, &|_| {})
@@ -63,29 +64,29 @@ fn trained_transcoder(variant: Variant, skip: bool) -> (sae::Sae, Vec<f32>, Vec<
     (sae, input, target)
 }
 
-/// Transcoders of the variants SAELens has as transcoders (ReLU, and
+/// Transcoders of the architectures SAELens has as transcoders (ReLU, and
 /// JumpReLU, which also holds the BatchTopK family), with their SAELens class.
-fn saelens_transcoders() -> Vec<(Variant, bool, &'static str)> {
+fn saelens_transcoders() -> Vec<(Architecture, bool, &'static str)> {
     vec![
-        (Variant::L1 { l1_coeff: 3e-3 }, false, "Transcoder"),
-        (Variant::L1 { l1_coeff: 3e-3 }, true, "SkipTranscoder"),
-        (Variant::jump_relu(1e-2), false, "JumpReLUTranscoder"),
-        (Variant::batch_top_k(5), true, "JumpReLUSkipTranscoder"),
+        (Architecture::l1(3e-3), false, "Transcoder"),
+        (Architecture::l1(3e-3), true, "SkipTranscoder"),
+        (Architecture::jump_relu(1e-2), false, "JumpReLUTranscoder"),
+        (Architecture::batch_top_k(5), true, "JumpReLUSkipTranscoder"),
     ]
 }
 
 #[test]
 fn save_load_round_trip_keeps_every_bit() {
     let dir = tempfile::tempdir().unwrap();
-    for variant in every_architecture() {
-        let (sae, _) = trained(variant);
+    for architecture in every_architecture() {
+        let (sae, _) = trained(architecture);
         save(&sae, dir.path(), &origin()).unwrap();
         assert_eq!(load(dir.path()).unwrap(), sae);
     }
-    for variant in every_architecture() {
+    for architecture in every_architecture() {
         for skip in [false, true] {
             let dir = tempfile::tempdir().unwrap();
-            let (sae, _, _) = trained_transcoder(variant.clone(), skip);
+            let (sae, _, _) = trained_transcoder(architecture.clone(), skip);
             save(&sae, dir.path(), &origin()).unwrap();
             assert_eq!(load(dir.path()).unwrap(), sae);
         }
@@ -95,7 +96,7 @@ fn save_load_round_trip_keeps_every_bit() {
 #[test]
 fn a_skip_transcoder_without_its_skip_weights_is_refused_naming_the_tensor() {
     let dir = tempfile::tempdir().unwrap();
-    let (sae, _, _) = trained_transcoder(Variant::L1 { l1_coeff: 3e-3 }, true);
+    let (sae, _, _) = trained_transcoder(Architecture::l1(3e-3), true);
     save(&sae, dir.path(), &origin()).unwrap();
     let cfg_path = dir.path().join(sae::CONFIG_FILE);
     let json = std::fs::read_to_string(&cfg_path).unwrap();
@@ -109,7 +110,7 @@ fn a_skip_transcoder_without_its_skip_weights_is_refused_naming_the_tensor() {
         "{message}"
     );
     // A skip transcoder whose file lacks W_skip.
-    let (plain, _, _) = trained_transcoder(Variant::L1 { l1_coeff: 3e-3 }, false);
+    let (plain, _, _) = trained_transcoder(Architecture::l1(3e-3), false);
     save(&plain, dir.path(), &origin()).unwrap();
     std::fs::write(&cfg_path, &json).unwrap();
     let message = load(dir.path()).unwrap_err().to_string();
@@ -122,7 +123,7 @@ fn a_skip_transcoder_without_its_skip_weights_is_refused_naming_the_tensor() {
 #[test]
 fn damaged_checkpoints_name_the_file_and_tensor() {
     let dir = tempfile::tempdir().unwrap();
-    let (sae, _) = trained(Variant::L1 { l1_coeff: 3e-3 });
+    let (sae, _) = trained(Architecture::l1(3e-3));
     save(&sae, dir.path(), &origin()).unwrap();
     // A config whose d_sae disagrees with the tensors.
     let cfg_path = dir.path().join(sae::CONFIG_FILE);
@@ -197,10 +198,10 @@ fn run_python(script: &str, dirs: &[&FsPath]) -> Option<String> {
 fn python_reconstruction_matches_rust() {
     let saes = every_architecture()
         .into_iter()
-        .map(|variant| trained(variant))
-        .chain(every_architecture().into_iter().flat_map(|variant| {
+        .map(|architecture| trained(architecture))
+        .chain(every_architecture().into_iter().flat_map(|architecture| {
             [false, true].map(|skip| {
-                let (sae, input, _) = trained_transcoder(variant.clone(), skip);
+                let (sae, input, _) = trained_transcoder(architecture.clone(), skip);
                 (sae, input)
             })
         }));
@@ -221,14 +222,14 @@ fn python_reconstruction_matches_rust() {
 
 /// SAELens' class for each architecture's folder (the BatchTopK family is
 /// saved for inference as JumpReLU, as SAELens saves it).
-fn saelens_class(variant: &Variant) -> &'static str {
-    match variant.architecture() {
-        sae::Architecture::L1 | sae::Architecture::NormWeightedL1 => "StandardSAE",
-        sae::Architecture::TopK => "TopKSAE",
-        sae::Architecture::Gated => "GatedSAE",
-        sae::Architecture::BatchTopK
-        | sae::Architecture::MatryoshkaBatchTopK
-        | sae::Architecture::JumpRelu => "JumpReLUSAE",
+fn saelens_class(architecture: &Architecture) -> &'static str {
+    match architecture.kind() {
+        sae::ArchitectureKind::L1 | sae::ArchitectureKind::NormWeightedL1 => "StandardSAE",
+        sae::ArchitectureKind::TopK => "TopKSAE",
+        sae::ArchitectureKind::Gated => "GatedSAE",
+        sae::ArchitectureKind::BatchTopK
+        | sae::ArchitectureKind::MatryoshkaBatchTopK
+        | sae::ArchitectureKind::JumpRelu => "JumpReLUSAE",
     }
 }
 
@@ -236,14 +237,14 @@ fn saelens_class(variant: &Variant) -> &'static str {
 fn saelens_loads_every_architecture_and_reproduces_its_metrics() {
     let dirs: Vec<tempfile::TempDir> = every_architecture()
         .into_iter()
-        .map(|variant| {
+        .map(|architecture| {
             let dir = tempfile::tempdir().unwrap();
-            let (sae, data) = trained(variant.clone());
+            let (sae, data) = trained(architecture.clone());
             save(&sae, dir.path(), &origin()).unwrap();
             write_f32(&dir.path().join("x.f32"), &data);
             let metrics = sae::evaluate(&sae, &data).unwrap();
             let expected = serde_json::json!({
-                "class": saelens_class(&variant),
+                "class": saelens_class(&architecture),
                 "explained_variance": metrics.explained_variance,
                 "l0": metrics.l0,
             });
@@ -253,9 +254,9 @@ fn saelens_loads_every_architecture_and_reproduces_its_metrics() {
         .chain(
             saelens_transcoders()
                 .into_iter()
-                .map(|(variant, skip, class)| {
+                .map(|(architecture, skip, class)| {
                     let dir = tempfile::tempdir().unwrap();
-                    let (sae, input, target) = trained_transcoder(variant, skip);
+                    let (sae, input, target) = trained_transcoder(architecture, skip);
                     save(&sae, dir.path(), &origin()).unwrap();
                     write_f32(&dir.path().join("x.f32"), &input);
                     write_f32(&dir.path().join("y.f32"), &target);
@@ -280,7 +281,7 @@ fn saelens_loads_every_architecture_and_reproduces_its_metrics() {
 fn the_training_record_round_trips_and_a_damaged_one_names_its_file() {
     let cfg = SaeConfig {
         epochs: 2,
-        ..config(Variant::L1 { l1_coeff: 3e-3 }, 16, 32)
+        ..config(Architecture::l1(3e-3), 16, 32)
     };
     let data = structured_data(200, 16, 4);
     let run = train(&cfg, &data, &TrainPath::Fast, &|_| {}).unwrap();

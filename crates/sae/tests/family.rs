@@ -6,25 +6,25 @@ mod common;
 
 use common::*;
 use sae::{
-    decode_row, encode_sparse, evaluate, explained_variance, load, save, train, Origin, Sae,
-    SaeConfig, TrainPath, Variant,
+    decode_row, encode_sparse, evaluate, explained_variance, load, save, train, Architecture,
+    Origin, Sae, SaeConfig, TrainPath,
 };
 
 const D_IN: usize = 24;
 const D_SAE: usize = 64;
 
-fn trained(variant: Variant, epochs: usize, data: &[f32]) -> sae::Trained {
-    trained_with(variant, epochs, 1e-3, data)
+fn trained(architecture: Architecture, epochs: usize, data: &[f32]) -> sae::Trained {
+    trained_with(architecture, epochs, 1e-3, data)
 }
 
-fn trained_with(variant: Variant, epochs: usize, lr: f64, data: &[f32]) -> sae::Trained {
+fn trained_with(architecture: Architecture, epochs: usize, lr: f64, data: &[f32]) -> sae::Trained {
     let cfg = SaeConfig {
         epochs,
         optimizer: sae::AdamConfig {
             lr,
             ..sae::AdamConfig::default()
         },
-        ..tied(config(variant, D_IN, D_SAE))
+        ..tied(config(architecture, D_IN, D_SAE))
     };
     train(&cfg, data, &TrainPath::Fast, &|_| {}).unwrap()
 }
@@ -37,23 +37,28 @@ fn data() -> Vec<f32> {
 fn batch_top_k_keeps_k_per_row_on_average_and_its_threshold_reproduces_it() {
     let data = data();
     // A fast running threshold: these runs are 144 steps long.
-    let fast_threshold = |mut variant: Variant| {
-        if let Variant::BatchTopK { threshold_lr, .. }
-        | Variant::MatryoshkaBatchTopK { threshold_lr, .. } = &mut variant
+    let fast_threshold = |mut architecture: Architecture| {
+        if let Architecture::BatchTopK(sae::BatchTopK { threshold_lr, .. })
+        | Architecture::MatryoshkaBatchTopK(sae::MatryoshkaBatchTopK {
+            threshold_lr, ..
+        }) = &mut architecture
         {
             *threshold_lr = 0.1;
         }
-        variant
+        architecture
     };
-    for variant in [Variant::batch_top_k(4), Variant::matryoshka_batch_top_k(4)] {
-        let variant = fast_threshold(variant);
-        let run = trained(variant.clone(), 6, &data);
+    for architecture in [
+        Architecture::batch_top_k(4),
+        Architecture::matryoshka_batch_top_k(4),
+    ] {
+        let architecture = fast_threshold(architecture);
+        let run = trained(architecture.clone(), 6, &data);
         // In training exactly k * rows activations survive per batch (the data
         // has far more than k positive pre-activations per row).
         for point in &run.curve {
             assert!(
                 (point.l0 - 4.0).abs() < 1e-9,
-                "{variant:?}: training L0 {}",
+                "{architecture:?}: training L0 {}",
                 point.l0
             );
         }
@@ -62,16 +67,19 @@ fn batch_top_k_keeps_k_per_row_on_average_and_its_threshold_reproduces_it() {
         let per_row: Vec<usize> = codes.row_start.windows(2).map(|w| w[1] - w[0]).collect();
         assert!(
             per_row.iter().any(|&n| n != 4),
-            "{variant:?}: every row has exactly k"
+            "{architecture:?}: every row has exactly k"
         );
         // One threshold for every feature, positive, and at inference it keeps about k.
         let t = run.sae.threshold[0];
         assert!(
             t > 0.0 && run.sae.threshold.iter().all(|&u| u == t),
-            "{variant:?}"
+            "{architecture:?}"
         );
         let l0 = evaluate(&run.sae, &data).unwrap().l0;
-        assert!((l0 - 4.0).abs() < 1.0, "{variant:?}: inference L0 {l0}");
+        assert!(
+            (l0 - 4.0).abs() < 1.0,
+            "{architecture:?}: inference L0 {l0}"
+        );
     }
 }
 
@@ -94,8 +102,8 @@ fn prefix_explained_variance(sae: &Sae, data: &[f32], width: usize) -> f64 {
 #[test]
 fn matryoshka_prefixes_reconstruct_on_their_own() {
     let data = data();
-    let plain = trained(Variant::batch_top_k(4), 20, &data).sae;
-    let nested = trained(Variant::matryoshka_batch_top_k(4), 20, &data).sae;
+    let plain = trained(Architecture::batch_top_k(4), 20, &data).sae;
+    let nested = trained(Architecture::matryoshka_batch_top_k(4), 20, &data).sae;
     let full = |sae: &Sae| evaluate(sae, &data).unwrap().explained_variance;
     // The smallest prefix (1/16 of the dictionary: 4 features) and a half.
     for width in [D_SAE / 16, D_SAE / 2] {
@@ -123,11 +131,11 @@ fn jump_relu_thresholds_learn_and_its_l0_follows_its_coefficient() {
     let data = data();
     let l0_at = |l0_coeff: f64| {
         let run = trained_with(
-            Variant::JumpRelu {
+            Architecture::JumpRelu(sae::JumpRelu {
                 l0_coeff,
                 bandwidth: 0.1,
                 init_threshold: 0.1,
-            },
+            }),
             30,
             1e-2,
             &data,
@@ -162,7 +170,7 @@ fn jump_relu_thresholds_learn_and_its_l0_follows_its_coefficient() {
 #[test]
 fn gated_magnitudes_share_the_gate_directions_and_its_l1_sparsifies_the_gate() {
     let data = data();
-    let run = |l1_coeff: f64| trained_with(Variant::Gated { l1_coeff }, 10, 3e-3, &data).sae;
+    let run = |l1_coeff: f64| trained_with(Architecture::gated(l1_coeff), 10, 3e-3, &data).sae;
     let (loose, tight) = (run(1e-4), run(3e-2));
     // Inference, computed here from the tensors: one W_enc for both paths.
     let codes = encode_sparse(&loose, &data).unwrap();
@@ -216,8 +224,8 @@ fn origin() -> Origin {
 fn thresholds_round_trip_and_a_checkpoint_without_its_threshold_is_refused() {
     let data = data();
     let dir = tempfile::tempdir().unwrap();
-    for variant in [Variant::batch_top_k(4), Variant::jump_relu(1e-2)] {
-        let sae = trained(variant, 1, &data).sae;
+    for architecture in [Architecture::batch_top_k(4), Architecture::jump_relu(1e-2)] {
+        let sae = trained(architecture, 1, &data).sae;
         save(&sae, dir.path(), &origin()).unwrap();
         assert_eq!(load(dir.path()).unwrap(), sae);
         let saelens: serde_json::Value = serde_json::from_str(
@@ -228,7 +236,7 @@ fn thresholds_round_trip_and_a_checkpoint_without_its_threshold_is_refused() {
         assert_eq!(saelens["metadata"]["hook_name"], "fc2.pre");
     }
     // An L1 SAE's weights under a JumpReLU config: the threshold is missing.
-    let l1 = trained(Variant::L1 { l1_coeff: 3e-3 }, 1, &data).sae;
+    let l1 = trained(Architecture::l1(3e-3), 1, &data).sae;
     let jump_cfg = std::fs::read(dir.path().join(sae::CONFIG_FILE)).unwrap();
     save(&l1, dir.path(), &origin()).unwrap();
     std::fs::write(dir.path().join(sae::CONFIG_FILE), &jump_cfg).unwrap();
@@ -238,7 +246,7 @@ fn thresholds_round_trip_and_a_checkpoint_without_its_threshold_is_refused() {
         "{message}"
     );
     // The reverse: a threshold an L1 SAE does not have.
-    let jump = trained(Variant::jump_relu(1e-2), 1, &data).sae;
+    let jump = trained(Architecture::jump_relu(1e-2), 1, &data).sae;
     save(&jump, dir.path(), &origin()).unwrap();
     let mut l1_cfg = serde_json::to_string(&l1.cfg).unwrap();
     l1_cfg.push('\n');
@@ -252,26 +260,29 @@ fn thresholds_round_trip_and_a_checkpoint_without_its_threshold_is_refused() {
 
 #[test]
 fn bad_family_configs_are_refused_naming_the_key() {
-    let base = config(Variant::batch_top_k(4), D_IN, D_SAE);
-    let mut cases: Vec<(Variant, &str)> = vec![
-        (Variant::batch_top_k(0), "`variant.k`"),
-        (Variant::matryoshka_batch_top_k(D_SAE + 1), "`variant.k`"),
-        (Variant::jump_relu(-1.0), "`variant.l0_coeff`"),
+    let base = config(Architecture::batch_top_k(4), D_IN, D_SAE);
+    let mut cases: Vec<(Architecture, &str)> = vec![
+        (Architecture::batch_top_k(0), "`architecture.k`"),
         (
-            Variant::JumpRelu {
+            Architecture::matryoshka_batch_top_k(D_SAE + 1),
+            "`architecture.k`",
+        ),
+        (Architecture::jump_relu(-1.0), "`architecture.l0_coeff`"),
+        (
+            Architecture::JumpRelu(sae::JumpRelu {
                 l0_coeff: 0.1,
                 bandwidth: 0.0,
                 init_threshold: 0.01,
-            },
-            "`variant.bandwidth`",
+            }),
+            "`architecture.bandwidth`",
         ),
         (
-            Variant::JumpRelu {
+            Architecture::JumpRelu(sae::JumpRelu {
                 l0_coeff: 0.1,
                 bandwidth: 0.05,
                 init_threshold: f64::NAN,
-            },
-            "`variant.init_threshold`",
+            }),
+            "`architecture.init_threshold`",
         ),
     ];
     for (fractions, threshold_lr) in [
@@ -280,32 +291,32 @@ fn bad_family_configs_are_refused_naming_the_key() {
         (vec![0.001], 0.01),
         (vec![0.25], 0.0),
     ] {
-        let mut variant = Variant::matryoshka_batch_top_k(4);
-        if let Variant::MatryoshkaBatchTopK {
+        let mut architecture = Architecture::matryoshka_batch_top_k(4);
+        if let Architecture::MatryoshkaBatchTopK(sae::MatryoshkaBatchTopK {
             threshold_lr: lr,
             prefix_fractions,
             ..
-        } = &mut variant
+        }) = &mut architecture
         {
             *lr = threshold_lr;
             *prefix_fractions = fractions;
         }
         let key = if threshold_lr == 0.0 {
-            "`variant.threshold_lr`"
+            "`architecture.threshold_lr`"
         } else {
-            "`variant.prefix_fractions`"
+            "`architecture.prefix_fractions`"
         };
-        cases.push((variant, key));
+        cases.push((architecture, key));
     }
-    for (variant, key) in cases {
+    for (architecture, key) in cases {
         let cfg = SaeConfig {
-            variant: variant.clone(),
+            architecture: architecture.clone(),
             ..base.clone()
         };
         let message = cfg.validate().unwrap_err().to_string();
         assert!(
             message.contains(key) && !message.contains('\n'),
-            "{variant:?}: {message}"
+            "{architecture:?}: {message}"
         );
     }
 }

@@ -7,8 +7,8 @@ mod common;
 use candle_core::Device;
 use common::*;
 use sae::{
-    checked_steps_on, gradients_on, loss_trajectory_on, AuxInput, Reduction, SaeConfig, TrainData,
-    TrainPath, Transcoder, Variant,
+    checked_steps_on, gradients_on, loss_trajectory_on, Architecture, AuxInput, Reduction,
+    SaeConfig, TrainData, TrainPath, Transcoder,
 };
 
 fn reference() -> TrainPath {
@@ -29,13 +29,13 @@ fn check_gradients(cfg: &SaeConfig, dead: &[usize], seed: u64) {
     let data = TrainData::transcoding(&batch, cfg.d_in, &target, cfg.d_out());
     let mut dead_mask = vec![false; cfg.d_sae];
     dead.iter().for_each(|&f| dead_mask[f] = true);
-    let host = match cfg.variant {
-        Variant::Gated { .. } => host_gradients_gated_on(&sae, &batch, &target),
+    let host = match cfg.architecture {
+        Architecture::Gated(sae::Gated { .. }) => host_gradients_gated_on(&sae, &batch, &target),
         _ => host_gradients_on(&sae, &batch, &target, &dead_mask),
     };
     for path in [TrainPath::Fast, reference()] {
         let (loss, g) = gradients_on(&sae, data, dead, &path).unwrap();
-        let label = format!("{:?} {:?}", cfg.variant, path);
+        let label = format!("{:?} {:?}", cfg.architecture, path);
         assert!(
             ((loss - host.loss) / host.loss).abs() < 1e-5,
             "{label}: loss {loss} vs {}",
@@ -73,24 +73,24 @@ fn check_gradients(cfg: &SaeConfig, dead: &[usize], seed: u64) {
 #[test]
 fn batch_top_k_and_matryoshka_gradients_match_f64_host() {
     // Prefixes on both sides of the fast path's split (d_sae / 2 = 24).
-    let mut crossing = Variant::matryoshka_batch_top_k(3);
-    if let Variant::MatryoshkaBatchTopK {
+    let mut crossing = Architecture::matryoshka_batch_top_k(3);
+    if let Architecture::MatryoshkaBatchTopK(sae::MatryoshkaBatchTopK {
         prefix_fractions, ..
-    } = &mut crossing
+    }) = &mut crossing
     {
         *prefix_fractions = vec![0.25, 0.5, 0.75, 0.9];
     }
-    for (seed, variant) in [
-        (11, Variant::batch_top_k(3)),
-        (12, Variant::matryoshka_batch_top_k(3)),
+    for (seed, architecture) in [
+        (11, Architecture::batch_top_k(3)),
+        (12, Architecture::matryoshka_batch_top_k(3)),
         (13, crossing),
     ] {
-        let cfg = config(variant, 16, 48);
+        let cfg = config(architecture, 16, 48);
         check_gradients(&cfg, &[], seed);
         // AuxK on dead latents, as TopK's, from ReLU'd or raw pre-activations.
         for (offset, input) in [(10, AuxInput::Relu), (20, AuxInput::Raw)] {
             let with_aux = SaeConfig {
-                variant: with_aux(cfg.variant.clone(), 6, 0.5, input),
+                architecture: with_aux(cfg.architecture.clone(), 6, 0.5, input),
                 ..cfg.clone()
             };
             check_gradients(&with_aux, &[0, 5, 9, 17, 30, 41, 47], seed + offset);
@@ -98,35 +98,39 @@ fn batch_top_k_and_matryoshka_gradients_match_f64_host() {
     }
 }
 
-/// `variant` as a transcoder from 16 to 12 wide (different widths, so no
+/// `architecture` as a transcoder from 16 to 12 wide (different widths, so no
 /// index can mix them up), with or without the skip.
-fn transcoder(variant: Variant, skip: bool) -> SaeConfig {
+fn transcoder(architecture: Architecture, skip: bool) -> SaeConfig {
     SaeConfig {
         transcoder: Some(Transcoder { d_out: 12, skip }),
-        ..config(variant, 16, 48)
+        ..config(architecture, 16, 48)
     }
 }
 
 #[test]
 fn transcoder_and_skip_transcoder_gradients_match_f64_host_for_every_variant() {
-    let jump = Variant::JumpRelu {
+    let jump = Architecture::JumpRelu(sae::JumpRelu {
         l0_coeff: 0.3,
         bandwidth: 0.2,
         init_threshold: 0.01,
-    };
-    let aux = |v: Variant| with_aux(v, 6, 0.5, AuxInput::Raw);
+    });
+    let aux = |v: Architecture| with_aux(v, 6, 0.5, AuxInput::Raw);
     let dead = [0, 5, 9, 17, 30, 41, 47];
     for skip in [false, true] {
-        for (seed, variant, dead) in [
-            (41, Variant::L1 { l1_coeff: 3e-3 }, &[][..]),
-            (42, Variant::NormWeightedL1 { l1_coeff: 0.02 }, &[]),
-            (43, aux(Variant::top_k(6)), &dead[..]),
-            (44, aux(Variant::batch_top_k(3)), &dead),
-            (45, aux(Variant::matryoshka_batch_top_k(3)), &dead),
+        for (seed, architecture, dead) in [
+            (41, Architecture::l1(3e-3), &[][..]),
+            (42, Architecture::norm_weighted_l1(0.02), &[]),
+            (43, aux(Architecture::top_k(6)), &dead[..]),
+            (44, aux(Architecture::batch_top_k(3)), &dead),
+            (45, aux(Architecture::matryoshka_batch_top_k(3)), &dead),
             (46, jump.clone(), &[]),
-            (47, Variant::Gated { l1_coeff: 3e-3 }, &[]),
+            (47, Architecture::gated(3e-3), &[]),
         ] {
-            check_gradients(&transcoder(variant, skip), dead, seed + 10 * skip as u64);
+            check_gradients(
+                &transcoder(architecture, skip),
+                dead,
+                seed + 10 * skip as u64,
+            );
         }
     }
 }
@@ -148,15 +152,15 @@ fn skip_transcoder_training_steps_match_f64_on_both_paths() {
         })
         .collect();
     let data = TrainData::transcoding(&input, d_in, &target, d_out);
-    for variant in [
-        Variant::L1 { l1_coeff: 3e-3 },
-        with_aux(Variant::top_k(16), 48, 1.0 / 32.0, AuxInput::Relu),
+    for architecture in [
+        Architecture::l1(3e-3),
+        with_aux(Architecture::top_k(16), 48, 1.0 / 32.0, AuxInput::Relu),
     ] {
         let cfg = SaeConfig {
             epochs: 10,
             dead_window_steps: 25,
             transcoder: Some(Transcoder { d_out, skip: true }),
-            ..config(variant.clone(), d_in, 512)
+            ..config(architecture.clone(), d_in, 512)
         };
         check_steps_on(&cfg, data);
     }
@@ -167,7 +171,7 @@ fn gated_gradients_match_f64_host_on_both_paths() {
     for (seed, l1_coeff, reduction) in [(31, 3e-3, Reduction::Sum), (32, 0.05, Reduction::Mean)] {
         let cfg = SaeConfig {
             l1_reduction: reduction,
-            ..config(Variant::Gated { l1_coeff }, 16, 48)
+            ..config(Architecture::gated(l1_coeff), 16, 48)
         };
         check_gradients(&cfg, &[], seed);
     }
@@ -178,7 +182,7 @@ fn gated_training_steps_match_f64_on_both_paths() {
     let data = structured_data(64 * 80, 128, 15);
     let cfg = SaeConfig {
         epochs: 10,
-        ..tied(config(Variant::Gated { l1_coeff: 1e-3 }, 128, 512))
+        ..tied(config(Architecture::gated(1e-3), 128, 512))
     };
     check_steps(&cfg, &data);
 }
@@ -187,11 +191,11 @@ fn gated_training_steps_match_f64_on_both_paths() {
 fn jump_relu_gradients_including_thresholds_match_f64_host() {
     for (seed, l0_coeff) in [(21, 0.0), (22, 0.3)] {
         let cfg = config(
-            Variant::JumpRelu {
+            Architecture::JumpRelu(sae::JumpRelu {
                 l0_coeff,
                 bandwidth: 0.2,
                 init_threshold: 0.01,
-            },
+            }),
             16,
             48,
         );
@@ -201,11 +205,11 @@ fn jump_relu_gradients_including_thresholds_match_f64_host() {
 
 #[test]
 fn l1_gradients_match_f64_host_on_both_paths() {
-    let cfg = config(Variant::L1 { l1_coeff: 3e-3 }, 16, 48);
+    let cfg = config(Architecture::l1(3e-3), 16, 48);
     check_gradients(&cfg, &[], 1);
     let mean = SaeConfig {
         l1_reduction: Reduction::Mean,
-        variant: Variant::L1 { l1_coeff: 0.05 },
+        architecture: Architecture::l1(0.05),
         ..cfg
     };
     check_gradients(&mean, &[], 2);
@@ -214,7 +218,7 @@ fn l1_gradients_match_f64_host_on_both_paths() {
 #[test]
 fn top_k_and_aux_k_gradients_match_f64_host_on_both_paths() {
     let cfg = config(
-        with_aux(Variant::top_k(6), 10, 0.25, AuxInput::Relu),
+        with_aux(Architecture::top_k(6), 10, 0.25, AuxInput::Relu),
         16,
         48,
     );
@@ -223,7 +227,11 @@ fn top_k_and_aux_k_gradients_match_f64_host_on_both_paths() {
     let dead: Vec<usize> = (0..48).filter(|f| f % 2 == 1).collect();
     check_gradients(&cfg, &dead, 4);
     // SAELens' AuxK: the dead latents' raw pre-activations, negative ones too.
-    let raw = config(with_aux(Variant::top_k(6), 10, 0.25, AuxInput::Raw), 16, 48);
+    let raw = config(
+        with_aux(Architecture::top_k(6), 10, 0.25, AuxInput::Raw),
+        16,
+        48,
+    );
     check_gradients(&raw, &dead, 6);
 
     // One row: the residual has no spread, so AuxK adds nothing (and no NaN).
@@ -239,7 +247,7 @@ fn top_k_and_aux_k_gradients_match_f64_host_on_both_paths() {
 
 #[test]
 fn norm_weighted_l1_gradients_match_f64_host() {
-    let cfg = config(Variant::NormWeightedL1 { l1_coeff: 0.02 }, 16, 48);
+    let cfg = config(Architecture::norm_weighted_l1(0.02), 16, 48);
     check_gradients(&cfg, &[], 5);
 }
 
@@ -248,7 +256,7 @@ fn norm_weighted_l1_training_steps_match_f64_on_both_paths() {
     let data = structured_data(64 * 80, 128, 16);
     let cfg = SaeConfig {
         epochs: 10,
-        ..config(Variant::NormWeightedL1 { l1_coeff: 3e-3 }, 128, 512)
+        ..config(Architecture::norm_weighted_l1(3e-3), 128, 512)
     };
     check_steps(&cfg, &data);
 }
@@ -265,7 +273,7 @@ fn check_steps_on(cfg: &SaeConfig, data: TrainData) -> Vec<f64> {
     const STEPS: usize = 320;
     let plain = loss_trajectory_on(cfg, data, &TrainPath::Fast, STEPS).unwrap();
     for path in [TrainPath::Fast, reference()] {
-        let label = format!("{:?} {path:?}", cfg.variant);
+        let label = format!("{:?} {path:?}", cfg.architecture);
         let (steps, sae) = checked_steps_on(cfg, data, &path, STEPS, 40).unwrap();
         assert_eq!(steps.len(), STEPS / 40, "{label}");
         for step in &steps {
@@ -294,7 +302,7 @@ fn l1_training_steps_match_f64_on_both_paths() {
     let data = structured_data(64 * 80, 128, 11);
     let cfg = SaeConfig {
         epochs: 10,
-        ..config(Variant::L1 { l1_coeff: 3e-3 }, 128, 512)
+        ..config(Architecture::l1(3e-3), 128, 512)
     };
     check_steps(&cfg, &data);
 }
@@ -302,14 +310,14 @@ fn l1_training_steps_match_f64_on_both_paths() {
 #[test]
 fn batch_top_k_family_training_steps_match_f64_on_both_paths() {
     let data = structured_data(64 * 80, 128, 13);
-    for variant in [
-        Variant::batch_top_k(16),
-        Variant::matryoshka_batch_top_k(16),
+    for architecture in [
+        Architecture::batch_top_k(16),
+        Architecture::matryoshka_batch_top_k(16),
     ] {
         let cfg = SaeConfig {
             epochs: 10,
             dead_window_steps: 25,
-            ..tied(config(variant.clone(), 128, 512))
+            ..tied(config(architecture.clone(), 128, 512))
         };
         check_steps(&cfg, &data);
     }
@@ -326,11 +334,11 @@ fn jump_relu_training_steps_match_f64_on_both_paths() {
             ..sae::AdamConfig::default()
         },
         ..tied(config(
-            Variant::JumpRelu {
+            Architecture::JumpRelu(sae::JumpRelu {
                 l0_coeff: 0.05,
                 bandwidth: 0.2,
                 init_threshold: 0.05,
-            },
+            }),
             128,
             512,
         ))
@@ -355,7 +363,7 @@ fn top_k_training_steps_match_f64_on_both_paths() {
         epochs: 10,
         dead_window_steps: 25,
         ..config(
-            with_aux(Variant::top_k(16), 64, 1.0 / 32.0, AuxInput::Relu),
+            with_aux(Architecture::top_k(16), 64, 1.0 / 32.0, AuxInput::Relu),
             128,
             512,
         )

@@ -6,17 +6,18 @@ mod common;
 
 use common::*;
 use sae::{
-    encode, evaluate, evaluate_on, train_on, SaeConfig, TrainData, TrainPath, Transcoder, Variant,
+    encode, evaluate, evaluate_on, train_on, Architecture, SaeConfig, TrainData, TrainPath,
+    Transcoder,
 };
 
 const D_IN: usize = 24;
 const D_OUT: usize = 16;
 
-fn transcoder_config(variant: Variant, skip: bool, epochs: usize) -> SaeConfig {
+fn transcoder_config(architecture: Architecture, skip: bool, epochs: usize) -> SaeConfig {
     SaeConfig {
         epochs,
         transcoder: Some(Transcoder { d_out: D_OUT, skip }),
-        ..config(variant, D_IN, 64)
+        ..config(architecture, D_IN, 64)
     }
 }
 
@@ -44,7 +45,7 @@ fn a_skip_transcoder_learns_a_linear_map_that_a_plain_one_only_approximates() {
     let (input, target, _) = linear_task(64 * 40);
     let data = TrainData::transcoding(&input, D_IN, &target, D_OUT);
     let ev = |skip: bool| {
-        let cfg = transcoder_config(Variant::top_k(4), skip, 100);
+        let cfg = transcoder_config(Architecture::top_k(4), skip, 100);
         let run = train_on(&cfg, data, &TrainPath::Fast, &|_| {}).unwrap();
         let ev = evaluate_on(&run.sae, &input, &target)
             .unwrap()
@@ -71,7 +72,7 @@ fn a_skip_transcoder_learns_a_linear_map_that_a_plain_one_only_approximates() {
 #[test]
 fn a_transcoder_encodes_its_input_as_it_is_and_an_sae_centres_it() {
     let (input, target, _) = linear_task(64 * 4);
-    let cfg = transcoder_config(Variant::L1 { l1_coeff: 1e-3 }, false, 2);
+    let cfg = transcoder_config(Architecture::l1(1e-3), false, 2);
     let data = TrainData::transcoding(&input, D_IN, &target, D_OUT);
     let mut sae = train_on(&cfg, data, &TrainPath::Fast, &|_| {}).unwrap().sae;
     assert_eq!(sae.b_dec.len(), D_OUT);
@@ -89,7 +90,7 @@ fn a_transcoder_encodes_its_input_as_it_is_and_an_sae_centres_it() {
         }
     }
     // An SAE's encoder reads x - b_dec: moving b_dec moves its codes.
-    let sae_cfg = config(Variant::L1 { l1_coeff: 1e-3 }, D_IN, 64);
+    let sae_cfg = config(Architecture::l1(1e-3), D_IN, 64);
     let mut autoencoder = sae::Sae::init(&sae_cfg, &input).unwrap();
     let before = encode(&autoencoder, &input).unwrap();
     autoencoder.b_dec.iter_mut().for_each(|b| *b += 1.0);
@@ -99,11 +100,7 @@ fn a_transcoder_encodes_its_input_as_it_is_and_an_sae_centres_it() {
 #[test]
 fn transcoder_bad_configs_and_data_are_refused_naming_the_key() {
     let refusal = |cfg: SaeConfig| cfg.validate().unwrap_err().to_string();
-    let tied_message = refusal(tied(transcoder_config(
-        Variant::L1 { l1_coeff: 1e-3 },
-        false,
-        1,
-    )));
+    let tied_message = refusal(tied(transcoder_config(Architecture::l1(1e-3), false, 1)));
     assert!(
         tied_message.contains("`encoder_init`") && tied_message.contains("d_out 16"),
         "{tied_message}"
@@ -116,7 +113,7 @@ fn transcoder_bad_configs_and_data_are_refused_naming_the_key() {
             },
             sample_rows: 100,
         }),
-        ..transcoder_config(Variant::L1 { l1_coeff: 1e-3 }, false, 1)
+        ..transcoder_config(Architecture::l1(1e-3), false, 1)
     };
     assert!(refusal(resampled).contains("`resample`"));
     let empty = SaeConfig {
@@ -124,7 +121,7 @@ fn transcoder_bad_configs_and_data_are_refused_naming_the_key() {
             d_out: 0,
             skip: false,
         }),
-        ..config(Variant::L1 { l1_coeff: 1e-3 }, D_IN, 64)
+        ..config(Architecture::l1(1e-3), D_IN, 64)
     };
     assert!(refusal(empty).contains("`transcoder.d_out`"));
     // A tied transcoder between layers of one width is fine.
@@ -133,12 +130,12 @@ fn transcoder_bad_configs_and_data_are_refused_naming_the_key() {
             d_out: D_IN,
             skip: true,
         }),
-        ..tied(config(Variant::L1 { l1_coeff: 1e-3 }, D_IN, 64))
+        ..tied(config(Architecture::l1(1e-3), D_IN, 64))
     };
     square.validate().unwrap();
 
     let (input, target, _) = linear_task(64);
-    let cfg = transcoder_config(Variant::L1 { l1_coeff: 1e-3 }, true, 1);
+    let cfg = transcoder_config(Architecture::l1(1e-3), true, 1);
     // The target of the wrong width: the message names the key and both widths.
     let narrow = &target[..64 * (D_OUT - 1)];
     let refusal = |data: TrainData| {

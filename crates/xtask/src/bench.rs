@@ -114,7 +114,7 @@ fn bench_sae(config: &Config, ctx: &Context, store: &Store) -> Result<()> {
         cfg,
     };
     let topk = sae::SaeConfig {
-        variant: sae::Variant::top_k(32).with_k_aux(notebook.d_in / 2),
+        architecture: sae::Architecture::top_k(32),
         ..notebook.clone()
     };
     let reference = sae::SaeConfig {
@@ -124,11 +124,11 @@ fn bench_sae(config: &Config, ctx: &Context, store: &Store) -> Result<()> {
     let sweep: Vec<_> = [1e-3, 3e-3, 1e-2, 3e-2]
         .iter()
         .map(|&c| {
-            let variant = sae::Variant::L1 { l1_coeff: c };
+            let architecture = sae::Architecture::l1(c);
             point(
-                &variant.label(),
+                &architecture.label(),
                 sae::SaeConfig {
-                    variant,
+                    architecture,
                     ..notebook.clone()
                 },
             )
@@ -136,17 +136,16 @@ fn bench_sae(config: &Config, ctx: &Context, store: &Store) -> Result<()> {
         .collect();
     // The newer architectures, each at its paper's init (tied encoder; the
     // TopK family's b_dec at the data mean).
-    let family = |variant: sae::Variant, epochs: usize| {
-        let (encoder_init, b_dec_init) = crate::sweep::paper_init(variant.architecture());
+    let family = |architecture: sae::Architecture, epochs: usize| {
+        let (encoder_init, b_dec_init) = architecture.paper_init();
         let cfg = sae::SaeConfig {
-            // AuxK on half the layer's width, as the config's default.
-            variant: variant.with_k_aux(notebook.d_in / 2),
+            architecture,
             epochs,
             encoder_init,
             b_dec_init,
             ..notebook.clone()
         };
-        vec![point(&cfg.variant.label(), cfg)]
+        vec![point(&cfg.architecture.label(), cfg)]
     };
     let reference_path = || sae::TrainPath::Reference {
         device: candle_core::Device::Cpu,
@@ -193,42 +192,42 @@ fn bench_sae(config: &Config, ctx: &Context, store: &Store) -> Result<()> {
         ("fast path, 4-point L1 sweep", sweep, sae::TrainPath::Fast),
         (
             "fast path, BatchTopK k=32",
-            family(sae::Variant::batch_top_k(32), 5),
+            family(sae::Architecture::batch_top_k(32), 5),
             sae::TrainPath::Fast,
         ),
         (
             "fast path, Matryoshka BatchTopK k=32",
-            family(sae::Variant::matryoshka_batch_top_k(32), 5),
+            family(sae::Architecture::matryoshka_batch_top_k(32), 5),
             sae::TrainPath::Fast,
         ),
         (
             "fast path, JumpReLU l0 0.1",
-            family(sae::Variant::jump_relu(0.1), 5),
+            family(sae::Architecture::jump_relu(0.1), 5),
             sae::TrainPath::Fast,
         ),
         (
             "fast path, Gated l1 3e-3",
-            family(sae::Variant::Gated { l1_coeff: 3e-3 }, 5),
+            family(sae::Architecture::gated(3e-3), 5),
             sae::TrainPath::Fast,
         ),
         (
             "reference path, BatchTopK k=32",
-            family(sae::Variant::batch_top_k(32), 1),
+            family(sae::Architecture::batch_top_k(32), 1),
             reference_path(),
         ),
         (
             "reference path, Matryoshka BatchTopK k=32",
-            family(sae::Variant::matryoshka_batch_top_k(32), 1),
+            family(sae::Architecture::matryoshka_batch_top_k(32), 1),
             reference_path(),
         ),
         (
             "reference path, JumpReLU l0 0.1",
-            family(sae::Variant::jump_relu(0.1), 1),
+            family(sae::Architecture::jump_relu(0.1), 1),
             reference_path(),
         ),
         (
             "reference path, Gated l1 3e-3",
-            family(sae::Variant::Gated { l1_coeff: 3e-3 }, 1),
+            family(sae::Architecture::gated(3e-3), 1),
             reference_path(),
         ),
     ];

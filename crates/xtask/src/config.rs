@@ -126,7 +126,7 @@ pub fn load(path: &Path, sources: &ConfigSources) -> Result<Loaded> {
         Some(Value::Table(t)) => t,
         Some(_) => bail!("{name}: presets must be a table of tables, as [presets.NAME]"),
     };
-    let defaults = Value::try_from(Config::default()).expect("the default config serialises");
+    let defaults = known_keys();
     check_against(&defaults, &mut table, "", &name)?;
     let file_default = finish(table.clone(), &name)?;
     let mut presets = BTreeMap::new();
@@ -180,9 +180,20 @@ pub fn load(path: &Path, sources: &ConfigSources) -> Result<Loaded> {
     })
 }
 
+/// Every key a config may set, with a value of its type: the defaults, and
+/// the keys whose default is "unset" (sae's own: `sae.k_aux`, half the
+/// layer's width), which the defaults' TOML leaves out.
+fn known_keys() -> Value {
+    let mut defaults = Value::try_from(Config::default()).expect("the default config serialises");
+    if let Some(Value::Table(sae)) = defaults.get_mut("sae") {
+        sae.entry("k_aux").or_insert(Value::Integer(1));
+    }
+    defaults
+}
+
 /// Turns a checked table into a validated config.
 fn finish(mut table: Table, source: &str) -> Result<Config> {
-    let defaults = Value::try_from(Config::default()).expect("the default config serialises");
+    let defaults = known_keys();
     widen_integers(&defaults, &mut table);
     let config: Config = serde_path_to_error::deserialize(Value::Table(table)).map_err(
         |e: serde_path_to_error::Error<toml::de::Error>| {
@@ -524,13 +535,10 @@ mod tests {
                 .sae
                 .points()
                 .iter()
-                .map(|p| match p.cfg.variant {
-                    sae::Variant::TopK { k_aux, .. } => k_aux,
-                    _ => panic!("a topk point"),
-                })
+                .map(|p| p.cfg.aux_k().expect("a topk point").0)
                 .collect()
         };
-        let topk = "sae.variant=[\"topk\"]";
+        let topk = "sae.architecture=[\"topk\"]";
         assert_eq!(k_aux(&[topk]), [64]);
         let layers = "sae.layer=[\"fc2.pre\", \"logits\"]";
         assert_eq!(k_aux(&[topk, layers]), [64, 5]);
@@ -542,7 +550,7 @@ mod tests {
         let points =
             |overrides: &[&str]| load_text("", None, overrides).unwrap().config.sae.points();
         let both = points(&[
-            "sae.variant=[\"l1\", \"transcoder\", \"skip_transcoder\"]",
+            "sae.architecture=[\"l1\", \"transcoder\", \"skip_transcoder\"]",
             "sae.layer=[\"fc2.pre\", \"fc1.pre\"]",
         ]);
         let summary: Vec<(&str, &str, &str, Option<sae::Transcoder>)> = both
@@ -576,13 +584,13 @@ mod tests {
                 ),
             ]
         );
-        assert_eq!(both[3].params["variant"], "skip_transcoder");
-        assert_eq!(both[3].params["transcoder_variant"], "l1");
+        assert_eq!(both[3].params["architecture"], "skip_transcoder");
+        assert_eq!(both[3].params["transcoder_architecture"], "l1");
         // A TopK transcoder starts as TopK does where the widths allow a tied encoder ...
         let topk = |output: &str| {
             let point = points(&[
-                "sae.variant=[\"transcoder\"]",
-                "sae.transcoder_variant=[\"topk\"]",
+                "sae.architecture=[\"transcoder\"]",
+                "sae.transcoder_architecture=[\"topk\"]",
                 &format!("sae.transcoder_output=\"{output}\""),
             ])
             .remove(0);
@@ -630,7 +638,11 @@ mod tests {
                 &["sae.d_sae=[1024, \"x\"]"],
                 &["sae.d_sae must be a list of integers"],
             ),
-            ("", &["sae.variant=[\"relu\"]"], &["sae.variant", "relu"]),
+            (
+                "",
+                &["sae.architecture=[\"relu\"]"],
+                &["sae.architecture", "relu"],
+            ),
             (
                 "",
                 &["extract.layers=[\"fc9\"]"],
@@ -656,17 +668,18 @@ mod tests {
             ("", &["sae.l1_coeff=NaN"], "sae.l1_coeff = NaN is out of range: it must be a finite number >= 0 (in sweep point sae/fc2.pre/l1-NaN/d1024/s0)"),
             ("", &["sae.l1_coeff=\"x\""], "sae.l1_coeff must be a float or a list of floats, got \"x\""),
             ("", &["=3"], "\"\" is not a key: expected KEY=VALUE with a dotted key before the '=', e.g. mlp.lr=0.01"),
-            ("[sae]\nvariant = [\"topk\"]\nk = [2000]\n", &[], "sae.k = 2000 is out of range: it must be between 1 and d_sae = 1024 (in sweep point sae/fc2.pre/topk-k2000/d1024/s0)"),
+            ("[sae]\narchitecture = [\"topk\"]\nk = [2000]\n", &[], "sae.k = 2000 is out of range: it must be between 1 and d_sae = 1024 (in sweep point sae/fc2.pre/topk-k2000/d1024/s0)"),
+            ("[sae]\narchitecture = [\"topk\"]\nk_aux = 0\n", &[], "sae.k_aux = 0 is out of range: it must be at least 1 (in sweep point sae/fc2.pre/topk-k32/d1024/s0)"),
             ("[sae]\nd_sae = [0]\n", &[], "sae.d_sae = 0 is out of range: it must be at least 1 (in sweep point sae/fc2.pre/l1-0.003/d0/s0)"),
             ("[mlp]\noptimizer = \"lion\"\n", &[], "mlp.optimizer: unknown variant `lion`, expected `sgd` or `adam`"),
             // Checked before any stage runs: the SAE reads a layer extract does not cache.
             ("[extract]\nlayers = [\"fc1.pre\"]\n", &[], "sae.layer names \"fc2.pre\", but extract.layers = [\"fc1.pre\"] does not cache it: add it to extract.layers"),
-            // Transcoders: their layers, their variant and their init.
-            ("", &["sae.variant=[\"skip\"]"], "sae.variant[0]: unknown variant `skip`, expected one of `l1`, `topk`, `norm_weighted_l1`, `batchtopk`, `matryoshka_batchtopk`, `jumprelu`, `gated`, `transcoder`, `skip_transcoder`"),
+            // Transcoders: their layers, their architecture and their init.
+            ("", &["sae.architecture=[\"skip\"]"], "sae.architecture[0]: unknown architecture `skip`, expected one of `l1`, `topk`, `norm_weighted_l1`, `batchtopk`, `matryoshka_batchtopk`, `jumprelu`, `gated`, `transcoder`, `skip_transcoder`"),
             ("", &["sae.transcoder_output=\"fc9\""], "sae.transcoder_output names \"fc9\", which is not a layer; layers are fc1.pre, fc1.post, fc2.pre, fc2.post, logits"),
             ("", &["sae.transcoder_output=\"fc1.post\""], "sae.transcoder_output = \"fc1.post\" is sae.transcoder_input: a transcoder predicts another layer than it reads"),
-            ("[extract]\nlayers = [\"fc2.pre\", \"fc2.post\"]\n[sae]\nvariant = [\"transcoder\"]\n", &[], "sae.transcoder_input names \"fc1.post\", but extract.layers = [\"fc2.pre\", \"fc2.post\"] does not cache it: add it to extract.layers"),
-            ("[sae]\nvariant = [\"transcoder\"]\ntranscoder_output = \"logits\"\nencoder_init = \"tied\"\n", &[], "sae.encoder_init = \"tied\" is out of range: it must be \"uniform\" for a transcoder whose widths differ (d_in 128, d_out 10): a tied encoder is the decoder transposed (in sweep point sae/fc1.post_to_logits/transcoder-l1-0.003/d1024/s0)"),
+            ("[extract]\nlayers = [\"fc2.pre\", \"fc2.post\"]\n[sae]\narchitecture = [\"transcoder\"]\n", &[], "sae.transcoder_input names \"fc1.post\", but extract.layers = [\"fc2.pre\", \"fc2.post\"] does not cache it: add it to extract.layers"),
+            ("[sae]\narchitecture = [\"transcoder\"]\ntranscoder_output = \"logits\"\nencoder_init = \"tied\"\n", &[], "sae.encoder_init = \"tied\" is out of range: it must be \"uniform\" for a transcoder whose widths differ (d_in 128, d_out 10): a tied encoder is the decoder transposed (in sweep point sae/fc1.post_to_logits/transcoder-l1-0.003/d1024/s0)"),
         ];
         for (toml, overrides, expected) in exact {
             let message = refusal(toml, overrides);

@@ -14,7 +14,7 @@ use candle_core::Device;
 use sae::{SweepPoint, Trained};
 
 use anyhow::{bail, Result};
-use sae::{SaeConfig, Variant};
+use sae::{Architecture, SaeConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::progress::Progress;
@@ -88,18 +88,18 @@ impl SweepTrainer {
 #[serde(deny_unknown_fields, default)]
 pub struct SaeSweep {
     pub layer: Vec<String>,
-    pub variant: Vec<VariantChoice>,
+    pub architecture: Vec<ArchitectureChoice>,
     /// Transcoder points read this layer ...
     pub transcoder_input: String,
     /// ... and predict this one (fc2's sublayer by default).
     pub transcoder_output: String,
-    /// The sparsity of transcoder points: any SAE architecture (a sweep axis).
-    pub transcoder_variant: Vec<sae::Architecture>,
-    /// For the l1, norm_weighted_l1 and gated variants.
+    /// The architecture of transcoder points: any SAE architecture (a sweep axis).
+    pub transcoder_architecture: Vec<sae::ArchitectureKind>,
+    /// For the l1, norm_weighted_l1 and gated architectures.
     pub l1_coeff: Vec<f64>,
-    /// For the topk, batchtopk and matryoshka_batchtopk variants.
+    /// For the topk, batchtopk and matryoshka_batchtopk architectures.
     pub k: Vec<usize>,
-    /// For the jumprelu variant: the weight of its L0 penalty.
+    /// For the jumprelu architecture: the weight of its L0 penalty.
     pub l0_coeff: Vec<f64>,
     pub d_sae: Vec<usize>,
     pub seed: Vec<u64>,
@@ -117,9 +117,10 @@ pub struct SaeSweep {
     pub lr_gamma: f64,
     /// Steps without firing after which a feature counts as dead.
     pub dead_window_steps: usize,
-    /// TopK's AuxK latents; 0 (the default) means half the layer's width (64
-    /// for fc2.pre), as the TopK paper, SAELens and dictionary_learning use.
-    pub k_aux: usize,
+    /// The TopK family's AuxK latents; unset: `sae::default_k_aux`, half
+    /// the layer's width (64 for fc2.pre), as the TopK paper.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub k_aux: Option<usize>,
     pub aux_coeff: f64,
     /// Which dead pre-activations AuxK uses: "relu" (OpenAI, dictionary_learning)
     /// or "raw" (SAELens: negative ones too, so latents negative everywhere still learn).
@@ -141,60 +142,64 @@ pub struct SaeSweep {
     pub device: TrainerDevice,
 }
 
-/// A value of `sae.variant`: an SAE architecture, or a transcoder (SAELens'
-/// names) whose sparsity is `sae.transcoder_variant`'s.
+/// A value of `sae.architecture`: an SAE architecture, or a transcoder
+/// (SAELens' names) of `sae.transcoder_architecture`'s architectures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum VariantChoice {
-    Sae(sae::Architecture),
+pub enum ArchitectureChoice {
+    Sae(sae::ArchitectureKind),
     /// The encoder reads `transcoder_input`, the decoder predicts `transcoder_output`.
     Transcoder,
     /// A transcoder with a learned linear skip, `x @ W_skip^T`.
     SkipTranscoder,
 }
 
-impl VariantChoice {
+impl ArchitectureChoice {
     pub fn name(self) -> &'static str {
         match self {
-            VariantChoice::Sae(architecture) => architecture.name(),
-            VariantChoice::Transcoder => "transcoder",
-            VariantChoice::SkipTranscoder => "skip_transcoder",
+            ArchitectureChoice::Sae(architecture) => architecture.name(),
+            ArchitectureChoice::Transcoder => "transcoder",
+            ArchitectureChoice::SkipTranscoder => "skip_transcoder",
         }
     }
 
-    fn all() -> impl Iterator<Item = VariantChoice> {
-        sae::Architecture::ALL
-            .into_iter()
-            .map(VariantChoice::Sae)
-            .chain([VariantChoice::Transcoder, VariantChoice::SkipTranscoder])
+    fn all() -> impl Iterator<Item = ArchitectureChoice> {
+        sae::ArchitectureKind::ALL
+            .iter()
+            .copied()
+            .map(ArchitectureChoice::Sae)
+            .chain([
+                ArchitectureChoice::Transcoder,
+                ArchitectureChoice::SkipTranscoder,
+            ])
     }
 
     /// A transcoder's skip (`None` for an SAE).
     fn skip(self) -> Option<bool> {
         match self {
-            VariantChoice::Sae(_) => None,
-            VariantChoice::Transcoder => Some(false),
-            VariantChoice::SkipTranscoder => Some(true),
+            ArchitectureChoice::Sae(_) => None,
+            ArchitectureChoice::Transcoder => Some(false),
+            ArchitectureChoice::SkipTranscoder => Some(true),
         }
     }
 }
 
-impl Serialize for VariantChoice {
+impl Serialize for ArchitectureChoice {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(self.name())
     }
 }
 
-impl<'de> Deserialize<'de> for VariantChoice {
+impl<'de> Deserialize<'de> for ArchitectureChoice {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let name = String::deserialize(deserializer)?;
-        VariantChoice::all()
+        ArchitectureChoice::all()
             .find(|choice| choice.name() == name)
             .ok_or_else(|| {
-                let names: Vec<String> = VariantChoice::all()
+                let names: Vec<String> = ArchitectureChoice::all()
                     .map(|c| format!("`{}`", c.name()))
                     .collect();
                 serde::de::Error::custom(format!(
-                    "unknown variant `{name}`, expected one of {}",
+                    "unknown architecture `{name}`, expected one of {}",
                     names.join(", ")
                 ))
             })
@@ -205,7 +210,7 @@ impl<'de> Deserialize<'de> for VariantChoice {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EncoderInitChoice {
-    /// See [`paper_init`].
+    /// See `sae::ArchitectureSpec::paper_init`.
     Architecture,
     Uniform,
     Tied,
@@ -215,26 +220,10 @@ pub enum EncoderInitChoice {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DecoderBiasInitChoice {
-    /// See [`paper_init`].
+    /// See `sae::ArchitectureSpec::paper_init`.
     Architecture,
     Zero,
     DataMean,
-}
-
-/// How each architecture's paper (and reference code) starts it: the L1
-/// family as the notebook; the TopK family with the encoder tied to the
-/// decoder and b_dec at the data's centre (the mean here, where OpenAI and
-/// dictionary_learning use the geometric median); JumpReLU and Gated tied with
-/// b_dec at zero, as SAELens and dictionary_learning.
-pub fn paper_init(architecture: sae::Architecture) -> (sae::EncoderInit, sae::DecoderBiasInit) {
-    use sae::{Architecture as A, DecoderBiasInit, EncoderInit};
-    match architecture {
-        A::L1 | A::NormWeightedL1 => (EncoderInit::Uniform, DecoderBiasInit::Zero),
-        A::TopK | A::BatchTopK | A::MatryoshkaBatchTopK => {
-            (EncoderInit::Tied, DecoderBiasInit::DataMean)
-        }
-        A::JumpRelu | A::Gated => (EncoderInit::Tied, DecoderBiasInit::Zero),
-    }
 }
 
 /// `sae.path`: which trainer runs the points.
@@ -271,12 +260,6 @@ fn listed<T: Serialize>(values: &[T]) -> Vec<String> {
         .collect()
 }
 
-/// `sae.k_aux = 0`: half the layer's width.
-const HALF_THE_WIDTH: usize = 0;
-
-/// JumpReLU's L0 weight on fc2.pre (see saelab.toml).
-const DEFAULT_L0_COEFF: f64 = 0.1;
-
 impl Default for SaeSweep {
     fn default() -> Self {
         let notebook = SaeConfig::default();
@@ -284,37 +267,17 @@ impl Default for SaeSweep {
             sae::LrSchedule::StepLr { step_epochs, gamma } => (step_epochs, gamma),
             sae::LrSchedule::Constant => (1, 1.0),
         };
-        let Variant::TopK { k, aux_coeff, .. } = Variant::top_k(32) else {
-            unreachable!("top_k makes a TopK variant")
-        };
-        let Variant::L1 { l1_coeff } = Variant::default() else {
-            unreachable!("the default variant is the notebook's L1")
-        };
-        let Variant::MatryoshkaBatchTopK {
-            threshold_lr,
-            prefix_fractions,
-            ..
-        } = Variant::matryoshka_batch_top_k(32)
-        else {
-            unreachable!("matryoshka_batch_top_k makes a Matryoshka variant")
-        };
-        let Variant::JumpRelu {
-            l0_coeff,
-            bandwidth,
-            init_threshold,
-        } = Variant::jump_relu(DEFAULT_L0_COEFF)
-        else {
-            unreachable!("jump_relu makes a JumpReLU variant")
-        };
+        // Every architecture setting's default is sae's.
+        let axes = sae::ArchitectureAxes::default();
         SaeSweep {
             layer: vec!["fc2.pre".into()],
-            variant: vec![VariantChoice::Sae(Variant::default().architecture())],
+            architecture: vec![ArchitectureChoice::Sae(notebook.architecture.kind())],
             transcoder_input: "fc1.post".into(),
             transcoder_output: "fc2.post".into(),
-            transcoder_variant: vec![Variant::default().architecture()],
-            l1_coeff: vec![l1_coeff],
-            k: vec![k],
-            l0_coeff: vec![l0_coeff],
+            transcoder_architecture: vec![notebook.architecture.kind()],
+            l1_coeff: axes.l1_coeff,
+            k: axes.k,
+            l0_coeff: axes.l0_coeff,
             d_sae: vec![notebook.d_sae],
             seed: vec![notebook.seed],
             lr: notebook.optimizer.lr,
@@ -327,13 +290,13 @@ impl Default for SaeSweep {
             lr_step_epochs,
             lr_gamma,
             dead_window_steps: notebook.dead_window_steps,
-            k_aux: HALF_THE_WIDTH,
-            aux_coeff,
-            aux_input: sae::AuxInput::Relu,
-            threshold_lr,
-            prefix_fractions,
-            bandwidth,
-            init_threshold,
+            k_aux: axes.k_aux,
+            aux_coeff: axes.aux_coeff,
+            aux_input: axes.aux_input,
+            threshold_lr: axes.threshold_lr,
+            prefix_fractions: axes.prefix_fractions,
+            bandwidth: axes.bandwidth,
+            init_threshold: axes.init_threshold,
             resample_every_steps: vec![0],
             resample_until: 0,
             resample_sample_rows: 8192,
@@ -381,8 +344,11 @@ impl SaeSweep {
         // points that would be one artifact).
         let axes: [(&str, Vec<String>); 9] = [
             ("layer", listed(&self.layer)),
-            ("variant", listed(&self.variant)),
-            ("transcoder_variant", listed(&self.transcoder_variant)),
+            ("architecture", listed(&self.architecture)),
+            (
+                "transcoder_architecture",
+                listed(&self.transcoder_architecture),
+            ),
             ("l1_coeff", listed(&self.l1_coeff)),
             ("k", listed(&self.k)),
             ("l0_coeff", listed(&self.l0_coeff)),
@@ -476,54 +442,49 @@ impl SaeSweep {
 
     /// Whether any point is a transcoder (its layers must be extracted).
     pub fn has_transcoders(&self) -> bool {
-        self.variant.iter().any(|v| v.skip().is_some())
+        self.architecture.iter().any(|v| v.skip().is_some())
     }
 
     /// Every combination of the list-valued keys: SAE architectures over
-    /// `layer`, transcoders over `transcoder_variant` on their own two layers.
+    /// `layer`, transcoders over `transcoder_architecture` on their own two layers.
     /// (See [`sweep_key`] for how a point's `SaeConfig` keys map back to these.)
     pub fn points(&self) -> Vec<Point> {
         let mut units = Vec::new();
         for layer in &self.layer {
-            for &choice in &self.variant {
-                if let VariantChoice::Sae(sparsity) = choice {
+            for &choice in &self.architecture {
+                if let ArchitectureChoice::Sae(kind) = choice {
                     units.push(Unit {
                         input: layer,
                         output: layer,
                         choice,
-                        sparsity,
+                        kind,
                     });
                 }
             }
         }
-        for &choice in self.variant.iter().filter(|c| c.skip().is_some()) {
-            for &sparsity in &self.transcoder_variant {
+        for &choice in self.architecture.iter().filter(|c| c.skip().is_some()) {
+            for &kind in &self.transcoder_architecture {
                 units.push(Unit {
                     input: &self.transcoder_input,
                     output: &self.transcoder_output,
                     choice,
-                    sparsity,
+                    kind,
                 });
             }
         }
         let mut out = Vec::new();
         for unit in &units {
-            let width = mlp::layer_width(unit.input).unwrap_or(0);
-            let axes = sae::VariantAxes {
-                l1_coeff: &self.l1_coeff,
-                k: &self.k,
-                l0_coeff: &self.l0_coeff,
-                threshold_lr: self.threshold_lr,
-                prefix_fractions: &self.prefix_fractions,
+            let axes = sae::ArchitectureAxes {
+                l1_coeff: self.l1_coeff.clone(),
+                k: self.k.clone(),
+                l0_coeff: self.l0_coeff.clone(),
+                k_aux: self.k_aux,
+                aux_coeff: self.aux_coeff,
                 aux_input: self.aux_input,
+                threshold_lr: self.threshold_lr,
+                prefix_fractions: self.prefix_fractions.clone(),
                 bandwidth: self.bandwidth,
                 init_threshold: self.init_threshold,
-                k_aux: if self.k_aux == HALF_THE_WIDTH {
-                    (width / 2).max(1)
-                } else {
-                    self.k_aux
-                },
-                aux_coeff: self.aux_coeff,
             };
             let transcoder = unit.choice.skip().map(|skip| sae::Transcoder {
                 d_out: mlp::layer_width(unit.output).unwrap_or(0),
@@ -537,8 +498,8 @@ impl SaeSweep {
                     format!("{}-", unit.choice.name()),
                 ),
             };
-            for variant in unit.sparsity.variants(&axes) {
-                let variant_label = format!("{kind}{}", variant.label());
+            for architecture in unit.kind.architectures(&axes) {
+                let label = format!("{kind}{}", architecture.label());
                 for &d_sae in &self.d_sae {
                     for &seed in &self.seed {
                         for &every in &self.resample_every_steps {
@@ -547,12 +508,16 @@ impl SaeSweep {
                             } else {
                                 String::new()
                             };
-                            let cfg =
-                                self.config(input, transcoder, variant.clone(), d_sae, seed, every);
+                            let cfg = self.config(
+                                input,
+                                transcoder,
+                                architecture.clone(),
+                                d_sae,
+                                seed,
+                                every,
+                            );
                             out.push(Point {
-                                name: format!(
-                                    "sae/{folder}/{variant_label}/d{d_sae}/s{seed}{resampled}"
-                                ),
+                                name: format!("sae/{folder}/{label}/d{d_sae}/s{seed}{resampled}"),
                                 layer: input.to_string(),
                                 output: output.to_string(),
                                 params: self.point_params(&cfg, unit, every),
@@ -568,7 +533,7 @@ impl SaeSweep {
     }
 
     /// A point's `[sae]` keys and values: the shared keys, its sweep
-    /// coordinates, and its variant's own params (named as in the config).
+    /// coordinates, and its architecture's own params (named as in the config).
     fn point_params(
         &self,
         cfg: &SaeConfig,
@@ -577,7 +542,7 @@ impl SaeSweep {
     ) -> serde_json::Value {
         let mut params = serde_json::json!({
             "layer": unit.input,
-            "variant": unit.choice,
+            "architecture": unit.choice,
             "d_sae": cfg.d_sae,
             "seed": cfg.seed,
             "lr": self.lr,
@@ -595,17 +560,17 @@ impl SaeSweep {
             "device": self.device,
         });
         if cfg.transcoder.is_some() {
-            params["transcoder_variant"] = serde_json::json!(unit.sparsity);
+            params["transcoder_architecture"] = serde_json::json!(unit.kind);
             params["transcoder_output"] = serde_json::json!(unit.output);
         }
         if resample_every_steps > 0 {
             params["resample_until"] = self.resample_until.into();
             params["resample_sample_rows"] = self.resample_sample_rows.into();
         }
-        // The variant's own fields carry their config names (l1_coeff, k, k_aux,
+        // The architecture's own fields carry their config names (l1_coeff, k, k_aux,
         // aux_coeff, aux_input, l0_coeff, threshold_lr, prefix_fractions, bandwidth, init_threshold).
         if let serde_json::Value::Object(fields) =
-            serde_json::to_value(&cfg.variant).expect("a variant serialises")
+            serde_json::to_value(&cfg.architecture).expect("an architecture serialises")
         {
             for (key, value) in fields.into_iter().filter(|(key, _)| key != "kind") {
                 params[key] = value;
@@ -620,11 +585,11 @@ impl SaeSweep {
     /// refused by `SaeConfig::validate`).
     fn init(
         &self,
-        architecture: sae::Architecture,
+        architecture: &Architecture,
         d_in: usize,
         d_out: usize,
     ) -> (sae::EncoderInit, sae::DecoderBiasInit) {
-        let (paper_encoder, paper_b_dec) = paper_init(architecture);
+        let (paper_encoder, paper_b_dec) = architecture.paper_init();
         let encoder = match self.encoder_init {
             EncoderInitChoice::Architecture if d_in != d_out => sae::EncoderInit::Uniform,
             EncoderInitChoice::Architecture => paper_encoder,
@@ -643,7 +608,7 @@ impl SaeSweep {
         &self,
         layer: &str,
         transcoder: Option<sae::Transcoder>,
-        variant: Variant,
+        architecture: Architecture,
         d_sae: usize,
         seed: u64,
         resample_every_steps: usize,
@@ -657,12 +622,12 @@ impl SaeSweep {
         });
         let d_in = mlp::layer_width(layer).unwrap_or(0);
         let d_out = transcoder.map_or(d_in, |t| t.d_out);
-        let (encoder_init, b_dec_init) = self.init(variant.architecture(), d_in, d_out);
+        let (encoder_init, b_dec_init) = self.init(&architecture, d_in, d_out);
         SaeConfig {
             d_in,
             transcoder,
             d_sae,
-            variant,
+            architecture,
             l1_reduction: self.l1_reduction,
             encoder_init,
             b_dec_init,
@@ -685,16 +650,16 @@ impl SaeSweep {
 }
 
 /// A kind of point before its sweep coordinates: the layers it reads and
-/// writes, its `sae.variant` value and the sparsity it trains with.
+/// writes, its `sae.architecture` value and the architecture it trains.
 struct Unit<'a> {
     input: &'a str,
     output: &'a str,
-    choice: VariantChoice,
-    sparsity: sae::Architecture,
+    choice: ArchitectureChoice,
+    kind: sae::ArchitectureKind,
 }
 
-/// The `[sae]` key a `SaeConfig` key comes from: a variant's own params keep
-/// their names (`variant.k` is `k`), the rest are spelt flat.
+/// The `[sae]` key a `SaeConfig` key comes from: an architecture's own
+/// params keep their names (`architecture.k` is `k`), the rest are spelt flat.
 fn sweep_key(cfg_key: &str) -> String {
     match cfg_key {
         "optimizer.lr" => "lr".into(),
@@ -702,6 +667,6 @@ fn sweep_key(cfg_key: &str) -> String {
         "lr_schedule.gamma" => "lr_gamma".into(),
         "resample.sample_rows" => "resample_sample_rows".into(),
         "resample.schedule.every_steps" => "resample_every_steps".into(),
-        other => other.strip_prefix("variant.").unwrap_or(other).into(),
+        other => other.strip_prefix("architecture.").unwrap_or(other).into(),
     }
 }

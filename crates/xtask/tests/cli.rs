@@ -360,7 +360,7 @@ fn bad_config_is_refused_in_one_sentence_that_names_the_key() {
         (
             &[
                 "--set",
-                "sae.variant=[\"transcoder\"]",
+                "sae.architecture=[\"transcoder\"]",
                 "--set",
                 "sae.transcoder_input=logits",
                 "--set",
@@ -691,15 +691,18 @@ fn dashboards_render_on_demand_for_named_or_queried_features() {
 #[test]
 fn every_architecture_trains_into_one_report_and_saelens_loads_each_folder() {
     let store = tempfile::tempdir().unwrap();
-    let mut names: Vec<&str> = sae::Architecture::ALL.map(|a| a.name()).to_vec();
+    let mut names: Vec<&str> = sae::ArchitectureKind::ALL
+        .iter()
+        .map(|a| a.name())
+        .collect();
     names.extend(["transcoder", "skip_transcoder"]);
-    let variants = format!("sae.variant={names:?}");
+    let architectures = format!("sae.architecture={names:?}");
     let run = xtask(
         store.path(),
         &[
             "all",
             "--set",
-            &variants,
+            &architectures,
             "--set",
             "sae.d_sae=[256]",
             "--set",

@@ -18,7 +18,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 /// (what, SHA-256): the MLP's weights (one epoch), fc2.pre's training rows,
-/// then each zoo point's `sae_weights.safetensors` after 2 epochs, by `sae.variant`.
+/// then each zoo point's `sae_weights.safetensors` after 2 epochs, by `sae.architecture`.
 const GOLDEN: &[(&str, &str)] = &[
     (
         "mlp",
@@ -113,12 +113,12 @@ fn the_zoo_trains_to_the_pinned_bits() {
     let mut saes: Vec<(String, String)> = folders(store.path(), "sae")
         .into_iter()
         .map(|(dir, manifest)| {
-            let variant = manifest["params"]["sae"]["variant"]
+            let architecture = manifest["params"]["sae"]["architecture"]
                 .as_str()
                 .unwrap()
                 .to_string();
             (
-                variant,
+                architecture,
                 sha256(&std::fs::read(dir.join("sae_weights.safetensors")).unwrap()),
             )
         })

@@ -8,7 +8,7 @@ mod common;
 mod support;
 
 use activations::{ActivationStore, ShardInfo, VerifyMode};
-use sae::{checked_steps_on, loss_trajectory_on, SaeConfig, TrainData, TrainPath, Variant};
+use sae::{checked_steps_on, loss_trajectory_on, Architecture, SaeConfig, TrainData, TrainPath};
 
 /// Train rows of `fc2.pre`, extracted by `xtask run extract` into a fresh store.
 fn real_fc2_pre(rows: usize) -> Vec<f32> {
@@ -73,7 +73,7 @@ fn training_steps_on_real_activations_match_f64_on_both_paths() {
     let topk = SaeConfig {
         epochs: 1,
         dead_window_steps: 50,
-        variant: Variant::top_k(32),
+        architecture: Architecture::top_k(32),
         ..SaeConfig::default()
     };
     check_steps(&topk, &data, "TopK");

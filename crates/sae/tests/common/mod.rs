@@ -2,13 +2,13 @@
 //! SAE loss and its gradients (plain loops, no shared code with the crate).
 #![allow(dead_code, clippy::needless_range_loop)]
 
-use sae::{AuxInput, EncoderInit, LrSchedule, Reduction, Sae, SaeConfig, Variant};
+use sae::{Architecture, AuxInput, EncoderInit, LrSchedule, Reduction, Sae, SaeConfig};
 
-pub fn config(variant: Variant, d_in: usize, d_sae: usize) -> SaeConfig {
+pub fn config(architecture: Architecture, d_in: usize, d_sae: usize) -> SaeConfig {
     SaeConfig {
         d_in,
         d_sae,
-        variant,
+        architecture,
         epochs: 1,
         ..SaeConfig::default()
     }
@@ -40,7 +40,7 @@ pub fn perturbed_sae(cfg: &SaeConfig, seed: u64) -> Sae {
     sae.r_mag.iter_mut().for_each(|r| *r = 0.3 * next());
     sae.b_mag.iter_mut().for_each(|b| *b = 0.1 * next());
     sae.w_skip.iter_mut().for_each(|w| *w = 0.2 * next());
-    if !cfg.variant.unit_norm_decoder() {
+    if !cfg.architecture.unit_norm_decoder() {
         // Rows of unequal norm, so the norm weighting matters.
         for (f, row) in sae.w_dec.chunks_exact_mut(cfg.d_out()).enumerate() {
             let scale = 0.5 + (f % 5) as f32 * 0.3;
@@ -157,29 +157,19 @@ pub fn host_gradients_on(sae: &Sae, x: &[f32], y: &[f32], dead: &[bool]) -> Host
     let w_enc = |i: usize, f: usize| sae.w_enc[i * f_n + f] as f64;
     let w_dec = |f: usize, o: usize| sae.w_dec[f * d + o] as f64;
     let centred = sae.cfg.transcoder.is_none();
-    let variant = &sae.cfg.variant;
-    let (k, batch_k) = match *variant {
-        Variant::TopK { k, .. } => (Some(k), None),
-        Variant::BatchTopK { k, .. } | Variant::MatryoshkaBatchTopK { k, .. } => {
-            (None, Some(k * rows))
-        }
-        _ => (None, None),
+    let architecture = &sae.cfg.architecture;
+    // (per-row k, per-batch k, L1 coefficient, decoder-norm weighted, JumpReLU's (L0, bandwidth))
+    let (k, batch_k, l1_coeff, weighted, jump) = match architecture {
+        Architecture::L1(a) => (None, None, a.l1_coeff, false, None),
+        Architecture::NormWeightedL1(a) => (None, None, a.l1_coeff, true, None),
+        Architecture::TopK(a) => (Some(a.k), None, 0.0, false, None),
+        Architecture::BatchTopK(a) => (None, Some(a.k * rows), 0.0, false, None),
+        Architecture::MatryoshkaBatchTopK(a) => (None, Some(a.k * rows), 0.0, false, None),
+        Architecture::JumpRelu(a) => (None, None, 0.0, false, Some((a.l0_coeff, a.bandwidth))),
+        Architecture::Gated(_) => panic!("Gated has its own oracle, host_gradients_gated"),
     };
-    let (l1_coeff, weighted) = match *variant {
-        Variant::L1 { l1_coeff } => (l1_coeff, false),
-        Variant::NormWeightedL1 { l1_coeff } => (l1_coeff, true),
-        _ => (0.0, false),
-    };
-    let jump = match *variant {
-        Variant::JumpRelu {
-            l0_coeff,
-            bandwidth,
-            ..
-        } => Some((l0_coeff, bandwidth)),
-        _ => None,
-    };
-    let aux = variant.aux_k();
-    let prefixes = variant.prefix_widths(f_n);
+    let aux = sae.cfg.aux_k();
+    let prefixes = architecture.prefix_widths(f_n);
     let l1_scale = match sae.cfg.l1_reduction {
         Reduction::Sum => l1_coeff,
         Reduction::Mean => l1_coeff / rows as f64,
@@ -383,7 +373,7 @@ pub fn host_gradients_gated(sae: &Sae, x: &[f32]) -> HostGradients {
 /// [`host_gradients_gated`] of a Gated SAE or transcoder (the frozen decoder
 /// includes the output's base).
 pub fn host_gradients_gated_on(sae: &Sae, x: &[f32], y: &[f32]) -> HostGradients {
-    let Variant::Gated { l1_coeff } = sae.cfg.variant else {
+    let Architecture::Gated(sae::Gated { l1_coeff }) = sae.cfg.architecture else {
         panic!("not a Gated SAE")
     };
     let (d_in, f_n, d) = (sae.d_in(), sae.d_sae(), sae.d_out());
@@ -462,15 +452,20 @@ pub fn host_gradients_gated_on(sae: &Sae, x: &[f32], y: &[f32]) -> HostGradients
     g
 }
 
-/// `variant` (of the TopK family) with these AuxK settings.
-pub fn with_aux(mut variant: Variant, latents: usize, coeff: f64, input: AuxInput) -> Variant {
-    let Some((k_aux, aux_coeff, aux_input)) = variant.aux_k_mut() else {
-        panic!("{variant:?} has no AuxK")
+/// `architecture` (of the TopK family) with these AuxK settings.
+pub fn with_aux(
+    mut architecture: Architecture,
+    latents: usize,
+    coeff: f64,
+    input: AuxInput,
+) -> Architecture {
+    let Some((k_aux, aux_coeff, aux_input)) = architecture.aux_k_mut() else {
+        panic!("{architecture:?} has no AuxK")
     };
-    *k_aux = latents;
+    *k_aux = Some(latents);
     *aux_coeff = coeff;
     *aux_input = input;
-    variant
+    architecture
 }
 
 /// Each Adam-trained parameter of a state or gradient by name, in one order.
@@ -488,7 +483,7 @@ fn named(g: &sae::Gradients) -> [(&'static str, &[f32]); 8] {
 }
 
 /// Asserts one recorded training step against f64 from the same parameters,
-/// moments and raw gradient: the decoder projection (unit-norm variants),
+/// moments and raw gradient: the decoder projection (unit-norm architectures),
 /// Adam's moments and update, and the rows' renormalisation. Elementwise,
 /// each value within a few f32 roundings of the terms it is made of, so the
 /// check holds whatever the summation order or vector width: it does not
@@ -505,7 +500,7 @@ pub fn assert_step_matches_f64(cfg: &SaeConfig, s: &sae::CheckedStep, label: &st
     // A value below f32's normal range may be flushed to zero on the fast path.
     let flush = 1e-37;
     let d_out = cfg.d_out();
-    let unit_norm = cfg.variant.unit_norm_decoder();
+    let unit_norm = cfg.architecture.unit_norm_decoder();
     let (params, m0s, v0s, grads) = (
         named(&s.before.params),
         named(&s.before.m),

@@ -225,15 +225,15 @@ pub fn report_paths(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sweep::{SaeSweep, VariantChoice};
+    use crate::sweep::{ArchitectureChoice, SaeSweep};
 
     #[test]
     fn transcoders_join_the_report_of_the_sae_on_their_neurons_and_each_report_is_made_once() {
         let sweep = SaeSweep {
             layer: vec!["fc2.pre".into(), "fc1.pre".into()],
-            variant: vec![
-                VariantChoice::Sae(sae::Architecture::L1),
-                VariantChoice::SkipTranscoder,
+            architecture: vec![
+                ArchitectureChoice::Sae(sae::ArchitectureKind::L1),
+                ArchitectureChoice::SkipTranscoder,
             ],
             ..SaeSweep::default()
         };
@@ -256,7 +256,7 @@ mod tests {
         assert_eq!(report_layers(&points), ["fc2.pre", "fc1.pre"]);
         // Without an SAE on fc2's neurons, the transcoder has a report of its own.
         let alone = SaeSweep {
-            variant: vec![VariantChoice::Transcoder],
+            architecture: vec![ArchitectureChoice::Transcoder],
             ..SaeSweep::default()
         }
         .points();
