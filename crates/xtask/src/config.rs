@@ -662,7 +662,7 @@ mod tests {
             }
         }
         // Each refusal is one sentence naming the key as written and the value.
-        let exact: [(&str, &[&str], &str); 14] = [
+        let exact: [(&str, &[&str], &str); 15] = [
             ("[mlp]\nepochs = -3\n", &[], "mlp.epochs = -3 is out of range: it must be a whole number >= 0"),
             ("", &["sae.seed=[0, -1]"], "sae.seed holds -1, which is out of range: every value must be a whole number >= 0"),
             ("", &["sae.l1_coeff=NaN"], "sae.l1_coeff = NaN is out of range: it must be a finite number >= 0 (in sweep point sae/fc2.pre/l1-NaN/d1024/s0)"),
