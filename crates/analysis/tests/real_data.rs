@@ -62,7 +62,15 @@ fn real_sae_analysis_with_timings() {
         ..Default::default()
     };
     let start = Instant::now();
-    let trained = sae::train(&cfg, &train, &sae::TrainPath::Fast, &|_| {}).unwrap();
+    let trained = sae::train_sweep(
+        &[sae::SweepPoint::single(cfg.clone())],
+        sae::TrainData::autoencoding(&train, cfg.d_in),
+        &sae::TrainPath::Fast,
+        &|_| {},
+    )
+    .pop()
+    .unwrap()
+    .unwrap();
     println!(
         "trained a 2-epoch SAE in {:.1} s",
         start.elapsed().as_secs_f64()

@@ -13,8 +13,8 @@ use serde::Serialize;
 
 use sae::synthetic;
 use sae::{
-    train_sweep_on, Architecture, ProgressEvent, ProgressKind, SaeConfig, SaeError, SweepPoint,
-    TrainPath,
+    train_sweep, Architecture, ProgressEvent, ProgressKind, SaeConfig, SaeError, SweepPoint,
+    TrainData, TrainPath,
 };
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -130,7 +130,7 @@ fn time_run(
         }
     };
     let start = Instant::now();
-    let results = train_sweep_on(points, data, d_in, path, &progress);
+    let results = train_sweep(points, TrainData::autoencoding(data, d_in), path, &progress);
     let total = start.elapsed().as_secs_f64();
     let mut steps = 0;
     let mut last = None;

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
-use crate::train::{train_sweep_data, ProgressEvent, SweepPoint, TrainData, TrainPath, Trained};
+use crate::train::{train_sweep, ProgressEvent, SweepPoint, TrainData, TrainPath, Trained};
 use crate::SaeError;
 
 /// One point of a sweep and the group of points it can train with (those
@@ -76,7 +76,7 @@ impl SweepScheduler {
             pending.remove(&p.name);
         }
         drop(pending);
-        let results = train_sweep_data(&group, data, path, progress);
+        let results = train_sweep(&group, data, path, progress);
         let mut mine = None;
         let mut kept = self.results.lock().expect("no panics while locked");
         for (p, result) in group.into_iter().zip(results) {

@@ -82,6 +82,16 @@ pub struct SweepPoint {
     pub cfg: SaeConfig,
 }
 
+impl SweepPoint {
+    /// A sweep of one SAE, reported as point `sae`.
+    pub fn single(cfg: SaeConfig) -> Self {
+        SweepPoint {
+            name: "sae".to_string(),
+            cfg,
+        }
+    }
+}
+
 /// Training metrics of one epoch, accumulated over its training batches (each
 /// batch measured before its own update, as the notebook does).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -672,10 +682,11 @@ const FULL: Limits = Limits {
     check_every: None,
 };
 
-/// Trains every point on `data` with `path`. Points sharing batch size and
-/// row order step together on each batch; a point that fails (bad config,
-/// divergence) stops alone.
-pub fn train_sweep_data(
+/// Trains every point on `data` with `path`: the one way in (a single SAE
+/// is a sweep of one, [`SweepPoint::single`]). Points sharing batch size
+/// and row order step together on each batch; a point that fails (bad
+/// config, divergence) stops alone.
+pub fn train_sweep(
     points: &[SweepPoint],
     data: TrainData,
     path: &TrainPath,
@@ -685,51 +696,4 @@ pub fn train_sweep_data(
         .into_iter()
         .map(|r| r.and_then(finish))
         .collect()
-}
-
-/// [`train_sweep_data`] for SAEs on row-major `data` `[rows, d_in]`.
-pub fn train_sweep_on(
-    points: &[SweepPoint],
-    data: &[f32],
-    d_in: usize,
-    path: &TrainPath,
-    progress: &(dyn Fn(&ProgressEvent) + Sync),
-) -> Vec<Result<Trained, SaeError>> {
-    train_sweep_data(points, TrainData::autoencoding(data, d_in), path, progress)
-}
-
-/// [`train_sweep_on`] with the fast path.
-pub fn train_sweep(
-    points: &[SweepPoint],
-    data: &[f32],
-    d_in: usize,
-    progress: &(dyn Fn(&ProgressEvent) + Sync),
-) -> Vec<Result<Trained, SaeError>> {
-    train_sweep_on(points, data, d_in, &TrainPath::Fast, progress)
-}
-
-/// Trains one SAE (reported as point `sae`) on row-major `data` `[rows, cfg.d_in]`.
-pub fn train(
-    cfg: &SaeConfig,
-    data: &[f32],
-    path: &TrainPath,
-    progress: &(dyn Fn(&ProgressEvent) + Sync),
-) -> Result<Trained, SaeError> {
-    train_on(cfg, TrainData::autoencoding(data, cfg.d_in), path, progress)
-}
-
-/// Trains one SAE or transcoder (reported as point `sae`) on `data`.
-pub fn train_on(
-    cfg: &SaeConfig,
-    data: TrainData,
-    path: &TrainPath,
-    progress: &(dyn Fn(&ProgressEvent) + Sync),
-) -> Result<Trained, SaeError> {
-    let point = [SweepPoint {
-        name: "sae".to_string(),
-        cfg: cfg.clone(),
-    }];
-    train_sweep_data(&point, data, path, progress)
-        .pop()
-        .expect("one result per point")
 }

@@ -6,9 +6,9 @@ mod common;
 use candle_core::Device;
 use common::*;
 use sae::{
-    encode, evaluate, explained_variance, loss_trajectory, reconstruct, train, train_sweep,
-    AdamConfig, Architecture, DecoderBiasInit, LrSchedule, ResampleConfig, ResampleSchedule, Sae,
-    SaeConfig, SaeError, SweepPoint, TrainPath,
+    encode, evaluate, explained_variance, loss_trajectory, reconstruct, AdamConfig, Architecture,
+    DecoderBiasInit, LrSchedule, ResampleConfig, ResampleSchedule, Sae, SaeConfig, SaeError,
+    SweepPoint, TrainPath,
 };
 
 fn reference() -> TrainPath {

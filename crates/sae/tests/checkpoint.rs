@@ -9,8 +9,7 @@ use std::process::Command;
 
 use common::*;
 use sae::{
-    load, reconstruct, save, train, Architecture, Origin, SaeConfig, TrainData, TrainPath,
-    Transcoder,
+    load, reconstruct, save, Architecture, Origin, SaeConfig, TrainData, TrainPath, Transcoder,
 };
 
 fn origin() -> Origin {
@@ -58,9 +57,7 @@ fn trained_transcoder(architecture: Architecture, skip: bool) -> (sae::Sae, Vec<
         ..config(architecture, 16, 40)
     };
     let data = TrainData::transcoding(&input, 16, &target, 12);
-    let sae = sae::train_on(&cfg, data, &TrainPath::Fast, &|_| {})
-        .unwrap()
-        .sae;
+    let sae = train_on(&cfg, data, &TrainPath::Fast, &|_| {}).unwrap().sae;
     (sae, input, target)
 }
 

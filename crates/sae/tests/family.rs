@@ -6,8 +6,8 @@ mod common;
 
 use common::*;
 use sae::{
-    decode_row, encode_sparse, evaluate, explained_variance, load, save, train, Architecture,
-    Origin, Sae, SaeConfig, TrainPath,
+    decode_row, encode_sparse, evaluate, explained_variance, load, save, Architecture, Origin, Sae,
+    SaeConfig, TrainPath,
 };
 
 const D_IN: usize = 24;

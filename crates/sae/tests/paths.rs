@@ -371,7 +371,7 @@ fn top_k_training_steps_match_f64_on_both_paths() {
     check_steps(&cfg, &data);
     // The same 320 steps (4 epochs of 80) had dead latents, so AuxK was exercised.
     let cfg = SaeConfig { epochs: 4, ..cfg };
-    let trained = sae::train(&cfg, &data, &TrainPath::Fast, &|_| {}).unwrap();
+    let trained = train(&cfg, &data, &TrainPath::Fast, &|_| {}).unwrap();
     assert!(
         trained.curve.iter().all(|p| p.aux > 0.0),
         "{:?}",

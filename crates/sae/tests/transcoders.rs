@@ -6,8 +6,7 @@ mod common;
 
 use common::*;
 use sae::{
-    encode, evaluate, evaluate_on, train_on, Architecture, SaeConfig, TrainData, TrainPath,
-    Transcoder,
+    encode, evaluate, evaluate_on, Architecture, SaeConfig, TrainData, TrainPath, Transcoder,
 };
 
 const D_IN: usize = 24;

@@ -260,7 +260,7 @@ fn bench_sae(config: &Config, ctx: &Context, store: &Store) -> Result<()> {
         );
     for (label, points, path, data) in runs {
         let started = Instant::now();
-        let results = sae::train_sweep_data(&points, data, &path, &|_| {});
+        let results = sae::train_sweep(&points, data, &path, &|_| {});
         let seconds = started.elapsed().as_secs_f64();
         let epochs = points[0].cfg.epochs;
         let steps: usize = points

@@ -2,7 +2,10 @@
 //! SAE loss and its gradients (plain loops, no shared code with the crate).
 #![allow(dead_code, clippy::needless_range_loop)]
 
-use sae::{Architecture, AuxInput, EncoderInit, LrSchedule, Reduction, Sae, SaeConfig};
+use sae::{
+    Architecture, AuxInput, EncoderInit, LrSchedule, ProgressEvent, Reduction, Sae, SaeConfig,
+    SaeError, SweepPoint, TrainData, TrainPath, Trained,
+};
 
 pub fn config(architecture: Architecture, d_in: usize, d_sae: usize) -> SaeConfig {
     SaeConfig {
@@ -603,4 +606,41 @@ pub fn assert_step_matches_f64(cfg: &SaeConfig, s: &sae::CheckedStep, label: &st
             }
         }
     }
+}
+
+/// One SAE trained on `data` `[rows, cfg.d_in]` (the crate trains sweeps; this is a sweep of one).
+pub fn train(
+    cfg: &SaeConfig,
+    data: &[f32],
+    path: &TrainPath,
+    progress: &(dyn Fn(&ProgressEvent) + Sync),
+) -> Result<Trained, SaeError> {
+    train_on(cfg, TrainData::autoencoding(data, cfg.d_in), path, progress)
+}
+
+/// One SAE or transcoder trained on `data`.
+pub fn train_on(
+    cfg: &SaeConfig,
+    data: TrainData,
+    path: &TrainPath,
+    progress: &(dyn Fn(&ProgressEvent) + Sync),
+) -> Result<Trained, SaeError> {
+    sae::train_sweep(&[SweepPoint::single(cfg.clone())], data, path, progress)
+        .pop()
+        .expect("one result per point")
+}
+
+/// SAE points on `data` `[rows, d_in]`, on the fast path.
+pub fn train_sweep(
+    points: &[SweepPoint],
+    data: &[f32],
+    d_in: usize,
+    progress: &(dyn Fn(&ProgressEvent) + Sync),
+) -> Vec<Result<Trained, SaeError>> {
+    sae::train_sweep(
+        points,
+        TrainData::autoencoding(data, d_in),
+        &TrainPath::Fast,
+        progress,
+    )
 }
