@@ -157,6 +157,132 @@ impl Certificate {
     }
 }
 
+/// The rest and dormancy state of a run of features (one half of the fast
+/// path's), behind the transitions the trainer may make: a feature *rests*
+/// from `rest` until `end_rest`, is *dormant* from `sleep` (resting and
+/// certified) until `wake` or `end_rest`, and is *touched* whenever it has a
+/// gradient, which drops its certificate.
+#[derive(Default)]
+pub(crate) struct RestStates {
+    resting: Vec<bool>,
+    /// The Adam step each resting feature rests since.
+    resting_since: Vec<usize>,
+    dormant: Vec<bool>,
+    /// The last Adam step each feature had a gradient.
+    last_touched: Vec<usize>,
+    /// Held while it rests, dropped when its encoder column may change.
+    certificate: Vec<Option<Certificate>>,
+    certificates_made: Vec<u32>,
+    /// The features that are not dormant, ascending.
+    awake: Vec<u32>,
+}
+
+impl RestStates {
+    /// `n` features, every one awake and working.
+    pub fn new(n: usize) -> Self {
+        RestStates {
+            resting: vec![false; n],
+            resting_since: vec![0; n],
+            dormant: vec![false; n],
+            last_touched: vec![0; n],
+            certificate: vec![None; n],
+            certificates_made: vec![0; n],
+            awake: (0..n as u32).collect(),
+        }
+    }
+
+    pub fn is_resting(&self, j: usize) -> bool {
+        self.resting[j]
+    }
+
+    pub fn is_dormant(&self, j: usize) -> bool {
+        self.dormant[j]
+    }
+
+    pub fn resting_count(&self) -> usize {
+        self.resting.iter().filter(|&&r| r).count()
+    }
+
+    /// The features in the encoder (not dormant), ascending.
+    pub fn awake(&self) -> &[u32] {
+        &self.awake
+    }
+
+    pub fn all_awake(&self) -> bool {
+        self.awake.len() == self.resting.len()
+    }
+
+    pub fn last_touched(&self, j: usize) -> usize {
+        self.last_touched[j]
+    }
+
+    pub fn certificate(&self, j: usize) -> Option<Certificate> {
+        self.certificate[j]
+    }
+
+    pub fn certificates_made(&self, j: usize) -> u32 {
+        self.certificates_made[j]
+    }
+
+    /// Feature `j` has a gradient at Adam step `adam_t`.
+    pub fn touch(&mut self, j: usize, adam_t: usize) {
+        self.last_touched[j] = adam_t;
+        self.certificate[j] = None;
+    }
+
+    /// Feature `j` rests from Adam step `adam_t` on.
+    pub fn rest(&mut self, j: usize, adam_t: usize) {
+        self.resting[j] = true;
+        self.resting_since[j] = adam_t;
+    }
+
+    /// Ends feature `j`'s rest (and any sleep: call `refresh_awake` after a
+    /// batch of these) after Adam step `adam_t`; returns how many steps it
+    /// rested through, whose second-moment decays the caller replays.
+    pub fn end_rest(&mut self, j: usize, adam_t: usize) -> usize {
+        self.resting[j] = false;
+        self.dormant[j] = false;
+        adam_t - self.resting_since[j]
+    }
+
+    pub fn certify(&mut self, j: usize, certificate: Certificate) {
+        self.certificates_made[j] += 1;
+        self.certificate[j] = Some(certificate);
+    }
+
+    /// Feature `j`, resting and certified, leaves the encoder (call
+    /// `refresh_awake` after a batch of these).
+    pub fn sleep(&mut self, j: usize) {
+        debug_assert!(self.resting[j] && self.certificate[j].is_some());
+        self.dormant[j] = true;
+    }
+
+    /// Feature `j` returns to the encoder, still resting (call
+    /// `refresh_awake` after a batch of these).
+    pub fn wake(&mut self, j: usize) {
+        self.dormant[j] = false;
+    }
+
+    /// Drops every certificate (the bounds they were made for no longer apply).
+    pub fn drop_certificates(&mut self) {
+        self.certificate.fill(None);
+    }
+
+    /// Feature `j` was resampled at Adam step `adam_t`: it works again.
+    pub fn reset(&mut self, j: usize, adam_t: usize) {
+        self.resting[j] = false;
+        self.dormant[j] = false;
+        self.certificate[j] = None;
+        self.last_touched[j] = adam_t;
+    }
+
+    pub fn refresh_awake(&mut self) {
+        self.awake.clear();
+        self.awake
+            .extend((0..self.dormant.len() as u32).filter(|&j| !self.dormant[j as usize]));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

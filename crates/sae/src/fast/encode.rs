@@ -61,7 +61,7 @@ pub(super) fn encode_half_inline<S: Simd>(
     decode: bool,
 ) {
     let n = half.n();
-    if half.awake.len() == n {
+    if half.rest.all_awake() {
         half.pre.clear();
         for _ in 0..rows {
             half.pre.extend_from_slice(b_enc);
@@ -78,17 +78,17 @@ pub(super) fn encode_half_inline<S: Simd>(
     } else {
         // Only the awake features' columns; a dormant one's pre-activation
         // is below its firing level on every row (`dormant`), so -inf.
-        let awake = half.awake.len();
+        let awake = half.rest.awake().len();
         half.packed_w.clear();
         half.packed_pre.clear();
-        for &j in &half.awake {
+        for &j in half.rest.awake() {
             let j = j as usize;
             half.packed_w
                 .extend_from_slice(&w_enc_t[j * d_in..(j + 1) * d_in]);
         }
         for _ in 0..rows {
             half.packed_pre
-                .extend(half.awake.iter().map(|&j| b_enc[j as usize]));
+                .extend(half.rest.awake().iter().map(|&j| b_enc[j as usize]));
         }
         kernels::matmul(
             &mut half.packed_pre,
@@ -107,7 +107,7 @@ pub(super) fn encode_half_inline<S: Simd>(
                 .chunks_exact_mut(n)
                 .zip(half.packed_pre.chunks_exact(awake))
             {
-                for (&j, &v) in half.awake.iter().zip(packed) {
+                for (&j, &v) in half.rest.awake().iter().zip(packed) {
                     pre[j as usize] = v;
                 }
             }

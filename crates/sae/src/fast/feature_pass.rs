@@ -118,7 +118,7 @@ pub(super) fn feature_pass_half_inline<S: Simd>(
             half.g_r_mag[j] = 0.0;
             half.g_b_mag[j] = 0.0;
         }
-        if half.dormant[j] {
+        if half.rest.is_dormant(j) {
             // Selected nowhere, and resting (below).
             debug_assert!(!touched, "a dormant feature is selected nowhere");
             half.g_b_enc[j] = 0.0;
@@ -129,15 +129,13 @@ pub(super) fn feature_pass_half_inline<S: Simd>(
             continue;
         }
         if touched {
-            if let (true, PassMode::Adam { step, .. }) = (half.resting[j], &mode) {
+            if let (true, PassMode::Adam { step, .. }) = (half.rest.is_resting(j), &mode) {
                 // The second-moment decays of the steps it rested through.
-                let skipped = inputs.adam_t - 1 - half.resting_since[j];
+                let skipped = half.rest.end_rest(j, inputs.adam_t - 1);
                 dormant::replay_decay(&mut p.w_enc_t_v[enc_j.clone()], skipped, *step);
                 dormant::replay_decay(&mut p.w_dec_v[rows_j.clone()], skipped, *step);
-                half.resting[j] = false;
             }
-            half.last_touched[j] = inputs.adam_t;
-            half.certificate[j] = None;
+            half.rest.touch(j, inputs.adam_t);
             half.g_enc_row.fill(0.0);
             half.g_dec_row.fill(0.0);
             let w_dec_j = &p.w_dec[rows_j.clone()];
@@ -254,7 +252,7 @@ pub(super) fn feature_pass_half_inline<S: Simd>(
         match &mut mode {
             // No gradient, and a zero-gradient step would change none of its
             // weights: only its second moments decay, replayed when it is next touched.
-            PassMode::Adam { .. } if half.resting[j] => {}
+            PassMode::Adam { .. } if half.rest.is_resting(j) => {}
             PassMode::Adam { step, renormalise } => {
                 kernels::adam_inline::<S>(
                     &mut p.w_enc_t[enc_j.clone()],

@@ -2,7 +2,7 @@
 //! (W_enc transposed), each half's scratch, the sparse row and column lists,
 //! and the per-step state the halves share.
 
-use crate::dormant::Certificate;
+use crate::dormant::RestStates;
 use crate::kernels::{self, AdamStep};
 
 pub(super) struct Moments {
@@ -130,20 +130,12 @@ pub(super) struct Half {
     pub(super) g_dec_row: Vec<f32>,
     /// `[max(d_in, d_out)]` zeros: the gradient of an untouched feature.
     pub(super) zero_row: Vec<f32>,
-    /// Rest and dormancy (see `dormant`), per feature of this half: whether
-    /// it rests (its Adam steps are skipped until it next has a gradient)
-    /// and since which `adam_t`, whether it is dormant (it rests and is also
-    /// left out of the encoder), the last `adam_t` it had a gradient, and its
-    /// certificate once it rests (cleared when its encoder column may change).
-    pub(super) resting: Vec<bool>,
-    pub(super) resting_since: Vec<usize>,
-    pub(super) dormant: Vec<bool>,
-    pub(super) last_touched: Vec<usize>,
-    pub(super) certificate: Vec<Option<Certificate>>,
-    pub(super) certificates_made: Vec<u32>,
-    /// The features that are not dormant (local indices), and the encoder's
-    /// weights, biases and outputs packed to them while some are.
-    pub(super) awake: Vec<u32>,
+    /// Rest and dormancy of this half's features (local indices): a resting
+    /// one skips its Adam steps until it next has a gradient, a dormant one
+    /// also the encoder.
+    pub(super) rest: RestStates,
+    /// The encoder's weights, biases and outputs packed to the awake
+    /// features while some are dormant.
     pub(super) packed_w: Vec<f32>,
     pub(super) packed_pre: Vec<f32>,
 }
@@ -151,12 +143,6 @@ pub(super) struct Half {
 impl Half {
     pub(super) fn n(&self) -> usize {
         self.hi - self.lo
-    }
-
-    pub(super) fn refresh_awake(&mut self) {
-        self.awake.clear();
-        self.awake
-            .extend((0..self.n() as u32).filter(|&j| !self.dormant[j as usize]));
     }
 }
 

@@ -39,6 +39,7 @@ mod tests;
 
 use crate::arch::AuxInput;
 use crate::config::SaeConfig;
+use crate::dormant::RestStates;
 use crate::duo::Exec;
 use crate::kernels::AdamStep;
 use crate::model::{transpose, Sae};
@@ -87,13 +88,7 @@ impl FastTrainer {
             g_enc_row: vec![0.0; d_in],
             g_dec_row: vec![0.0; d_out],
             zero_row: vec![0.0; d_in.max(d_out)],
-            resting: vec![false; hi - lo],
-            resting_since: vec![0; hi - lo],
-            dormant: vec![false; hi - lo],
-            last_touched: vec![0; hi - lo],
-            certificate: vec![None; hi - lo],
-            certificates_made: vec![0; hi - lo],
-            awake: (0..(hi - lo) as u32).collect(),
+            rest: RestStates::new(hi - lo),
             ..Half::default()
         };
         FastTrainer {
@@ -182,7 +177,7 @@ impl Trainer for FastTrainer {
         // Rests (and the certificates, which only resting features hold)
         // were checked against smaller steps.
         if step.step_size > self.dormancy.checked_step_size
-            && self.halves.iter().any(|h| h.resting.contains(&true))
+            && self.halves.iter().any(|h| h.rest.resting_count() > 0)
         {
             self.wake_all();
         }
@@ -333,10 +328,7 @@ impl Trainer for FastTrainer {
             let h = usize::from(f >= self.halves[1].lo);
             let half = &mut self.halves[h];
             let j = f - half.lo;
-            half.resting[j] = false;
-            half.dormant[j] = false;
-            half.certificate[j] = None;
-            half.last_touched[j] = self.adam_t;
+            half.rest.reset(j, self.adam_t);
             if let Some(init_threshold) = self.cfg.architecture.learned_threshold() {
                 self.threshold[f] = init_threshold as f32;
                 p.log_threshold[f] = self.threshold[f].ln();
@@ -351,7 +343,7 @@ impl Trainer for FastTrainer {
                 m.adam_b_mag.reset(f..f + 1);
             }
         }
-        self.halves.iter_mut().for_each(Half::refresh_awake);
+        self.halves.iter_mut().for_each(|h| h.rest.refresh_awake());
         Ok(())
     }
 

@@ -9,7 +9,7 @@ use crate::kernels::{self, AdamStep};
 
 use super::*;
 
-/// The trainer-wide side of dormant features (see `dormant`; per feature in [`Half`]).
+/// The trainer-wide side of dormant features (see `dormant`; per feature: `Half::rest`).
 pub(super) struct Dormancy {
     pub(super) enabled: bool,
     /// The largest Adam step size that resting features were checked against
@@ -95,7 +95,7 @@ impl FastTrainer {
 
     /// Wakes feature `j` of half `h` back into the encoder (it still rests).
     pub(super) fn wake(&mut self, h: usize, j: usize) {
-        self.halves[h].dormant[j] = false;
+        self.halves[h].rest.wake(j);
         self.dormancy.woken += 1;
     }
 
@@ -105,9 +105,7 @@ impl FastTrainer {
         let (d_in, d_out) = (self.d_in, self.d_out);
         let half = &mut self.halves[h];
         let f = half.lo + j;
-        let skipped = self.adam_t - half.resting_since[j];
-        half.resting[j] = false;
-        half.dormant[j] = false;
+        let skipped = half.rest.end_rest(j, self.adam_t);
         let step = self
             .dormancy
             .last_step
@@ -128,7 +126,7 @@ impl FastTrainer {
     /// Before a step: wakes every dormant feature whose certificate no longer
     /// holds (b_dec, b_enc or a threshold moved).
     pub(super) fn wake_uncertified(&mut self) {
-        if self.halves.iter().all(|h| h.awake.len() == h.n()) {
+        if self.halves.iter().all(|h| h.rest.all_awake()) {
             return;
         }
         let b_dec_norm = self.centring_norm();
@@ -136,17 +134,20 @@ impl FastTrainer {
             let mut woke = false;
             for j in 0..self.halves[h].n() {
                 let half = &self.halves[h];
-                if !half.dormant[j] {
+                if !half.rest.is_dormant(j) {
                     continue;
                 }
-                let certificate = half.certificate[j].expect("a dormant feature is certified");
+                let certificate = half
+                    .rest
+                    .certificate(j)
+                    .expect("a dormant feature is certified");
                 if !self.certified(half.lo + j, &certificate, b_dec_norm) {
                     self.wake(h, j);
                     woke = true;
                 }
             }
             if woke {
-                self.halves[h].refresh_awake();
+                self.halves[h].rest.refresh_awake();
             }
         }
     }
@@ -156,13 +157,13 @@ impl FastTrainer {
     pub(super) fn wake_all(&mut self) {
         for h in 0..2 {
             for j in 0..self.halves[h].n() {
-                if self.halves[h].resting[j] {
+                if self.halves[h].rest.is_resting(j) {
                     self.end_rest(h, j);
                 }
             }
-            let half = &mut self.halves[h];
-            half.certificate.fill(None);
-            half.refresh_awake();
+            let rest = &mut self.halves[h].rest;
+            rest.drop_certificates();
+            rest.refresh_awake();
         }
         self.dormancy.checked_step_size = 0.0;
     }
@@ -185,7 +186,7 @@ impl FastTrainer {
         for half in &mut self.halves {
             let p = &self.params;
             for j in 0..half.n() {
-                if half.resting[j] || half.last_touched[j] + QUIET_STEPS > adam_t {
+                if half.rest.is_resting(j) || half.rest.last_touched(j) + QUIET_STEPS > adam_t {
                     continue;
                 }
                 let f = half.lo + j;
@@ -201,8 +202,7 @@ impl FastTrainer {
                 ) && (!unit_norm
                     || dormant::renormalise_is_identity(&p.w_dec[dec], &mut self.dormancy.scratch))
                 {
-                    half.resting[j] = true;
-                    half.resting_since[j] = adam_t;
+                    half.rest.rest(j, adam_t);
                     self.dormancy.rested += 1;
                 }
             }
@@ -215,10 +215,11 @@ impl FastTrainer {
         let mut settled = Vec::new();
         for half in &self.halves {
             for j in 0..half.n() {
-                let quiet = QUIET_STEPS << half.certificates_made[j].min(MAX_CERTIFICATE_BACKOFF);
-                if !half.resting[j]
-                    || half.certificate[j].is_some()
-                    || half.last_touched[j] + quiet > adam_t
+                let backoff = half.rest.certificates_made(j).min(MAX_CERTIFICATE_BACKOFF);
+                let quiet = QUIET_STEPS << backoff;
+                if !half.rest.is_resting(j)
+                    || half.rest.certificate(j).is_some()
+                    || half.rest.last_touched(j) + quiet > adam_t
                 {
                     continue;
                 }
@@ -257,12 +258,14 @@ impl FastTrainer {
                 let w_norm = w_norm(&p.w_enc_t[f * d_in..(f + 1) * d_in]);
                 let h = usize::from(f >= self.halves[1].lo);
                 let half = &mut self.halves[h];
-                half.certificates_made[f - half.lo] += 1;
-                half.certificate[f - half.lo] = Some(Certificate {
-                    reach,
-                    w_norm,
-                    input_norm,
-                });
+                half.rest.certify(
+                    f - half.lo,
+                    Certificate {
+                        reach,
+                        w_norm,
+                        input_norm,
+                    },
+                );
             }
         }
         // Certified features go to sleep.
@@ -271,20 +274,21 @@ impl FastTrainer {
             let mut slept = false;
             for j in 0..self.halves[h].n() {
                 let half = &self.halves[h];
-                let Some(certificate) =
-                    half.certificate[j].filter(|_| half.resting[j] && !half.dormant[j])
+                let rest = &half.rest;
+                let Some(certificate) = rest
+                    .certificate(j)
+                    .filter(|_| rest.is_resting(j) && !rest.is_dormant(j))
                 else {
                     continue;
                 };
                 if self.certified(half.lo + j, &certificate, b_dec_norm) {
-                    let half = &mut self.halves[h];
-                    half.dormant[j] = true;
+                    self.halves[h].rest.sleep(j);
                     slept = true;
                     self.dormancy.slept += 1;
                 }
             }
             if slept {
-                self.halves[h].refresh_awake();
+                self.halves[h].rest.refresh_awake();
             }
         }
     }

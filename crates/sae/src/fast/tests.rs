@@ -143,16 +143,17 @@ fn a_larger_step_ends_every_rest_even_before_its_certificate() {
     let resting = |t: &FastTrainer| {
         t.halves
             .iter()
-            .flat_map(|h| &h.resting)
-            .filter(|&&r| r)
-            .count()
+            .map(|h| h.rest.resting_count())
+            .sum::<usize>()
     };
     assert!(resting(&trainer) > 0);
     // Rests whose reach is still waiting for its batch have no certificate.
     trainer.halves.iter_mut().for_each(|h| {
-        h.certificate.fill(None);
-        h.dormant.fill(false);
-        h.refresh_awake();
+        for j in 0..h.n() {
+            h.rest.wake(j);
+        }
+        h.rest.drop_certificates();
+        h.rest.refresh_awake();
     });
     trainer.apply(2e-3, Exec::Serial).unwrap();
     assert_eq!(resting(&trainer), 0);
