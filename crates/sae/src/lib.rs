@@ -13,6 +13,12 @@
 //! curve back as data. Invariant: the same config and seed give a
 //! bit-identical SAE on the fast path.
 //!
+//! Where an architecture lives: `src/arch/<name>.rs`, one file each, behind
+//! [`ArchitectureSpec`] (its settings, validation, label, sweep axes, paper
+//! init, SAELens layout, and the [`Activation`], [`Penalty`], AuxK and prefixes
+//! it combines); `src/arch/mod.rs` lists them once. The one way to train is
+//! [`train_sweep`] (a single SAE is [`SweepPoint::single`]).
+//!
 //! Threads: a fast-path sweep trains one point per core, and a core with no
 //! point left becomes a spinning helper that takes half of each step of the
 //! other's (a single run: from its first step); the reference path leaves
