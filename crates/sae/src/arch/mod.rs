@@ -15,26 +15,10 @@
 //! A transcoder is not an architecture: it is the input/output axis
 //! ([`crate::Transcoder`]) any architecture trains on.
 
-mod batchtopk;
-mod gated;
-mod jumprelu;
-mod l1;
-mod matryoshka;
-mod norm_weighted_l1;
-mod topk;
-
 use serde::{Deserialize, Serialize};
 
 use crate::config::{DecoderBiasInit, EncoderInit};
 use crate::SaeError;
-
-pub use batchtopk::BatchTopK;
-pub use gated::Gated;
-pub use jumprelu::JumpRelu;
-pub use l1::L1;
-pub use matryoshka::MatryoshkaBatchTopK;
-pub use norm_weighted_l1::NormWeightedL1;
-pub use topk::TopK;
 
 /// What an architecture file implements.
 pub trait ArchitectureSpec {
@@ -198,17 +182,21 @@ pub fn default_k_aux(d_in: usize) -> usize {
     (d_in / 2).max(1)
 }
 
-/// Declares the architectures: each line is a variant of [`Architecture`]
-/// and [`ArchitectureKind`] and the file's type; the dispatch below is
+/// Declares the architectures: each line, `file::Type`, is the file's
+/// module, its type re-exported, and a variant of [`Architecture`] and
+/// [`ArchitectureKind`] named after the type; the dispatch below is
 /// generated, so no other code lists them.
 macro_rules! architectures {
-    ($($variant:ident($ty:ty)),* $(,)?) => {
+    ($($module:ident::$variant:ident),* $(,)?) => {
+        $(mod $module;
+        pub use $module::$variant;)*
+
         /// An SAE architecture with its settings (serialised with `kind`, the
         /// variant's name, beside its settings).
         #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
         #[serde(tag = "kind")]
         pub enum Architecture {
-            $($variant($ty)),*
+            $($variant($variant)),*
         }
 
         /// An architecture without its settings: what `sae.architecture` lists.
@@ -223,14 +211,14 @@ macro_rules! architectures {
             /// The value `sae.architecture` takes for it.
             pub fn name(self) -> &'static str {
                 match self {
-                    $(ArchitectureKind::$variant => <$ty as ArchitectureSpec>::name()),*
+                    $(ArchitectureKind::$variant => <$variant as ArchitectureSpec>::name()),*
                 }
             }
 
             /// One architecture per value of the sweep axis it reads.
             pub fn architectures(self, axes: &ArchitectureAxes) -> Vec<Architecture> {
                 match self {
-                    $(ArchitectureKind::$variant => <$ty as ArchitectureSpec>::from_axes(axes)
+                    $(ArchitectureKind::$variant => <$variant as ArchitectureSpec>::from_axes(axes)
                         .into_iter()
                         .map(Architecture::$variant)
                         .collect()),*
@@ -258,8 +246,8 @@ macro_rules! architectures {
             }
         }
 
-        $(impl From<$ty> for Architecture {
-            fn from(a: $ty) -> Self {
+        $(impl From<$variant> for Architecture {
+            fn from(a: $variant) -> Self {
                 Architecture::$variant(a)
             }
         })*
@@ -267,13 +255,13 @@ macro_rules! architectures {
 }
 
 architectures! {
-    L1(L1),
-    TopK(TopK),
-    NormWeightedL1(NormWeightedL1),
-    BatchTopK(BatchTopK),
-    MatryoshkaBatchTopK(MatryoshkaBatchTopK),
-    JumpRelu(JumpRelu),
-    Gated(Gated),
+    l1::L1,
+    topk::TopK,
+    norm_weighted_l1::NormWeightedL1,
+    batchtopk::BatchTopK,
+    matryoshka::MatryoshkaBatchTopK,
+    jumprelu::JumpRelu,
+    gated::Gated,
 }
 
 impl Serialize for ArchitectureKind {

@@ -35,7 +35,13 @@ impl FastTrainer {
             aux_residual: &self.step.aux_residual,
             grad_scale: 2.0 / rows as f32,
             l1_grad: self.cfg.l1_scale(rows) as f32,
-            norm_weighted: matches!(architecture.penalty(), Penalty::NormWeightedL1 { .. }),
+            // The penalty's share of each active entry's gradient is l1_grad
+            // (times the decoder row's norm where weighted); L0's reaches the
+            // thresholds only (`jump`).
+            norm_weighted: match architecture.penalty() {
+                Penalty::NormWeightedL1 { .. } => true,
+                Penalty::None | Penalty::L1 { .. } | Penalty::L0 { .. } => false,
+            },
             aux_grad_scale: self.step.aux_grad_scale,
             project,
             adam_t: self.adam_t,
