@@ -42,11 +42,8 @@ pub mod synthetic;
 mod train;
 mod trainer;
 
-pub use arch::{
-    default_k_aux, Activation, Architecture, ArchitectureAxes, ArchitectureKind, ArchitectureSpec,
-    AuxInput, BatchTopK, Coordinates, Gated, JumpRelu, MatryoshkaBatchTopK, NormWeightedL1,
-    Penalty, SaeLensArchitecture, TopK, L1,
-};
+// Every architecture and the mechanisms they combine (`arch/mod.rs` lists them).
+pub use arch::*;
 pub use checkpoint::{
     load, save, Origin, TrainingRecord, CONFIG_FILE, RECORD_FILE, SAELENS_CONFIG_FILE, WEIGHTS_FILE,
 };
