@@ -19,9 +19,11 @@
 //! it combines); `src/arch/mod.rs` lists them once. The one way to train is
 //! [`train_sweep`] (a single SAE is [`SweepPoint::single`]).
 //!
-//! Threads: a fast-path sweep trains one point per core, and a core with no
-//! point left becomes a spinning helper that takes half of each step of the
-//! other's (a single run: from its first step); the reference path leaves
+//! Threads: a fast-path sweep trains one point on each thread of the rayon
+//! pool (its size: `RAYON_NUM_THREADS`, or the pool the caller installs), and
+//! a thread with no point left becomes a spinning helper that takes half of
+//! each step of a thread still training (a single run: from its first step);
+//! any number of threads gives the same bits. The reference path leaves
 //! threading to candle. `evaluate`/`encode`/`reconstruct`
 //! use the rayon pool. Every fast-path thread and every encoding chunk runs
 //! with subnormals flushed to zero (`subnormals::flushed`).

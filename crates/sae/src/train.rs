@@ -1,7 +1,7 @@
 //! The training driver shared by both paths: batches, the learning-rate
 //! schedule, dead-feature tracking, resampling, metrics, progress, sweeps.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -422,16 +422,19 @@ impl Run<'_> {
     }
 }
 
-/// Trains every run: one run at a time on each core, the costliest first (a
-/// longest-first schedule), and a core with nothing left to train helps the
-/// other with each of its steps (`Exec::Duo`), so a single run still uses
-/// both cores. A run gives the same bits on one core or two. (Measured on the
-/// 2-core target with the zoo's seven SAEs over 8 epochs: 25.9-28.7 s this
-/// way, 32.1-36.2 s stepping all seven in lockstep, each step split over both
-/// cores, whose helper then idled through each step's serial parts.)
+/// Trains every run: one run at a time on each thread of the rayon pool
+/// (`RAYON_NUM_THREADS`, or `xtask --threads`), the costliest first (a
+/// longest-first schedule), and a thread with nothing left to train helps a
+/// thread still training with each of its steps (`Exec::Duo`), so a single
+/// run still uses two cores. A run gives the same bits on any number of
+/// threads: its features split into two halves fixed by `d_sae`, whichever
+/// thread runs each. (Measured on the 2-core target with the zoo's seven SAEs
+/// over 8 epochs: 25.9-28.7 s this way, 32.1-36.2 s stepping all seven in
+/// lockstep, each step split over both cores, whose helper then idled
+/// through each step's serial parts.)
 fn drive_all(mut runs: Vec<&mut Run>, shared: &Shared) {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if cores < 2 || !runs.iter().any(|r| r.trainer.uses_helper_thread()) {
+    let threads = rayon::current_num_threads().min(2 * runs.len());
+    if threads < 2 || !runs.iter().any(|r| r.trainer.uses_helper_thread()) {
         for run in runs {
             // The fast path runs with subnormals flushed; the reference (candle,
             // on threads of its own) keeps IEEE arithmetic.
@@ -447,21 +450,15 @@ fn drive_all(mut runs: Vec<&mut Run>, shared: &Shared) {
     // Ascending, so that `pop` takes the costliest.
     runs.sort_by(|a, b| cost(a.cfg, rows).total_cmp(&cost(b.cfg, rows)));
     let queue = Mutex::new(runs);
-    let duo = Duo::new();
-    let finished = AtomicUsize::new(0);
-    let helping = AtomicBool::new(false);
-    // Both workers, and the helper each may become, run with subnormals
+    let crew = Crew::new(threads);
+    // Every worker, and the helper each may become, runs with subnormals
     // flushed (`subnormals`: 2.5x on Intel, the same bits).
-    let worker = || {
+    let worker = |i: usize| {
         subnormals::flushed(|| {
-            let _done = WorkerDone {
-                duo: &duo,
-                finished: &finished,
-                helping: &helping,
-            };
+            let _done = WorkerDone { crew: &crew, i };
             let exec = || {
-                if helping.load(Ordering::Acquire) {
-                    Exec::Duo(&duo)
+                if crew.helped[i].load(Ordering::Acquire) {
+                    Exec::Duo(&crew.duos[i])
                 } else {
                     Exec::Serial
                 }
@@ -476,26 +473,70 @@ fn drive_all(mut runs: Vec<&mut Run>, shared: &Shared) {
         })
     };
     std::thread::scope(|scope| {
-        scope.spawn(worker);
-        worker();
+        for i in 1..threads {
+            scope.spawn(move || worker(i));
+        }
+        worker(0);
     });
 }
 
-/// When a core has no run left (or is unwinding): the first core to get
-/// here helps the other until it is released; the second releases it.
+/// The workers of `drive_all`: each one's `Duo` (it is the caller, a worker
+/// with nothing left to train its helper), whether it has a helper, and
+/// which workers are still training.
+struct Crew {
+    duos: Vec<Duo>,
+    /// Read by worker i before each step: whether its `Duo` has a helper.
+    helped: Vec<AtomicBool>,
+    /// Per worker: (still training, has a helper); changed under the lock.
+    slots: Mutex<Vec<(bool, bool)>>,
+}
+
+impl Crew {
+    fn new(workers: usize) -> Crew {
+        Crew {
+            duos: (0..workers).map(|_| Duo::new()).collect(),
+            helped: (0..workers).map(|_| AtomicBool::new(false)).collect(),
+            slots: Mutex::new(vec![(true, false); workers]),
+        }
+    }
+
+    /// A worker still training that has no helper, now claimed as helped.
+    fn claim(&self) -> Option<usize> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let j = slots
+            .iter()
+            .position(|&(training, helped)| training && !helped)?;
+        slots[j].1 = true;
+        self.helped[j].store(true, Ordering::Release);
+        Some(j)
+    }
+}
+
+/// When worker `i` has no run left (or is unwinding): it releases its helper,
+/// if any, then helps each worker still training that has none, one after
+/// another, until none is left.
 struct WorkerDone<'a> {
-    duo: &'a Duo,
-    finished: &'a AtomicUsize,
-    helping: &'a AtomicBool,
+    crew: &'a Crew,
+    i: usize,
 }
 
 impl Drop for WorkerDone<'_> {
     fn drop(&mut self) {
-        if self.finished.fetch_add(1, Ordering::AcqRel) == 0 && !std::thread::panicking() {
-            self.helping.store(true, Ordering::Release);
-            self.duo.help_until_released();
-        } else {
-            self.duo.release();
+        let crew = self.crew;
+        let had_helper = {
+            let mut slots = crew.slots.lock().unwrap_or_else(|e| e.into_inner());
+            slots[self.i].0 = false;
+            slots[self.i].1
+        };
+        if had_helper {
+            // Its helper returns (at once if it has not started) and looks on.
+            crew.duos[self.i].release();
+        }
+        if std::thread::panicking() {
+            return;
+        }
+        while let Some(j) = crew.claim() {
+            crew.duos[j].help_until_released();
         }
     }
 }

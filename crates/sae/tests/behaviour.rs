@@ -817,3 +817,45 @@ fn sparse_codes_are_the_dense_encoding_and_decode_to_the_reconstruction() {
         "the check should cover active features: {nonzeros}"
     );
 }
+
+#[test]
+fn a_sweep_gives_the_same_bits_on_any_number_of_threads() {
+    // More points than some thread counts and fewer than others, so workers
+    // both queue points and turn helpers; every architecture's mechanism.
+    let data = structured_data(640, 16, 23);
+    let points: Vec<SweepPoint> = sae::ArchitectureKind::ALL
+        .iter()
+        .flat_map(|kind| {
+            kind.architectures(&sae::ArchitectureAxes {
+                k: vec![4],
+                ..sae::ArchitectureAxes::default()
+            })
+        })
+        .enumerate()
+        .map(|(i, architecture)| SweepPoint {
+            name: format!("{i}-{}", architecture.label()),
+            cfg: SaeConfig {
+                epochs: 3,
+                dead_window_steps: 20,
+                ..config(architecture, 16, 40 + i)
+            },
+        })
+        .collect();
+    let trained_on = |threads: usize| -> Vec<sae::Sae> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| train_sweep(&points, &data, 16, &quiet()))
+            .into_iter()
+            .map(|r| r.unwrap().sae)
+            .collect()
+    };
+    let one = trained_on(1);
+    for threads in [2, 3, 4, 8] {
+        let many = trained_on(threads);
+        for (a, b) in one.iter().zip(&many) {
+            assert!(a == b, "{threads} threads: {:?}", a.cfg.architecture);
+        }
+    }
+}

@@ -60,6 +60,10 @@ struct Cli {
     /// Artifact store [env: SAELAB_ARTIFACTS; default: artifacts/ at the repository root].
     #[arg(long, global = true, value_name = "DIR")]
     artifacts: Option<PathBuf>,
+    /// Threads to train and encode on [env: SAELAB_THREADS; default: every core].
+    /// Any count gives the same bits.
+    #[arg(long, global = true, value_name = "N")]
+    threads: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -185,6 +189,27 @@ fn main() -> ExitCode {
     }
 }
 
+/// Sizes the rayon pool, which the trainers and encoders share, from
+/// `--threads` or `SAELAB_THREADS` (neither: rayon's own default, every core,
+/// or `RAYON_NUM_THREADS`).
+fn use_threads(flag: Option<&str>) -> Result<()> {
+    let (source, value) = match (flag, std::env::var("SAELAB_THREADS")) {
+        (Some(value), _) => ("--threads", value.to_string()),
+        (None, Ok(value)) => ("SAELAB_THREADS", value),
+        (None, Err(_)) => return Ok(()),
+    };
+    let threads = match value.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => n,
+        _ => bail!(
+            "{source} = {value:?} is not a thread count: it must be a whole number of at least 1"
+        ),
+    };
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .with_context(|| format!("{source} = {threads}: could not start the thread pool"))
+}
+
 /// An error and its causes in one line, each cause once: many errors already
 /// print their source (`path: Read-only file system`), and `{:#}` would repeat it.
 fn describe(error: &anyhow::Error) -> String {
@@ -253,6 +278,7 @@ fn open(cli: &Cli) -> Result<Session> {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    use_threads(cli.threads.as_deref())?;
     let session = open(&cli)?;
     let pipeline = stages::build(&session.config, &session.ctx);
     let graph = pipeline.graph()?;

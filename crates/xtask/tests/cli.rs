@@ -775,3 +775,40 @@ fn every_architecture_trains_into_one_report_and_saelens_loads_each_folder() {
     );
     eprintln!("{stdout}");
 }
+
+#[test]
+fn a_bad_thread_count_is_refused_naming_where_it_came_from() {
+    let store = tempfile::tempdir().unwrap();
+    let cases: [(&[&str], Option<&str>, &str); 3] = [
+        (
+            &["--threads", "0", "stages"],
+            None,
+            "--threads = \"0\" is not a thread count",
+        ),
+        (
+            &["stages"],
+            Some("two"),
+            "SAELAB_THREADS = \"two\" is not a thread count",
+        ),
+        // The flag wins over the variable.
+        (
+            &["--threads", "x", "stages"],
+            Some("2"),
+            "--threads = \"x\"",
+        ),
+    ];
+    for (args, env, message) in cases {
+        let mut cmd = command(store.path(), args);
+        if let Some(value) = env {
+            cmd.env("SAELAB_THREADS", value);
+        }
+        let run = finished(cmd.output().unwrap());
+        assert!(!run.ok, "{args:?} {env:?} was accepted");
+        assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+        assert!(run.stderr.contains(message), "{args:?}: {}", run.stderr);
+    }
+    let mut good = command(store.path(), &["--threads", "3", "stages"]);
+    good.env("SAELAB_THREADS", "1");
+    let run = finished(good.output().unwrap());
+    assert!(run.ok, "{}", run.stderr);
+}
