@@ -6,7 +6,7 @@ pub enum SaeError {
     #[error("{0}")]
     InvalidConfig(String),
     /// A value of `SaeConfig` out of range; `key` is its path in `SaeConfig`
-    /// (e.g. `variant.k`), so a caller can name it as its own config does.
+    /// (e.g. `architecture.k`), so a caller can name it as its own config does.
     #[error("SAE config key `{key}` must be {rule}, got {value}.")]
     InvalidKey {
         key: String,

@@ -40,7 +40,7 @@ pub struct Sae {
     pub b_dec: Vec<f32>,
     /// A skip transcoder's `[d_out, d_in]` linear map; empty otherwise.
     pub w_skip: Vec<f32>,
-    /// `[d_sae]` for variants with an inference threshold (JumpReLU, the
+    /// `[d_sae]` for architectures with an inference threshold (JumpReLU, the
     /// BatchTopK family: a feature is active where its pre-activation exceeds
     /// both 0 and its threshold); empty for the others.
     pub threshold: Vec<f32>,

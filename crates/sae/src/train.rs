@@ -105,7 +105,7 @@ pub struct CurvePoint {
     pub l2_sum: f64,
     /// The notebook's "L1 Loss": the sparsity term of the loss, summed over the epoch's batches.
     pub l1: f64,
-    /// TopK's AuxK term summed over the epoch's batches (0 for other variants).
+    /// TopK's AuxK term summed over the epoch's batches (0 for other architectures).
     pub aux: f64,
     /// Mean number of active features per row.
     pub l0: f64,

@@ -69,7 +69,7 @@ struct Cli {
 }
 
 /// Names a stage as `cargo xtask stages` lists them: mnist, mlp, extract,
-/// sae/<layer>/<variant>/d<d_sae>/s<seed>, analysis; or a kind (sae: every SAE).
+/// sae/<layer>/<architecture label>/d<d_sae>/s<seed>, analysis; or a kind (sae: every SAE).
 const STAGE_HELP: &str = "A stage as `cargo xtask stages` lists it (mnist, mlp, extract, sae/..., analysis), or the kind sae for every SAE point";
 
 #[derive(Subcommand, Debug)]
