@@ -37,6 +37,11 @@ pub struct SaeConfig {
     pub dead_window_steps: usize,
     /// Dead-feature resampling; off when `None`.
     pub resample: Option<ResampleConfig>,
+    /// The sparsity penalty's coefficient rises linearly over the first
+    /// this-many steps, `(step + 1) / sparsity_warmup_steps` of its value at
+    /// 0-based step `step` (SAELens' `L1Scheduler`); 0: off.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub sparsity_warmup_steps: usize,
     pub seed: u64,
 }
 
@@ -57,6 +62,7 @@ impl Default for SaeConfig {
             shuffle: false,
             dead_window_steps: 1000,
             resample: None,
+            sparsity_warmup_steps: 0,
             seed: 0,
         }
     }
@@ -75,6 +81,10 @@ pub struct Transcoder {
     /// A skip transcoder (Paulo et al. 2025) also adds `x @ W_skip^T`, a
     /// learned linear map (`W_skip` `[d_out, d_in]`, starting at zero).
     pub skip: bool,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Reduction of the sparsity penalty over the batch.
@@ -134,6 +144,14 @@ impl Default for AdamConfig {
 #[serde(tag = "kind", deny_unknown_fields)]
 pub enum LrSchedule {
     Constant,
+    /// SAELens' constant schedule with warm-up and decay
+    /// (`sae_lens/training/optim.py`): at 0-based step `s` of `T`, the lr
+    /// times `(s + 1) / warmup_steps` during the first `warmup_steps`, and
+    /// times `(T - s) / decay_steps` during the last `decay_steps` (to 0).
+    WarmupDecay {
+        warmup_steps: usize,
+        decay_steps: usize,
+    },
     /// PyTorch `StepLR`: every `step_epochs` epochs multiply the lr by `gamma`.
     StepLr {
         step_epochs: usize,
@@ -222,9 +240,12 @@ impl SaeConfig {
             }
         }
         positive_finite("optimizer.eps", self.optimizer.eps)?;
-        if let LrSchedule::StepLr { step_epochs, gamma } = &self.lr_schedule {
-            at_least_one("lr_schedule.step_epochs", *step_epochs)?;
-            positive_finite("lr_schedule.gamma", *gamma)?;
+        match &self.lr_schedule {
+            LrSchedule::Constant | LrSchedule::WarmupDecay { .. } => {}
+            LrSchedule::StepLr { step_epochs, gamma } => {
+                at_least_one("lr_schedule.step_epochs", *step_epochs)?;
+                positive_finite("lr_schedule.gamma", *gamma)?;
+            }
         }
         at_least_one("batch_size", self.batch_size)?;
         at_least_one("epochs", self.epochs)?;
@@ -287,13 +308,38 @@ impl SaeConfig {
         self.architecture.aux_k(self.d_in)
     }
 
-    /// Learning rate during `epoch` (0-based).
-    pub fn lr_at_epoch(&self, epoch: usize) -> f64 {
+    /// Learning rate of 0-based step `step`, in `epoch` (0-based), of a run
+    /// of `total_steps`.
+    pub fn lr_at(&self, epoch: usize, step: usize, total_steps: usize) -> f64 {
+        let lr = self.optimizer.lr;
         match &self.lr_schedule {
-            LrSchedule::Constant => self.optimizer.lr,
+            LrSchedule::Constant => lr,
             LrSchedule::StepLr { step_epochs, gamma } => {
-                self.optimizer.lr * gamma.powi((epoch / step_epochs) as i32)
+                lr * gamma.powi((epoch / step_epochs) as i32)
             }
+            LrSchedule::WarmupDecay {
+                warmup_steps,
+                decay_steps,
+            } => {
+                let mut factor = 1.0f64;
+                if step < *warmup_steps {
+                    factor = factor.min((step + 1) as f64 / *warmup_steps as f64);
+                }
+                if total_steps - step.min(total_steps) < *decay_steps {
+                    factor = factor.min((total_steps - step) as f64 / *decay_steps as f64);
+                }
+                lr * factor
+            }
+        }
+    }
+
+    /// The share of the sparsity coefficient at 0-based step `step`
+    /// (`sparsity_warmup_steps`): 1 once warm.
+    pub fn penalty_factor_at(&self, step: usize) -> f64 {
+        if step < self.sparsity_warmup_steps {
+            (step + 1) as f64 / self.sparsity_warmup_steps as f64
+        } else {
+            1.0
         }
     }
 

@@ -25,6 +25,8 @@ pub(crate) struct ReferenceTrainer {
     adam_t: usize,
     aux_scale: AuxScale,
     batch_threshold: Option<RunningThreshold>,
+    /// The sparsity warm-up's share of the penalty this step (1 once warm).
+    penalty_factor: f64,
     /// A skip transcoder's `W_skip` `[d_out, d_in]`, the last parameter.
     skip: Option<usize>,
 }
@@ -107,6 +109,7 @@ impl ReferenceTrainer {
             adam_t: 0,
             aux_scale,
             batch_threshold: RunningThreshold::of(sae),
+            penalty_factor: 1.0,
             skip,
         })
     }
@@ -233,7 +236,7 @@ impl ReferenceTrainer {
         let l2 = row_sq.mean(0)?;
         // Every activation's acts are >= 0, so |acts| = acts.
         let penalised = penalised.as_ref().unwrap_or(&acts);
-        let l1_scale = self.cfg.l1_scale(rows);
+        let l1_scale = self.cfg.l1_scale(rows) * self.penalty_factor;
         let sparsity = match self.cfg.architecture.penalty() {
             Penalty::None => Tensor::zeros((), DType::F32, dev)?,
             Penalty::L1 { .. } => (penalised.sum_all()? * l1_scale)?,
@@ -242,8 +245,8 @@ impl ReferenceTrainer {
                 (penalised.broadcast_mul(&norms)?.sum_all()? * l1_scale)?
             }
             Penalty::L0 { coeff } => match &l0 {
-                Some(l0) => (l0 * (coeff / rows as f64))?,
-                None => (mask.sum_all()? * (coeff / rows as f64))?,
+                Some(l0) => (l0 * (coeff / rows as f64 * self.penalty_factor))?,
+                None => (mask.sum_all()? * (coeff / rows as f64 * self.penalty_factor))?,
             },
         };
         let mut loss = (&l2 + &sparsity)?;
@@ -404,6 +407,10 @@ impl Trainer for ReferenceTrainer {
         _exec: Exec,
     ) -> Result<StepStats, SaeError> {
         Ok(self.compute_inner(x, target, rows, tracker)?)
+    }
+
+    fn set_penalty_factor(&mut self, factor: f64) {
+        self.penalty_factor = factor;
     }
 
     fn apply(&mut self, lr: f64, _exec: Exec) -> Result<(), SaeError> {

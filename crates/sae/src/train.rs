@@ -194,6 +194,10 @@ pub(crate) struct Run<'a> {
     resample_rng: ChaCha8Rng,
     steps: usize,
     steps_total: usize,
+    /// The steps the config trains, which the schedules are laid over
+    /// (`steps_total` may stop short of them).
+    schedule_steps: usize,
+    epoch: usize,
     lr: f64,
     sums: EpochSums,
     curve: Vec<CurvePoint>,
@@ -246,6 +250,9 @@ impl Run<'_> {
         } else {
             None
         };
+        self.lr = self.cfg.lr_at(self.epoch, self.steps, self.schedule_steps);
+        self.trainer
+            .set_penalty_factor(self.cfg.penalty_factor_at(self.steps));
         let stats =
             self.trainer
                 .compute(batch.input, batch.target, rows, &mut self.tracker, exec)?;
@@ -568,7 +575,7 @@ fn drive_run<'d>(run: &mut Run, shared: &Shared, exec: &dyn Fn() -> Exec<'d>) {
         if !run.active_in(epoch, shared.limits) {
             break;
         }
-        run.lr = run.cfg.lr_at_epoch(epoch);
+        run.epoch = epoch;
         if let Some(rng) = &mut shuffle_rng {
             order.clear();
             order.extend(0..rows);
@@ -647,6 +654,8 @@ fn new_run<'a>(
         resample_rng: model::rng(cfg.seed, STREAM_RESAMPLE),
         steps: 0,
         steps_total: limits.max_steps.map_or(steps_total, |m| m.min(steps_total)),
+        schedule_steps: steps_total,
+        epoch: 0,
         lr: cfg.optimizer.lr,
         sums: EpochSums::default(),
         curve: Vec::new(),

@@ -70,6 +70,9 @@ pub(crate) trait Trainer: Send {
         exec: Exec,
     ) -> Result<StepStats, SaeError>;
     fn apply(&mut self, lr: f64, exec: Exec) -> Result<(), SaeError>;
+    /// The share of the sparsity coefficient the next `compute` uses (the
+    /// warm-up's; 1 once warm).
+    fn set_penalty_factor(&mut self, factor: f64);
     /// The raw gradients at the last `compute`.
     fn gradients(&mut self) -> Result<Gradients, SaeError>;
     fn export(&self) -> Result<Sae, SaeError>;

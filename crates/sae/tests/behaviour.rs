@@ -859,3 +859,108 @@ fn a_sweep_gives_the_same_bits_on_any_number_of_threads() {
         }
     }
 }
+
+#[test]
+fn the_warmup_and_decay_schedule_is_saelens() {
+    let cfg = SaeConfig {
+        optimizer: AdamConfig {
+            lr: 0.5,
+            ..AdamConfig::default()
+        },
+        lr_schedule: LrSchedule::WarmupDecay {
+            warmup_steps: 4,
+            decay_steps: 3,
+        },
+        ..SaeConfig::default()
+    };
+    // SAELens: LinearLR(1/4 -> 1 over the first 4 steps), constant, then
+    // from milestone 10 - 3 LinearLR(1 -> 0 over 3 steps).
+    let expected = [
+        1.0 / 4.0,
+        2.0 / 4.0,
+        3.0 / 4.0,
+        1.0,
+        1.0,
+        1.0,
+        1.0,
+        1.0,
+        2.0 / 3.0,
+        1.0 / 3.0,
+    ];
+    for (step, factor) in expected.iter().enumerate() {
+        let lr = cfg.lr_at(0, step, 10);
+        assert!((lr - 0.5 * factor).abs() < 1e-15, "step {step}: {lr}");
+    }
+    // Overlapping ramps take the smaller factor; the StepLR default is per epoch.
+    assert!((cfg.lr_at(0, 0, 2) - 0.5 / 4.0).abs() < 1e-15);
+    assert!((cfg.lr_at(0, 1, 2) - 0.5 / 3.0).abs() < 1e-15);
+    let notebook = SaeConfig::default();
+    assert_eq!(notebook.lr_at(25, 9999, 1), 1e-3 * 0.99f64.powi(2));
+    let warm = SaeConfig {
+        sparsity_warmup_steps: 4,
+        ..SaeConfig::default()
+    };
+    let factors: Vec<f64> = (0..6).map(|s| warm.penalty_factor_at(s)).collect();
+    assert_eq!(factors, [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]);
+    assert_eq!(notebook.penalty_factor_at(0), 1.0);
+}
+
+#[test]
+fn warmup_steps_train_as_the_scaled_constant_they_equal_on_both_paths() {
+    // One step (the batch is every row): lr warm-up over 4 steps takes lr / 4,
+    // and the sparsity warm-up a quarter of the coefficient, to the bit
+    // (a power of two scales exactly).
+    let data = structured_data(64, 16, 29);
+    for path in [
+        TrainPath::Fast,
+        TrainPath::Reference {
+            device: Device::Cpu,
+        },
+    ] {
+        for architecture in [
+            Architecture::l1(0.02),
+            Architecture::jump_relu(0.3),
+            Architecture::gated(0.02),
+        ] {
+            let base = SaeConfig {
+                batch_size: 64,
+                lr_schedule: LrSchedule::Constant,
+                ..config(architecture.clone(), 16, 48)
+            };
+            let warmed = SaeConfig {
+                lr_schedule: LrSchedule::WarmupDecay {
+                    warmup_steps: 4,
+                    decay_steps: 0,
+                },
+                sparsity_warmup_steps: 4,
+                ..base.clone()
+            };
+            let mut scaled_architecture = architecture.clone();
+            match &mut scaled_architecture {
+                Architecture::L1(a) => a.l1_coeff /= 4.0,
+                Architecture::JumpRelu(a) => a.l0_coeff /= 4.0,
+                Architecture::Gated(a) => a.l1_coeff /= 4.0,
+                other => panic!("{other:?}"),
+            }
+            let scaled = SaeConfig {
+                architecture: scaled_architecture,
+                optimizer: AdamConfig {
+                    lr: base.optimizer.lr / 4.0,
+                    ..base.optimizer.clone()
+                },
+                ..base.clone()
+            };
+            let a = train(&warmed, &data, &path, &quiet()).unwrap().sae;
+            let b = train(&scaled, &data, &path, &quiet()).unwrap().sae;
+            assert_eq!(
+                (&a.w_enc, &a.w_dec, &a.b_enc, &a.b_dec),
+                (&b.w_enc, &b.w_dec, &b.b_enc, &b.b_dec),
+                "{architecture:?} {path:?}"
+            );
+            assert_eq!(a.threshold, b.threshold);
+            // And it differs from the cold start, so the test can fail.
+            let cold = train(&base, &data, &path, &quiet()).unwrap().sae;
+            assert_ne!(cold.w_enc, b.w_enc);
+        }
+    }
+}

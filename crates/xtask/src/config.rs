@@ -528,6 +528,33 @@ mod tests {
     }
 
     #[test]
+    fn warmup_keys_make_saelens_schedule_and_name_themselves_in_the_params() {
+        let overrides = [
+            "sae.lr_warmup_steps=100",
+            "sae.lr_decay_steps=200",
+            "sae.lr_gamma=1.0",
+            "sae.sparsity_warmup_steps=50",
+        ];
+        let config = load_text("", None, &overrides).unwrap().config;
+        let point = &config.sae.points()[0];
+        assert_eq!(
+            point.cfg.lr_schedule,
+            sae::LrSchedule::WarmupDecay {
+                warmup_steps: 100,
+                decay_steps: 200
+            }
+        );
+        assert_eq!(point.cfg.sparsity_warmup_steps, 50);
+        assert_eq!(point.params["lr_warmup_steps"], 100);
+        assert_eq!(point.params["sparsity_warmup_steps"], 50);
+        // The default point names none of them (its params, and so its key, are unchanged).
+        let default = &load_text("", None, &[]).unwrap().config.sae.points()[0];
+        assert!(default.params.get("lr_warmup_steps").is_none());
+        assert!(default.params.get("sparsity_warmup_steps").is_none());
+        assert_eq!(default.cfg.lr_schedule, sae::LrSchedule::default());
+    }
+
+    #[test]
     fn topk_aux_latents_default_to_half_the_layer_width() {
         let k_aux = |overrides: &[&str]| -> Vec<usize> {
             let config = load_text("", None, overrides).unwrap().config;
@@ -662,7 +689,7 @@ mod tests {
             }
         }
         // Each refusal is one sentence naming the key as written and the value.
-        let exact: [(&str, &[&str], &str); 15] = [
+        let exact: [(&str, &[&str], &str); 16] = [
             ("[mlp]\nepochs = -3\n", &[], "mlp.epochs = -3 is out of range: it must be a whole number >= 0"),
             ("", &["sae.seed=[0, -1]"], "sae.seed holds -1, which is out of range: every value must be a whole number >= 0"),
             ("", &["sae.l1_coeff=NaN"], "sae.l1_coeff = NaN is out of range: it must be a finite number >= 0 (in sweep point sae/fc2.pre/l1-NaN/d1024/s0)"),
@@ -670,6 +697,7 @@ mod tests {
             ("", &["=3"], "\"\" is not a key: expected KEY=VALUE with a dotted key before the '=', e.g. mlp.lr=0.01"),
             ("[sae]\narchitecture = [\"topk\"]\nk = [2000]\n", &[], "sae.k = 2000 is out of range: it must be between 1 and d_sae = 1024 (in sweep point sae/fc2.pre/topk-k2000/d1024/s0)"),
             ("[sae]\narchitecture = [\"topk\"]\nk_aux = 0\n", &[], "sae.k_aux = 0 is out of range: it must be at least 1 (in sweep point sae/fc2.pre/topk-k32/d1024/s0)"),
+            ("[sae]\nlr_warmup_steps = 100\n", &[], "sae.lr_warmup_steps = 100 and sae.lr_decay_steps = 0 replace StepLR, but sae.lr_gamma = 0.99: set sae.lr_gamma = 1.0 with them"),
             ("[sae]\nd_sae = [0]\n", &[], "sae.d_sae = 0 is out of range: it must be at least 1 (in sweep point sae/fc2.pre/l1-0.003/d0/s0)"),
             ("[mlp]\noptimizer = \"lion\"\n", &[], "mlp.optimizer: unknown variant `lion`, expected `sgd` or `adam`"),
             // Checked before any stage runs: the SAE reads a layer extract does not cache.

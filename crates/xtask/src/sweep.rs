@@ -115,6 +115,14 @@ pub struct SaeSweep {
     /// StepLR: every `lr_step_epochs` epochs multiply the lr by `lr_gamma` (gamma 1 = constant).
     pub lr_step_epochs: usize,
     pub lr_gamma: f64,
+    /// SAELens' warm-up and decay instead of StepLR (which then needs
+    /// `lr_gamma = 1.0`): the lr rises linearly over the first
+    /// `lr_warmup_steps` steps and falls linearly to 0 over the last
+    /// `lr_decay_steps`. Both 0: StepLR.
+    pub lr_warmup_steps: usize,
+    pub lr_decay_steps: usize,
+    /// The sparsity coefficient rises linearly over the first this-many steps (0: off).
+    pub sparsity_warmup_steps: usize,
     /// Steps without firing after which a feature counts as dead.
     pub dead_window_steps: usize,
     /// The TopK family's AuxK latents; unset: `sae::default_k_aux`, half
@@ -265,7 +273,7 @@ impl Default for SaeSweep {
         let notebook = SaeConfig::default();
         let (lr_step_epochs, lr_gamma) = match notebook.lr_schedule {
             sae::LrSchedule::StepLr { step_epochs, gamma } => (step_epochs, gamma),
-            sae::LrSchedule::Constant => (1, 1.0),
+            sae::LrSchedule::Constant | sae::LrSchedule::WarmupDecay { .. } => (1, 1.0),
         };
         // Every architecture setting's default is sae's.
         let axes = sae::ArchitectureAxes::default();
@@ -289,6 +297,9 @@ impl Default for SaeSweep {
             b_dec_init: DecoderBiasInitChoice::Architecture,
             lr_step_epochs,
             lr_gamma,
+            lr_warmup_steps: 0,
+            lr_decay_steps: 0,
+            sparsity_warmup_steps: notebook.sparsity_warmup_steps,
             dead_window_steps: notebook.dead_window_steps,
             k_aux: axes.k_aux,
             aux_coeff: axes.aux_coeff,
@@ -408,6 +419,14 @@ impl SaeSweep {
                 mlp::LAYER_NAMES.join(" -> ")
             );
         }
+        if self.warms_up_or_decays() && self.lr_gamma != 1.0 {
+            bail!(
+                "sae.lr_warmup_steps = {} and sae.lr_decay_steps = {} replace StepLR, but sae.lr_gamma = {}: set sae.lr_gamma = 1.0 with them",
+                self.lr_warmup_steps,
+                self.lr_decay_steps,
+                self.lr_gamma
+            );
+        }
         if self.device == TrainerDevice::Cuda && self.path != TrainerPath::Reference {
             bail!(
                 "sae.device = \"cuda\" needs sae.path = \"reference\": the fast path is CPU-only"
@@ -438,6 +457,11 @@ impl SaeSweep {
             })?;
         }
         Ok(())
+    }
+
+    /// Whether the lr follows SAELens' warm-up and decay rather than StepLR.
+    fn warms_up_or_decays(&self) -> bool {
+        self.lr_warmup_steps > 0 || self.lr_decay_steps > 0
     }
 
     /// Whether any point is a transcoder (its layers must be extracted).
@@ -563,6 +587,13 @@ impl SaeSweep {
             params["transcoder_architecture"] = serde_json::json!(unit.kind);
             params["transcoder_output"] = serde_json::json!(unit.output);
         }
+        if self.warms_up_or_decays() {
+            params["lr_warmup_steps"] = self.lr_warmup_steps.into();
+            params["lr_decay_steps"] = self.lr_decay_steps.into();
+        }
+        if self.sparsity_warmup_steps > 0 {
+            params["sparsity_warmup_steps"] = self.sparsity_warmup_steps.into();
+        }
         if resample_every_steps > 0 {
             params["resample_until"] = self.resample_until.into();
             params["resample_sample_rows"] = self.resample_sample_rows.into();
@@ -635,10 +666,18 @@ impl SaeSweep {
                 lr: self.lr,
                 ..sae::AdamConfig::default()
             },
-            lr_schedule: sae::LrSchedule::StepLr {
-                step_epochs: self.lr_step_epochs,
-                gamma: self.lr_gamma,
+            lr_schedule: if self.warms_up_or_decays() {
+                sae::LrSchedule::WarmupDecay {
+                    warmup_steps: self.lr_warmup_steps,
+                    decay_steps: self.lr_decay_steps,
+                }
+            } else {
+                sae::LrSchedule::StepLr {
+                    step_epochs: self.lr_step_epochs,
+                    gamma: self.lr_gamma,
+                }
             },
+            sparsity_warmup_steps: self.sparsity_warmup_steps,
             batch_size: self.batch_size,
             epochs: self.epochs,
             shuffle: self.shuffle,

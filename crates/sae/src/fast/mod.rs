@@ -70,6 +70,8 @@ pub(crate) struct FastTrainer {
     threshold: Vec<f32>,
     magnitude: MagnitudePath,
     dormancy: Dormancy,
+    /// The sparsity warm-up's share of the penalty this step (1 once warm).
+    penalty_factor: f64,
 }
 
 impl FastTrainer {
@@ -127,6 +129,7 @@ impl FastTrainer {
                 adam_b_mag: Moments::zeros(sae.b_mag.len()),
             },
             adam_t: 0,
+            penalty_factor: 1.0,
             halves: [half(0, split), half(split, d_sae)],
             step: StepState {
                 fired: vec![false; d_sae],
@@ -169,6 +172,10 @@ impl Trainer for FastTrainer {
         exec: Exec,
     ) -> Result<StepStats, SaeError> {
         self.compute_step(x, target, rows, tracker, exec)
+    }
+
+    fn set_penalty_factor(&mut self, factor: f64) {
+        self.penalty_factor = factor;
     }
 
     fn apply(&mut self, lr: f64, exec: Exec) -> Result<(), SaeError> {

@@ -34,7 +34,7 @@ impl FastTrainer {
             prefix_widths: &self.prefix_widths,
             aux_residual: &self.step.aux_residual,
             grad_scale: 2.0 / rows as f32,
-            l1_grad: self.cfg.l1_scale(rows) as f32,
+            l1_grad: (self.cfg.l1_scale(rows) * self.penalty_factor) as f32,
             // The penalty's share of each active entry's gradient is l1_grad
             // (times the decoder row's norm where weighted); L0's reaches the
             // thresholds only (`jump`).
@@ -50,7 +50,7 @@ impl FastTrainer {
                     threshold: &self.threshold,
                     bandwidth: bandwidth as f32,
                     l0_grad: match architecture.penalty() {
-                        Penalty::L0 { coeff } => (coeff / rows as f64) as f32,
+                        Penalty::L0 { coeff } => (coeff / rows as f64 * self.penalty_factor) as f32,
                         Penalty::None | Penalty::L1 { .. } | Penalty::NormWeightedL1 { .. } => 0.0,
                     },
                 }),
@@ -386,26 +386,27 @@ impl FastTrainer {
         }
 
         let l2 = sq_err_sum / rows as f64;
-        let l1 = match self.cfg.architecture.penalty() {
-            Penalty::None => 0.0,
-            Penalty::L0 { coeff } => coeff * active as f64 / rows as f64,
-            // Gated's is on its gates.
-            Penalty::L1 { .. } if activation == Activation::Gated => {
-                self.cfg.l1_scale(rows) * gate_sum
-            }
-            Penalty::L1 { .. } => self.cfg.l1_scale(rows) * abs_sum,
-            Penalty::NormWeightedL1 { .. } => {
-                let mut weighted = 0.0f64;
-                for half in &self.halves {
-                    for (&f, &v) in half.main.idx.iter().zip(&half.main.val) {
-                        let row = &p.w_dec[f as usize * d_out..(f as usize + 1) * d_out];
-                        let norm = row.iter().map(|&w| (w * w) as f64).sum::<f64>().sqrt();
-                        weighted += v as f64 * norm;
-                    }
+        let l1 = self.penalty_factor
+            * match self.cfg.architecture.penalty() {
+                Penalty::None => 0.0,
+                Penalty::L0 { coeff } => coeff * active as f64 / rows as f64,
+                // Gated's is on its gates.
+                Penalty::L1 { .. } if activation == Activation::Gated => {
+                    self.cfg.l1_scale(rows) * gate_sum
                 }
-                self.cfg.l1_scale(rows) * weighted
-            }
-        };
+                Penalty::L1 { .. } => self.cfg.l1_scale(rows) * abs_sum,
+                Penalty::NormWeightedL1 { .. } => {
+                    let mut weighted = 0.0f64;
+                    for half in &self.halves {
+                        for (&f, &v) in half.main.idx.iter().zip(&half.main.val) {
+                            let row = &p.w_dec[f as usize * d_out..(f as usize + 1) * d_out];
+                            let norm = row.iter().map(|&w| (w * w) as f64).sum::<f64>().sqrt();
+                            weighted += v as f64 * norm;
+                        }
+                    }
+                    self.cfg.l1_scale(rows) * weighted
+                }
+            };
         Ok(StepStats {
             loss: l2 + l1 + aux,
             l2,
