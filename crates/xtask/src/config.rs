@@ -285,6 +285,12 @@ fn merge(base: &mut Table, patch: &Table) {
     }
 }
 
+/// Keys an earlier saelab read, and what they are called now.
+const RENAMED_KEYS: [(&str, &str); 2] = [
+    ("sae.variant", "sae.architecture"),
+    ("sae.transcoder_variant", "sae.transcoder_architecture"),
+];
+
 /// Every key must exist in the defaults with a compatible type.
 /// A single value where a list is expected (`--set sae.l1_coeff=0.01`) becomes a
 /// one-element list.
@@ -306,6 +312,9 @@ fn check_against(defaults: &Value, table: &mut Table, prefix: &str, source: &str
             format!("{prefix}.{key}")
         };
         let Some(default) = known.get(key) else {
+            if let Some((_, new)) = RENAMED_KEYS.iter().find(|(old, _)| *old == path) {
+                bail!("{source}: {path} was renamed {new}; it takes the same values");
+            }
             let names: Vec<&String> = known.keys().collect();
             let place = if prefix.is_empty() {
                 "at the top level".to_string()
@@ -689,7 +698,7 @@ mod tests {
             }
         }
         // Each refusal is one sentence naming the key as written and the value.
-        let exact: [(&str, &[&str], &str); 16] = [
+        let exact: [(&str, &[&str], &str); 18] = [
             ("[mlp]\nepochs = -3\n", &[], "mlp.epochs = -3 is out of range: it must be a whole number >= 0"),
             ("", &["sae.seed=[0, -1]"], "sae.seed holds -1, which is out of range: every value must be a whole number >= 0"),
             ("", &["sae.l1_coeff=NaN"], "sae.l1_coeff = NaN is out of range: it must be a finite number >= 0 (in sweep point sae/fc2.pre/l1-NaN/d1024/s0)"),
@@ -698,6 +707,8 @@ mod tests {
             ("[sae]\narchitecture = [\"topk\"]\nk = [2000]\n", &[], "sae.k = 2000 is out of range: it must be between 1 and d_sae = 1024 (in sweep point sae/fc2.pre/topk-k2000/d1024/s0)"),
             ("[sae]\narchitecture = [\"topk\"]\nk_aux = 0\n", &[], "sae.k_aux = 0 is out of range: it must be at least 1 (in sweep point sae/fc2.pre/topk-k32/d1024/s0)"),
             ("[sae]\nlr_warmup_steps = 100\n", &[], "sae.lr_warmup_steps = 100 and sae.lr_decay_steps = 0 replace StepLR, but sae.lr_gamma = 0.99: set sae.lr_gamma = 1.0 with them"),
+            ("[sae]\nvariant = [\"topk\"]\n", &[], "sae.variant was renamed sae.architecture; it takes the same values"),
+            ("", &["sae.transcoder_variant=[\"topk\"]"], "sae.transcoder_variant was renamed sae.transcoder_architecture; it takes the same values"),
             ("[sae]\nd_sae = [0]\n", &[], "sae.d_sae = 0 is out of range: it must be at least 1 (in sweep point sae/fc2.pre/l1-0.003/d0/s0)"),
             ("[mlp]\noptimizer = \"lion\"\n", &[], "mlp.optimizer: unknown variant `lion`, expected `sgd` or `adam`"),
             // Checked before any stage runs: the SAE reads a layer extract does not cache.
