@@ -42,6 +42,12 @@ pub struct SaeConfig {
     /// 0-based step `step` (SAELens' `L1Scheduler`); 0: off.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub sparsity_warmup_steps: usize,
+    /// Train on rows scaled to a mean norm of `sqrt(width)` (input and
+    /// target each by its own factor), the factors folded into the saved
+    /// weights, so the SAE reads and writes raw activations (SAELens'
+    /// `expected_average_only_in`, then `fold_activation_norm_scaling_factor`).
+    #[serde(default, skip_serializing_if = "NormalizeActivations::is_none")]
+    pub normalize_activations: NormalizeActivations,
     pub seed: u64,
 }
 
@@ -63,6 +69,7 @@ impl Default for SaeConfig {
             dead_window_steps: 1000,
             resample: None,
             sparsity_warmup_steps: 0,
+            normalize_activations: NormalizeActivations::None,
             seed: 0,
         }
     }
@@ -81,6 +88,23 @@ pub struct Transcoder {
     /// A skip transcoder (Paulo et al. 2025) also adds `x @ W_skip^T`, a
     /// learned linear map (`W_skip` `[d_out, d_in]`, starting at zero).
     pub skip: bool,
+}
+
+/// Whether training sees raw activations or activations scaled to a mean norm
+/// of `sqrt(width)`; the curve's MSE and L2 are then in scaled units (its
+/// explained variance is the same either way).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NormalizeActivations {
+    #[default]
+    None,
+    ExpectedAverageOnlyIn,
+}
+
+impl NormalizeActivations {
+    fn is_none(&self) -> bool {
+        *self == NormalizeActivations::None
+    }
 }
 
 fn is_zero(n: &usize) -> bool {

@@ -50,8 +50,8 @@ pub use checkpoint::{
     load, save, Origin, TrainingRecord, CONFIG_FILE, RECORD_FILE, SAELENS_CONFIG_FILE, WEIGHTS_FILE,
 };
 pub use config::{
-    AdamConfig, DecoderBiasInit, EncoderInit, LrSchedule, Reduction, ResampleConfig,
-    ResampleSchedule, SaeConfig, Transcoder,
+    AdamConfig, DecoderBiasInit, EncoderInit, LrSchedule, NormalizeActivations, Reduction,
+    ResampleConfig, ResampleSchedule, SaeConfig, Transcoder,
 };
 pub use error::SaeError;
 pub use model::{

@@ -252,6 +252,16 @@ impl Sae {
         }
     }
 
+    /// Folds the scales it was trained at (inputs times `s_in`, targets times
+    /// `s_out`) into its weights, so it reads and writes raw rows: its
+    /// pre-activations stay the same, its outputs are divided by `s_out`.
+    pub(crate) fn fold_scales(&mut self, s_in: f32, s_out: f32) {
+        self.w_enc.iter_mut().for_each(|w| *w *= s_in);
+        self.w_dec.iter_mut().for_each(|w| *w /= s_out);
+        self.b_dec.iter_mut().for_each(|b| *b /= s_out);
+        self.w_skip.iter_mut().for_each(|w| *w = *w * s_in / s_out);
+    }
+
     fn check_input(&self, x: &[f32]) -> Result<usize, SaeError> {
         check_rows("SAE input", x, self.d_in())
     }

@@ -11,7 +11,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::config::SaeConfig;
+use crate::config::{NormalizeActivations, SaeConfig};
 use crate::duo::{Duo, Exec};
 use crate::error::check_paired;
 use crate::fast::FastTrainer;
@@ -205,6 +205,9 @@ pub(crate) struct Run<'a> {
     pub(crate) losses: Option<Vec<f64>>,
     check_every: Option<usize>,
     pub(crate) checked: Vec<CheckedStep>,
+    /// The input and target scales it trains at, folded into its weights at
+    /// the end (`NormalizeActivations`); `None`: raw rows.
+    scales: Option<(f32, f32)>,
     failed: Option<SaeError>,
     /// Wall time of the run, once it has trained.
     seconds: f64,
@@ -219,12 +222,49 @@ pub(crate) struct Limits {
     pub(crate) check_every: Option<usize>,
 }
 
-struct Shared<'a> {
+/// The training rows as a run sees them.
+struct View<'a> {
     data: TrainData<'a>,
     /// Of the target.
     total_variance: f64,
+}
+
+struct Shared<'a> {
+    raw: View<'a>,
+    /// Scaled to a mean row norm of `sqrt(width)`, for the runs that
+    /// normalise (`NormalizeActivations`); `None` when no run does.
+    normalised: Option<View<'a>>,
     progress: &'a (dyn Fn(&ProgressEvent) + Sync),
     limits: Limits,
+}
+
+impl Shared<'_> {
+    fn view(&self, normalised: bool) -> &View<'_> {
+        match (&self.normalised, normalised) {
+            (Some(view), true) => view,
+            _ => &self.raw,
+        }
+    }
+}
+
+/// `sqrt(width) / (mean row norm)`, in f64: the factor SAELens'
+/// `expected_average_only_in` scales rows by.
+pub(crate) fn norm_scale(data: &[f32], width: usize) -> f64 {
+    let rows = data.len() / width;
+    let norms: f64 = data
+        .chunks_exact(width)
+        .map(|r| r.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt())
+        .sum();
+    let mean = norms / rows.max(1) as f64;
+    if mean > 0.0 {
+        (width as f64).sqrt() / mean
+    } else {
+        1.0
+    }
+}
+
+fn scaled(data: &[f32], scale: f32) -> Vec<f32> {
+    data.iter().map(|&v| v * scale).collect()
 }
 
 impl Run<'_> {
@@ -279,7 +319,8 @@ impl Run<'_> {
                 after: self.trainer.state()?,
             });
         }
-        self.trainer.settle(shared.data.input, exec);
+        let data = shared.view(self.scales.is_some()).data;
+        self.trainer.settle(data.input, exec);
         if let Some(losses) = &mut self.losses {
             losses.push(stats.loss);
         }
@@ -294,7 +335,7 @@ impl Run<'_> {
         s.active += stats.active;
         if let Some(resample) = &self.cfg.resample {
             if resample.schedule.fires_at(self.steps) {
-                self.resample(shared.data.input, shared.data.d_in, resample.sample_rows)?;
+                self.resample(data.input, data.d_in, resample.sample_rows)?;
             }
         }
         if self.steps.is_multiple_of(PROGRESS_EVERY_STEPS) {
@@ -317,11 +358,12 @@ impl Run<'_> {
         if s.rows == 0 {
             return;
         }
-        let rows_total = shared.data.rows();
-        let variance = shared.total_variance * s.rows as f64 / rows_total as f64;
+        let view = shared.view(self.scales.is_some());
+        let rows_total = view.data.rows();
+        let variance = view.total_variance * s.rows as f64 / rows_total as f64;
         let point = CurvePoint {
             epoch: epoch + 1,
-            mse: s.sq_err / (s.rows * shared.data.d_out) as f64,
+            mse: s.sq_err / (s.rows * view.data.d_out) as f64,
             l2_sum: s.l2,
             l1: s.l1,
             aux: s.aux,
@@ -453,7 +495,7 @@ fn drive_all(mut runs: Vec<&mut Run>, shared: &Shared) {
         }
         return;
     }
-    let rows = shared.data.rows();
+    let rows = shared.raw.data.rows();
     // Ascending, so that `pop` takes the costliest.
     runs.sort_by(|a, b| cost(a.cfg, rows).total_cmp(&cost(b.cfg, rows)));
     let queue = Mutex::new(runs);
@@ -563,7 +605,7 @@ fn cost(cfg: &SaeConfig, rows: usize) -> f64 {
 fn drive_run<'d>(run: &mut Run, shared: &Shared, exec: &dyn Fn() -> Exec<'d>) {
     let start = Instant::now();
     let (batch_size, shuffle_seed) = (run.cfg.batch_size, run.cfg.shuffle.then_some(run.cfg.seed));
-    let data = shared.data;
+    let data = shared.view(run.scales.is_some()).data;
     let (d_in, d_out) = (data.d_in, data.d_out);
     let rows = data.rows();
     let autoencoding = std::ptr::eq(data.input, data.target);
@@ -620,13 +662,25 @@ fn drive_run<'d>(run: &mut Run, shared: &Shared, exec: &dyn Fn() -> Exec<'d>) {
 
 fn new_run<'a>(
     point: &'a SweepPoint,
-    data: TrainData,
+    shared: &Shared,
     path: &TrainPath,
     limits: Limits,
-    aux: AuxScale,
 ) -> Result<Run<'a>, SaeError> {
     let cfg = &point.cfg;
     cfg.validate()?;
+    let normalised = cfg.normalize_activations == NormalizeActivations::ExpectedAverageOnlyIn;
+    let view = shared.view(normalised);
+    let (data, aux) = (
+        view.data,
+        AuxScale::from_total_variance(view.total_variance, view.data.rows()),
+    );
+    let scales = match (normalised, &shared.normalised) {
+        (true, Some(_)) => Some((
+            norm_scale(shared.raw.data.input, data.d_in) as f32,
+            norm_scale(shared.raw.data.target, data.d_out) as f32,
+        )),
+        _ => None,
+    };
     for (key, configured, width, what) in [
         ("d_in", cfg.d_in, data.d_in, "training data"),
         (
@@ -663,6 +717,7 @@ fn new_run<'a>(
         losses: limits.record_losses.then(Vec::new),
         check_every: limits.check_every,
         checked: Vec::new(),
+        scales,
         failed: None,
         seconds: 0.0,
     })
@@ -678,16 +733,42 @@ pub(crate) fn drive<'a>(
     if let Err(e) = data.check() {
         return points.iter().map(|_| Err(clone_shape_error(&e))).collect();
     }
+    // One scaled copy of the rows, shared by every run that normalises (an
+    // SAE's target is its input, so the copy serves both).
+    let normalising = points
+        .iter()
+        .any(|p| p.cfg.normalize_activations == NormalizeActivations::ExpectedAverageOnlyIn);
+    let autoencoding = std::ptr::eq(data.input, data.target);
+    let (scaled_input, scaled_target) = if normalising {
+        let input = scaled(data.input, norm_scale(data.input, data.d_in) as f32);
+        let target = (!autoencoding)
+            .then(|| scaled(data.target, norm_scale(data.target, data.d_out) as f32));
+        (input, target)
+    } else {
+        (Vec::new(), None)
+    };
+    fn view(data: TrainData<'_>) -> View<'_> {
+        View {
+            data,
+            total_variance: model::total_variance(data.target, data.d_out),
+        }
+    }
     let shared = Shared {
-        data,
-        total_variance: model::total_variance(data.target, data.d_out),
+        raw: view(data),
+        normalised: normalising.then(|| {
+            view(TrainData {
+                input: &scaled_input,
+                d_in: data.d_in,
+                target: scaled_target.as_deref().unwrap_or(&scaled_input),
+                d_out: data.d_out,
+            })
+        }),
         progress,
         limits,
     };
-    let aux = AuxScale::from_total_variance(shared.total_variance, data.rows());
     let mut slots: Vec<Result<Run, SaeError>> = points
         .iter()
-        .map(|p| new_run(p, data, path, limits, aux))
+        .map(|p| new_run(p, &shared, path, limits))
         .collect();
     drive_all(
         slots.iter_mut().filter_map(|s| s.as_mut().ok()).collect(),
@@ -717,8 +798,12 @@ fn clone_shape_error(e: &SaeError) -> SaeError {
 }
 
 fn finish(run: Run) -> Result<Trained, SaeError> {
+    let mut sae = run.trainer.export()?;
+    if let Some((s_in, s_out)) = run.scales {
+        sae.fold_scales(s_in, s_out);
+    }
     Ok(Trained {
-        sae: run.trainer.export()?,
+        sae,
         curve: run.curve,
         resamples: run.resamples,
         steps: run.steps,

@@ -7,8 +7,8 @@ use candle_core::Device;
 use common::*;
 use sae::{
     encode, evaluate, explained_variance, loss_trajectory, reconstruct, AdamConfig, Architecture,
-    DecoderBiasInit, LrSchedule, ResampleConfig, ResampleSchedule, Sae, SaeConfig, SaeError,
-    SweepPoint, TrainPath,
+    DecoderBiasInit, LrSchedule, NormalizeActivations, ResampleConfig, ResampleSchedule, Sae,
+    SaeConfig, SaeError, SweepPoint, TrainPath,
 };
 
 fn reference() -> TrainPath {
@@ -962,5 +962,66 @@ fn warmup_steps_train_as_the_scaled_constant_they_equal_on_both_paths() {
             let cold = train(&base, &data, &path, &quiet()).unwrap().sae;
             assert_ne!(cold.w_enc, b.w_enc);
         }
+    }
+}
+
+#[test]
+fn normalised_training_folds_its_scale_into_raw_units() {
+    // Rows far from a mean norm of sqrt(d_in), so the scale matters.
+    let (rows, d) = (256, 16);
+    let raw: Vec<f32> = structured_data(rows, d, 31)
+        .iter()
+        .map(|v| v * 7.5)
+        .collect();
+    let norms: f64 = raw
+        .chunks_exact(d)
+        .map(|r| r.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt())
+        .sum();
+    let s = (d as f64).sqrt() / (norms / rows as f64);
+    assert!((s - 1.0).abs() > 0.5, "scale {s}");
+    let scaled: Vec<f32> = raw.iter().map(|&v| v * s as f32).collect();
+    let close = |x: &[f32], y: &[f32], factor: f64| {
+        x.iter().zip(y).all(|(&p, &q)| {
+            let want = q as f64 * factor;
+            (p as f64 - want).abs() <= 1e-6 * (1.0 + want.abs())
+        })
+    };
+    for architecture in [
+        Architecture::l1(3e-3),
+        Architecture::top_k(4),
+        Architecture::jump_relu(0.05),
+    ] {
+        let plain = SaeConfig {
+            epochs: 2,
+            ..config(architecture.clone(), d, 48)
+        };
+        let normalised = SaeConfig {
+            normalize_activations: NormalizeActivations::ExpectedAverageOnlyIn,
+            ..plain.clone()
+        };
+        let a = train(&normalised, &raw, &TrainPath::Fast, &quiet())
+            .unwrap()
+            .sae;
+        let b = train(&plain, &scaled, &TrainPath::Fast, &quiet())
+            .unwrap()
+            .sae;
+        // `a` is `b` with the scale folded in: the encoder times s, the
+        // decoder and b_dec over s, the pre-activation side unchanged.
+        assert!(close(&a.w_enc, &b.w_enc, s), "{architecture:?}");
+        assert!(close(&a.w_dec, &b.w_dec, 1.0 / s), "{architecture:?}");
+        assert!(close(&a.b_dec, &b.b_dec, 1.0 / s), "{architecture:?}");
+        assert_eq!((&a.b_enc, &a.threshold), (&b.b_enc, &b.threshold));
+        // On raw rows it reconstructs as `b` does on scaled ones.
+        let (ea, eb) = (evaluate(&a, &raw).unwrap(), evaluate(&b, &scaled).unwrap());
+        assert!(
+            (ea.explained_variance - eb.explained_variance).abs() < 1e-4,
+            "{} {}",
+            ea.explained_variance,
+            eb.explained_variance
+        );
+        assert!((ea.l0 - eb.l0).abs() < 0.05, "{} {}", ea.l0, eb.l0);
+        // And normalising changed the training.
+        let unnormalised = train(&plain, &raw, &TrainPath::Fast, &quiet()).unwrap().sae;
+        assert_ne!(unnormalised.b_enc, a.b_enc);
     }
 }

@@ -267,6 +267,39 @@ fn saelens_loads_every_architecture_and_reproduces_its_metrics() {
                     dir
                 }),
         )
+        .chain(
+            // Trained on normalised rows (the scale folded into the weights),
+            // read by SAELens on raw rows far from a mean norm of sqrt(d_in).
+            [
+                Architecture::l1(3e-3),
+                Architecture::top_k(5),
+                Architecture::jump_relu(1e-2),
+            ]
+            .into_iter()
+            .map(|architecture| {
+                let dir = tempfile::tempdir().unwrap();
+                let data: Vec<f32> = structured_data(200, 16, 43)
+                    .iter()
+                    .map(|v| v * 7.5)
+                    .collect();
+                let cfg = SaeConfig {
+                    epochs: 2,
+                    normalize_activations: sae::NormalizeActivations::ExpectedAverageOnlyIn,
+                    ..config(architecture.clone(), 16, 40)
+                };
+                let sae = train(&cfg, &data, &TrainPath::Fast, &|_| {}).unwrap().sae;
+                save(&sae, dir.path(), &origin()).unwrap();
+                write_f32(&dir.path().join("x.f32"), &data);
+                let metrics = sae::evaluate(&sae, &data).unwrap();
+                let expected = serde_json::json!({
+                    "class": saelens_class(&architecture),
+                    "explained_variance": metrics.explained_variance,
+                    "l0": metrics.l0,
+                });
+                std::fs::write(dir.path().join("expected.json"), expected.to_string()).unwrap();
+                dir
+            }),
+        )
         .collect();
     let paths: Vec<&FsPath> = dirs.iter().map(|d| d.path()).collect();
     if let Some(stdout) = run_python("check_saelens.py", &paths) {

@@ -543,6 +543,7 @@ mod tests {
             "sae.lr_decay_steps=200",
             "sae.lr_gamma=1.0",
             "sae.sparsity_warmup_steps=50",
+            "sae.normalize_activations=\"expected_average_only_in\"",
         ];
         let config = load_text("", None, &overrides).unwrap().config;
         let point = &config.sae.points()[0];
@@ -554,12 +555,21 @@ mod tests {
             }
         );
         assert_eq!(point.cfg.sparsity_warmup_steps, 50);
+        assert_eq!(
+            point.cfg.normalize_activations,
+            sae::NormalizeActivations::ExpectedAverageOnlyIn
+        );
+        assert_eq!(
+            point.params["normalize_activations"],
+            "expected_average_only_in"
+        );
         assert_eq!(point.params["lr_warmup_steps"], 100);
         assert_eq!(point.params["sparsity_warmup_steps"], 50);
         // The default point names none of them (its params, and so its key, are unchanged).
         let default = &load_text("", None, &[]).unwrap().config.sae.points()[0];
         assert!(default.params.get("lr_warmup_steps").is_none());
         assert!(default.params.get("sparsity_warmup_steps").is_none());
+        assert!(default.params.get("normalize_activations").is_none());
         assert_eq!(default.cfg.lr_schedule, sae::LrSchedule::default());
     }
 

@@ -123,6 +123,9 @@ pub struct SaeSweep {
     pub lr_decay_steps: usize,
     /// The sparsity coefficient rises linearly over the first this-many steps (0: off).
     pub sparsity_warmup_steps: usize,
+    /// "none" (the notebook), or "expected_average_only_in": train on rows
+    /// scaled to a mean norm of sqrt(width), folded into the saved weights.
+    pub normalize_activations: sae::NormalizeActivations,
     /// Steps without firing after which a feature counts as dead.
     pub dead_window_steps: usize,
     /// The TopK family's AuxK latents; unset: `sae::default_k_aux`, half
@@ -300,6 +303,7 @@ impl Default for SaeSweep {
             lr_warmup_steps: 0,
             lr_decay_steps: 0,
             sparsity_warmup_steps: notebook.sparsity_warmup_steps,
+            normalize_activations: notebook.normalize_activations,
             dead_window_steps: notebook.dead_window_steps,
             k_aux: axes.k_aux,
             aux_coeff: axes.aux_coeff,
@@ -594,6 +598,9 @@ impl SaeSweep {
         if self.sparsity_warmup_steps > 0 {
             params["sparsity_warmup_steps"] = self.sparsity_warmup_steps.into();
         }
+        if self.normalize_activations != sae::NormalizeActivations::None {
+            params["normalize_activations"] = serde_json::json!(self.normalize_activations);
+        }
         if resample_every_steps > 0 {
             params["resample_until"] = self.resample_until.into();
             params["resample_sample_rows"] = self.resample_sample_rows.into();
@@ -678,6 +685,7 @@ impl SaeSweep {
                 }
             },
             sparsity_warmup_steps: self.sparsity_warmup_steps,
+            normalize_activations: self.normalize_activations,
             batch_size: self.batch_size,
             epochs: self.epochs,
             shuffle: self.shuffle,
