@@ -1,6 +1,6 @@
 //! Test hooks: training observed step by step, for this crate's tests and
 //! the real-data checks in xtask. Not an API (`#[doc(hidden)]` in lib.rs).
-//! Kept apart from the training loop (`train.rs`), which they only drive.
+//! Kept apart from the training loop (`train.rs`, `run.rs`), which they only drive.
 
 use crate::duo::Exec;
 use crate::model::Sae;

@@ -31,6 +31,7 @@
 mod arch;
 mod checkpoint;
 mod config;
+mod crew;
 mod dormant;
 mod duo;
 mod error;
@@ -39,6 +40,7 @@ mod hooks;
 mod kernels;
 mod model;
 mod reference;
+mod run;
 mod sweep;
 pub mod synthetic;
 mod train;
