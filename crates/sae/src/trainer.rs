@@ -1,5 +1,5 @@
 //! The contract between the training loop (`run.rs`) and its two
-//! implementations (`reference.rs`, `fast.rs`): the `Trainer` trait and the
+//! implementations (`reference.rs`, `fast/`): the `Trainer` trait and the
 //! state they share. Its own module so that neither implementation imports
 //! the loop that builds them.
 
