@@ -230,41 +230,44 @@ fn saelens_class(architecture: &Architecture) -> &'static str {
     }
 }
 
+/// A folder SAELens reads: `sae` saved, its input (and a transcoder's target)
+/// and what saelab measures on them, for `check_saelens.py`.
+fn saelens_folder(
+    sae: &sae::Sae,
+    input: &[f32],
+    target: Option<&[f32]>,
+    class: &str,
+) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    save(sae, dir.path(), &origin()).unwrap();
+    write_f32(&dir.path().join("x.f32"), input);
+    if let Some(target) = target {
+        write_f32(&dir.path().join("y.f32"), target);
+    }
+    let metrics = sae::evaluate_on(sae, input, target.unwrap_or(input)).unwrap();
+    let expected = serde_json::json!({
+        "class": class,
+        "explained_variance": metrics.explained_variance,
+        "l0": metrics.l0,
+    });
+    std::fs::write(dir.path().join("expected.json"), expected.to_string()).unwrap();
+    dir
+}
+
 #[test]
 fn saelens_loads_every_architecture_and_reproduces_its_metrics() {
     let dirs: Vec<tempfile::TempDir> = every_architecture()
         .into_iter()
         .map(|architecture| {
-            let dir = tempfile::tempdir().unwrap();
             let (sae, data) = trained(architecture.clone());
-            save(&sae, dir.path(), &origin()).unwrap();
-            write_f32(&dir.path().join("x.f32"), &data);
-            let metrics = sae::evaluate(&sae, &data).unwrap();
-            let expected = serde_json::json!({
-                "class": saelens_class(&architecture),
-                "explained_variance": metrics.explained_variance,
-                "l0": metrics.l0,
-            });
-            std::fs::write(dir.path().join("expected.json"), expected.to_string()).unwrap();
-            dir
+            saelens_folder(&sae, &data, None, saelens_class(&architecture))
         })
         .chain(
             saelens_transcoders()
                 .into_iter()
                 .map(|(architecture, skip, class)| {
-                    let dir = tempfile::tempdir().unwrap();
                     let (sae, input, target) = trained_transcoder(architecture, skip);
-                    save(&sae, dir.path(), &origin()).unwrap();
-                    write_f32(&dir.path().join("x.f32"), &input);
-                    write_f32(&dir.path().join("y.f32"), &target);
-                    let metrics = sae::evaluate_on(&sae, &input, &target).unwrap();
-                    let expected = serde_json::json!({
-                        "class": class,
-                        "explained_variance": metrics.explained_variance,
-                        "l0": metrics.l0,
-                    });
-                    std::fs::write(dir.path().join("expected.json"), expected.to_string()).unwrap();
-                    dir
+                    saelens_folder(&sae, &input, Some(&target), class)
                 }),
         )
         .chain(
@@ -277,7 +280,6 @@ fn saelens_loads_every_architecture_and_reproduces_its_metrics() {
             ]
             .into_iter()
             .map(|architecture| {
-                let dir = tempfile::tempdir().unwrap();
                 let data: Vec<f32> = structured_data(200, 16, 43)
                     .iter()
                     .map(|v| v * 7.5)
@@ -288,16 +290,7 @@ fn saelens_loads_every_architecture_and_reproduces_its_metrics() {
                     ..config(architecture.clone(), 16, 40)
                 };
                 let sae = train(&cfg, &data, &TrainPath::Fast, &|_| {}).unwrap().sae;
-                save(&sae, dir.path(), &origin()).unwrap();
-                write_f32(&dir.path().join("x.f32"), &data);
-                let metrics = sae::evaluate(&sae, &data).unwrap();
-                let expected = serde_json::json!({
-                    "class": saelens_class(&architecture),
-                    "explained_variance": metrics.explained_variance,
-                    "l0": metrics.l0,
-                });
-                std::fs::write(dir.path().join("expected.json"), expected.to_string()).unwrap();
-                dir
+                saelens_folder(&sae, &data, None, saelens_class(&architecture))
             }),
         )
         .collect();
