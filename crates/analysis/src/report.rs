@@ -1,4 +1,7 @@
 //! The sweep table, the sweep plots and the self-contained `report.html`.
+//!
+//! Over 600 lines: the report's sections read one sweep table and share its
+//! helpers; splitting it by section is the report's redesign (issue 25).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
