@@ -71,6 +71,8 @@ pub(crate) struct Shared<'a> {
     /// Scaled to a mean row norm of `sqrt(width)`, for the runs that
     /// normalise (`NormalizeActivations`); `None` when no run does.
     pub(crate) normalised: Option<View<'a>>,
+    /// The input and target scales of `normalised`, computed once.
+    pub(crate) scales: Option<(f32, f32)>,
     pub(crate) progress: &'a (dyn Fn(&ProgressEvent) + Sync),
     pub(crate) limits: Limits,
 }
@@ -392,13 +394,7 @@ pub(crate) fn new_run<'a>(
         view.data,
         AuxScale::from_total_variance(view.total_variance, view.data.rows()),
     );
-    let scales = match (normalised, &shared.normalised) {
-        (true, Some(_)) => Some((
-            norm_scale(shared.raw.data.input, data.d_in) as f32,
-            norm_scale(shared.raw.data.target, data.d_out) as f32,
-        )),
-        _ => None,
-    };
+    let scales = shared.scales.filter(|_| normalised);
     for (key, configured, width, what) in [
         ("d_in", cfg.d_in, data.d_in, "training data"),
         (

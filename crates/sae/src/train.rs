@@ -194,13 +194,21 @@ pub(crate) fn drive<'a>(
         .iter()
         .any(|p| p.cfg.normalize_activations == NormalizeActivations::ExpectedAverageOnlyIn);
     let autoencoding = std::ptr::eq(data.input, data.target);
-    let (scaled_input, scaled_target) = if normalising {
-        let input = scaled(data.input, norm_scale(data.input, data.d_in) as f32);
-        let target = (!autoencoding)
-            .then(|| scaled(data.target, norm_scale(data.target, data.d_out) as f32));
-        (input, target)
-    } else {
-        (Vec::new(), None)
+    let scales = normalising.then(|| {
+        let s_in = norm_scale(data.input, data.d_in) as f32;
+        let s_out = if autoencoding {
+            s_in
+        } else {
+            norm_scale(data.target, data.d_out) as f32
+        };
+        (s_in, s_out)
+    });
+    let (scaled_input, scaled_target) = match scales {
+        Some((s_in, s_out)) => (
+            scaled(data.input, s_in),
+            (!autoencoding).then(|| scaled(data.target, s_out)),
+        ),
+        None => (Vec::new(), None),
     };
     fn view(data: TrainData<'_>) -> View<'_> {
         View {
@@ -218,6 +226,7 @@ pub(crate) fn drive<'a>(
                 d_out: data.d_out,
             })
         }),
+        scales,
         progress,
         limits,
     };

@@ -72,6 +72,8 @@ pub(crate) struct FastTrainer {
     dormancy: Dormancy,
     /// The sparsity warm-up's share of the penalty this step (1 once warm).
     penalty_factor: f64,
+    /// AuxK's settings, resolved once (`SaeConfig::aux_k`).
+    aux_k: Option<(usize, f64, AuxInput)>,
 }
 
 impl FastTrainer {
@@ -130,6 +132,7 @@ impl FastTrainer {
             },
             adam_t: 0,
             penalty_factor: 1.0,
+            aux_k: sae.cfg.aux_k(),
             halves: [half(0, split), half(split, d_sae)],
             step: StepState {
                 fired: vec![false; d_sae],

@@ -204,7 +204,7 @@ impl FastTrainer {
             Activation::BatchTopK { k, .. } => (None, Some(k * rows)),
             Activation::Relu | Activation::JumpRelu { .. } | Activation::Gated => (None, None),
         };
-        let aux_k = self.cfg.aux_k();
+        let aux_k = self.aux_k;
         let decode_now = aux_k.is_none();
         let [h0, h1] = &mut self.halves;
         let (x_cent, w_dec) = (&st.x_cent, &p.w_dec);
