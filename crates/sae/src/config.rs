@@ -48,6 +48,12 @@ pub struct SaeConfig {
     /// `expected_average_only_in`, then `fold_activation_norm_scaling_factor`).
     #[serde(default, skip_serializing_if = "NormalizeActivations::is_none")]
     pub normalize_activations: NormalizeActivations,
+    /// Clip the gradient of every parameter together to this global L2 norm
+    /// before the optimizer sees it (`torch.nn.utils.clip_grad_norm_`, which
+    /// SAELens' trainer applies at 1.0); 0: off. A unit-norm decoder's
+    /// gradient is clipped after its projection, as the optimizer sees it.
+    #[serde(default, skip_serializing_if = "is_zero_f64")]
+    pub clip_grad_norm: f64,
     pub seed: u64,
 }
 
@@ -70,6 +76,7 @@ impl Default for SaeConfig {
             resample: None,
             sparsity_warmup_steps: 0,
             normalize_activations: NormalizeActivations::None,
+            clip_grad_norm: 0.0,
             seed: 0,
         }
     }
@@ -109,6 +116,10 @@ impl NormalizeActivations {
 
 fn is_zero(n: &usize) -> bool {
     *n == 0
+}
+
+fn is_zero_f64(x: &f64) -> bool {
+    *x == 0.0
 }
 
 /// Reduction of the sparsity penalty over the batch.
@@ -264,6 +275,13 @@ impl SaeConfig {
             }
         }
         positive_finite("optimizer.eps", self.optimizer.eps)?;
+        if !(self.clip_grad_norm.is_finite() && self.clip_grad_norm >= 0.0) {
+            return Err(invalid(
+                "clip_grad_norm",
+                "a finite number >= 0 (0: off)",
+                self.clip_grad_norm,
+            ));
+        }
         match &self.lr_schedule {
             LrSchedule::Constant | LrSchedule::WarmupDecay { .. } => {}
             LrSchedule::StepLr { step_epochs, gamma } => {
@@ -325,6 +343,16 @@ impl SaeConfig {
                 }
             }
         }
+    }
+
+    /// The factor every gradient is multiplied by when their global norm is
+    /// `norm`: `min(1, clip / (norm + 1e-6))` as torch's `clip_grad_norm_`,
+    /// exactly 1 when clipping is off or does not bind.
+    pub fn clip_factor(&self, norm: f64) -> f64 {
+        if self.clip_grad_norm == 0.0 {
+            return 1.0;
+        }
+        (self.clip_grad_norm / (norm + 1e-6)).min(1.0)
     }
 
     /// AuxK's `(k_aux, aux_coeff, aux_input)` with `k_aux` resolved; `None` without AuxK.

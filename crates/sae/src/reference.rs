@@ -320,6 +320,22 @@ impl ReferenceTrainer {
             let along = (&grads[W_DEC] * &unit)?.sum_keepdim(1)?;
             grads[W_DEC] = (&grads[W_DEC] - along.broadcast_mul(&unit)?)?;
         }
+        if self.cfg.clip_grad_norm > 0.0 {
+            // The global norm in f64 on the host, as the fast path sums it.
+            let mut norm_sq = 0.0f64;
+            for g in &grads {
+                norm_sq += to_host(g)?
+                    .iter()
+                    .map(|&x| x as f64 * x as f64)
+                    .sum::<f64>();
+            }
+            let factor = self.cfg.clip_factor(norm_sq.sqrt()) as f32;
+            if factor != 1.0 {
+                for g in grads.iter_mut() {
+                    *g = (&*g * factor as f64)?;
+                }
+            }
+        }
         self.adam_t += 1;
         let o = &self.cfg.optimizer;
         let bias_correction1 = 1.0 - o.beta1.powi(self.adam_t as i32);

@@ -378,3 +378,90 @@ fn top_k_training_steps_match_f64_on_both_paths() {
         trained.curve
     );
 }
+
+/// Gradient clipping (SAELens clips every step at norm 1): recorded steps
+/// of clipped runs match f64 from the same gradients scaled by torch's
+/// factor on both paths, the clip binds at some of them, and a clip no
+/// gradient reaches changes no bit.
+#[test]
+fn clipped_training_steps_match_f64_on_both_paths() {
+    let (rows, d_in) = (64 * 40, 128);
+    let data = structured_data(rows, d_in, 19);
+    let target = structured_data(rows, 96, 20);
+    let jump = Architecture::JumpRelu(sae::JumpRelu {
+        l0_coeff: 0.05,
+        bandwidth: 0.2,
+        init_threshold: 0.05,
+    });
+    let cases = [
+        (Architecture::l1(3e-3), None),
+        (
+            with_aux(Architecture::top_k(16), 64, 1.0 / 32.0, AuxInput::Relu),
+            None,
+        ),
+        (jump, None),
+        (Architecture::gated(1e-3), None),
+        (
+            Architecture::l1(3e-3),
+            Some(Transcoder {
+                d_out: 96,
+                skip: true,
+            }),
+        ),
+    ];
+    for (architecture, transcoder) in cases {
+        let cfg = SaeConfig {
+            epochs: 5,
+            dead_window_steps: 25,
+            clip_grad_norm: 0.05,
+            transcoder,
+            ..config(architecture, d_in, 256)
+        };
+        let data = match transcoder {
+            Some(t) => TrainData::transcoding(&data, d_in, &target, t.d_out),
+            None => TrainData::autoencoding(&data, d_in),
+        };
+        for path in [TrainPath::Fast, reference()] {
+            let label = format!("{:?} {transcoder:?} {path:?}", cfg.architecture);
+            let (steps, _) = checked_steps_on(&cfg, data, &path, 160, 20).unwrap();
+            let factors: Vec<f64> = steps
+                .iter()
+                .map(|step| assert_step_matches_f64(&cfg, step, &label))
+                .collect();
+            assert!(
+                factors.iter().any(|&f| f < 0.5),
+                "{label}: the clip never bound ({factors:?})"
+            );
+            let never_binds = SaeConfig {
+                clip_grad_norm: 1e9,
+                ..cfg.clone()
+            };
+            let off = SaeConfig {
+                clip_grad_norm: 0.0,
+                ..cfg.clone()
+            };
+            // The weights, under one config (which records the clip).
+            let trained = |cfg: &SaeConfig| {
+                let mut sae = loss_trajectory_on(cfg, data, &path, 160).unwrap().sae;
+                sae.cfg = off.clone();
+                sae
+            };
+            assert!(
+                trained(&never_binds) == trained(&off),
+                "{label}: a clip that never binds changed the SAE"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_clip_that_is_negative_or_not_finite_is_refused_naming_its_key() {
+    for bad in [-1.0, f64::NAN, f64::INFINITY] {
+        let cfg = SaeConfig {
+            clip_grad_norm: bad,
+            ..SaeConfig::default()
+        };
+        let message = cfg.validate().unwrap_err().to_string();
+        assert!(message.contains("clip_grad_norm"), "{message}");
+    }
+}

@@ -543,6 +543,7 @@ mod tests {
             "sae.lr_decay_steps=200",
             "sae.lr_gamma=1.0",
             "sae.sparsity_warmup_steps=50",
+            "sae.clip_grad_norm=1.0",
             "sae.normalize_activations=\"expected_average_only_in\"",
         ];
         let config = load_text("", None, &overrides).unwrap().config;
@@ -555,6 +556,8 @@ mod tests {
             }
         );
         assert_eq!(point.cfg.sparsity_warmup_steps, 50);
+        assert_eq!(point.cfg.clip_grad_norm, 1.0);
+        assert_eq!(point.params["clip_grad_norm"], 1.0);
         assert_eq!(
             point.cfg.normalize_activations,
             sae::NormalizeActivations::ExpectedAverageOnlyIn
@@ -569,6 +572,7 @@ mod tests {
         let default = &load_text("", None, &[]).unwrap().config.sae.points()[0];
         assert!(default.params.get("lr_warmup_steps").is_none());
         assert!(default.params.get("sparsity_warmup_steps").is_none());
+        assert!(default.params.get("clip_grad_norm").is_none());
         assert!(default.params.get("normalize_activations").is_none());
         assert_eq!(default.cfg.lr_schedule, sae::LrSchedule::default());
     }
@@ -708,9 +712,10 @@ mod tests {
             }
         }
         // Each refusal is one sentence naming the key as written and the value.
-        let exact: [(&str, &[&str], &str); 18] = [
+        let exact: [(&str, &[&str], &str); 19] = [
             ("[mlp]\nepochs = -3\n", &[], "mlp.epochs = -3 is out of range: it must be a whole number >= 0"),
             ("", &["sae.seed=[0, -1]"], "sae.seed holds -1, which is out of range: every value must be a whole number >= 0"),
+            ("", &["sae.clip_grad_norm=-1"], "sae.clip_grad_norm = -1 is out of range: it must be a finite number >= 0 (0: off) (in sweep point sae/fc2.pre/l1-0.003/d1024/s0)"),
             ("", &["sae.l1_coeff=NaN"], "sae.l1_coeff = NaN is out of range: it must be a finite number >= 0 (in sweep point sae/fc2.pre/l1-NaN/d1024/s0)"),
             ("", &["sae.l1_coeff=\"x\""], "sae.l1_coeff must be a float or a list of floats, got \"x\""),
             ("", &["=3"], "\"\" is not a key: expected KEY=VALUE with a dotted key before the '=', e.g. mlp.lr=0.01"),

@@ -123,6 +123,9 @@ pub struct SaeSweep {
     pub lr_decay_steps: usize,
     /// The sparsity coefficient rises linearly over the first this-many steps (0: off).
     pub sparsity_warmup_steps: usize,
+    /// Clip every gradient together to this global L2 norm before Adam
+    /// (SAELens clips at 1.0); 0: off (the notebook).
+    pub clip_grad_norm: f64,
     /// "none" (the notebook), or "expected_average_only_in": train on rows
     /// scaled to a mean norm of sqrt(width), folded into the saved weights.
     pub normalize_activations: sae::NormalizeActivations,
@@ -303,6 +306,7 @@ impl Default for SaeSweep {
             lr_warmup_steps: 0,
             lr_decay_steps: 0,
             sparsity_warmup_steps: notebook.sparsity_warmup_steps,
+            clip_grad_norm: notebook.clip_grad_norm,
             normalize_activations: notebook.normalize_activations,
             dead_window_steps: notebook.dead_window_steps,
             k_aux: axes.k_aux,
@@ -598,6 +602,9 @@ impl SaeSweep {
         if self.sparsity_warmup_steps > 0 {
             params["sparsity_warmup_steps"] = self.sparsity_warmup_steps.into();
         }
+        if self.clip_grad_norm != 0.0 {
+            params["clip_grad_norm"] = self.clip_grad_norm.into();
+        }
         if self.normalize_activations != sae::NormalizeActivations::None {
             params["normalize_activations"] = serde_json::json!(self.normalize_activations);
         }
@@ -685,6 +692,7 @@ impl SaeSweep {
                 }
             },
             sparsity_warmup_steps: self.sparsity_warmup_steps,
+            clip_grad_norm: self.clip_grad_norm,
             normalize_activations: self.normalize_activations,
             batch_size: self.batch_size,
             epochs: self.epochs,

@@ -68,6 +68,22 @@ pub(super) enum PassMode<'a> {
         g_w_enc_t: &'a mut [f32],
         g_w_dec: &'a mut [f32],
     },
+    /// Gradient clipping's first pass: keep each feature's gradient in the
+    /// half (`held_g_*`) and sum its squares, ending rests as `Adam` would;
+    /// [`adam_held_half`] applies them once the global norm is known.
+    Hold {
+        step: AdamStep,
+    },
+}
+
+impl PassMode<'_> {
+    /// The Adam step this pass belongs to, where it steps (now or held).
+    fn adam_step(&self) -> Option<AdamStep> {
+        match self {
+            PassMode::Adam { step, .. } | PassMode::Hold { step } => Some(*step),
+            PassMode::Export { .. } => None,
+        }
+    }
 }
 
 multiversion! {
@@ -90,6 +106,10 @@ pub(super) fn feature_pass_half_inline<S: Simd>(
     let has_aux = !inputs.aux_residual.is_empty() || inputs.gated.is_some();
     half.g_b_dec.fill(0.0);
     let mut group = inputs.prefix_widths.partition_point(|&w| w <= half.lo);
+    if let PassMode::Hold { .. } = mode {
+        half.held_g_enc.resize(n * d_in, 0.0);
+        half.held_g_dec.resize(n * d, 0.0);
+    }
     for j in 0..n {
         let rows_j = j * d..(j + 1) * d;
         let enc_j = j * d_in..(j + 1) * d_in;
@@ -122,18 +142,25 @@ pub(super) fn feature_pass_half_inline<S: Simd>(
             // Selected nowhere, and resting (below).
             debug_assert!(!touched, "a dormant feature is selected nowhere");
             half.g_b_enc[j] = 0.0;
-            if let PassMode::Export { g_w_enc_t, g_w_dec } = &mut mode {
-                g_w_enc_t[enc_j].fill(0.0);
-                g_w_dec[rows_j].fill(0.0);
+            match &mut mode {
+                PassMode::Export { g_w_enc_t, g_w_dec } => {
+                    g_w_enc_t[enc_j].fill(0.0);
+                    g_w_dec[rows_j].fill(0.0);
+                }
+                PassMode::Hold { .. } => {
+                    half.held_g_enc[enc_j].fill(0.0);
+                    half.held_g_dec[rows_j].fill(0.0);
+                }
+                PassMode::Adam { .. } => {}
             }
             continue;
         }
         if touched {
-            if let (true, PassMode::Adam { step, .. }) = (half.rest.is_resting(j), &mode) {
+            if let (true, Some(step)) = (half.rest.is_resting(j), mode.adam_step()) {
                 // The second-moment decays of the steps it rested through.
                 let skipped = half.rest.end_rest(j, inputs.adam_t - 1);
-                dormant::replay_decay(&mut p.w_enc_t_v[enc_j.clone()], skipped, *step);
-                dormant::replay_decay(&mut p.w_dec_v[rows_j.clone()], skipped, *step);
+                dormant::replay_decay(&mut p.w_enc_t_v[enc_j.clone()], skipped, step);
+                dormant::replay_decay(&mut p.w_dec_v[rows_j.clone()], skipped, step);
             }
             half.rest.touch(j, inputs.adam_t);
             half.g_enc_row.fill(0.0);
@@ -277,9 +304,82 @@ pub(super) fn feature_pass_half_inline<S: Simd>(
                 g_w_enc_t[enc_j].copy_from_slice(g_enc);
                 g_w_dec[rows_j].copy_from_slice(g_dec);
             }
+            PassMode::Hold { .. } => {
+                half.held_g_enc[enc_j].copy_from_slice(g_enc);
+                half.held_g_dec[rows_j].copy_from_slice(g_dec);
+            }
         }
     }
-    if let PassMode::Adam { step, .. } = mode {
-        kernels::adam_inline::<S>(p.b_enc, p.b_enc_m, p.b_enc_v, &half.g_b_enc, step);
+    match mode {
+        PassMode::Adam { step, .. } => {
+            kernels::adam_inline::<S>(p.b_enc, p.b_enc_m, p.b_enc_v, &half.g_b_enc, step);
+        }
+        PassMode::Hold { .. } => {
+            half.held_sq = [&half.held_g_enc, &half.held_g_dec, &half.g_b_enc]
+                .iter()
+                .map(|g| squared_norm(g))
+                .sum();
+        }
+        PassMode::Export { .. } => {}
     }
+}
+
+/// The sum of squares, in f64.
+pub(super) fn squared_norm(g: &[f32]) -> f64 {
+    g.iter().map(|&x| x as f64 * x as f64).sum()
+}
+
+multiversion! {
+    pub(super) fn adam_held_half(half: &mut Half, p: HalfParams<'_>, d_in: usize, d_out: usize, step: AdamStep, renormalise: bool, factor: f32)
+        => adam_held_half_inline
+}
+
+/// Gradient clipping's second pass: the gradients `PassMode::Hold` kept,
+/// times `factor`, stepped by Adam exactly as `PassMode::Adam` steps them
+/// (resting and dormant features skip it). With `factor` 1 the same bits.
+#[inline(always)]
+pub(super) fn adam_held_half_inline<S: Simd>(
+    half: &mut Half,
+    p: HalfParams<'_>,
+    d_in: usize,
+    d_out: usize,
+    step: AdamStep,
+    renormalise: bool,
+    factor: f32,
+) {
+    let scale = |g: &mut [f32]| {
+        if factor != 1.0 {
+            g.iter_mut().for_each(|x| *x *= factor);
+        }
+    };
+    for j in 0..half.n() {
+        if half.rest.is_resting(j) || half.rest.is_dormant(j) {
+            continue;
+        }
+        let (enc_j, rows_j) = (j * d_in..(j + 1) * d_in, j * d_out..(j + 1) * d_out);
+        let g_enc = &mut half.held_g_enc[enc_j.clone()];
+        scale(g_enc);
+        kernels::adam_inline::<S>(
+            &mut p.w_enc_t[enc_j.clone()],
+            &mut p.w_enc_t_m[enc_j.clone()],
+            &mut p.w_enc_t_v[enc_j],
+            g_enc,
+            step,
+        );
+        let g_dec = &mut half.held_g_dec[rows_j.clone()];
+        scale(g_dec);
+        let w_dec_j = &mut p.w_dec[rows_j.clone()];
+        kernels::adam_inline::<S>(
+            w_dec_j,
+            &mut p.w_dec_m[rows_j.clone()],
+            &mut p.w_dec_v[rows_j],
+            g_dec,
+            step,
+        );
+        if renormalise {
+            kernels::normalise_rows_inline::<S>(w_dec_j, d_out);
+        }
+    }
+    scale(&mut half.g_b_enc);
+    kernels::adam_inline::<S>(p.b_enc, p.b_enc_m, p.b_enc_v, &half.g_b_enc, step);
 }

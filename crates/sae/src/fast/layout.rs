@@ -130,6 +130,13 @@ pub(super) struct Half {
     pub(super) g_dec_row: Vec<f32>,
     /// `[max(d_in, d_out)]` zeros: the gradient of an untouched feature.
     pub(super) zero_row: Vec<f32>,
+    /// Gradient clipping: every feature's encoder `[n, d_in]` and decoder
+    /// `[n, d_out]` gradient, held between the pass that computes them and
+    /// the Adam pass that applies them scaled (empty while clipping is off),
+    /// and their squared norm with b_enc's.
+    pub(super) held_g_enc: Vec<f32>,
+    pub(super) held_g_dec: Vec<f32>,
+    pub(super) held_sq: f64,
     /// Rest and dormancy of this half's features (local indices): a resting
     /// one skips its Adam steps until it next has a gradient, a dormant one
     /// also the encoder.

@@ -194,14 +194,49 @@ impl Trainer for FastTrainer {
         self.adam_t += 1;
         self.dormancy.last_step = Some(step);
         let unit_norm = self.cfg.architecture.unit_norm_decoder();
-        let mode = || PassMode::Adam {
-            step,
-            renormalise: unit_norm,
-        };
-        self.feature_pass(exec, [mode(), mode()], unit_norm);
-        let g_b_dec = self.b_dec_gradient();
-        let g_w_skip = self.w_skip_gradient();
-        let g_log_threshold = self.log_threshold_gradient();
+        let clip = self.cfg.clip_grad_norm > 0.0;
+        if clip {
+            // The global norm needs every gradient before any step.
+            self.feature_pass(
+                exec,
+                [PassMode::Hold { step }, PassMode::Hold { step }],
+                unit_norm,
+            );
+        } else {
+            let mode = || PassMode::Adam {
+                step,
+                renormalise: unit_norm,
+            };
+            self.feature_pass(exec, [mode(), mode()], unit_norm);
+        }
+        let mut g_b_dec = self.b_dec_gradient();
+        let mut g_w_skip = self.w_skip_gradient();
+        let mut g_log_threshold = self.log_threshold_gradient();
+        let (mut g_r_mag, mut g_b_mag) = self.magnitude_gradients();
+        if clip {
+            let rest = [&g_b_dec, &g_w_skip, &g_log_threshold, &g_r_mag, &g_b_mag];
+            let norm_sq = self.halves.iter().map(|h| h.held_sq).sum::<f64>()
+                + rest.iter().map(|g| squared_norm(g)).sum::<f64>();
+            let factor = self.cfg.clip_factor(norm_sq.sqrt()) as f32;
+            let (d_in, d_out, split) = (self.d_in, self.d_out, self.split());
+            let [p0, p1] = self.params.halves(split, d_in, d_out);
+            let [h0, h1] = &mut self.halves;
+            exec.join(
+                || adam_held_half(h0, p0, d_in, d_out, step, unit_norm, factor),
+                || adam_held_half(h1, p1, d_in, d_out, step, unit_norm, factor),
+            );
+            if factor != 1.0 {
+                for g in [
+                    &mut g_b_dec,
+                    &mut g_w_skip,
+                    &mut g_log_threshold,
+                    &mut g_r_mag,
+                    &mut g_b_mag,
+                ] {
+                    g.iter_mut().for_each(|x| *x *= factor);
+                }
+            }
+        }
         let p = &mut self.params;
         p.adam_b_dec.adam(&mut p.b_dec, &g_b_dec, step);
         if !p.w_skip.is_empty() {
@@ -215,7 +250,6 @@ impl Trainer for FastTrainer {
             }
         }
         if !self.magnitude.r_mag.is_empty() {
-            let (g_r_mag, g_b_mag) = self.magnitude_gradients();
             let m = &mut self.magnitude;
             m.adam_r_mag.adam(&mut m.r_mag, &g_r_mag, step);
             m.adam_b_mag.adam(&mut m.b_mag, &g_b_mag, step);

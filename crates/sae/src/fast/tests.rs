@@ -66,7 +66,11 @@ fn dormancy_changes_no_bit() {
     let mut woken = 0;
     let data = synthetic::sparse_directions(256, 16, 12, 2, 0.05, 5);
     let target = synthetic::sparse_directions(256, 12, 12, 2, 0.05, 6);
-    for architecture in every_architecture(3e-2, 3, 0.3) {
+    // Clipped or not: clipping holds every gradient before stepping.
+    for (architecture, clip_grad_norm) in every_architecture(3e-2, 3, 0.3)
+        .into_iter()
+        .flat_map(|a| [(a.clone(), 0.0), (a, 0.1)])
+    {
         for transcoder in [
             None,
             Some(crate::Transcoder {
@@ -75,6 +79,7 @@ fn dormancy_changes_no_bit() {
             }),
         ] {
             let cfg = SaeConfig {
+                clip_grad_norm,
                 d_in: 16,
                 d_sae: 96,
                 architecture: architecture.clone(),
@@ -105,7 +110,7 @@ fn dormancy_changes_no_bit() {
             );
             assert!(
                 dense == sparse,
-                "{architecture:?}, transcoder {transcoder:?}"
+                "{architecture:?}, transcoder {transcoder:?}, clip {clip_grad_norm}"
             );
             let d = &trainer.dormancy;
             if let Architecture::L1(_) | Architecture::JumpRelu(_) | Architecture::Gated(_) =

@@ -491,7 +491,11 @@ fn named(g: &sae::Gradients) -> [(&'static str, &[f32]); 8] {
 /// each value within a few f32 roundings of the terms it is made of, so the
 /// check holds whatever the summation order or vector width: it does not
 /// compare trajectories, whose rounding compounds over steps.
-pub fn assert_step_matches_f64(cfg: &SaeConfig, s: &sae::CheckedStep, label: &str) {
+///
+/// With `clip_grad_norm`, the projected gradients are scaled by torch's
+/// `min(1, clip / (norm + 1e-6))` of their global norm in f64 first; returns
+/// that factor (1 without clipping).
+pub fn assert_step_matches_f64(cfg: &SaeConfig, s: &sae::CheckedStep, label: &str) -> f64 {
     let label = format!("{label} step {}", s.step);
     let after = &s.after;
     let o = &cfg.optimizer;
@@ -511,19 +515,18 @@ pub fn assert_step_matches_f64(cfg: &SaeConfig, s: &sae::CheckedStep, label: &st
         named(&s.gradients),
     );
     let (p1s, m1s, v1s) = (named(&after.params), named(&after.m), named(&after.v));
+    // Each parameter's gradient in f64 as the optimizer sees it (projected),
+    // with the rounding slack the projection allows.
+    let mut seen: Vec<(Vec<f64>, Vec<f64>)> = Vec::with_capacity(8);
     for i in 0..8 {
         let (name, p0) = params[i];
-        let (g, m0, v0, p1, m1, v1) =
-            (grads[i].1, m0s[i].1, v0s[i].1, p1s[i].1, m1s[i].1, v1s[i].1);
+        let (g, m0, v0) = (grads[i].1, m0s[i].1, v0s[i].1);
         let n = p0.len();
         for (what, len) in [("gradient", g.len()), ("m", m0.len()), ("v", v0.len())] {
             assert_eq!(
                 len, n,
                 "{label}: {name}'s {what} has {len} entries for {n} parameters"
             );
-        }
-        if n == 0 {
-            continue;
         }
         let mut g64: Vec<f64> = g.iter().map(|&x| x as f64).collect();
         let mut g_slack = vec![0.0f64; n];
@@ -547,6 +550,33 @@ pub fn assert_step_matches_f64(cfg: &SaeConfig, s: &sae::CheckedStep, label: &st
                     *s = sums * (g.abs() + along_terms * w.abs() / norm);
                     *g -= along * w / norm;
                 }
+            }
+        }
+        seen.push((g64, g_slack));
+    }
+    let norm = seen
+        .iter()
+        .flat_map(|(g, _)| g)
+        .map(|g| g * g)
+        .sum::<f64>()
+        .sqrt();
+    let factor = cfg.clip_factor(norm);
+    for i in 0..8 {
+        let (name, p0) = params[i];
+        let (g, m0, v0, p1, m1, v1) =
+            (grads[i].1, m0s[i].1, v0s[i].1, p1s[i].1, m1s[i].1, v1s[i].1);
+        let n = p0.len();
+        if n == 0 {
+            continue;
+        }
+        let rows_renormalised = name == "W_dec" && unit_norm;
+        let (mut g64, mut g_slack) = std::mem::take(&mut seen[i]);
+        if factor != 1.0 {
+            // The trainers' norm differs from this one by the projection's
+            // roundings (covered by the slack) and their own f32 sums.
+            for (g, gs) in g64.iter_mut().zip(g_slack.iter_mut()) {
+                *gs = factor * *gs + 1e-5 * factor * g.abs();
+                *g *= factor;
             }
         }
         let mut q = vec![0.0f64; n];
@@ -606,6 +636,7 @@ pub fn assert_step_matches_f64(cfg: &SaeConfig, s: &sae::CheckedStep, label: &st
             }
         }
     }
+    factor
 }
 
 /// One SAE trained on `data` `[rows, cfg.d_in]` (the crate trains sweeps; this is a sweep of one).
