@@ -401,6 +401,12 @@ fn sae_plots(
             ));
         }
     }
+    if let Some(latents) = run.latents {
+        let window = run.sae.cfg.dead_window_steps;
+        if let Some(pair) = crate::dying::figures(run.name, latents, window) {
+            figures.extend(pair);
+        }
+    }
     let log_density: Vec<f64> = stats
         .iter()
         .filter(|s| !s.dead)

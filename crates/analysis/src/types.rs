@@ -86,6 +86,9 @@ pub struct SaeRun<'a> {
     /// SAE, the next layer for a transcoder.
     pub writes: &'a str,
     pub curve: &'a [sae::CurvePoint],
+    /// When each latent last fired and how its encoder drifted (`None`:
+    /// not recorded, e.g. an SAE from elsewhere).
+    pub latents: Option<&'a sae::LatentHistory>,
     pub metrics: SaeMetrics,
 }
 

@@ -526,6 +526,7 @@ fn analysis_writes_tables_plots_and_a_report_that_renders() {
             reads: &layer,
             writes: layer.layer,
             curve: &curve,
+            latents: None,
             metrics: SaeMetrics {
                 l0: 1000.0 * l1,
                 mse: l1,
@@ -894,6 +895,7 @@ fn mismatched_inputs_get_one_clear_sentence() {
         reads: &layer,
         writes: layer.layer,
         curve: &[],
+        latents: None,
         metrics: SaeMetrics::default(),
     };
     let dir = tempfile::tempdir().unwrap();

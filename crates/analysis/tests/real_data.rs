@@ -104,6 +104,7 @@ fn real_sae_analysis_with_timings() {
         reads: &layer,
         writes: layer.layer,
         curve: &trained.curve,
+        latents: Some(&trained.latents),
         metrics: SaeMetrics {
             l0: eval.l0,
             mse: eval.mse,

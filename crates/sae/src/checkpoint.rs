@@ -246,6 +246,10 @@ pub fn load(dir: &Path) -> Result<Sae, SaeError> {
 pub struct TrainingRecord {
     /// One point per epoch.
     pub curve: Vec<crate::CurvePoint>,
+    /// Per latent: when it last fired, and its encoder at a few epochs
+    /// (absent from records written before it existed).
+    #[serde(default)]
+    pub latents: crate::LatentHistory,
     pub resamples: Vec<crate::ResampleEvent>,
     pub steps: usize,
     /// Wall time of the run's sweep group.
@@ -258,6 +262,7 @@ impl TrainingRecord {
     pub fn of(trained: &crate::Trained) -> TrainingRecord {
         TrainingRecord {
             curve: trained.curve.clone(),
+            latents: trained.latents.clone(),
             resamples: trained.resamples.clone(),
             steps: trained.steps,
             seconds: trained.seconds,

@@ -38,6 +38,7 @@ mod error;
 mod fast;
 mod hooks;
 mod kernels;
+mod latents;
 mod model;
 mod reference;
 mod run;
@@ -56,6 +57,7 @@ pub use config::{
     ResampleConfig, ResampleSchedule, SaeConfig, Transcoder,
 };
 pub use error::SaeError;
+pub use latents::{LatentHistory, LatentSnapshot, PROBE_ROWS};
 pub use model::{
     column_mean, decode_row, encode, encode_sparse, evaluate, evaluate_on, explained_variance,
     reconstruct, EvalMetrics, Sae, SparseCodes,

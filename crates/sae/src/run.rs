@@ -11,6 +11,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::config::{NormalizeActivations, SaeConfig};
 use crate::duo::Exec;
 use crate::hooks::CheckedStep;
+use crate::latents::{self, LatentHistory, LatentSnapshot};
 use crate::model::{self, row_squared_errors, Sae, STREAM_RESAMPLE, STREAM_SHUFFLE};
 use crate::trainer::{AuxScale, FeatureReset, FiringTracker, Trainer};
 use crate::SaeError;
@@ -47,6 +48,7 @@ pub(crate) struct Run<'a> {
     pub(crate) lr: f64,
     pub(crate) sums: EpochSums,
     pub(crate) curve: Vec<CurvePoint>,
+    pub(crate) latents: LatentHistory,
     pub(crate) resamples: Vec<ResampleEvent>,
     pub(crate) losses: Option<Vec<f64>>,
     pub(crate) check_every: Option<usize>,
@@ -228,6 +230,31 @@ impl Run<'_> {
             l0: point.l0,
         });
         self.curve.push(point);
+        if latents::snapshot_at(epoch + 1, self.cfg.epochs) {
+            match self.trainer.export() {
+                Ok(sae) => self.latents.snapshots.push(LatentSnapshot::take(
+                    &sae,
+                    view.data.input,
+                    epoch + 1,
+                )),
+                Err(e) => self.failed = Some(e),
+            }
+        }
+    }
+
+    /// The latents' history, with when each last fired.
+    pub(crate) fn take_latents(&mut self, steps_per_epoch: usize) -> LatentHistory {
+        let steps = self.steps as u64;
+        LatentHistory {
+            last_fired_step: self
+                .tracker
+                .since_fired
+                .iter()
+                .map(|&since| steps - since.min(steps))
+                .collect(),
+            steps_per_epoch,
+            snapshots: std::mem::take(&mut self.latents.snapshots),
+        }
     }
 
     /// Anthropic's resampling: each dead feature gets an input drawn with
@@ -427,6 +454,7 @@ pub(crate) fn new_run<'a>(
         lr: cfg.optimizer.lr,
         sums: EpochSums::default(),
         curve: Vec::new(),
+        latents: LatentHistory::default(),
         resamples: Vec::new(),
         losses: limits.record_losses.then(Vec::new),
         check_every: limits.check_every,

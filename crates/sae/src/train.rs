@@ -149,6 +149,8 @@ pub struct ResampleEvent {
 pub struct Trained {
     pub sae: Sae,
     pub curve: Vec<CurvePoint>,
+    /// When each latent last fired and how its encoder drifted.
+    pub latents: crate::LatentHistory,
     pub resamples: Vec<ResampleEvent>,
     pub steps: usize,
     pub seconds: f64,
@@ -261,7 +263,9 @@ fn clone_shape_error(e: &SaeError) -> SaeError {
     }
 }
 
-fn finish(run: Run) -> Result<Trained, SaeError> {
+fn finish(mut run: Run) -> Result<Trained, SaeError> {
+    let steps_per_epoch = run.schedule_steps / run.cfg.epochs.max(1);
+    let latents = run.take_latents(steps_per_epoch);
     let mut sae = run.trainer.export()?;
     if let Some((s_in, s_out)) = run.scales {
         sae.fold_scales(s_in, s_out);
@@ -269,6 +273,7 @@ fn finish(run: Run) -> Result<Trained, SaeError> {
     Ok(Trained {
         sae,
         curve: run.curve,
+        latents,
         resamples: run.resamples,
         steps: run.steps,
         seconds: run.seconds,

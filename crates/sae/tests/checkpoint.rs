@@ -315,6 +315,14 @@ fn the_training_record_round_trips_and_a_damaged_one_names_its_file() {
     assert_eq!(sae::TrainingRecord::load(dir.path()).unwrap(), record);
 
     let file = dir.path().join(sae::RECORD_FILE);
+    // A record written before latents were recorded still loads, without them.
+    let mut older: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    older.as_object_mut().unwrap().remove("latents");
+    std::fs::write(&file, older.to_string()).unwrap();
+    let loaded = sae::TrainingRecord::load(dir.path()).unwrap();
+    assert_eq!(loaded.latents, sae::LatentHistory::default());
+    assert_eq!(loaded.curve, record.curve);
     for damage in ["{\"curve\": []}", "not json", ""] {
         std::fs::write(&file, damage).unwrap();
         let message = sae::TrainingRecord::load(dir.path())
@@ -330,4 +338,57 @@ fn the_training_record_round_trips_and_a_damaged_one_names_its_file() {
         .unwrap_err()
         .to_string();
     assert!(missing.contains(&file.display().to_string()), "{missing}");
+}
+
+/// The latents' history agrees with the run's own dead count and steps:
+/// snapshots at epochs 1, 2, 5 and the last, each the f64 margin of the SAE
+/// as it stood (the last one: the SAE trained), and as many latents silent
+/// for the dead window as the curve's last point counts dead.
+#[test]
+fn the_latent_history_agrees_with_the_run() {
+    let cfg = SaeConfig {
+        epochs: 6,
+        batch_size: 20,
+        dead_window_steps: 30,
+        ..config(Architecture::l1(3e-2), 16, 48)
+    };
+    // Few directions, so many latents have nothing to fire on.
+    let data = sae::synthetic::sparse_directions(400, 16, 6, 2, 0.05, 9);
+    let run = train(&cfg, &data, &TrainPath::Fast, &|_| {}).unwrap();
+    let h = &run.latents;
+    let epochs: Vec<usize> = h.snapshots.iter().map(|s| s.epoch).collect();
+    assert_eq!(epochs, [1, 2, 5, 6]);
+    assert_eq!(h.steps_per_epoch, 20);
+    assert_eq!(h.last_fired_step.len(), 48);
+    let steps = run.steps as u64;
+    assert!(h.last_fired_step.iter().all(|&s| s <= steps));
+    let silent = h
+        .last_fired_step
+        .iter()
+        .filter(|&&s| s == 0 || steps - s >= 30)
+        .count();
+    assert_eq!(silent, run.curve.last().unwrap().dead);
+    assert!(
+        silent > 0 && silent < 48,
+        "{silent} dead: the check needs both kinds"
+    );
+    // The last snapshot is the trained SAE's: recompute its margins in f64.
+    let last = h.snapshots.last().unwrap();
+    let sae = &run.sae;
+    for f in 0..48 {
+        let margin = data
+            .chunks_exact(16)
+            .map(|x| {
+                (0..16)
+                    .map(|i| (x[i] - sae.b_dec[i]) as f64 * sae.w_enc[i * 48 + f] as f64)
+                    .sum::<f64>()
+                    + sae.b_enc[f] as f64
+            })
+            .fold(f64::NEG_INFINITY, f64::max);
+        assert!(
+            (last.margin[f] as f64 - margin).abs() < 1e-4 * (1.0 + margin.abs()),
+            "latent {f}: {} vs {margin}",
+            last.margin[f]
+        );
+    }
 }

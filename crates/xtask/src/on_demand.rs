@@ -94,6 +94,7 @@ pub fn dashboards(
         reads: &reads,
         writes: &point.output,
         curve: &[],
+        latents: None,
         metrics: analysis::SaeMetrics::default(),
     };
     let out = session

@@ -161,23 +161,24 @@ impl Stage for AnalysisStage {
             {
                 let dir = inputs.dir(&point.name);
                 let m: SaeMetricsFile = super::read_json(dir, METRICS_FILE)?;
-                let curve = sae::TrainingRecord::load(dir)?.curve;
+                let record = sae::TrainingRecord::load(dir)?;
                 loaded.push((
                     point,
                     run_folder(point),
                     sae::load(dir)?,
-                    curve,
+                    record,
                     m.analysed(),
                 ));
             }
             let runs: Vec<SaeRun<'_>> = loaded
                 .iter()
-                .map(|(point, name, sae, curve, metrics)| SaeRun {
+                .map(|(point, name, sae, record, metrics)| SaeRun {
                     name,
                     sae,
                     reads: &views[point.layer.as_str()],
                     writes: &point.output,
-                    curve,
+                    curve: &record.curve,
+                    latents: Some(&record.latents),
                     metrics: metrics.clone(),
                 })
                 .collect();
