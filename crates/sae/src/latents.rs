@@ -73,16 +73,27 @@ impl LatentSnapshot {
                 row.iter_mut().zip(&sae.b_dec).for_each(|(x, b)| *x -= b);
             }
         }
-        let mut pre = vec![0.0f32; n * d_sae];
-        kernels::matmul(
-            &mut pre,
-            n,
-            d_sae,
-            d_in,
-            false,
-            MatRef::row_major(&input, d_in),
-            MatRef::row_major(&sae.w_enc, d_sae),
-        );
+        // A few rows at a time, so a wide SAE's snapshot stays small.
+        let chunk = 64;
+        let mut pre = vec![0.0f32; chunk.min(n) * d_sae];
+        let mut margin = vec![f32::NEG_INFINITY; d_sae];
+        for rows in input.chunks(chunk * d_in) {
+            let m = rows.len() / d_in;
+            kernels::matmul(
+                &mut pre,
+                m,
+                d_sae,
+                d_in,
+                false,
+                MatRef::row_major(rows, d_in),
+                MatRef::row_major(&sae.w_enc, d_sae),
+            );
+            for row in pre[..m * d_sae].chunks_exact(d_sae) {
+                for (m, &p) in margin.iter_mut().zip(row) {
+                    *m = m.max(p);
+                }
+            }
+        }
         let level = |f: usize| {
             if sae.cfg.architecture.learned_threshold().is_some() {
                 sae.threshold[f]
@@ -90,12 +101,6 @@ impl LatentSnapshot {
                 0.0
             }
         };
-        let mut margin = vec![f32::NEG_INFINITY; d_sae];
-        for row in pre.chunks_exact(d_sae) {
-            for (m, &p) in margin.iter_mut().zip(row) {
-                *m = m.max(p);
-            }
-        }
         let column = |f: usize| (0..d_in).map(move |i| sae.w_enc[i * d_sae + f] as f64);
         LatentSnapshot {
             epoch,
