@@ -121,7 +121,7 @@ pub fn load(path: &Path, sources: &ConfigSources) -> Result<Loaded> {
     } else {
         Table::new()
     };
-    let mut presets_table = match table.remove("presets") {
+    let presets_table = match table.remove("presets") {
         None => Table::new(),
         Some(Value::Table(t)) => t,
         Some(_) => bail!("{name}: presets must be a table of tables, as [presets.NAME]"),
@@ -129,19 +129,24 @@ pub fn load(path: &Path, sources: &ConfigSources) -> Result<Loaded> {
     let defaults = known_keys();
     check_against(&defaults, &mut table, "", &name)?;
     let file_default = finish(table.clone(), &name)?;
-    let mut presets = BTreeMap::new();
-    for (preset, body) in presets_table.iter_mut() {
-        let Value::Table(body) = body else {
+    for (preset, body) in &presets_table {
+        if !body.is_table() {
             bail!("{name}: presets.{preset} must be a table")
-        };
+        }
+    }
+    let mut presets = BTreeMap::new();
+    let mut resolved = BTreeMap::new();
+    for preset in presets_table.keys() {
         let source = format!("{name} [presets.{preset}]");
-        check_against(&defaults, body, "", &source)?;
+        let mut body = resolve_preset(&presets_table, preset, &name)?;
+        check_against(&defaults, &mut body, "", &source)?;
         let mut merged = table.clone();
-        merge(&mut merged, body);
+        merge(&mut merged, &body);
         presets.insert(preset.clone(), finish(merged, &source)?);
+        resolved.insert(preset.clone(), body);
     }
     if let Some(preset) = &sources.preset {
-        let Some(Value::Table(body)) = presets_table.get(preset) else {
+        let Some(body) = resolved.get(preset) else {
             let known: Vec<&String> = presets_table.keys().collect();
             bail!("--preset {preset}: {name} has no preset of that name; it has {known:?}");
         };
@@ -272,6 +277,44 @@ fn insert_path(table: &mut Table, dotted: &str, value: Value) {
             }
         }
     }
+}
+
+/// A preset's keys with its `extends = "OTHER"` chain applied, the
+/// furthest ancestor first (so the preset's own keys win).
+fn resolve_preset(presets: &Table, preset: &str, file: &str) -> Result<Table> {
+    let mut chain: Vec<&str> = Vec::new();
+    let mut current = preset;
+    loop {
+        if chain.contains(&current) {
+            chain.push(current);
+            bail!(
+                "{file}: presets.{preset} extends itself ({})",
+                chain.join(" -> ")
+            );
+        }
+        let Some(Value::Table(body)) = presets.get(current) else {
+            let known: Vec<&String> = presets.keys().collect();
+            bail!(
+                "{file}: presets.{}.extends = {current:?} names no preset; the presets are {known:?}",
+                chain.last().unwrap_or(&preset)
+            );
+        };
+        chain.push(current);
+        match body.get("extends") {
+            None => break,
+            Some(Value::String(parent)) => current = parent,
+            Some(other) => bail!(
+                "{file}: presets.{current}.extends must be the name of another preset, got {other}"
+            ),
+        }
+    }
+    let mut merged = Table::new();
+    for name in chain.iter().rev() {
+        let mut body = presets[*name].as_table().expect("checked above").clone();
+        body.remove("extends");
+        merge(&mut merged, &body);
+    }
+    Ok(merged)
 }
 
 fn merge(base: &mut Table, patch: &Table) {
@@ -498,6 +541,14 @@ mod tests {
         }
     }
 
+    /// A sweep's settings other than its architectures.
+    fn sae_points_regime(sweep: &crate::sweep::SaeSweep) -> crate::sweep::SaeSweep {
+        crate::sweep::SaeSweep {
+            architecture: Vec::new(),
+            ..sweep.clone()
+        }
+    }
+
     #[test]
     fn the_shipped_saelab_toml_without_presets_is_the_built_in_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../saelab.toml");
@@ -512,10 +563,23 @@ mod tests {
                 "dead-features",
                 "family",
                 "l1-sweep",
+                "living-zoo",
+                "practitioner",
                 "resample",
                 "topk",
                 "zoo"
             ]
+        );
+        // living-zoo is practitioner's regime with every architecture.
+        let (zoo, regime) = (
+            &loaded.presets["living-zoo"].sae,
+            &loaded.presets["practitioner"].sae,
+        );
+        assert_eq!(zoo.architecture.len(), 9);
+        assert_eq!(
+            sae_points_regime(zoo),
+            sae_points_regime(regime),
+            "living-zoo's regime is practitioner's"
         );
         for (name, preset) in &loaded.presets {
             assert_ne!(preset, &Config::default(), "preset {name}");
@@ -668,6 +732,41 @@ mod tests {
         let widened = load_text("", None, &["mlp.lr=1", "sae.l1_coeff=0.01"]).unwrap();
         assert_eq!(widened.config.mlp.lr, 1.0);
         assert_eq!(widened.config.sae.l1_coeff, [0.01]);
+    }
+
+    #[test]
+    fn a_preset_extends_another_whose_keys_its_own_override() {
+        let toml = "[presets.base.mlp]\nepochs = 2\nlr = 0.5\n[presets.base.sae]\nepochs = 7\n\
+                    [presets.more]\nextends = \"base\"\n[presets.more.mlp]\nlr = 0.25\n\
+                    [presets.most]\nextends = \"more\"\n[presets.most.sae]\nd_sae = [64]\n";
+        let most = load_text(toml, Some("most"), &[]).unwrap();
+        assert_eq!(most.config.mlp.epochs, 2);
+        assert_eq!(most.config.mlp.lr, 0.25);
+        assert_eq!(most.config.sae.epochs, 7);
+        assert_eq!(most.config.sae.d_sae, [64]);
+        assert_eq!(most.presets["most"], most.config);
+        assert_eq!(most.presets["more"].sae.d_sae, Config::default().sae.d_sae);
+        for (toml, wanted) in [
+            (
+                "[presets.a]\nextends = \"nothing\"\n",
+                "presets.a.extends = \"nothing\" names no preset; the presets are [\"a\"]",
+            ),
+            (
+                "[presets.a]\nextends = \"b\"\n[presets.b]\nextends = \"a\"\n",
+                "presets.a extends itself (a -> b -> a)",
+            ),
+            (
+                "[presets.a]\nextends = 3\n",
+                "presets.a.extends must be the name of another preset, got 3",
+            ),
+        ] {
+            let Err(error) = load_text(toml, None, &[]) else {
+                panic!("{toml} was accepted")
+            };
+            let message = format!("{error:#}");
+            assert!(message.contains(wanted), "{message}");
+            assert!(!message.contains('\n'), "{message}");
+        }
     }
 
     #[test]
