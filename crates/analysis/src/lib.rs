@@ -57,8 +57,8 @@ pub use query::{
     report_tables, OutputFormat, TableSource,
 };
 pub use report::{
-    base64, family_verdict, probe_table, records_source, records_table, sweep_table, verdict,
-    write_report, Record, SummaryRow,
+    base64, family_verdict, probe_table, records_source, records_table, sweep_table, sweep_verdict,
+    verdict, write_report, Record, SummaryRow,
 };
 pub use stats::{MiSummary, UnitCounts, UnitStats};
 pub use types::{

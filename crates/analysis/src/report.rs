@@ -747,6 +747,50 @@ fn architecture(s: &SaeSummary) -> &str {
 /// counts as keeping its latents alive.
 const ALIVE_BELOW: f64 = 0.1;
 
+/// The notebook's question over every SAE of the sweep (two or more): the
+/// best feature of any SAE against the best neuron, per measure.
+pub fn sweep_verdict(summaries: &[SaeSummary]) -> Option<String> {
+    let first = summaries.get(1).and(summaries.first())?;
+    let measures: [(&str, fn(&MiSummary) -> f64); 3] = [
+        ("binary MI", |m| m.max_mi_bits),
+        ("binned MI", |m| m.max_mi_binned_bits),
+        ("detector F1", |m| {
+            m.best_detector.as_ref().map_or(0.0, |(_, d)| d.f1)
+        }),
+    ];
+    let (mut parts, mut feature_wins, mut neuron_wins) = (Vec::new(), Vec::new(), Vec::new());
+    for (measure, of) in measures {
+        let best = summaries
+            .iter()
+            .max_by(|a, b| of(&a.features).total_cmp(&of(&b.features)))
+            .expect("two or more SAEs");
+        let (feature, neuron) = (of(&best.features), of(&first.neurons));
+        parts.push(format!(
+            "{measure} {feature:.3} ({}) vs {neuron:.3}",
+            best.name
+        ));
+        if feature > neuron {
+            feature_wins.push(measure);
+        } else {
+            neuron_wins.push(measure);
+        }
+    }
+    let list = |v: &[&str]| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    Some(format!(
+        "Over all {} SAEs, the best feature of any against the best neuron: {}. Features win on {}; neurons on {}.",
+        summaries.len(),
+        parts.join("; "),
+        list(&feature_wins),
+        list(&neuron_wins)
+    ))
+}
+
 /// Across architectures (only when the sweep has two or more): which keep
 /// their latents alive, and at what cost in explained variance and CE
 /// recovered. Each architecture is represented by its SAE with the fewest
@@ -837,6 +881,13 @@ fn render_html(
 ) -> Result<String, AnalysisError> {
     let mut answer = String::new();
     let family = family_verdict(summaries);
+    if let Some(line) = sweep_verdict(summaries) {
+        let _ = write!(
+            answer,
+            "<h3>Over the sweep</h3><ul><li>{}</li></ul>",
+            escape(&line)
+        );
+    }
     if !family.is_empty() {
         answer.push_str("<h3>Across architectures</h3><ul>");
         for line in family {

@@ -634,6 +634,30 @@ fn analysis_writes_tables_plots_and_a_report_that_renders() {
             .replace('<', "&lt;")
             .replace('>', "&gt;")
     ));
+    // Over the sweep: the best feature of any SAE, recomputed here, against the best neuron.
+    let over = analysis::sweep_verdict(&summaries).expect("two SAEs");
+    let best_binary = summaries
+        .iter()
+        .max_by(|a, b| a.features.max_mi_bits.total_cmp(&b.features.max_mi_bits))
+        .unwrap();
+    let neuron = summaries[0].neurons.max_mi_bits;
+    assert!(
+        over.starts_with(&format!(
+            "Over all {} SAEs, the best feature of any against the best neuron: binary MI {:.3} ({}) vs {neuron:.3};",
+            summaries.len(),
+            best_binary.features.max_mi_bits,
+            best_binary.name
+        )),
+        "{over}"
+    );
+    let binary_side = if best_binary.features.max_mi_bits > neuron {
+        "Features win on binary MI"
+    } else {
+        "neurons on binary MI"
+    };
+    assert!(over.contains(binary_side), "{over}");
+    assert!(html.contains("<h3>Over the sweep</h3>"));
+    assert!(analysis::sweep_verdict(&summaries[..1]).is_none());
     // One architecture: no comparison across architectures.
     assert!(analysis::family_verdict(&summaries).is_empty());
     assert!(!html.contains("Across architectures"));
