@@ -90,11 +90,12 @@ pub fn figures(
     }
     let drift = Figure {
         title: format!(
-            "{name}: why latents die: median firing margin and its parts ({n_dead} dead at the end, {} alive)",
+            "{name}: why latents die ({n_dead} dead, {} alive)",
             dead.len() - n_dead
         ),
         x_label: "epoch".into(),
-        y_label: "pre-activation units (margin = max over 2048 train rows - firing level)".into(),
+        // The margin: the largest pre-activation over the probe rows minus the firing level.
+        y_label: "median, pre-activation units".into(),
         layers,
         log_x: last.epoch > 1,
         ..Default::default()
@@ -111,7 +112,7 @@ pub fn figures(
         })
         .collect();
     let last_fired = Figure {
-        title: format!("{name}: when the {n_dead} latents dead at the end last fired"),
+        title: format!("{name}: when its {n_dead} dead latents last fired"),
         x_label: "epoch (0: never fired)".into(),
         y_label: "dead latents silent since this epoch or earlier".into(),
         layers: vec![Layer {

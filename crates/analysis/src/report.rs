@@ -912,7 +912,9 @@ fn render_html(
 Binned MI: I(B; Y) with B = off or one of {} equal-count quantile bins of the unit's positive values. \
 Detector: the class for which \"active\" has the best F1, and the AUROC of the value for it. \
 Probes: multinomial logistic regression on the k units with the highest binary MI, test accuracy. \
-Purity and top label need {} active rows (analysis.min_support).</p>{}\
+Purity and top label need {} active rows (analysis.min_support). \
+Why latents die: a latent's margin is its largest pre-activation over 2048 train rows minus its firing level (0, or JumpReLU's threshold); \
+below 0 it fires on none of them. The b_enc, b_dec and encoder-norm lines are its parts.</p>{}\
 <h2>Sweep</h2><p>Metrics first (the suffix says the split), then the sweep coordinates.</p>{}\
 <p><a href=\"sweep.parquet\">sweep.parquet</a></p><div class=\"grid\">",
         cfg.mi_bins,
