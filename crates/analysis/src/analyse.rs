@@ -6,6 +6,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::dashboard;
+use crate::digit_probe::{self, DigitProbe};
 use crate::labelinfo;
 use crate::plots::{self, Figure, Layer, Mark};
 use crate::probe::{self, ProbeData, ProbeResult};
@@ -21,6 +22,8 @@ pub struct Baseline {
     pub stats: Vec<UnitStats>,
     pub mi: MiSummary,
     pub probes: Vec<ProbeResult>,
+    /// SAEBench's one-digit-against-the-rest probes (`digit_probe`).
+    pub digit_probes: Vec<DigitProbe>,
 }
 
 impl Baseline {
@@ -35,27 +38,26 @@ impl Baseline {
         let stats = stats::unit_stats(&train, &test, &info, cfg.min_support);
         let relu = |v: &[f32]| v.iter().map(|x| x.max(0.0)).collect::<Vec<f32>>();
         let (train_relu, test_relu) = (relu(layer.train), relu(layer.test));
-        let probes = probe::k_sparse_probes(
-            &ProbeData {
-                train: probe::Columns::Dense {
-                    values: &train_relu,
-                    width: layer.width,
-                },
-                test: probe::Columns::Dense {
-                    values: &test_relu,
-                    width: layer.width,
-                },
-                train_labels: layer.train_labels,
-                test_labels: layer.test_labels,
+        let data = ProbeData {
+            train: probe::Columns::Dense {
+                values: &train_relu,
+                width: layer.width,
             },
-            &stats::rank_by_mi(&stats),
-            &cfg.probe,
-        )?;
+            test: probe::Columns::Dense {
+                values: &test_relu,
+                width: layer.width,
+            },
+            train_labels: layer.train_labels,
+            test_labels: layer.test_labels,
+        };
+        let probes = probe::k_sparse_probes(&data, &stats::rank_by_mi(&stats), &cfg.probe)?;
+        let digit_probes = digit_probe::digit_probes(&data, layer.width, cfg.probe.train_rows);
         Ok(Baseline {
             layer: layer.layer.to_string(),
             mi: MiSummary::of(&stats),
             stats,
             probes,
+            digit_probes,
         })
     }
 }
@@ -100,16 +102,15 @@ pub fn analyse_sae(
 
     let start = Instant::now();
     let ranking = stats::rank_by_mi(&tables.stats);
-    let feature_probes = probe::k_sparse_probes(
-        &ProbeData {
-            train: probe::Columns::Sparse(&acts_train),
-            test: probe::Columns::Sparse(&acts_test),
-            train_labels: layer.train_labels,
-            test_labels: layer.test_labels,
-        },
-        &ranking,
-        &cfg.probe,
-    )?;
+    let probe_data = ProbeData {
+        train: probe::Columns::Sparse(&acts_train),
+        test: probe::Columns::Sparse(&acts_test),
+        train_labels: layer.train_labels,
+        test_labels: layer.test_labels,
+    };
+    let feature_probes = probe::k_sparse_probes(&probe_data, &ranking, &cfg.probe)?;
+    let feature_digit_probes =
+        digit_probe::digit_probes(&probe_data, run.sae.d_sae(), cfg.probe.train_rows);
     let mut probe_df = crate::report::probe_table(&feature_probes, &baseline.probes)?;
     let probes_path = out_dir.join("probes.parquet");
     tables::write_parquet(&mut probe_df, &probes_path)?;
@@ -153,6 +154,8 @@ pub fn analyse_sae(
         neurons: baseline.mi.clone(),
         feature_probes,
         neuron_probes: baseline.probes.clone(),
+        feature_digit_probes,
+        neuron_digit_probes: baseline.digit_probes.clone(),
         nonzeros: tables.nonzeros,
         dir: out_dir.to_path_buf(),
         tables: table_paths,

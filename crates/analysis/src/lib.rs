@@ -35,6 +35,7 @@
 mod analyse;
 pub mod browser;
 pub mod dashboard;
+pub mod digit_probe;
 pub mod dying;
 mod error;
 pub mod labelinfo;

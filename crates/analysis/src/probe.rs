@@ -246,7 +246,7 @@ pub enum Columns<'a> {
 
 impl Columns<'_> {
     /// Columns `units` of the first `rows` rows, as `[rows, units.len()]`.
-    fn gather(&self, rows: usize, units: &[usize]) -> Vec<f32> {
+    pub(crate) fn gather(&self, rows: usize, units: &[usize]) -> Vec<f32> {
         match self {
             Columns::Dense { values, width } => gather(values, *width, rows, units),
             Columns::Sparse(acts) => {

@@ -708,6 +708,22 @@ pub fn verdict(s: &SaeSummary, cfg: &AnalysisConfig) -> Vec<String> {
         list(&feature_wins),
         list(&neuron_wins)
     ));
+    if !s.feature_digit_probes.is_empty() && !s.neuron_digit_probes.is_empty() {
+        let at: Vec<String> = crate::digit_probe::DIGIT_PROBE_KS
+            .iter()
+            .map(|&k| {
+                let (f, n) = (
+                    crate::digit_probe::mean_accuracy(&s.feature_digit_probes, k),
+                    crate::digit_probe::mean_accuracy(&s.neuron_digit_probes, k),
+                );
+                format!("k={k}: {f:.3} vs {n:.3} ({} ahead)", more(f, n))
+            })
+            .collect();
+        lines.push(format!(
+            "SAEBench's k-sparse probing, one digit against the rest on balanced rows, the k units whose means differ most (mean test accuracy over digits, features vs neurons): {}.",
+            at.join("; ")
+        ));
+    }
     let unconverged = s
         .feature_probes
         .iter()

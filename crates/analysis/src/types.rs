@@ -150,6 +150,11 @@ pub struct SaeSummary {
     pub neurons: MiSummary,
     pub feature_probes: Vec<ProbeResult>,
     pub neuron_probes: Vec<ProbeResult>,
+    /// SAEBench's one-digit-against-the-rest probes on k = 1, 2, 5 units.
+    #[serde(default)]
+    pub feature_digit_probes: Vec<crate::digit_probe::DigitProbe>,
+    #[serde(default)]
+    pub neuron_digit_probes: Vec<crate::digit_probe::DigitProbe>,
     /// Non-zeros in `feature_acts` (train + test).
     pub nonzeros: usize,
     /// The SAE's folder.

@@ -621,6 +621,22 @@ fn analysis_writes_tables_plots_and_a_report_that_renders() {
     assert!(answer < html.find("<h2>Summary</h2>").unwrap());
     let first = analysis::verdict(&summaries[0], &cfg);
     assert!(first[0].starts_with("One unit at a time, "), "{first:?}");
+    // SAEBench's per-digit probes, at k = 1, 2, 5, read into the answer.
+    let digit = &summaries[0].feature_digit_probes;
+    assert!(!digit.is_empty() && !summaries[0].neuron_digit_probes.is_empty());
+    for k in analysis::digit_probe::DIGIT_PROBE_KS {
+        assert!(digit.iter().any(|p| p.k == k && p.units.len() == k));
+    }
+    let saebench = first
+        .iter()
+        .find(|l| l.starts_with("SAEBench's k-sparse probing"))
+        .expect("a SAEBench line");
+    let k1 = analysis::digit_probe::mean_accuracy(digit, 1);
+    let n1 = analysis::digit_probe::mean_accuracy(&summaries[0].neuron_digit_probes, 1);
+    assert!(
+        saebench.contains(&format!("k=1: {k1:.3} vs {n1:.3}")),
+        "{saebench}"
+    );
     assert!(
         first[0].contains(&format!(
             "{:.3} bits for a feature",
