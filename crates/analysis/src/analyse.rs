@@ -12,6 +12,7 @@ use crate::plots::{self, Figure, Layer, Mark};
 use crate::probe::{self, ProbeData, ProbeResult};
 use crate::stats::{self, MiSummary, UnitCounts, UnitStats};
 use crate::tables::{self, SparseActs};
+use crate::tpp::LayerProbes;
 use crate::types::{AnalysisConfig, LayerData, SaeRun, SaeSummary, Timings};
 use crate::AnalysisError;
 
@@ -24,6 +25,8 @@ pub struct Baseline {
     pub probes: Vec<ProbeResult>,
     /// SAEBench's one-digit-against-the-rest probes (`digit_probe`).
     pub digit_probes: Vec<DigitProbe>,
+    /// A probe per digit on the layer's own values, which TPP perturbs.
+    pub layer_probes: LayerProbes,
 }
 
 impl Baseline {
@@ -52,7 +55,14 @@ impl Baseline {
         };
         let probes = probe::k_sparse_probes(&data, &stats::rank_by_mi(&stats), &cfg.probe)?;
         let digit_probes = digit_probe::digit_probes(&data, layer.width, cfg.probe.train_rows);
+        let layer_probes = LayerProbes::fit(
+            layer.train,
+            layer.width,
+            layer.train_labels,
+            cfg.probe.train_rows,
+        );
         Ok(Baseline {
+            layer_probes,
             layer: layer.layer.to_string(),
             mi: MiSummary::of(&stats),
             stats,
@@ -111,6 +121,21 @@ pub fn analyse_sae(
     let feature_probes = probe::k_sparse_probes(&probe_data, &ranking, &cfg.probe)?;
     let feature_digit_probes =
         digit_probe::digit_probes(&probe_data, run.sae.d_sae(), cfg.probe.train_rows);
+    // TPP ablates latents from the layer the probes read: an SAE of this layer.
+    let tpp = if run.reads.layer == layer.layer && run.writes == layer.layer {
+        crate::tpp::tpp(
+            &baseline.layer_probes,
+            &run.sae.w_dec,
+            &acts_train,
+            &acts_test,
+            layer.test,
+            layer.train_labels,
+            layer.test_labels,
+            cfg.probe.train_rows,
+        )
+    } else {
+        Vec::new()
+    };
     let mut probe_df = crate::report::probe_table(&feature_probes, &baseline.probes)?;
     let probes_path = out_dir.join("probes.parquet");
     tables::write_parquet(&mut probe_df, &probes_path)?;
@@ -156,6 +181,7 @@ pub fn analyse_sae(
         neuron_probes: baseline.probes.clone(),
         feature_digit_probes,
         neuron_digit_probes: baseline.digit_probes.clone(),
+        tpp,
         nonzeros: tables.nonzeros,
         dir: out_dir.to_path_buf(),
         tables: table_paths,

@@ -26,7 +26,7 @@ pub struct DigitProbe {
 }
 
 /// Rows `0..limit` split into the digit's rows and as many others (the first ones).
-fn balanced(labels: &[u8], limit: usize, digit: u8) -> (Vec<usize>, Vec<usize>) {
+pub(crate) fn balanced(labels: &[u8], limit: usize, digit: u8) -> (Vec<usize>, Vec<usize>) {
     let limit = limit.min(labels.len());
     let positive: Vec<usize> = (0..limit).filter(|&r| labels[r] == digit).collect();
     let negative: Vec<usize> = (0..limit)
@@ -85,6 +85,7 @@ fn top_k(scores: &[f64], k: usize) -> Vec<usize> {
 }
 
 /// A logistic regression on standardised inputs: `p = sigmoid(w . z + b)`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Logistic {
     mean: Vec<f64>,
     inv_std: Vec<f64>,
@@ -129,15 +130,27 @@ impl Logistic {
         for _ in 0..100 {
             let mut grad = vec![0.0f64; k + 1];
             let mut hess = vec![0.0f64; (k + 1) * (k + 1)];
+            let mut v = vec![1.0f64; k + 1];
             for (row, &t) in z.chunks_exact(k).zip(y) {
-                let s = theta[k] + row.iter().zip(&theta).map(|(a, w)| a * w).sum::<f64>();
+                v[..k].copy_from_slice(row);
+                let s = theta.iter().zip(&v).map(|(w, a)| w * a).sum::<f64>();
                 let p = 1.0 / (1.0 + (-s).exp());
-                let input = |j: usize| if j == k { 1.0 } else { row[j] };
+                let (e, c) = (p - if t { 1.0 } else { 0.0 }, p * (1.0 - p));
                 for a in 0..=k {
-                    grad[a] += (p - if t { 1.0 } else { 0.0 }) * input(a);
-                    for b in 0..=k {
-                        hess[a * (k + 1) + b] += p * (1.0 - p) * input(a) * input(b);
+                    grad[a] += e * v[a];
+                    let ca = c * v[a];
+                    // The upper triangle; mirrored below.
+                    for (h, &vb) in hess[a * (k + 1) + a..(a + 1) * (k + 1)]
+                        .iter_mut()
+                        .zip(&v[a..])
+                    {
+                        *h += ca * vb;
                     }
+                }
+            }
+            for a in 0..=k {
+                for b in 0..a {
+                    hess[a * (k + 1) + b] = hess[b * (k + 1) + a];
                 }
             }
             for j in 0..k {
@@ -174,6 +187,15 @@ impl Logistic {
             bias: theta[k],
             weights: theta[..k].to_vec(),
         }
+    }
+
+    /// The weights on raw inputs (the standardisation folded in).
+    pub fn raw_direction(&self) -> Vec<f64> {
+        self.weights
+            .iter()
+            .zip(&self.inv_std)
+            .map(|(w, s)| w * s)
+            .collect()
     }
 
     /// The probability of the positive class for one row of raw inputs.

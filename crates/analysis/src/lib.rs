@@ -45,6 +45,7 @@ mod query;
 mod report;
 pub mod stats;
 pub mod tables;
+pub mod tpp;
 mod types;
 
 pub use analyse::{

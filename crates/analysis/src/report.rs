@@ -724,6 +724,25 @@ pub fn verdict(s: &SaeSummary, cfg: &AnalysisConfig) -> Vec<String> {
             at.join("; ")
         ));
     }
+    if !s.tpp.is_empty() {
+        let at: Vec<String> = s
+            .tpp
+            .iter()
+            .map(|t| {
+                format!(
+                    "{} latents: {:.3} and {:.3} (TPP {:.3})",
+                    t.latents,
+                    t.intended,
+                    t.unintended,
+                    t.score()
+                )
+            })
+            .collect();
+        lines.push(format!(
+            "SAEBench's targeted probe perturbation: ablating the latents that most push a digit's probe lowers that digit's probe accuracy, and the other digits' (mean over digits): {}.",
+            at.join("; ")
+        ));
+    }
     let unconverged = s
         .feature_probes
         .iter()

@@ -155,6 +155,9 @@ pub struct SaeSummary {
     pub feature_digit_probes: Vec<crate::digit_probe::DigitProbe>,
     #[serde(default)]
     pub neuron_digit_probes: Vec<crate::digit_probe::DigitProbe>,
+    /// SAEBench's targeted probe perturbation (an SAE of the report's layer only).
+    #[serde(default)]
+    pub tpp: Vec<crate::tpp::TppResult>,
     /// Non-zeros in `feature_acts` (train + test).
     pub nonzeros: usize,
     /// The SAE's folder.

@@ -637,6 +637,25 @@ fn analysis_writes_tables_plots_and_a_report_that_renders() {
         saebench.contains(&format!("k=1: {k1:.3} vs {n1:.3}")),
         "{saebench}"
     );
+    // TPP for an SAE of the report's layer, at 2, 5, 10 and 20 latents.
+    let tpp = &summaries[0].tpp;
+    assert_eq!(
+        tpp.iter().map(|t| t.latents).collect::<Vec<_>>(),
+        analysis::tpp::TPP_LATENTS
+    );
+    let line = first
+        .iter()
+        .find(|l| l.starts_with("SAEBench's targeted probe perturbation"))
+        .expect("a TPP line");
+    assert!(
+        line.contains(&format!(
+            "2 latents: {:.3} and {:.3} (TPP {:.3})",
+            tpp[0].intended,
+            tpp[0].unintended,
+            tpp[0].score()
+        )),
+        "{line}"
+    );
     assert!(
         first[0].contains(&format!(
             "{:.3} bits for a feature",
