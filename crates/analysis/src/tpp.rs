@@ -217,30 +217,16 @@ mod tests {
         let identity: Vec<f32> = (0..width * width)
             .map(|e| if e / width == e % width { 1.0 } else { 0.0 })
             .collect();
-        let acts = |labels: &[u8]| {
-            let mut acts = SparseActs {
-                row: Vec::new(),
-                unit: Vec::new(),
-                value: Vec::new(),
-            };
-            for (r, &l) in labels.iter().enumerate() {
-                acts.row.push(r as u32);
-                acts.unit.push(l as u32);
-                acts.value.push(2.0);
-            }
-            acts
+        // One latent per row, value 2: latent_of(label).
+        let one_per_row = |latent_of: fn(u8) -> u32| SparseActs {
+            row: (0..rows as u32).collect(),
+            unit: labels.iter().map(|&l| latent_of(l)).collect(),
+            value: vec![2.0; rows],
         };
-        let (train_acts, test_acts) = (acts(&labels), acts(&labels));
-        let clean = tpp(
-            &probes,
-            &identity,
-            &train_acts,
-            &test_acts,
-            &x,
-            &labels,
-            &labels,
-            rows,
-        );
+        let score = |w_dec: &[f32], acts: &SparseActs| {
+            tpp(&probes, w_dec, acts, acts, &x, &labels, &labels, rows)
+        };
+        let clean = score(&identity, &one_per_row(|l| l as u32));
         assert_eq!(
             clean.iter().map(|t| t.latents).collect::<Vec<_>>(),
             TPP_LATENTS
@@ -257,30 +243,7 @@ mod tests {
             pairs[p * width + 2 * p] = 1.0;
             pairs[p * width + 2 * p + 1] = 1.0;
         }
-        let pair_acts = |labels: &[u8]| {
-            let mut acts = SparseActs {
-                row: Vec::new(),
-                unit: Vec::new(),
-                value: Vec::new(),
-            };
-            for (r, &l) in labels.iter().enumerate() {
-                acts.row.push(r as u32);
-                acts.unit.push(l as u32 / 2);
-                acts.value.push(2.0);
-            }
-            acts
-        };
-        let (train_pairs, test_pairs) = (pair_acts(&labels), pair_acts(&labels));
-        let entangled = tpp(
-            &probes,
-            &pairs,
-            &train_pairs,
-            &test_pairs,
-            &x,
-            &labels,
-            &labels,
-            rows,
-        );
+        let entangled = score(&pairs, &one_per_row(|l| l as u32 / 2));
         assert!(entangled[0].unintended > 0.04, "{entangled:?}");
         assert!(
             entangled[0].score() < clean[0].score() - 0.04,
