@@ -378,6 +378,24 @@ pub fn write_report(
                     |s| s.metrics.ce_recovered,
                 ),
             ),
+            (
+                "frontier_dead",
+                "Sparsity vs dead latents: L0 vs the dead fraction",
+                frontier(
+                    "Sparsity vs dead latents across the sweep (train split)",
+                    "fraction of latents dead",
+                    |s| s.features.dead as f64 / s.features.units.max(1) as f64,
+                ),
+            ),
+            (
+                "frontier_mi",
+                "Sparsity vs label information: L0 vs the best feature's binned MI",
+                frontier(
+                    "Sparsity vs the best feature's label information (train split)",
+                    "best binned I(feature; digit), bits",
+                    |s| s.features.max_mi_binned_bits,
+                ),
+            ),
         ] {
             let [png, _] = plots::save_figure(&figure, &out_dir.join(stem))?;
             sweep_plots.push((title.into(), png));

@@ -616,6 +616,17 @@ fn analysis_writes_tables_plots_and_a_report_that_renders() {
     let k = column("param_k");
     assert_eq!((k.null_count(), k.dtype()), (2, &DataType::Int64));
     let html = std::fs::read_to_string(&report).unwrap();
+    // One frontier per measure, each architecture its own colour.
+    for stem in ["frontier_ev", "frontier_ce", "frontier_dead", "frontier_mi"] {
+        assert!(
+            report.with_file_name(format!("{stem}.png")).is_file(),
+            "{stem}"
+        );
+        assert!(
+            html.contains(&format!("{stem}.")),
+            "{stem} is not in the report"
+        );
+    }
     // The page opens with the answer, written from the numbers.
     let answer = html.find("<h2>The answer</h2>").expect("an answer section");
     assert!(answer < html.find("<h2>Summary</h2>").unwrap());
