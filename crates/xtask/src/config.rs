@@ -564,6 +564,7 @@ mod tests {
                 "family",
                 "l1-sweep",
                 "living-zoo",
+                "matched",
                 "practitioner",
                 "resample",
                 "topk",
