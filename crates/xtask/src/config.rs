@@ -563,6 +563,7 @@ mod tests {
                 "dead-features",
                 "family",
                 "l1-sweep",
+                "living-family",
                 "living-zoo",
                 "matched",
                 "practitioner",
