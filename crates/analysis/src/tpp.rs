@@ -88,8 +88,7 @@ pub fn tpp(
 ) -> Vec<TppResult> {
     let width = probes.width;
     let d_sae = w_dec.len() / width.max(1);
-    // Each probe's direction in raw units, and its balanced test rows.
-    let direction = |p: &Logistic| -> Vec<f64> { p.raw_direction() };
+    // Each probe's balanced test rows.
     let test_sets: Vec<(Vec<usize>, usize)> = probes
         .probes
         .iter()
@@ -127,7 +126,7 @@ pub fn tpp(
         .probes
         .iter()
         .map(|(digit, probe)| {
-            let u = direction(probe);
+            let u = probe.raw_direction();
             let along: Vec<f64> = (0..d_sae)
                 .map(|f| {
                     w_dec[f * width..(f + 1) * width]

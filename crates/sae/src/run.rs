@@ -48,7 +48,8 @@ pub(crate) struct Run<'a> {
     pub(crate) lr: f64,
     pub(crate) sums: EpochSums,
     pub(crate) curve: Vec<CurvePoint>,
-    pub(crate) latents: LatentHistory,
+    /// The latents at the snapshot epochs (`latents::snapshot_at`).
+    pub(crate) snapshots: Vec<LatentSnapshot>,
     pub(crate) resamples: Vec<ResampleEvent>,
     pub(crate) losses: Option<Vec<f64>>,
     pub(crate) check_every: Option<usize>,
@@ -232,11 +233,10 @@ impl Run<'_> {
         self.curve.push(point);
         if latents::snapshot_at(epoch + 1, self.cfg.epochs) {
             match self.trainer.export() {
-                Ok(sae) => self.latents.snapshots.push(LatentSnapshot::take(
-                    &sae,
-                    view.data.input,
-                    epoch + 1,
-                )),
+                Ok(sae) => {
+                    self.snapshots
+                        .push(LatentSnapshot::take(&sae, view.data.input, epoch + 1))
+                }
                 Err(e) => self.failed = Some(e),
             }
         }
@@ -253,7 +253,7 @@ impl Run<'_> {
                 .map(|&since| steps - since.min(steps))
                 .collect(),
             steps_per_epoch,
-            snapshots: std::mem::take(&mut self.latents.snapshots),
+            snapshots: std::mem::take(&mut self.snapshots),
         }
     }
 
@@ -454,7 +454,7 @@ pub(crate) fn new_run<'a>(
         lr: cfg.optimizer.lr,
         sums: EpochSums::default(),
         curve: Vec::new(),
-        latents: LatentHistory::default(),
+        snapshots: Vec::new(),
         resamples: Vec::new(),
         losses: limits.record_losses.then(Vec::new),
         check_every: limits.check_every,
