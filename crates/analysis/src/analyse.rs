@@ -166,7 +166,7 @@ pub fn analyse_sae(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let shown: Vec<usize> = dashboards.iter().map(|d| d.feature).collect();
-    crate::browser::write_browser(run.name, &tables.stats, &shown, "../report.html", out_dir)?;
+    crate::browser::write_browser(run.name, &tables.stats, &shown, crate::SAE_PAGE, out_dir)?;
     timings.plots_s = start.elapsed().as_secs_f64();
 
     let summary = SaeSummary {
@@ -175,6 +175,7 @@ pub fn analyse_sae(
         layer: run.layer_label(),
         d_sae: run.sae.d_sae(),
         metrics: run.metrics.clone(),
+        downstream: run.downstream,
         features: MiSummary::of(&tables.stats),
         neurons: baseline.mi.clone(),
         feature_probes,
@@ -546,7 +547,7 @@ impl SaeSummary {
 pub fn analyse_sweep(
     layer: &LayerData,
     runs: &[SaeRun],
-    mlp_losses: &[f32],
+    run_info: &crate::types::RunInfo,
     cfg: &AnalysisConfig,
     out_dir: &Path,
 ) -> Result<(PathBuf, Vec<SaeSummary>), AnalysisError> {
@@ -567,6 +568,6 @@ pub fn analyse_sweep(
             &out_dir.join(run.name),
         )?);
     }
-    let report = crate::write_report(&summaries, mlp_losses, cfg, out_dir)?;
+    let report = crate::write_report(&summaries, run_info, cfg, out_dir)?;
     Ok((report, summaries))
 }

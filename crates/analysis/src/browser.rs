@@ -77,7 +77,7 @@ td,th{{border:1px solid #bbb;padding:3px 7px;text-align:right;white-space:nowrap
 th{{background:#eee;cursor:pointer;position:sticky;top:0}}input{{width:min(40em,100%);padding:4px}}
 </style></head><body>
 <h1>{name}: {live} live features of {total}</h1>
-<p><a href="{report}">back to the report</a>. Click a header to sort (again to reverse).
+<p><a href="{report}">back to this SAE's page</a>. Click a header to sort (again to reverse).
 Filter: plain text matches any cell; <code>detector_class=7</code>, <code>freq_train&gt;0.01</code>,
 <code>purity&lt;0.5</code> compare a column; several terms separated by spaces must all hold.
 A feature without a dashboard here gets one with <code>cargo xtask dashboard --feature N</code>.</p>

@@ -59,10 +59,12 @@ pub use query::{
     report_tables, OutputFormat, TableSource,
 };
 pub use report::{
-    base64, family_verdict, probe_table, records_source, records_table, sweep_table, sweep_verdict,
-    verdict, write_report, Record, SummaryRow,
+    contests, family_verdict, feature_wins, log_ticks, probe_table, records_source, records_table,
+    run_verdict, sweep_table, sweep_verdict, verdict, write_report, Contest, Record, FEW_LIVE,
+    SAE_PAGE, VENDOR_DIR,
 };
 pub use stats::{MiSummary, UnitCounts, UnitStats};
 pub use types::{
-    headline, sweep_params, AnalysisConfig, LayerData, SaeMetrics, SaeRun, SaeSummary, Timings,
+    headline, sweep_params, AnalysisConfig, Downstream, LayerData, RunInfo, SaeMetrics, SaeRun,
+    SaeSummary, Timings,
 };

@@ -133,29 +133,28 @@ pub fn save_figure(figure: &Figure, stem: &Path) -> Result<[PathBuf; 2], Analysi
     Ok([png, svg])
 }
 
-/// A tick on a log axis, drawn at log10 of the value: the value itself.
+/// A tick on a log axis, drawn at log10 of the value: the value itself where
+/// it is 1, 2 or 5 times a power of ten, else no label (a grid line only), so
+/// a log axis never reads 3162.28 or 25.12.
 fn log_tick(v: f64) -> String {
     let value = 10f64.powf(v);
-    if (v - v.round()).abs() < 1e-9 {
-        if (-3.0..=4.0).contains(&v.round()) {
-            tick(10f64.powi(v.round() as i32))
-        } else {
-            format!("1e{}", v.round())
-        }
-    } else if value >= 1e-3 && value < 1e5 {
-        format!("{:.2}", value)
-            .trim_end_matches('0')
-            .trim_end_matches('.')
-            .to_string()
-    } else {
-        format!("{value:.1e}")
+    let decade = 10f64.powf(v.floor());
+    let nice = [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * decade)
+        .find(|n| (value / n - 1.0).abs() < 1e-6);
+    match nice {
+        None => String::new(),
+        Some(n) if (1e-3..1e5).contains(&n) => tick(n),
+        Some(n) => format!("{n:.0e}"),
     }
 }
 
 /// Axis tick text: integers without decimals, else at most 4 significant decimals.
 fn tick(v: f64) -> String {
     if (v - v.round()).abs() < 1e-9 * v.abs().max(1.0) {
-        format!("{:.0}", v.round())
+        // `+ 0.0` turns -0 into 0.
+        format!("{:.0}", v.round() + 0.0)
     } else if v.abs() < 1e-3 {
         format!("{v:.1e}")
     } else {
@@ -183,8 +182,12 @@ fn padded_range(values: impl Iterator<Item = f64>, include_zero: bool) -> std::o
         return 0.0..1.0;
     }
     if hi - lo < 1e-12 {
-        // A single value: a window around it that keeps its sign.
-        let pad = (lo.abs() * 0.2).max(1e-9);
+        // A single value: a window around it that keeps its sign (0 to 1
+        // for zero, so no tick reads -0 or -1.0e-9).
+        if lo == 0.0 {
+            return if include_zero { 0.0..1.0 } else { -0.5..0.5 };
+        }
+        let pad = lo.abs() * 0.2;
         return (lo - pad)..(hi + pad);
     }
     let pad = 0.05 * (hi - lo);
@@ -452,4 +455,33 @@ pub fn encode_png(rgb: &[u8], (width, height): (u32, u32)) -> Vec<u8> {
 
 fn write_png(rgb: &[u8], size: (u32, u32), path: &Path) -> Result<(), AnalysisError> {
     std::fs::write(path, encode_png(rgb, size)).map_err(AnalysisError::io(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_axes_label_only_one_two_five_and_no_tick_reads_minus_zero() {
+        let at = |v: f64| log_tick(v.log10());
+        assert_eq!(
+            [
+                at(1.0),
+                at(2.0),
+                at(5.0),
+                at(20.0),
+                at(0.5),
+                at(1000.0),
+                at(1e6)
+            ],
+            ["1", "2", "5", "20", "0.5", "1000", "1e6"].map(String::from)
+        );
+        for unlabelled in [3162.28, 25.12, 63.1, 2.51, 3.98, 15848.93] {
+            assert_eq!(at(unlabelled), "", "{unlabelled}");
+        }
+        assert_eq!(tick(-0.0), "0");
+        assert_eq!(tick(-1e-12), "0");
+        // A flat series at zero gets a unit window, not one of width 2e-9.
+        assert_eq!(padded_range([0.0, 0.0].into_iter(), true), 0.0..1.0);
+    }
 }

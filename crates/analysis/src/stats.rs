@@ -238,6 +238,12 @@ pub struct MiSummary {
     pub binned_above_0_5_bits: usize,
     pub max_mi_binned_bits: f64,
     pub mean_mi_binned_bits: f64,
+    /// Means over live units only (active on some train row): what a unit
+    /// that fires carries, whatever share of the dictionary is dead.
+    #[serde(default)]
+    pub live_mean_mi_bits: f64,
+    #[serde(default)]
+    pub live_mean_mi_binned_bits: f64,
     /// The unit whose detector has the best F1, and that detector.
     pub best_detector: Option<(usize, Detector)>,
 }
@@ -247,6 +253,10 @@ impl MiSummary {
         let above = |t: f64| stats.iter().filter(|s| s.mi_bits > t).count();
         let mean =
             |f: fn(&UnitStats) -> f64| stats.iter().map(f).sum::<f64>() / stats.len().max(1) as f64;
+        let live = stats.iter().filter(|s| !s.dead).count();
+        let live_mean = |f: fn(&UnitStats) -> f64| {
+            stats.iter().filter(|s| !s.dead).map(f).sum::<f64>() / live.max(1) as f64
+        };
         let best_detector = stats
             .iter()
             .filter_map(|s| s.detector.as_ref().map(|d| (s.unit, d)))
@@ -265,6 +275,8 @@ impl MiSummary {
             binned_above_0_5_bits: stats.iter().filter(|s| s.mi_binned_bits > 0.5).count(),
             max_mi_binned_bits: stats.iter().map(|s| s.mi_binned_bits).fold(0.0, f64::max),
             mean_mi_binned_bits: mean(|s| s.mi_binned_bits),
+            live_mean_mi_bits: live_mean(|s| s.mi_bits),
+            live_mean_mi_binned_bits: live_mean(|s| s.mi_binned_bits),
             best_detector,
         }
     }

@@ -74,6 +74,16 @@ pub struct SaeMetrics {
     pub spliced_accuracy: f64,
 }
 
+/// The clean MLP against the MLP with the SAE spliced in, on the test split:
+/// the report's ΔCE and Δaccuracy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Downstream {
+    /// Cross-entropy in nats.
+    pub clean_loss: f64,
+    pub clean_accuracy: f64,
+    pub spliced_loss: f64,
+}
+
 /// One trained SAE (or transcoder) to analyse.
 pub struct SaeRun<'a> {
     /// Folder-safe name, unique within the sweep.
@@ -90,6 +100,8 @@ pub struct SaeRun<'a> {
     /// not recorded, e.g. an SAE from elsewhere).
     pub latents: Option<&'a sae::LatentHistory>,
     pub metrics: SaeMetrics,
+    /// The MLP's test loss and accuracy, clean and with this SAE spliced in.
+    pub downstream: Option<Downstream>,
 }
 
 /// What to compute besides the tables.
@@ -146,6 +158,9 @@ pub struct SaeSummary {
     pub layer: String,
     pub d_sae: usize,
     pub metrics: SaeMetrics,
+    /// `None` in summaries written before the report showed it.
+    #[serde(default)]
+    pub downstream: Option<Downstream>,
     pub features: MiSummary,
     pub neurons: MiSummary,
     pub feature_probes: Vec<ProbeResult>,
@@ -223,4 +238,19 @@ pub fn headline(layer: &str, summaries: &[SaeSummary]) -> String {
         best(|s| s.features.max_mi_bits),
         best(|s| s.neurons.max_mi_bits)
     )
+}
+
+/// What the report says about the run that built it: how to rebuild it, with
+/// which saelab and when, and the MLP it read.
+#[derive(Clone, Debug, Default)]
+pub struct RunInfo {
+    /// The command that rebuilds this analysis, e.g. `cargo xtask all --preset zoo`.
+    pub reproduce: String,
+    pub version: String,
+    /// When it was built: an ISO 8601 date and time, UTC.
+    pub built: String,
+    /// The MLP's per-step training losses.
+    pub mlp_losses: Vec<f32>,
+    /// The MLP's test cross-entropy and accuracy.
+    pub mlp_test: Option<(f64, f64)>,
 }

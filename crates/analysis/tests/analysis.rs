@@ -442,19 +442,24 @@ fn render_in_chromium(browser: &Path, report: &Path, width: u32) -> (String, Str
     let hook = "<script>window.__errors = 0; const __error = console.error; \
 console.error = (...a) => { window.__errors++; __error(...a); }; \
 window.addEventListener('error', () => { window.__errors++; }, true);</script>";
+    // Lazy images load when scrolled to: the check makes them eager first.
+    let eager = "<script>document.addEventListener('DOMContentLoaded', () => \
+document.querySelectorAll('img').forEach(i => { i.loading = 'eager'; }));</script>";
     let probe =
-        "<script>window.addEventListener('load', () => { const imgs = [...document.images]; \
+        "<script>window.addEventListener('load', () => setTimeout(() => { const imgs = [...document.images]; \
 const broken = imgs.filter(i => !(i.complete && i.naturalWidth > 0)).length; \
+const charts = [...document.querySelectorAll('.chart')].filter(c => c.querySelector('svg.marks g.mark-symbol path')).length; \
+const remote = performance.getEntriesByType('resource').filter(r => !r.name.startsWith('file:')).length; \
 const out = document.createElement('pre'); out.id = 'image-check'; \
-const wide = [...document.body.querySelectorAll('*')].filter(e => !e.closest('.scroll') \
+const wide = [...document.body.querySelectorAll('*')].filter(e => !e.closest('.scroll, .chart') \
 && e.getBoundingClientRect().right > window.innerWidth + 1).length; \
 const page = document.documentElement.scrollWidth > window.innerWidth ? 'overflows' : 'fits'; \
 out.textContent = 'images=' + imgs.length + ' broken=' + broken + ' errors=' + window.__errors \
-+ ' page=' + page + ' wide=' + wide; \
-document.body.appendChild(out); });</script>";
++ ' page=' + page + ' wide=' + wide + ' charts=' + charts + ' remote=' + remote; \
+document.body.appendChild(out); }, 500));</script>";
     let test_copy = report.with_file_name("report_check.html");
     let html = html
-        .replacen("<head>", &format!("<head>{hook}"), 1)
+        .replacen("<head>", &format!("<head>{hook}{eager}"), 1)
         .replace("</body>", &format!("{probe}</body>"));
     std::fs::write(&test_copy, html).unwrap();
     dump_dom(browser, &test_copy, width)
@@ -527,6 +532,7 @@ fn analysis_writes_tables_plots_and_a_report_that_renders() {
             writes: layer.layer,
             curve: &curve,
             latents: None,
+            downstream: None,
             metrics: SaeMetrics {
                 l0: 1000.0 * l1,
                 mse: l1,
@@ -534,8 +540,15 @@ fn analysis_writes_tables_plots_and_a_report_that_renders() {
             },
         })
         .collect();
+    let run_info = analysis::RunInfo {
+        reproduce: "cargo xtask all --preset test".into(),
+        version: "0.0.0-test".into(),
+        built: "2026-12-06 12:00 UTC".into(),
+        mlp_losses: vec![2.3, 1.0, 0.5, 0.4],
+        mlp_test: Some((0.31, 0.9123)),
+    };
     let (report, summaries) =
-        analysis::analyse_sweep(&layer, &runs, &[2.3, 1.0, 0.5, 0.4], &cfg, dir.path()).unwrap();
+        analysis::analyse_sweep(&layer, &runs, &run_info, &cfg, dir.path()).unwrap();
     // serde_json may round the last bit of an f64, so compare what the report reads.
     let loaded = analysis::SaeSummary::load(&dir.path().join("l1_large")).unwrap();
     assert_eq!(
@@ -627,9 +640,16 @@ fn analysis_writes_tables_plots_and_a_report_that_renders() {
             "{stem} is not in the report"
         );
     }
-    // The page opens with the answer, written from the numbers.
-    let answer = html.find("<h2>The answer</h2>").expect("an answer section");
-    assert!(answer < html.find("<h2>Summary</h2>").unwrap());
+    // The index opens with one sentence and one table, written from the numbers.
+    let verdict_at = html
+        .find("<p class=\"verdict\">")
+        .expect("a verdict sentence");
+    let table_at = html
+        .find("<table id=\"verdict-table\">")
+        .expect("a verdict table");
+    assert!(verdict_at < table_at && table_at < html.find("id=\"figures\"").unwrap());
+    let sentence = analysis::run_verdict(&summaries);
+    assert!(html.contains(&escape(&sentence)), "{sentence}");
     let first = analysis::verdict(&summaries[0], &cfg);
     assert!(first[0].starts_with("One unit at a time, "), "{first:?}");
     // SAEBench's per-digit probes, at k = 1, 2, 5, read into the answer.
@@ -674,12 +694,17 @@ fn analysis_writes_tables_plots_and_a_report_that_renders() {
         )),
         "{first:?}"
     );
-    assert!(html.contains(
-        &first[0]
-            .replace('&', "&amp;")
-            .replace('<', "&lt;")
-            .replace('>', "&gt;")
-    ));
+    // Each SAE's page holds its answer and links back to the index.
+    for summary in &summaries {
+        let page = std::fs::read_to_string(summary.dir.join(analysis::SAE_PAGE)).unwrap();
+        for line in analysis::verdict(summary, &cfg) {
+            assert!(page.contains(&escape(&line)), "{}: {line}", summary.name);
+        }
+        assert!(
+            page.contains("href=\"../report.html\"") && page.contains("href=\"features.parquet\"")
+        );
+        assert!(html.contains(&format!("href=\"{}/{}\"", summary.name, analysis::SAE_PAGE)));
+    }
     // Over the sweep: the best feature of any SAE, recomputed here, against the best neuron.
     let over = analysis::sweep_verdict(&summaries).expect("two SAEs");
     let best_binary = summaries
@@ -702,11 +727,11 @@ fn analysis_writes_tables_plots_and_a_report_that_renders() {
         "neurons on binary MI"
     };
     assert!(over.contains(binary_side), "{over}");
-    assert!(html.contains("<h3>Over the sweep</h3>"));
+    assert!(html.contains(&escape(&over)));
     assert!(analysis::sweep_verdict(&summaries[..1]).is_none());
     // One architecture: no comparison across architectures.
     assert!(analysis::family_verdict(&summaries).is_empty());
-    assert!(!html.contains("Across architectures"));
+    assert!(!html.contains("Dead latents by architecture"));
     let mut family = summaries.clone();
     family[1]
         .params
@@ -731,35 +756,165 @@ fn analysis_writes_tables_plots_and_a_report_that_renders() {
             )),
         "{lines:?}"
     );
-    let images = html.matches("<img ").count();
-    assert!(images >= 2 * (s.plots.len() + 3 * 5), "{images} images");
-    assert!(html.contains("binary MI &gt; 0.1") && html.contains("l1_large/features.parquet"));
+    check_who_wins(&summaries);
+    check_pages(&report, &summaries);
+}
 
-    match chromium() {
-        Some(browser) => {
-            // Every image loads, nothing is logged, and at a narrow and a wide
-            // window nothing but the tables' own scroll boxes is wider than it.
-            for width in [900, 1400] {
-                let (dom, log) = render_in_chromium(&browser, &report, width);
-                let check = format!("images={images} broken=0 errors=0 page=fits wide=0");
-                assert!(
-                    dom.contains(&check),
-                    "{width} px: expected {check}: {}",
-                    dom.lines().last().unwrap_or("")
-                );
-                // The report has no scripts of its own, so any console line is unexpected
-                // (chromium logs console.error as INFO:CONSOLE).
-                let console: Vec<&str> = log.lines().filter(|l| l.contains(":CONSOLE")).collect();
-                assert!(console.is_empty(), "console output: {console:?}");
-            }
-            eprintln!("chromium loaded all {images} images of report.html at 900 and 1400 px");
-            check_feature_browser(&browser, s);
-        }
-        None if std::env::var_os("CI").is_some() => {
+#[test]
+fn interactive_log_axes_tick_at_one_two_five() {
+    assert_eq!(analysis::log_ticks(14.5, 45.1), [20.0, 50.0]);
+    assert_eq!(
+        analysis::log_ticks(0.9, 45.1),
+        [1.0, 2.0, 5.0, 10.0, 20.0, 50.0]
+    );
+    assert_eq!(analysis::log_ticks(0.15, 0.3), [0.2]);
+    assert!(analysis::log_ticks(0.0, 5.0).is_empty());
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// "Who wins", recomputed: the measures are counted from the summary's own
+/// numbers, an SAE with under 10% live latents is left out, and the run's
+/// sentence names the best binned MI of those counted.
+fn check_who_wins(summaries: &[analysis::SaeSummary]) {
+    let s = &summaries[0];
+    let (f, n) = (&s.features, &s.neurons);
+    let mut expected = vec![
+        (f.max_mi_bits, n.max_mi_bits),
+        (f.max_mi_binned_bits, n.max_mi_binned_bits),
+        (f.live_mean_mi_binned_bits, n.live_mean_mi_binned_bits),
+    ];
+    let d = |m: &analysis::MiSummary| m.best_detector.as_ref().unwrap().1.clone();
+    expected.push((d(f).f1, d(n).f1));
+    expected.push((d(f).auroc, d(n).auroc));
+    for (p, q) in s.feature_probes.iter().zip(&s.neuron_probes) {
+        assert_eq!(p.k, q.k);
+        expected.push((p.test_accuracy, q.test_accuracy));
+    }
+    expected.push((
+        analysis::digit_probe::mean_accuracy(&s.feature_digit_probes, 1),
+        analysis::digit_probe::mean_accuracy(&s.neuron_digit_probes, 1),
+    ));
+    let contests: Vec<(f64, f64)> = analysis::contests(s)
+        .iter()
+        .map(|c| (c.features, c.neurons))
+        .collect();
+    assert_eq!(contests, expected);
+    let wins = expected.iter().filter(|(a, b)| a > b).count();
+    assert_eq!(analysis::feature_wins(s), Some((wins, expected.len())));
+    // The live-only mean, against the features table.
+    let features = tables::read_parquet(&s.dir.join("features.parquet")).unwrap();
+    let live_mean = features
+        .lazy()
+        .filter(col("dead").not())
+        .select([col("mi_binned_bits").mean()])
+        .collect()
+        .unwrap();
+    let live_mean = live_mean
+        .column("mi_binned_bits")
+        .unwrap()
+        .f64()
+        .unwrap()
+        .get(0)
+        .unwrap();
+    assert!(
+        (live_mean - f.live_mean_mi_binned_bits).abs() < 1e-12,
+        "{live_mean}"
+    );
+    // Under 10% live: marked and left out.
+    let mut few = summaries.to_vec();
+    few[1].features.dead = few[1].features.units - few[1].features.units / 20;
+    assert_eq!(analysis::feature_wins(&few[1]), None);
+    let sentence = analysis::run_verdict(&few);
+    assert!(
+        sentence.contains("(1 SAE with under 10% live latents left out)"),
+        "{sentence}"
+    );
+    assert!(
+        sentence.ends_with(&format!(
+            "the best feature carries {:.3} bits of binned MI about the digit ({}, train split) against {:.3} for the best neuron.",
+            few[0].features.max_mi_binned_bits, few[0].name, n.max_mi_binned_bits
+        )),
+        "{sentence}"
+    );
+    few[0].features.dead = few[0].features.units;
+    assert!(
+        analysis::run_verdict(&few).starts_with("No SAE of this run has 10% of its latents live")
+    );
+}
+
+/// The site: the index small and every page under 2 MB, images as files
+/// beside the pages; in Chromium, at a narrow and a wide window, the index
+/// and each SAE page load every image and figure with no console error, no
+/// request leaves the folder, and nothing but the scroll boxes is wider than
+/// the window.
+fn check_pages(report: &Path, summaries: &[analysis::SaeSummary]) {
+    let html = std::fs::read_to_string(report).unwrap();
+    assert!(html.len() < 1 << 20, "index {} bytes", html.len());
+    assert!(
+        !html.contains("data:image"),
+        "images are files, not data URIs"
+    );
+    for s in summaries {
+        let page = s.dir.join(analysis::SAE_PAGE);
+        assert!(std::fs::metadata(&page).unwrap().len() < 2 << 20);
+    }
+    for file in ["vega.min.js", "vega-lite.min.js", "vega-embed.min.js"] {
+        assert!(
+            report
+                .with_file_name(analysis::VENDOR_DIR)
+                .join(file)
+                .is_file(),
+            "{file}"
+        );
+    }
+    let charts = html.matches("class=\"chart\"").count();
+    assert_eq!(charts, 4);
+    let Some(browser) = chromium() else {
+        if std::env::var_os("CI").is_some() {
             panic!("CI is set but chromium is missing: apt-get install chromium")
         }
-        None => eprintln!("note: chromium not found; skipped rendering report.html"),
+        eprintln!("note: chromium not found; skipped rendering the report");
+        return;
+    };
+    let pages: Vec<(PathBuf, usize)> = std::iter::once((report.to_path_buf(), charts))
+        .chain(
+            summaries
+                .iter()
+                .map(|s| (s.dir.join(analysis::SAE_PAGE), 0)),
+        )
+        .collect();
+    for (page, charts) in &pages {
+        let images = std::fs::read_to_string(page)
+            .unwrap()
+            .matches("<img ")
+            .count();
+        for width in [900, 1400] {
+            let (dom, log) = render_in_chromium(&browser, page, width);
+            let check = format!(
+                "images={images} broken=0 errors=0 page=fits wide=0 charts={charts} remote=0"
+            );
+            assert!(
+                dom.contains(&check),
+                "{} at {width} px: expected {check}: {}",
+                page.display(),
+                dom.lines().last().unwrap_or("")
+            );
+            // Chromium logs console.error as INFO:CONSOLE.
+            let console: Vec<&str> = log.lines().filter(|l| l.contains(":CONSOLE")).collect();
+            assert!(console.is_empty(), "console output: {console:?}");
+        }
     }
+    eprintln!(
+        "chromium rendered the index and {} SAE pages at 900 and 1400 px",
+        summaries.len()
+    );
+    check_feature_browser(&browser, &summaries[0]);
 }
 
 /// `features.html` of one SAE: every live feature listed, a header click sorts,
@@ -807,8 +962,8 @@ document.body.appendChild(out); });</script>";
         dom.lines().last().unwrap_or("")
     );
     assert!(
-        html.contains("../report.html"),
-        "rows link back to the report"
+        html.contains(&format!("href=\"{}\"", analysis::SAE_PAGE)),
+        "the browser links back to its SAE's page"
     );
 }
 
@@ -966,6 +1121,7 @@ fn mismatched_inputs_get_one_clear_sentence() {
         writes: layer.layer,
         curve: &[],
         latents: None,
+        downstream: None,
         metrics: SaeMetrics::default(),
     };
     let dir = tempfile::tempdir().unwrap();

@@ -105,6 +105,7 @@ fn real_sae_analysis_with_timings() {
         writes: layer.layer,
         curve: &trained.curve,
         latents: Some(&trained.latents),
+        downstream: None,
         metrics: SaeMetrics {
             l0: eval.l0,
             mse: eval.mse,
@@ -147,7 +148,10 @@ fn real_sae_analysis_with_timings() {
         .unwrap_or_default();
     let report = analysis::write_report(
         std::slice::from_ref(&summary),
-        &mlp_losses,
+        &analysis::RunInfo {
+            mlp_losses: mlp_losses.clone(),
+            ..Default::default()
+        },
         &analysis_cfg,
         &out,
     )

@@ -271,10 +271,30 @@ fn open(cli: &Cli) -> Result<Session> {
         ctx: Context {
             mnist_dir,
             store_root,
+            reproduce: reproduce_command(cli),
         },
         store,
         holds: std::sync::Mutex::new(Vec::new()),
     })
+}
+
+/// `cargo xtask all` with the config, preset and overrides this command used.
+fn reproduce_command(cli: &Cli) -> String {
+    use crate::progress::shell_word;
+    let mut parts = vec!["cargo xtask all".to_string()];
+    if let Some(config) = &cli.config {
+        parts.push(format!(
+            "--config {}",
+            shell_word(&config.display().to_string())
+        ));
+    }
+    if let Some(preset) = &cli.preset {
+        parts.push(format!("--preset {}", shell_word(preset)));
+    }
+    for set in &cli.overrides {
+        parts.push(format!("--set {}", shell_word(set)));
+    }
+    parts.join(" ")
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {

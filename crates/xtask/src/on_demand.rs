@@ -95,6 +95,7 @@ pub fn dashboards(
         writes: &point.output,
         curve: &[],
         latents: None,
+        downstream: None,
         metrics: analysis::SaeMetrics::default(),
     };
     let out = session

@@ -63,3 +63,23 @@ impl Progress {
         }
     }
 }
+
+/// `2026-12-06 13:52 UTC`: a Unix time as people read it.
+pub fn iso_utc(unix_s: u64) -> String {
+    chrono::DateTime::from_timestamp(unix_s as i64, 0)
+        .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+        .unwrap_or_else(|| format!("{unix_s} s after 1970"))
+}
+
+/// `word` as one shell word: as it is when it needs no quoting, else in single quotes.
+pub fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._=/,:+-@%".contains(c));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}

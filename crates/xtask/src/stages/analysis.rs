@@ -59,6 +59,9 @@ impl LayerCopy {
 pub struct AnalysisStage {
     pub points: Vec<Point>,
     pub cfg: AnalysisConfig,
+    /// The command that rebuilds this analysis, for the report (not a param:
+    /// two commands that reach the same key share one report).
+    pub reproduce: String,
 }
 
 /// The folder a layer's report goes to inside the artifact.
@@ -130,7 +133,17 @@ impl Stage for AnalysisStage {
         let data = load_mnist(inputs.dir("mnist"))?;
         let model = mlp::Mlp::new(&load_weights(inputs.dir("mlp"))?, &Device::Cpu)?;
         let mlp_metrics: MlpMetricsFile = super::read_json(inputs.dir("mlp"), MLP_METRICS_FILE)?;
-        let mlp_losses = mlp_metrics.step_losses;
+        let run_info = analysis::RunInfo {
+            reproduce: self.reproduce.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            built: crate::progress::iso_utc(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            ),
+            mlp_test: Some((mlp_metrics.test.loss, mlp_metrics.test.accuracy)),
+            mlp_losses: mlp_metrics.step_losses,
+        };
         let store = ActivationStore::open_dir(inputs.dir("activations"), VerifyMode::Sizes)?;
         let layers = report_layers(&self.points);
         let mut copies: BTreeMap<&str, LayerCopy> = BTreeMap::new();
@@ -168,11 +181,16 @@ impl Stage for AnalysisStage {
                     sae::load(dir)?,
                     record,
                     m.analysed(),
+                    analysis::Downstream {
+                        clean_loss: m.downstream.clean.loss,
+                        clean_accuracy: m.downstream.clean.accuracy,
+                        spliced_loss: m.downstream.spliced.loss,
+                    },
                 ));
             }
             let runs: Vec<SaeRun<'_>> = loaded
                 .iter()
-                .map(|(point, name, sae, record, metrics)| SaeRun {
+                .map(|(point, name, sae, record, metrics, downstream)| SaeRun {
                     name,
                     sae,
                     reads: &views[point.layer.as_str()],
@@ -180,12 +198,13 @@ impl Stage for AnalysisStage {
                     curve: &record.curve,
                     latents: Some(&record.latents),
                     metrics: metrics.clone(),
+                    downstream: Some(*downstream),
                 })
                 .collect();
             let folder = out.join(layer_folder(layer));
             std::fs::create_dir_all(&folder)?;
             let (report, summaries) =
-                analysis::analyse_sweep(layer_data, &runs, &mlp_losses, &self.cfg, &folder)?;
+                analysis::analyse_sweep(layer_data, &runs, &run_info, &self.cfg, &folder)?;
             headline = analysis::headline(layer, &summaries);
             reports.push(
                 report

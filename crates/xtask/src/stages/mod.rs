@@ -22,6 +22,8 @@ pub struct Context {
     /// `--mnist-dir`, `SAELAB_MNIST_DIR` or `mnist.dir`, in that order.
     pub mnist_dir: Option<PathBuf>,
     pub store_root: PathBuf,
+    /// The `cargo xtask all ...` command that rebuilds this config's artifacts.
+    pub reproduce: String,
 }
 
 /// The stages a config asks for, upstream first, and the trainer its SAE points share.
@@ -53,6 +55,7 @@ pub fn build(config: &Config, ctx: &Context) -> Pipeline {
     stages.push(Box::new(analysis::AnalysisStage {
         points: config.sae.points(),
         cfg: config.analysis.clone(),
+        reproduce: ctx.reproduce.clone(),
     }));
     Pipeline { stages, sweep }
 }
