@@ -166,7 +166,14 @@ pub fn analyse_sae(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let shown: Vec<usize> = dashboards.iter().map(|d| d.feature).collect();
-    crate::browser::write_browser(run.name, &tables.stats, &shown, crate::SAE_PAGE, out_dir)?;
+    crate::browser::write_browser(
+        run.name,
+        &tables.stats,
+        &shown,
+        crate::SAE_PAGE,
+        &run.dashboard_command,
+        out_dir,
+    )?;
     timings.plots_s = start.elapsed().as_secs_f64();
 
     let summary = SaeSummary {
@@ -220,7 +227,22 @@ pub fn dashboards_on_demand(
     let test_counts = UnitCounts::from_sparse(&acts_test, d_sae, layer.test_labels)?;
     let info = labelinfo::label_info(&acts_train, layer.train_labels, d_sae, cfg.mi_bins);
     let stats = stats::unit_stats(&counts, &test_counts, &info, cfg.min_support);
-    let dashboards = features
+    // A feature that never fires has nothing to draw: one sentence instead.
+    let rows = layer.train_labels.len();
+    let notes: Vec<String> = features
+        .iter()
+        .filter(|&&f| stats[f].dead)
+        .map(|f| format!("feature {f} never fires: 0 of {rows} train rows"))
+        .collect();
+    let live: Vec<usize> = features
+        .iter()
+        .copied()
+        .filter(|&f| !stats[f].dead)
+        .collect();
+    if live.is_empty() {
+        return Err(AnalysisError::Input(format!("{}.", notes.join("; "))));
+    }
+    let dashboards = live
         .iter()
         .map(|&feature| {
             dashboard::render(
@@ -240,7 +262,7 @@ pub fn dashboards_on_demand(
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
-    crate::report::write_dashboard_page(run.name, &dashboards, out_dir, out_dir)
+    crate::report::write_dashboard_page(run.name, features, &dashboards, &notes, out_dir, out_dir)
 }
 
 /// The layer a run reads is well formed and as wide as its encoder.

@@ -34,13 +34,18 @@ pub fn write_browser(
     stats: &[UnitStats],
     dashboards: &[usize],
     report: &str,
+    dashboard_command: &str,
     out_dir: &Path,
 ) -> Result<PathBuf, AnalysisError> {
-    // One array per live feature: its COLUMNS (null where empty), then 1 if
-    // the report has its dashboard.
+    let command = if dashboard_command.is_empty() {
+        "cargo xtask dashboard"
+    } else {
+        dashboard_command
+    };
+    // One array per feature: its COLUMNS (null where empty), then 1 if the
+    // SAE's page has its dashboard, then 1 if it is dead.
     let rows: Vec<Vec<Option<f64>>> = stats
         .iter()
-        .filter(|s| !s.dead)
         .map(|s| {
             let d = s.detector.as_ref();
             vec![
@@ -57,6 +62,7 @@ pub fn write_browser(
                 s.top_label.map(f64::from),
                 s.mean_act,
                 Some(dashboards.contains(&s.unit) as u8 as f64),
+                Some(s.dead as u8 as f64),
             ]
         })
         .collect();
@@ -77,37 +83,49 @@ td,th{{border:1px solid #bbb;padding:3px 7px;text-align:right;white-space:nowrap
 th{{background:#eee;cursor:pointer;position:sticky;top:0}}input{{width:min(40em,100%);padding:4px}}
 </style></head><body>
 <h1>{name}: {live} live features of {total}</h1>
-<p><a href="{report}">back to this SAE's page</a>. Click a header to sort (again to reverse).
-Filter: plain text matches any cell; <code>detector_class=7</code>, <code>freq_train&gt;0.01</code>,
-<code>purity&lt;0.5</code> compare a column; several terms separated by spaces must all hold.
-A feature without a dashboard here gets one with <code>cargo xtask dashboard --feature N</code>.</p>
-<p><input id="filter" placeholder="e.g. detector_class=7 detector_f1>0.3"> <span id="count"></span></p>
+<p><a href="{report}">back to this SAE's page</a>. Click a header to sort (again to reverse); the arrow shows the order.
+Filter: <code>detector_class=7</code>, <code>freq_train&gt;0.01</code>, <code>purity&lt;=0.5</code> compare a column
+(<code>=</code>, <code>&lt;</code>, <code>&gt;</code>, <code>&lt;=</code>, <code>&gt;=</code>); <code>#454</code> or <code>454</code> is feature 454 exactly;
+other text matches any cell; several terms separated by spaces must all hold.
+A feature without a dashboard here gets one with <code>{command_html} --feature N</code>.</p>
+<p><input id="filter" placeholder="e.g. detector_class=7 detector_f1>0.3"> <label><input type="checkbox" id="dead"> show the {dead} dead features</label>
+<span id="count"></span> <span id="error" style="color:#b00"></span></p>
 <div class="scroll"><table><thead><tr>{header}<th>dashboard</th></tr></thead><tbody id="rows"></tbody></table></div>
 <script>
 const COLUMNS = {columns:?};
 const ROWS = {rows};
 const REPORT = {report:?};
 const NAME = {name:?};
-let order = {{col: 5, desc: true}};
+const COMMAND = {command_js};
+const DASHBOARD = COLUMNS.length, DEAD = COLUMNS.length + 1;
+let order = {{col: 2, desc: true}};
 function fmt(v, c) {{
   if (v === null) return '';
   if (COLUMNS[c] === 'feature' || COLUMNS[c].endsWith('class') || COLUMNS[c] === 'top_label') return String(v);
   return Math.abs(v) < 1e-3 && v !== 0 ? v.toExponential(2) : v.toFixed(4);
 }}
-function keep(row, terms) {{
-  return terms.every(t => {{
-    const m = t.match(/^([a-z_0-9]+)(<=|>=|=|<|>)(-?[0-9.e-]+)$/);
-    if (m && COLUMNS.includes(m[1])) {{
-      const v = row[COLUMNS.indexOf(m[1])], x = parseFloat(m[3]);
-      if (v === null) return false;
-      return {{'<': v < x, '>': v > x, '=': v === x, '<=': v <= x, '>=': v >= x}}[m[2]];
-    }}
-    return row.some((v, c) => c < COLUMNS.length && fmt(v, c).includes(t));
-  }});
+// Each term becomes a test, or throws a sentence saying what is wrong with it.
+function parse(term) {{
+  const id = term.match(/^#?([0-9]+)$/);
+  if (id) return row => row[0] === +id[1];
+  const cmp = term.match(/^([^<>=]*)(<=|>=|=|<|>)(.*)$/);
+  if (cmp) {{
+    const [, name, op, text] = cmp;
+    if (!COLUMNS.includes(name)) throw 'unknown column "' + name + '" in "' + term + '"; the columns are ' + COLUMNS.join(', ');
+    const x = Number(text);
+    if (text === '' || !isFinite(x)) throw '"' + text + '" in "' + term + '" is not a number';
+    const c = COLUMNS.indexOf(name);
+    return row => row[c] !== null && {{'<': row[c] < x, '>': row[c] > x, '=': row[c] === x, '<=': row[c] <= x, '>=': row[c] >= x}}[op];
+  }}
+  return row => row.slice(0, COLUMNS.length).some((v, c) => fmt(v, c).includes(term));
 }}
 function render() {{
   const terms = document.getElementById('filter').value.trim().split(/\s+/).filter(Boolean);
-  const shown = ROWS.filter(r => keep(r, terms));
+  let tests = [];
+  try {{ tests = terms.map(parse); document.getElementById('error').textContent = ''; }}
+  catch (e) {{ document.getElementById('error').textContent = e; }}
+  const dead = document.getElementById('dead').checked;
+  const shown = ROWS.filter(r => (dead || !r[DEAD]) && tests.every(t => t(r)));
   shown.sort((a, b) => {{
     const x = a[order.col], y = b[order.col];
     if (x === y) return a[0] - b[0];
@@ -115,11 +133,15 @@ function render() {{
     if (y === null) return -1;
     return order.desc ? y - x : x - y;
   }});
-  document.getElementById('rows').innerHTML = shown.map(r => '<tr>' +
+  document.querySelectorAll('th[data-col]').forEach(th => {{
+    th.textContent = COLUMNS[+th.dataset.col] + (+th.dataset.col === order.col ? (order.desc ? ' \u25bc' : ' \u25b2') : '');
+  }});
+  document.getElementById('rows').innerHTML = shown.map(r => '<tr' + (r[DEAD] ? ' style="color:#999"' : '') + ' id="feature-' + r[0] + '">' +
     r.slice(0, COLUMNS.length).map((v, c) => '<td>' + fmt(v, c) + '</td>').join('') +
-    '<td>' + (r[COLUMNS.length] ? '<a href="' + REPORT + '#' + NAME + '-feature-' + r[0] + '">open</a>'
-      : '<code>cargo xtask dashboard --feature ' + r[0] + '</code>') + '</td></tr>').join('');
-  document.getElementById('count').textContent = shown.length + ' of ' + ROWS.length + ' live features';
+    '<td>' + (r[DEAD] ? 'never fires on train' : r[DASHBOARD] ? '<a href="' + REPORT + '#' + NAME + '-feature-' + r[0] + '">open</a>'
+      : '<code>' + COMMAND + ' --feature ' + r[0] + '</code>') + '</td></tr>').join('');
+  const total = dead ? ROWS.length : ROWS.filter(r => !r[DEAD]).length;
+  document.getElementById('count').textContent = shown.length + ' of ' + total + (dead ? ' features' : ' live features');
 }}
 document.querySelectorAll('th[data-col]').forEach(th => th.addEventListener('click', () => {{
   const col = +th.dataset.col;
@@ -127,6 +149,8 @@ document.querySelectorAll('th[data-col]').forEach(th => th.addEventListener('cli
   render();
 }}));
 document.getElementById('filter').addEventListener('input', render);
+document.getElementById('dead').addEventListener('change', render);
+if (location.hash.startsWith('#feature-')) document.getElementById('filter').value = '#' + location.hash.slice(9);
 render();
 </script></body></html>
 "#,
@@ -134,6 +158,11 @@ render();
         live = live,
         total = stats.len(),
         report = report,
+        dead = stats.len() - live,
+        command_html = command.replace('&', "&amp;").replace('<', "&lt;"),
+        command_js = serde_json::to_string(&command.replace('&', "&amp;").replace('<', "&lt;"))
+            .expect("a string serialises")
+            .replace("</", "<\\/"),
         header = header,
         columns = COLUMNS,
         rows = rows,

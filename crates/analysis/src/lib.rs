@@ -45,6 +45,7 @@ mod query;
 mod report;
 pub mod stats;
 pub mod tables;
+pub mod text_table;
 pub mod tpp;
 mod types;
 
@@ -59,9 +60,9 @@ pub use query::{
     report_tables, OutputFormat, TableSource,
 };
 pub use report::{
-    contests, family_verdict, feature_wins, log_ticks, probe_table, records_source, records_table,
-    run_verdict, sweep_table, sweep_verdict, verdict, write_report, Contest, Record, FEW_LIVE,
-    SAE_PAGE, VENDOR_DIR,
+    contests, dashboard_page_name, family_verdict, feature_wins, log_ticks, probe_table,
+    records_source, records_table, run_verdict, sweep_table, sweep_verdict, verdict, write_report,
+    Contest, Record, FEW_LIVE, SAE_PAGE, VENDOR_DIR,
 };
 pub use stats::{MiSummary, UnitCounts, UnitStats};
 pub use types::{

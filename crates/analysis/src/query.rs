@@ -36,7 +36,7 @@ impl TableSource {
 /// How [`query`] returns its result.
 #[derive(Clone, Debug, PartialEq)]
 pub enum OutputFormat {
-    /// polars' text table (row count limited by `POLARS_FMT_MAX_ROWS`).
+    /// Aligned text, every row up to [`crate::text_table::TABLE_ROWS`], saying so when cut.
     Table,
     Csv,
     /// Written to this file; the returned text says where and how many rows.
@@ -127,7 +127,10 @@ pub fn query(
         .and_then(|lf| lf.collect())
         .map_err(rejected)?;
     match format {
-        OutputFormat::Table => Ok(df.to_string()),
+        OutputFormat::Table => Ok(crate::text_table::text_table(
+            &df,
+            crate::text_table::TABLE_ROWS,
+        )),
         OutputFormat::Csv => {
             let mut buffer = Vec::new();
             CsvWriter::new(&mut buffer)

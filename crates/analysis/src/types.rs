@@ -102,6 +102,9 @@ pub struct SaeRun<'a> {
     pub metrics: SaeMetrics,
     /// The MLP's test loss and accuracy, clean and with this SAE spliced in.
     pub downstream: Option<Downstream>,
+    /// The command that renders one of its features' dashboard, less
+    /// `--feature N` (empty: `cargo xtask dashboard`).
+    pub dashboard_command: String,
 }
 
 /// What to compute besides the tables.

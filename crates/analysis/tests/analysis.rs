@@ -533,6 +533,7 @@ fn analysis_writes_tables_plots_and_a_report_that_renders() {
             curve: &curve,
             latents: None,
             downstream: None,
+            dashboard_command: String::new(),
             metrics: SaeMetrics {
                 l0: 1000.0 * l1,
                 mse: l1,
@@ -946,16 +947,36 @@ const freqs = rows().map(r => col(r, 1)); \
 const sorted = freqs.every((f, i) => i === 0 || freqs[i - 1] >= f); \
 const f = document.getElementById('filter'); f.value = 'freq_train>THRESHOLD'; f.dispatchEvent(new Event('input')); \
 const kept = rows().map(r => col(r, 1)); \
-const links = document.querySelectorAll('#rows a').length; \
+f.value = 'nope>1'; f.dispatchEvent(new Event('input')); \
+const unknown = document.getElementById('error').textContent.startsWith('unknown column \"nope\"'); \
+f.value = 'freq_train>x'; f.dispatchEvent(new Event('input')); \
+const nan = document.getElementById('error').textContent.includes('is not a number'); \
+f.value = '#ID'; f.dispatchEvent(new Event('input')); \
+const exact = rows().map(r => r.children[0].textContent).join(','); \
+f.value = ''; f.dispatchEvent(new Event('input')); \
+const d = document.getElementById('dead'); d.checked = true; d.dispatchEvent(new Event('change')); \
+const every = rows().length; \
 const out = document.createElement('pre'); out.id = 'browser-check'; \
-out.textContent = 'rows=' + all + ' sorted=' + sorted + ' kept=' + kept.length + ' keptok=' + kept.every(v => v > THRESHOLD); \
+out.textContent = 'rows=' + all + ' sorted=' + sorted + ' kept=' + kept.length + ' keptok=' + kept.every(v => v > THRESHOLD) \
++ ' unknown=' + unknown + ' nan=' + nan + ' exact=' + exact + ' every=' + every; \
 document.body.appendChild(out); });</script>";
-    let probe = probe.replace("THRESHOLD", &format!("{threshold:e}"));
+    // A live one-digit feature, whose id is inside other ids (4 in 14, 40, ...):
+    // `#id` finds it alone.
+    let freqs = features.column("freq_train").unwrap().f64().unwrap();
+    let id = (1..10)
+        .find(|&f| freqs.get(f).unwrap() > 0.0)
+        .expect("a live feature among 1..10");
+    let probe = probe
+        .replace("THRESHOLD", &format!("{threshold:e}"))
+        .replace("#ID", &format!("#{id}"));
     let copy = page.with_file_name("features_check.html");
     std::fs::write(&copy, html.replace("</body>", &format!("{probe}</body>"))).unwrap();
     let (dom, _) = dump_dom(browser, &copy, 1400);
     let live = s.features.units - s.features.dead;
-    let expected = format!("rows={live} sorted=true kept={above} keptok=true");
+    let expected = format!(
+        "rows={live} sorted=true kept={above} keptok=true unknown=true nan=true exact={id} every={}",
+        s.features.units
+    );
     assert!(
         dom.contains(&expected),
         "expected {expected}: {}",
@@ -1122,6 +1143,7 @@ fn mismatched_inputs_get_one_clear_sentence() {
         curve: &[],
         latents: None,
         downstream: None,
+        dashboard_command: String::new(),
         metrics: SaeMetrics::default(),
     };
     let dir = tempfile::tempdir().unwrap();

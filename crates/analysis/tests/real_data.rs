@@ -106,6 +106,7 @@ fn real_sae_analysis_with_timings() {
         curve: &trained.curve,
         latents: Some(&trained.latents),
         downstream: None,
+        dashboard_command: String::new(),
         metrics: SaeMetrics {
             l0: eval.l0,
             mse: eval.mse,

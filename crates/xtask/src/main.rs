@@ -132,6 +132,11 @@ enum Command {
         /// How to print it.
         #[arg(long, value_enum, default_value = "table")]
         format: QueryFormat,
+        /// Every column (CSV always has every column). By default the table
+        /// shows when, which, layer, architecture, d_sae, the params that
+        /// differ between runs, L0, EV, dead latents and training time.
+        #[arg(long)]
+        all: bool,
     },
     /// Render dashboards for chosen features of one SAE of this config, on
     /// demand, into the store's .dashboards/ folder; prints the page's path.
@@ -271,30 +276,31 @@ fn open(cli: &Cli) -> Result<Session> {
         ctx: Context {
             mnist_dir,
             store_root,
-            reproduce: reproduce_command(cli),
+            flags: global_flags(cli),
         },
         store,
         holds: std::sync::Mutex::new(Vec::new()),
     })
 }
 
-/// `cargo xtask all` with the config, preset and overrides this command used.
-fn reproduce_command(cli: &Cli) -> String {
+/// The config, preset and overrides this command used, as flags that
+/// follow a subcommand (` --preset zoo --set 'sae.k=[8]'`; empty for none).
+fn global_flags(cli: &Cli) -> String {
     use crate::progress::shell_word;
-    let mut parts = vec!["cargo xtask all".to_string()];
+    let mut parts = Vec::new();
     if let Some(config) = &cli.config {
         parts.push(format!(
-            "--config {}",
+            " --config {}",
             shell_word(&config.display().to_string())
         ));
     }
     if let Some(preset) = &cli.preset {
-        parts.push(format!("--preset {}", shell_word(preset)));
+        parts.push(format!(" --preset {}", shell_word(preset)));
     }
     for set in &cli.overrides {
-        parts.push(format!("--set {}", shell_word(set)));
+        parts.push(format!(" --set {}", shell_word(set)));
     }
-    parts.join(" ")
+    parts.concat()
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -371,19 +377,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if features.is_empty() {
                 bail!("name the features: --feature N (repeatable) or --query \"SELECT feature FROM features ...\"");
             }
-            let page = on_demand::dashboards(&session, &graph, sae.as_deref(), &features)?;
+            let (page, point) = on_demand::dashboards(&session, &graph, sae.as_deref(), &features)?;
             println!("{}", page.display());
+            let ids: Vec<String> = features.iter().map(|f| format!("--feature {f}")).collect();
+            eprintln!(
+                "rebuild: cargo xtask dashboard --sae {point} {}{}",
+                ids.join(" "),
+                session.ctx.flags
+            );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Runs { format } => {
-            let (runs, skipped) = runs::table(&session.store)?;
-            let format = match format {
-                QueryFormat::Table => analysis::OutputFormat::Table,
-                QueryFormat::Csv => analysis::OutputFormat::Csv,
+        Command::Runs { format, all } => {
+            let (runs, columns, skipped) = runs::table(&session.store)?;
+            let (format, columns) = match format {
+                QueryFormat::Table if !all => (analysis::OutputFormat::Table, columns),
+                QueryFormat::Table => (analysis::OutputFormat::Table, "*".into()),
+                QueryFormat::Csv => (analysis::OutputFormat::Csv, "*".into()),
                 QueryFormat::Parquet => bail!("runs prints a table or CSV; for parquet use `query \"SELECT * FROM runs\" --format parquet --output FILE`"),
             };
-            let text =
-                analysis::query("SELECT * FROM runs", &[("runs".to_string(), runs)], &format)?;
+            let sql = format!("SELECT {columns} FROM runs");
+            let text = analysis::query(&sql, &[("runs".to_string(), runs)], &format)?;
             println!("{}", text.trim_end());
             for why in skipped {
                 eprintln!("not listed: {why}");

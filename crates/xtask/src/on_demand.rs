@@ -56,7 +56,7 @@ pub fn dashboards(
     graph: &Graph<'_>,
     sae_stage: Option<&str>,
     features: &[usize],
-) -> Result<PathBuf> {
+) -> Result<(PathBuf, String)> {
     let points = session.config.sae.points();
     let point = match sae_stage {
         Some(name) => points.iter().find(|p| p.name == name).with_context(|| {
@@ -96,6 +96,7 @@ pub fn dashboards(
         curve: &[],
         latents: None,
         downstream: None,
+        dashboard_command: String::new(),
         metrics: analysis::SaeMetrics::default(),
     };
     let out = session
@@ -103,11 +104,7 @@ pub fn dashboards(
         .root()
         .join(DASHBOARDS)
         .join(sae_manifest.key.as_str());
-    Ok(analysis::dashboards_on_demand(
-        &layer,
-        &run,
-        features,
-        &session.config.analysis,
-        &out,
-    )?)
+    let page =
+        analysis::dashboards_on_demand(&layer, &run, features, &session.config.analysis, &out)?;
+    Ok((page, point.name.clone()))
 }

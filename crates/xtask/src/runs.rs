@@ -52,6 +52,10 @@ fn records(store: &Store) -> Result<(Vec<Record>, Vec<String>)> {
             record.push((name.into(), value.into()));
         }
         record.push(("dead_train".into(), metrics.train.dead.into()));
+        record.push((
+            "built".into(),
+            crate::progress::iso_utc(manifest.created_unix_s).into(),
+        ));
         if let Some(Value::Object(params)) = manifest.params.get("sae") {
             for (name, value) in params {
                 let value = match value {
@@ -67,8 +71,53 @@ fn records(store: &Store) -> Result<(Vec<Record>, Vec<String>)> {
     Ok((records.into_iter().map(|(_, r)| r).collect(), skipped))
 }
 
-/// The `runs` table (newest first) as a queryable source, and what was skipped.
-pub fn table(store: &Store) -> Result<(analysis::TableSource, Vec<String>)> {
+/// The `runs` table (newest first) as a queryable source, the SELECT list
+/// that `cargo xtask runs` shows by default, and what was skipped.
+pub fn table(store: &Store) -> Result<(analysis::TableSource, String, Vec<String>)> {
     let (records, skipped) = records(store)?;
-    Ok((analysis::records_source(&records)?, skipped))
+    Ok((
+        analysis::records_source(&records)?,
+        default_columns(&records),
+        skipped,
+    ))
+}
+
+/// What fits a terminal (as `dvc exp show --only-changed`): when and which,
+/// layer, architecture and width, every other param whose value differs
+/// between runs, then L0, EV, dead latents and training time.
+fn default_columns(records: &[Record]) -> String {
+    let value = |r: &Record, key: &str| {
+        r.iter()
+            .find(|(k, _)| k == key)
+            .map_or(Value::Null, |(_, v)| v.clone())
+    };
+    if records.is_empty() {
+        return "*".into();
+    }
+    let present = |key: &str| records.iter().flatten().any(|(k, _)| k == key);
+    let fixed = ["param_layer", "param_architecture", "param_d_sae"];
+    let mut params: Vec<&String> = Vec::new();
+    for (key, _) in records.iter().flatten() {
+        if key.starts_with("param_") && !fixed.contains(&key.as_str()) && !params.contains(&key) {
+            params.push(key);
+        }
+    }
+    let differing = params.into_iter().filter(|key| {
+        let first = records.first().map(|r| value(r, key));
+        records.iter().any(|r| Some(value(r, key)) != first)
+    });
+    let mut columns = vec!["built".to_string(), "key".into()];
+    columns.extend(
+        fixed
+            .iter()
+            .filter(|p| present(p))
+            .map(|p| format!("{p} AS {}", &p[6..])),
+    );
+    columns.extend(differing.map(|p| format!("{p} AS {}", &p[6..])));
+    columns.extend(
+        ["l0_test", "ev_test", "dead_train", "train_seconds"]
+            .iter()
+            .map(|c| c.to_string()),
+    );
+    columns.join(", ")
 }

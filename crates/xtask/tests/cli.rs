@@ -640,6 +640,47 @@ fn runs_lists_every_sae_in_the_store_whatever_config_built_it() {
         ],
     );
     assert_eq!(queried.stdout.trim(), "n\n2", "{}", queried.stderr);
+    // The table fits a terminal: when, which, what, the params that differ
+    // (none here but d_sae, which is always shown), the headline metrics.
+    let table = xtask(store.path(), &["runs"]);
+    let header: Vec<&str> = table
+        .stdout
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "built",
+            "key",
+            "layer",
+            "architecture",
+            "d_sae",
+            "l0_test",
+            "ev_test",
+            "dead_train",
+            "train_seconds"
+        ],
+        "{}",
+        table.stdout
+    );
+    assert!(
+        table.stdout.trim_end().ends_with("2 rows"),
+        "{}",
+        table.stdout
+    );
+    let all = xtask(store.path(), &["runs", "--all"]);
+    assert!(
+        all.stdout.lines().next().unwrap().contains("param_lr"),
+        "{}",
+        all.stdout
+    );
+    let lr = xtask(store.path(), &["all", "--set", "sae.lr=0.002"]);
+    assert!(lr.ok, "{}", lr.stderr);
+    let header = xtask(store.path(), &["runs"]).stdout;
+    assert!(header.lines().next().unwrap().contains(" lr "), "{header}");
 }
 
 #[test]
@@ -666,6 +707,45 @@ fn dashboards_render_on_demand_for_named_or_queried_features() {
     assert_eq!(html.matches("(picked for: asked for)").count(), 3, "{html}");
     assert!(html.contains("id=\"fc2.pre_l1-0.003_d1024_s0-feature-3\""));
     assert!(html.matches("<img ").count() >= 3 * 5);
+    assert!(
+        asked
+            .stderr
+            .contains("rebuild: cargo xtask dashboard --sae sae/fc2.pre/l1-0.003/d1024/s0 --feature 3 --feature "),
+        "{}",
+        asked.stderr
+    );
+    // Another set gets its own page: the first stays.
+    let other = xtask(store.path(), &["dashboard", "--feature", "3"]);
+    assert!(other.ok, "{}", other.stderr);
+    let other_page = std::path::PathBuf::from(other.stdout.trim());
+    assert!(other_page.ends_with("features-3.html") && other_page != page);
+    assert_eq!(std::fs::read_to_string(&page).unwrap(), html);
+    // A dead feature gets one sentence, not empty plots.
+    let dead = xtask(
+        store.path(),
+        &[
+            "query",
+            "SELECT feature FROM features WHERE dead ORDER BY feature LIMIT 1",
+            "--format",
+            "csv",
+        ],
+    );
+    let dead: usize = dead
+        .stdout
+        .lines()
+        .nth(1)
+        .expect("a dead feature")
+        .parse()
+        .unwrap();
+    let refused = xtask(store.path(), &["dashboard", "--feature", &dead.to_string()]);
+    assert!(
+        !refused.ok
+            && refused.stderr.contains(&format!(
+                "feature {dead} never fires: 0 of 60000 train rows"
+            )),
+        "{}",
+        refused.stderr
+    );
     // Nothing stored changed: the run is still all cached and verifies.
     assert!(xtask(store.path(), &["verify"]).ok);
     for (args, message) in [

@@ -13,7 +13,7 @@ mod verdict;
 use std::path::{Path, PathBuf};
 
 pub use figures::{log_ticks, VENDOR_DIR};
-pub use sae_page::{write_dashboard_page, SAE_PAGE};
+pub use sae_page::{dashboard_page_name, write_dashboard_page, SAE_PAGE};
 pub use tables::{probe_table, records_source, records_table, sweep_table, Record};
 pub use verdict::{
     contests, family_verdict, feature_wins, run_verdict, sweep_verdict, verdict, Contest, FEW_LIVE,

@@ -211,10 +211,41 @@ Its effect on each class logit (with it minus without it, mean over {} rows): {}
     Ok(html)
 }
 
-/// A page of dashboards rendered on demand (`cargo xtask dashboard`).
+/// The page of on-demand dashboards for these features: `features-3-17.html`,
+/// one file per set asked for, so a later request never overwrites it.
+pub fn dashboard_page_name(features: &[usize]) -> String {
+    const LISTED: usize = 10;
+    let ids: Vec<String> = features
+        .iter()
+        .take(LISTED)
+        .map(|f| f.to_string())
+        .collect();
+    let rest = &features[features.len().min(LISTED)..];
+    if rest.is_empty() {
+        format!("features-{}.html", ids.join("-"))
+    } else {
+        // The rest by count and a position-weighted sum: sets that share
+        // their first ten ids still get their own page.
+        let mix = rest.iter().enumerate().fold(0u64, |h, (i, &f)| {
+            h.wrapping_mul(1_000_003)
+                .wrapping_add(((i as u64) << 32) ^ f as u64)
+        });
+        format!(
+            "features-{}-and-{}-more-{mix:x}.html",
+            ids.join("-"),
+            rest.len()
+        )
+    }
+}
+
+/// A page of dashboards rendered on demand (`cargo xtask dashboard`), with a
+/// line per feature that could not get one (`notes`); its name comes from
+/// `features` ([`dashboard_page_name`]).
 pub fn write_dashboard_page(
     name: &str,
+    features: &[usize],
     dashboards: &[crate::types::Dashboard],
+    notes: &[String],
     dir: &Path,
     out_dir: &Path,
 ) -> Result<PathBuf, AnalysisError> {
@@ -223,11 +254,14 @@ pub fn write_dashboard_page(
 <title>{0}: dashboards</title><style>{STYLE}</style></head><body><h1>{0}: dashboards on demand</h1>",
         escape(name)
     );
+    for note in notes {
+        let _ = write!(html, "<p>{}</p>", escape(note));
+    }
     for d in dashboards {
         html.push_str(&dashboard_html(name, d, dir, out_dir)?);
     }
     html.push_str("</body></html>\n");
-    let path = out_dir.join("dashboards.html");
+    let path = out_dir.join(dashboard_page_name(features));
     std::fs::write(&path, html).map_err(AnalysisError::io(&path))?;
     Ok(path)
 }

@@ -59,9 +59,10 @@ impl LayerCopy {
 pub struct AnalysisStage {
     pub points: Vec<Point>,
     pub cfg: AnalysisConfig,
-    /// The command that rebuilds this analysis, for the report (not a param:
-    /// two commands that reach the same key share one report).
-    pub reproduce: String,
+    /// The `--config`, `--preset` and `--set` flags of the command that
+    /// builds it, for the report's rebuild commands (not a param: two
+    /// commands that reach the same key share one report).
+    pub flags: String,
 }
 
 /// The folder a layer's report goes to inside the artifact.
@@ -134,7 +135,7 @@ impl Stage for AnalysisStage {
         let model = mlp::Mlp::new(&load_weights(inputs.dir("mlp"))?, &Device::Cpu)?;
         let mlp_metrics: MlpMetricsFile = super::read_json(inputs.dir("mlp"), MLP_METRICS_FILE)?;
         let run_info = analysis::RunInfo {
-            reproduce: self.reproduce.clone(),
+            reproduce: format!("cargo xtask all{}", self.flags),
             version: env!("CARGO_PKG_VERSION").into(),
             built: crate::progress::iso_utc(
                 std::time::SystemTime::now()
@@ -199,6 +200,10 @@ impl Stage for AnalysisStage {
                     latents: Some(&record.latents),
                     metrics: metrics.clone(),
                     downstream: Some(*downstream),
+                    dashboard_command: format!(
+                        "cargo xtask dashboard --sae {}{}",
+                        point.name, self.flags
+                    ),
                 })
                 .collect();
             let folder = out.join(layer_folder(layer));

@@ -22,8 +22,9 @@ pub struct Context {
     /// `--mnist-dir`, `SAELAB_MNIST_DIR` or `mnist.dir`, in that order.
     pub mnist_dir: Option<PathBuf>,
     pub store_root: PathBuf,
-    /// The `cargo xtask all ...` command that rebuilds this config's artifacts.
-    pub reproduce: String,
+    /// This command's `--config`, `--preset` and `--set` flags, for the
+    /// report's rebuild commands.
+    pub flags: String,
 }
 
 /// The stages a config asks for, upstream first, and the trainer its SAE points share.
@@ -55,7 +56,7 @@ pub fn build(config: &Config, ctx: &Context) -> Pipeline {
     stages.push(Box::new(analysis::AnalysisStage {
         points: config.sae.points(),
         cfg: config.analysis.clone(),
-        reproduce: ctx.reproduce.clone(),
+        flags: ctx.flags.clone(),
     }));
     Pipeline { stages, sweep }
 }
