@@ -7,6 +7,7 @@
 //! on standardised inputs, solved by Newton's method in f64). Scored on a
 //! balanced test set built the same way from the test rows.
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::probe::{Columns, ProbeData};
@@ -255,12 +256,13 @@ fn gathered(columns: &Columns, rows: &[usize], units: &[usize]) -> Vec<f64> {
 
 /// Every digit's probe at every k of [`DIGIT_PROBE_KS`] (capped at `width`).
 pub fn digit_probes(data: &ProbeData, width: usize, train_rows: usize) -> Vec<DigitProbe> {
-    let mut out = Vec::new();
-    for digit in 0..CLASSES as u8 {
+    // One digit per task, collected in digit order.
+    let per_digit = (0..CLASSES as u8).into_par_iter().map(|digit| {
+        let mut out = Vec::new();
         let (train_pos, train_neg) = balanced(data.train_labels, train_rows, digit);
         let (test_pos, test_neg) = balanced(data.test_labels, usize::MAX, digit);
         if train_pos.is_empty() || test_pos.is_empty() {
-            continue;
+            return out;
         }
         let ranking = top_k(
             &mean_differences(&data.train, width, &train_pos, &train_neg),
@@ -293,8 +295,9 @@ pub fn digit_probes(data: &ProbeData, width: usize, train_rows: usize) -> Vec<Di
                 test_accuracy: correct as f64 / y_test.len() as f64,
             });
         }
-    }
-    out
+        out
+    });
+    per_digit.collect::<Vec<_>>().concat()
 }
 
 /// Mean test accuracy over digits of the probes on `k` units (NaN if none).

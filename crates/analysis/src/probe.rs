@@ -1,10 +1,12 @@
 //! k-sparse probing (after SAEBench): a multinomial logistic regression on the
 //! k units with the highest train MI, scored on test.
 //!
-//! Deterministic full-batch gradient descent with momentum on standardised
-//! inputs (train mean and std), zero initialisation, until the largest
-//! gradient component is below `tolerance` or `iterations` steps have run
-//! (the result says which). A non-finite loss is an error, never a score.
+//! Fitted as SAEBench fits it (sklearn's `LogisticRegression`, whose default
+//! solver is L-BFGS): deterministic full-batch L-BFGS (10 pairs, Armijo
+//! backtracking) on standardised inputs (train mean and std) from zero, until
+//! the largest gradient component is below `tolerance` or `iterations` steps
+//! have run (the result says which). A non-finite loss is an error, never a
+//! score.
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -21,11 +23,9 @@ pub struct ProbeConfig {
     /// At most this many full-batch steps.
     pub iterations: usize,
     /// Converged when no gradient component (mean over rows) exceeds this.
-    pub tolerance: f64,
     /// f64 like every float of the config, so it reads back as written
-    /// (`1e-4`, not `9.999999747378752e-05`); the probe itself runs in f32.
-    pub learning_rate: f64,
-    pub momentum: f64,
+    /// (`1e-4`, not `9.999999747378752e-05`).
+    pub tolerance: f64,
     /// L2 penalty on the weights (not the bias).
     pub l2: f64,
 }
@@ -37,8 +37,6 @@ impl Default for ProbeConfig {
             train_rows: 20_000,
             iterations: 500,
             tolerance: 1e-4,
-            learning_rate: 1.0,
-            momentum: 0.9,
             l2: 1e-4,
         }
     }
@@ -73,12 +71,14 @@ pub struct Softmax {
     k: usize,
     mean: Vec<f32>,
     inv_std: Vec<f32>,
-    /// `[k, CLASSES]`
-    weights: Vec<f32>,
-    bias: [f32; CLASSES],
+    /// `[k, CLASSES]`, in f64: L-BFGS's last steps are below f32's resolution.
+    weights: Vec<f64>,
+    bias: [f64; CLASSES],
 }
 
 const CHUNK_ROWS: usize = 1024;
+/// L-BFGS's memory: the curvature pairs it keeps (sklearn's default).
+const MEMORY: usize = 10;
 
 impl Softmax {
     /// Trains on `x` `[labels.len(), k]`; returns the model, the steps run,
@@ -125,25 +125,29 @@ impl Softmax {
             weights: vec![0.0; k * CLASSES],
             bias: [0.0; CLASSES],
         };
-        let mut velocity = vec![0.0f32; (k + 1) * CLASSES];
-        let (mut steps, mut converged, mut loss) = (0, false, f64::NAN);
-        for _ in 0..cfg.iterations {
-            // The last slot of each chunk's vector carries its summed loss.
-            let mut grad = z
+        let params = (k + 1) * CLASSES;
+        let l2 = cfg.l2;
+        // The mean loss plus the L2 term, and its gradient, at `theta`
+        // (weights `[k, CLASSES]`, then the bias).
+        let evaluate = |model: &mut Softmax, theta: &[f64]| -> (f64, Vec<f64>) {
+            model.set(theta);
+            let model = &*model;
+            let summed = z
                 .par_chunks(CHUNK_ROWS * k)
                 .zip(labels.par_chunks(CHUNK_ROWS))
                 .map(|(block, block_labels)| {
-                    let mut g = vec![0.0f32; (k + 1) * CLASSES + 1];
+                    // The last slot carries the block's summed loss.
+                    let mut g = vec![0.0f64; params + 1];
                     for (row, &y) in block.chunks_exact(k).zip(block_labels) {
                         let p = model.probabilities(row);
-                        g[(k + 1) * CLASSES] -= p[y as usize].max(f32::MIN_POSITIVE).ln();
+                        g[params] -= p[y as usize].max(f64::MIN_POSITIVE).ln();
                         let mut d = p;
                         d[y as usize] -= 1.0;
                         // Unit-major: each unit's CLASSES gradients are contiguous (vectorises).
                         for (j, &x) in row.iter().enumerate() {
                             let gj = &mut g[j * CLASSES..(j + 1) * CLASSES];
                             for c in 0..CLASSES {
-                                gj[c] += d[c] * x;
+                                gj[c] += d[c] * x as f64;
                             }
                         }
                         for c in 0..CLASSES {
@@ -155,63 +159,129 @@ impl Softmax {
                 // Collected in chunk order and summed sequentially: bit-identical across runs.
                 .collect::<Vec<_>>()
                 .into_iter()
-                .fold(vec![0.0f32; (k + 1) * CLASSES + 1], |mut a, b| {
-                    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                .fold(vec![0.0f64; params + 1], |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(x, &y)| *x += y);
                     a
                 });
-            loss = grad.pop().expect("the loss slot") as f64 / n;
-            if !loss.is_finite() || grad.iter().any(|g| !g.is_finite()) {
-                return Err(format!(
-                    "the k = {k} probe's loss became {loss} at step {steps}: its inputs or learning rate are out of range"
-                ));
+            let mut loss = summed[params] / n;
+            let mut grad: Vec<f64> = summed[..params].iter().map(|g| g / n).collect();
+            for i in 0..k * CLASSES {
+                loss += 0.5 * l2 * theta[i] * theta[i];
+                grad[i] += l2 * theta[i];
             }
-            let largest = grad
-                .iter()
-                .enumerate()
-                .map(|(i, g)| {
-                    let g = g / n as f32;
-                    if i < k * CLASSES {
-                        (g + cfg.l2 as f32 * model.weights[i]).abs()
-                    } else {
-                        g.abs()
-                    }
-                })
-                .fold(0.0f32, f32::max);
-            if (largest as f64) < cfg.tolerance {
+            (loss, grad)
+        };
+        let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+        let largest = |g: &[f64]| g.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let not_finite = |loss: f64, steps: usize| {
+            format!(
+                "the k = {k} probe's loss became {loss} at step {steps}: its inputs are out of range"
+            )
+        };
+        let mut theta = vec![0.0f64; params];
+        let (mut loss, mut grad) = evaluate(&mut model, &theta);
+        let mut pairs: std::collections::VecDeque<(Vec<f64>, Vec<f64>, f64)> =
+            std::collections::VecDeque::new();
+        let (mut steps, mut converged) = (0, false);
+        while steps < cfg.iterations {
+            if !loss.is_finite() || grad.iter().any(|g| !g.is_finite()) {
+                return Err(not_finite(loss, steps));
+            }
+            if largest(&grad) < cfg.tolerance {
                 converged = true;
                 break;
             }
-            steps += 1;
-            let (l2, momentum, learning_rate) =
-                (cfg.l2 as f32, cfg.momentum as f32, cfg.learning_rate as f32);
-            for (i, v) in velocity.iter_mut().enumerate() {
-                let mut g = grad[i] / n as f32;
-                if i < k * CLASSES {
-                    g += l2 * model.weights[i];
-                }
-                *v = momentum * *v - learning_rate * g;
+            // The two-loop recursion: direction = -H grad.
+            let mut q = grad.clone();
+            let mut alphas = Vec::with_capacity(pairs.len());
+            for (s, y, rho) in pairs.iter().rev() {
+                let a = rho * dot(s, &q);
+                q.iter_mut().zip(y).for_each(|(q, y)| *q -= a * y);
+                alphas.push(a);
             }
-            for (i, v) in velocity.iter().enumerate() {
-                if i < k * CLASSES {
-                    model.weights[i] += v;
-                } else {
-                    model.bias[i - k * CLASSES] += v;
+            let gamma = pairs
+                .back()
+                .map_or(1.0 / largest(&grad).max(1.0), |(s, y, _)| {
+                    dot(s, y) / dot(y, y)
+                });
+            q.iter_mut().for_each(|q| *q *= gamma);
+            for ((s, y, rho), a) in pairs.iter().zip(alphas.iter().rev()) {
+                let b = rho * dot(y, &q);
+                q.iter_mut().zip(s).for_each(|(q, s)| *q += (a - b) * s);
+            }
+            let mut direction: Vec<f64> = q.iter().map(|v| -v).collect();
+            let mut slope = dot(&grad, &direction);
+            if slope >= 0.0 {
+                // Not a descent direction (rounding): start again from the gradient.
+                pairs.clear();
+                direction = grad.iter().map(|g| -g).collect();
+                slope = dot(&grad, &direction);
+            }
+            // Armijo backtracking from the full step.
+            let mut t = 1.0;
+            let (next_theta, next_loss, next_grad) = loop {
+                let candidate: Vec<f64> = theta
+                    .iter()
+                    .zip(&direction)
+                    .map(|(x, d)| x + t * d)
+                    .collect();
+                let (l, g) = evaluate(&mut model, &candidate);
+                if l.is_finite() && l <= loss + 1e-4 * t * slope {
+                    break (candidate, l, g);
                 }
+                t *= 0.5;
+                if t < 1e-20 {
+                    if !l.is_finite() {
+                        return Err(not_finite(l, steps));
+                    }
+                    // No decrease left to find: as flat as f64 can tell.
+                    break (theta.clone(), loss, grad.clone());
+                }
+            };
+            steps += 1;
+            let s: Vec<f64> = next_theta.iter().zip(&theta).map(|(a, b)| a - b).collect();
+            let y: Vec<f64> = next_grad.iter().zip(&grad).map(|(a, b)| a - b).collect();
+            let sy = dot(&s, &y);
+            // Flat to f64's resolution (scipy's ftol): no step left to take.
+            let flat = loss - next_loss <= 1e-13 * loss.abs().max(1.0);
+            (theta, loss, grad) = (next_theta, next_loss, next_grad);
+            if flat {
+                converged = largest(&grad) < cfg.tolerance;
+                break;
+            }
+            if sy > 1e-12 {
+                if pairs.len() == MEMORY {
+                    pairs.pop_front();
+                }
+                pairs.push_back((s, y, 1.0 / sy));
             }
         }
-        Ok((model, steps, converged, loss))
+        if !converged && steps == cfg.iterations && largest(&grad) < cfg.tolerance {
+            converged = true;
+        }
+        model.set(&theta);
+        // The mean train cross-entropy, without the L2 term.
+        let penalty: f64 = theta[..k * CLASSES].iter().map(|w| 0.5 * l2 * w * w).sum();
+        Ok((model, steps, converged, loss - penalty))
+    }
+
+    /// Loads flattened parameters (weights `[k, CLASSES]`, then the bias).
+    fn set(&mut self, theta: &[f64]) {
+        let k = self.k;
+        self.weights.copy_from_slice(&theta[..k * CLASSES]);
+        self.bias.copy_from_slice(&theta[k * CLASSES..]);
     }
 
     /// Class probabilities of one standardised row.
-    fn probabilities(&self, z: &[f32]) -> [f32; CLASSES] {
+    fn probabilities(&self, z: &[f32]) -> [f64; CLASSES] {
         let mut logits = self.bias;
         for (j, &v) in z.iter().enumerate() {
             let w = &self.weights[j * CLASSES..(j + 1) * CLASSES];
             for c in 0..CLASSES {
-                logits[c] += w[c] * v;
+                logits[c] += w[c] * v as f64;
             }
         }
-        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let mut total = 0.0;
         for l in logits.iter_mut() {
             *l = (*l - max).exp();
@@ -308,4 +378,91 @@ pub fn k_sparse_probes(
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The gradient of the mean cross-entropy plus the L2 term, in f64 from
+    /// the definition, at the fitted weights.
+    fn gradient_f64(model: &Softmax, x: &[f32], labels: &[u8], l2: f64) -> Vec<f64> {
+        let k = model.k;
+        let mut g = vec![0.0f64; (k + 1) * CLASSES];
+        for (row, &y) in x.chunks_exact(k).zip(labels) {
+            let z: Vec<f64> = (0..k)
+                .map(|j| (row[j] as f64 - model.mean[j] as f64) * model.inv_std[j] as f64)
+                .collect();
+            let logits: Vec<f64> = (0..CLASSES)
+                .map(|c| {
+                    model.bias[c]
+                        + (0..k)
+                            .map(|j| model.weights[j * CLASSES + c] * z[j])
+                            .sum::<f64>()
+                })
+                .collect();
+            let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let total: f64 = logits.iter().map(|l| (l - max).exp()).sum();
+            for c in 0..CLASSES {
+                let d = (logits[c] - max).exp() / total - (c == y as usize) as u8 as f64;
+                for j in 0..k {
+                    g[j * CLASSES + c] += d * z[j];
+                }
+                g[k * CLASSES + c] += d;
+            }
+        }
+        let n = labels.len() as f64;
+        g.iter_mut().for_each(|v| *v /= n);
+        for (i, w) in model.weights.iter().enumerate() {
+            g[i] += l2 * w;
+        }
+        g
+    }
+
+    #[test]
+    fn a_converged_probe_sits_where_the_f64_gradient_vanishes() {
+        // Three noisy units, each leaning towards a few digits.
+        let (rows, k) = (3000, 3);
+        let mut state = 12345u64;
+        let mut noise = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 33) as f64 / (1u64 << 31) as f64) as f32 - 0.5
+        };
+        let labels: Vec<u8> = (0..rows).map(|r| (r * 7 % CLASSES) as u8).collect();
+        let x: Vec<f32> = labels
+            .iter()
+            .flat_map(|&y| {
+                let y = y as f32;
+                [
+                    y + 3.0 * noise(),
+                    (y - 4.5).abs() + 2.0 * noise(),
+                    (y % 3.0) + noise(),
+                ]
+            })
+            .collect();
+        let cfg = ProbeConfig {
+            tolerance: 1e-5,
+            ..Default::default()
+        };
+        let (model, steps, converged, loss) = Softmax::fit(&x, k, &labels, &cfg).unwrap();
+        assert!(converged && steps < cfg.iterations, "{steps} steps");
+        let largest = gradient_f64(&model, &x, &labels, cfg.l2)
+            .iter()
+            .fold(0.0f64, |m, g| m.max(g.abs()));
+        // The data are f32 and standardised in f32: a little slack on the tolerance.
+        assert!(
+            largest < 1.5 * cfg.tolerance,
+            "gradient {largest:e} after {steps} steps"
+        );
+        assert!(loss.is_finite() && loss < (CLASSES as f64).ln(), "{loss}");
+        // Three steps are not enough, and it says so.
+        let short = ProbeConfig {
+            iterations: 3,
+            ..cfg
+        };
+        let (_, steps, converged, _) = Softmax::fit(&x, k, &labels, &short).unwrap();
+        assert!(!converged && steps == 3);
+    }
 }

@@ -8,6 +8,7 @@
 //! leaves the other digits' probes alone (unintended); TPP = intended -
 //! unintended.
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::digit_probe::{balanced, Logistic};
@@ -43,7 +44,9 @@ impl TppResult {
 impl LayerProbes {
     /// A probe per digit on `[rows, width]` `train` (its first `train_rows` rows).
     pub fn fit(train: &[f32], width: usize, labels: &[u8], train_rows: usize) -> LayerProbes {
+        // One digit per task, collected in digit order.
         let probes = (0..CLASSES as u8)
+            .into_par_iter()
             .filter_map(|digit| {
                 let (pos, neg) = balanced(labels, train_rows, digit);
                 if pos.is_empty() {

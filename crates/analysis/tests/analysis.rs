@@ -367,7 +367,7 @@ fn probes_find_label_information() {
     let f = fixture(3000, 1000, 16);
     let cfg = ProbeConfig {
         ks: vec![1, 10],
-        iterations: 100,
+        iterations: 200,
         ..Default::default()
     };
     let data = analysis::probe::ProbeData {
@@ -392,9 +392,17 @@ fn probes_find_label_information() {
         "{results:?}"
     );
     assert!(results[1].test_accuracy > 0.95, "{results:?}");
+    // Out of steps: it says it did not converge.
+    let short = ProbeConfig {
+        ks: vec![10],
+        iterations: 3,
+        ..Default::default()
+    };
+    let stopped =
+        analysis::probe::k_sparse_probes(&data, &(0..WIDTH).collect::<Vec<_>>(), &short).unwrap();
     assert!(
-        results.iter().all(|r| !r.converged && r.steps == 100),
-        "{results:?}"
+        !stopped[0].converged && stopped[0].steps == 3,
+        "{stopped:?}"
     );
 
     // Given room, it stops when the gradient is flat, and says so.
@@ -415,13 +423,17 @@ fn probes_find_label_information() {
         "{converged:?}"
     );
 
-    // A step size that blows up is an error naming the probe, not a score.
-    let wild = ProbeConfig {
-        ks: vec![10],
-        learning_rate: 1e30,
-        ..Default::default()
+    // Inputs out of range are an error naming the probe, not a score.
+    let mut wild = f.train.clone();
+    wild[3 * WIDTH + 2] = f32::INFINITY;
+    let data = analysis::probe::ProbeData {
+        train: analysis::probe::Columns::Dense {
+            values: &wild,
+            width: WIDTH,
+        },
+        ..data
     };
-    let err = analysis::probe::k_sparse_probes(&data, &(0..WIDTH).collect::<Vec<_>>(), &wild)
+    let err = analysis::probe::k_sparse_probes(&data, &(0..WIDTH).collect::<Vec<_>>(), &roomy)
         .unwrap_err()
         .to_string();
     assert!(err.contains("the k = 10 probe's loss became"), "{err}");

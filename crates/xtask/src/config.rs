@@ -498,8 +498,14 @@ fn validate_analysis(cfg: &analysis::AnalysisConfig) -> Result<()> {
             probe.train_rows
         );
     }
-    if probe.iterations == 0 || !(probe.learning_rate > 0.0 && probe.learning_rate.is_finite()) {
-        bail!("analysis.probe.iterations and analysis.probe.learning_rate must be positive");
+    if probe.iterations == 0 {
+        bail!("analysis.probe.iterations = 0 is out of range: it must be at least 1");
+    }
+    if !(probe.tolerance > 0.0 && probe.tolerance.is_finite()) {
+        bail!(
+            "analysis.probe.tolerance = {} is out of range: it must be a positive number",
+            probe.tolerance
+        );
     }
     if cfg.dashboards_per_criterion > 12 {
         bail!("analysis.dashboards_per_criterion = {} is out of range: at most 12 (5 criteria, 60 dashboards)", cfg.dashboards_per_criterion);

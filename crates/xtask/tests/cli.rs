@@ -325,6 +325,18 @@ fn bad_config_is_refused_in_one_sentence_that_names_the_key() {
             "extract.layers names \"fc7\", which is not a layer",
         ),
         (&["--set", "nonsense"], "--set nonsense: expected KEY=VALUE"),
+        (
+            &["--set", "analysis.probe.iterations=0"],
+            "analysis.probe.iterations = 0 is out of range: it must be at least 1",
+        ),
+        (
+            &["--set", "analysis.probe.tolerance=-1e-4"],
+            "analysis.probe.tolerance = -0.0001 is out of range: it must be a positive number",
+        ),
+        (
+            &["--set", "analysis.probe.momentum=0.9"],
+            "unknown key analysis.probe.momentum",
+        ),
         // Found from the config alone, before mnist, mlp and extract run.
         (
             &["--set", "extract.layers=[\"fc1.pre\"]"],
