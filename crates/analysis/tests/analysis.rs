@@ -560,8 +560,16 @@ fn analysis_writes_tables_plots_and_a_report_that_renders() {
         mlp_losses: vec![2.3, 1.0, 0.5, 0.4],
         mlp_test: Some((0.31, 0.9123)),
     };
+    let heard = std::sync::Mutex::new(Vec::new());
     let (report, summaries) =
-        analysis::analyse_sweep(&layer, &runs, &run_info, &cfg, dir.path()).unwrap();
+        analysis::analyse_sweep(&layer, &runs, &run_info, &cfg, dir.path(), &|done, s| {
+            heard.lock().unwrap().push((done, s.name.clone()))
+        })
+        .unwrap();
+    assert_eq!(
+        heard.into_inner().unwrap(),
+        [(1, "l1_small".to_string()), (2, "l1_large".to_string())]
+    );
     // serde_json may round the last bit of an f64, so compare what the report reads.
     let loaded = analysis::SaeSummary::load(&dir.path().join("l1_large")).unwrap();
     assert_eq!(

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 
 use super::mlp::{load_mnist, load_weights, MlpMetricsFile, MLP_METRICS_FILE};
 use super::sae::{SaeMetricsFile, METRICS_FILE};
+use crate::progress::Progress;
 use crate::sweep::Point;
 
 /// A cached layer's train and test values and labels, copied out of the store.
@@ -208,8 +209,22 @@ impl Stage for AnalysisStage {
                 .collect();
             let folder = out.join(layer_folder(layer));
             std::fs::create_dir_all(&folder)?;
-            let (report, summaries) =
-                analysis::analyse_sweep(layer_data, &runs, &run_info, &self.cfg, &folder)?;
+            // A line per SAE where stderr is not a terminal, a bar where it is.
+            let progress =
+                Progress::new(&format!("analysis of {layer}"), runs.len() as u64, "SAEs");
+            let (report, summaries) = analysis::analyse_sweep(
+                layer_data,
+                &runs,
+                &run_info,
+                &self.cfg,
+                &folder,
+                &|done, s| {
+                    let t = &s.timings;
+                    let seconds = t.encode_s + t.tables_s + t.parquet_s + t.probes_s + t.plots_s;
+                    progress.set(done as u64, || format!("{} in {seconds:.1} s", s.name));
+                },
+            )?;
+            progress.finish();
             headline = analysis::headline(layer, &summaries);
             reports.push(
                 report
