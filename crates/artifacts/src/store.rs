@@ -100,6 +100,26 @@ pub struct GcReport {
     pub kept_recent: usize,
     /// Unreached, but a running process holds them.
     pub kept_in_use: Vec<PathBuf>,
+    /// Lock files of artifacts that are gone, removed (`.locks/`).
+    pub removed_locks: usize,
+}
+
+/// Whether `file` is still the file at `path` (the same inode): a lock file
+/// removed by `gc` after it was opened is not.
+fn still_at(file: &File, path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (file.metadata(), fs::metadata(path)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (file, path);
+        true
+    }
 }
 
 /// Staging folders this process is writing, removed by [`remove_own_staging`]
@@ -216,21 +236,30 @@ impl Store {
         let dir = self.root.join(LOCKS);
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let path = dir.join(format!("{stage}-{key}.lock"));
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                on_wait();
-                file.lock().map_err(io_err(&path))?;
+        let mut on_wait = Some(on_wait);
+        loop {
+            let file = File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(io_err(&path))?;
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(fs::TryLockError::WouldBlock) => {
+                    if let Some(on_wait) = on_wait.take() {
+                        on_wait();
+                    }
+                    file.lock().map_err(io_err(&path))?;
+                }
+                Err(fs::TryLockError::Error(e)) => return Err(io_err(&path)(e)),
             }
-            Err(fs::TryLockError::Error(e)) => return Err(io_err(&path)(e)),
+            // `gc` removes a stale lock file while holding it: a lock taken
+            // on a file no longer at `path` locks nothing, so take it again.
+            if still_at(&file, &path) {
+                return Ok(KeyLock { _file: file });
+            }
         }
-        Ok(KeyLock { _file: file })
     }
 
     /// Builds an artifact in a staging folder and renames it into place. The
@@ -374,18 +403,25 @@ impl Store {
     /// nothing, since nothing can be removed there either.
     pub fn hold(&self, stage: &str, key: &Key) -> UseLock {
         let path = self.use_lock_path(stage, key);
-        let file = fs::create_dir_all(self.root.join(LOCKS))
-            .and_then(|()| {
-                File::options()
-                    .create(true)
-                    .truncate(false)
-                    .write(true)
-                    .open(&path)
-            })
-            .or_else(|_| File::open(&path))
-            .ok()
-            .filter(|file| file.lock_shared().is_ok());
-        UseLock { _file: file }
+        // A few tries: `gc` may remove a stale lock file between open and lock.
+        for _ in 0..8 {
+            let file = fs::create_dir_all(self.root.join(LOCKS))
+                .and_then(|()| {
+                    File::options()
+                        .create(true)
+                        .truncate(false)
+                        .write(true)
+                        .open(&path)
+                })
+                .or_else(|_| File::open(&path))
+                .ok()
+                .filter(|file| file.lock_shared().is_ok());
+            match file {
+                Some(file) if !still_at(&file, &path) => continue,
+                file => return UseLock { _file: file },
+            }
+        }
+        UseLock { _file: None }
     }
 
     /// Removes every artifact not in `keep` that is older than the options
@@ -458,8 +494,52 @@ impl Store {
                 }
             }
         }
+        // After the artifacts' own locks are let go, so theirs go too.
         drop(held);
+        self.collect_stale_locks(&mut report, options.dry_run)?;
         Ok(report)
+    }
+
+    /// Lock files (`.locks/<kind>-<key>.lock` and `.use`) whose artifact is
+    /// gone (or removed by this gc) and that nobody holds: each is removed
+    /// while gc holds it exclusively, so a process that opened it meanwhile
+    /// sees it gone and takes a fresh one (`still_at`).
+    fn collect_stale_locks(&self, report: &mut GcReport, dry_run: bool) -> Result<(), StoreError> {
+        let dir = self.root.join(LOCKS);
+        if !dir.is_dir() {
+            return Ok(());
+        }
+        for path in sorted_entries(&dir)? {
+            let name = file_name(&path);
+            let Some(stem) = name
+                .strip_suffix(".lock")
+                .or_else(|| name.strip_suffix(".use"))
+            else {
+                continue;
+            };
+            let Some((kind, key)) = stem.rsplit_once('-') else {
+                continue;
+            };
+            if Key::parse(key).is_none() {
+                continue;
+            }
+            let artifact = self.root.join(kind).join(key);
+            let removed = report.removed.contains(&artifact);
+            if artifact.exists() && !removed {
+                continue;
+            }
+            let Ok(file) = File::options().write(true).open(&path) else {
+                continue;
+            };
+            if file.try_lock().is_err() {
+                continue;
+            }
+            if !dry_run {
+                fs::remove_file(&path).map_err(io_err(&path))?;
+            }
+            report.removed_locks += 1;
+        }
+        Ok(())
     }
 
     /// The exclusive use lock of `key`, or `None` while someone holds it.

@@ -535,6 +535,66 @@ fn gc_removes_what_no_config_reaches() {
     assert_eq!(store.list().unwrap().len(), 1);
 }
 
+#[test]
+fn gc_removes_lock_files_whose_artifact_is_gone_unless_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (a1, a2) = (toy("a", 1, &[]), toy("a", 2, &[]));
+    run_all(&store, &[&a1]);
+    run_all(&store, &[&a2]);
+    let keep: BTreeSet<_> = Graph::new(&[&a2])
+        .unwrap()
+        .plan(&store)
+        .into_iter()
+        .map(|p| (p.kind, p.key))
+        .collect();
+    let (old, new) = (key_of(&[&a1], &store, "a"), key_of(&[&a2], &store, "a"));
+    let locks = dir.path().join(".locks");
+    let lock_files = || {
+        let mut names: Vec<String> = fs::read_dir(&locks)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let of = |key: &Key, ext: &str| format!("a-{key}.{ext}");
+    // Held by a running process for an artifact never built: kept.
+    let ghost = Key::parse("0123456789abcdef").unwrap();
+    let held = store.hold("a", &ghost);
+    let _ = store.hold("a", &old);
+    let _ = store.hold("a", &new);
+    assert!(lock_files().contains(&of(&old, "use")));
+    let dry = store.gc(&keep, gc_options(true)).unwrap();
+    assert_eq!(dry.removed_locks, 2, "{:?}", lock_files());
+    assert!(
+        lock_files().contains(&of(&old, "lock")),
+        "a dry run removes nothing"
+    );
+    let report = store.gc(&keep, gc_options(false)).unwrap();
+    assert_eq!(report.removed_locks, 2);
+    let left = lock_files();
+    assert!(
+        !left.contains(&of(&old, "lock")) && !left.contains(&of(&old, "use")),
+        "{left:?}"
+    );
+    assert!(
+        left.contains(&of(&new, "lock")) && left.contains(&of(&new, "use")),
+        "{left:?}"
+    );
+    assert!(
+        left.contains(&of(&ghost, "use")),
+        "a held lock stays: {left:?}"
+    );
+    drop(held);
+    // Once let go, it is collected; and a lock taken after that still works.
+    assert_eq!(store.gc(&keep, gc_options(false)).unwrap().removed_locks, 1);
+    let _lock = store
+        .lock("a", &ghost, || panic!("nobody holds it"))
+        .unwrap();
+    assert!(lock_files().contains(&of(&ghost, "lock")));
+}
+
 // ---- Processes: a writer killed mid-write, and two writers racing. ----
 
 /// Re-runs this test binary as a child that executes one named test with `role` set.

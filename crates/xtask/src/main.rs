@@ -843,9 +843,10 @@ fn gc(session: &Session, graph: &Graph<'_>, options: artifacts::GcOptions) -> Re
         None => "0 for their age (--all)".to_string(),
     };
     println!(
-        "{verb} {} folder(s), {:.1} MB; kept {} folder(s): {} reached by this config, the config file or a preset; {recent}; {} in use",
+        "{verb} {} folder(s), {:.1} MB, and {} stale lock file(s); kept {} folder(s): {} reached by this config, the config file or a preset; {recent}; {} in use",
         report.removed.len(),
         report.removed_bytes as f64 / 1e6,
+        report.removed_locks,
         report.kept_reached + report.kept_recent + report.kept_in_use.len(),
         report.kept_reached,
         report.kept_in_use.len()
