@@ -64,8 +64,8 @@ pub use model::{
 };
 pub use sweep::{ScheduledPoint, SweepScheduler};
 pub use train::{
-    train_sweep, CurvePoint, ProgressEvent, ProgressKind, ResampleEvent, SweepPoint, TrainData,
-    TrainPath, Trained, PROGRESS_EVERY_STEPS,
+    train_sweep, train_sweep_telling, CurvePoint, ProgressEvent, ProgressKind, ResampleEvent,
+    SweepPoint, TrainData, TrainPath, Trained, PROGRESS_EVERY_STEPS,
 };
 // Test hooks (gradients at one batch, per-step losses) for this crate's tests
 // and the real-data comparison in xtask: not part of the API.

@@ -60,6 +60,9 @@ pub(crate) struct Run<'a> {
     pub(crate) failed: Option<SaeError>,
     /// Wall time of the run, once it has trained.
     pub(crate) seconds: f64,
+    /// The result, taken as soon as it trained where the caller asked to hear
+    /// of each point at once (`Shared::on_trained`).
+    pub(crate) trained: Option<crate::Trained>,
 }
 
 /// The training rows as a run sees them.
@@ -77,6 +80,8 @@ pub(crate) struct Shared<'a> {
     /// The input and target scales of `normalised`, computed once.
     pub(crate) scales: Option<(f32, f32)>,
     pub(crate) progress: &'a (dyn Fn(&ProgressEvent) + Sync),
+    /// Told of each point the moment it has trained (from its worker thread).
+    pub(crate) on_trained: Option<&'a (dyn Fn(&str, &crate::Trained) + Sync)>,
     pub(crate) limits: Limits,
 }
 
@@ -405,6 +410,15 @@ pub(crate) fn drive_run<'d>(run: &mut Run, shared: &Shared, exec: &dyn Fn() -> E
         }
     }
     run.seconds = start.elapsed().as_secs_f64();
+    if let (Some(on_trained), None) = (shared.on_trained, &run.failed) {
+        match crate::train::finished(run) {
+            Ok(trained) => {
+                on_trained(run.name, &trained);
+                run.trained = Some(trained);
+            }
+            Err(e) => run.failed = Some(e),
+        }
+    }
 }
 
 pub(crate) fn new_run<'a>(
@@ -462,5 +476,6 @@ pub(crate) fn new_run<'a>(
         scales,
         failed: None,
         seconds: 0.0,
+        trained: None,
     })
 }

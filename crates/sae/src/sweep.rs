@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
-use crate::train::{train_sweep, ProgressEvent, SweepPoint, TrainData, TrainPath, Trained};
+use crate::train::{ProgressEvent, SweepPoint, TrainData, TrainPath, Trained};
 use crate::SaeError;
 
 /// One point of a sweep and the group of points it can train with (those
@@ -42,13 +42,15 @@ impl SweepScheduler {
     }
 
     /// The trained point `name`, training it and its group's pending points on
-    /// `data` unless an earlier call already did.
+    /// `data` unless an earlier call already did. `on_trained` hears of each
+    /// point of the group the moment it has trained.
     pub fn trained(
         &self,
         name: &str,
         data: TrainData,
         path: &TrainPath,
         progress: &(dyn Fn(&ProgressEvent) + Sync),
+        on_trained: &(dyn Fn(&str, &Trained) + Sync),
     ) -> Result<Trained, SaeError> {
         if let Some(done) = self
             .results
@@ -76,7 +78,7 @@ impl SweepScheduler {
             pending.remove(&p.name);
         }
         drop(pending);
-        let results = train_sweep(&group, data, path, progress);
+        let results = crate::train::train_sweep_telling(&group, data, path, progress, on_trained);
         let mut mine = None;
         let mut kept = self.results.lock().expect("no panics while locked");
         for (p, result) in group.into_iter().zip(results) {

@@ -184,7 +184,8 @@ pub(crate) fn drive<'a>(
     points: &'a [SweepPoint],
     data: TrainData,
     path: &TrainPath,
-    progress: &(dyn Fn(&ProgressEvent) + Sync),
+    progress: &'a (dyn Fn(&ProgressEvent) + Sync),
+    on_trained: Option<&'a (dyn Fn(&str, &Trained) + Sync)>,
     limits: Limits,
 ) -> Vec<Result<Run<'a>, SaeError>> {
     if let Err(e) = data.check() {
@@ -230,6 +231,7 @@ pub(crate) fn drive<'a>(
         }),
         scales,
         progress,
+        on_trained,
         limits,
     };
     let mut slots: Vec<Result<Run, SaeError>> = points
@@ -264,6 +266,15 @@ fn clone_shape_error(e: &SaeError) -> SaeError {
 }
 
 fn finish(mut run: Run) -> Result<Trained, SaeError> {
+    match run.trained.take() {
+        Some(trained) => Ok(trained),
+        None => finished(&mut run),
+    }
+}
+
+/// A trained run's result: its exported weights (scales folded in), curve and
+/// latent history. Taken once: the latent snapshots move out of the run.
+pub(crate) fn finished(run: &mut Run) -> Result<Trained, SaeError> {
     let steps_per_epoch = run.schedule_steps / run.cfg.epochs.max(1);
     let latents = run.take_latents(steps_per_epoch);
     let mut sae = run.trainer.export()?;
@@ -272,9 +283,9 @@ fn finish(mut run: Run) -> Result<Trained, SaeError> {
     }
     Ok(Trained {
         sae,
-        curve: run.curve,
+        curve: run.curve.clone(),
         latents,
-        resamples: run.resamples,
+        resamples: run.resamples.clone(),
         steps: run.steps,
         seconds: run.seconds,
     })
@@ -296,7 +307,23 @@ pub fn train_sweep(
     path: &TrainPath,
     progress: &(dyn Fn(&ProgressEvent) + Sync),
 ) -> Vec<Result<Trained, SaeError>> {
-    drive(points, data, path, progress, FULL)
+    drive(points, data, path, progress, None, FULL)
+        .into_iter()
+        .map(|r| r.and_then(finish))
+        .collect()
+}
+
+/// [`train_sweep`], telling `on_trained` of each point the moment it has
+/// trained (from the thread that trained it; the others go on), so a caller
+/// can keep it before the rest of the sweep is done. The same bits.
+pub fn train_sweep_telling(
+    points: &[SweepPoint],
+    data: TrainData,
+    path: &TrainPath,
+    progress: &(dyn Fn(&ProgressEvent) + Sync),
+    on_trained: &(dyn Fn(&str, &Trained) + Sync),
+) -> Vec<Result<Trained, SaeError>> {
+    drive(points, data, path, progress, Some(on_trained), FULL)
         .into_iter()
         .map(|r| r.and_then(finish))
         .collect()

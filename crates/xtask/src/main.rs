@@ -500,7 +500,7 @@ fn stop_cleanly_on_interrupt() {
             None => "between stages".to_string(),
         };
         eprintln!(
-            "\ninterrupted {what}: removed {} staging folder(s); every artifact already built is kept",
+            "\ninterrupted {what}: removed {} staging folder(s); every artifact already built is kept, and every SAE point that finished training (the next run uses it, in .finished/); points still training start over",
             removed.len()
         );
         std::process::exit(130);
@@ -823,6 +823,9 @@ fn gc(session: &Session, graph: &Graph<'_>, options: artifacts::GcOptions) -> Re
     }
     let mut report = session.store.gc(&keep, options).context("gc")?;
     on_demand::collect_dashboards(&session.store, &mut report, options.dry_run)?;
+    let finished = stages::sae::collect_finished(session.store.root(), &keep, options)
+        .context("gc: finished points")?;
+    report.removed.extend(finished);
     let verb = if options.dry_run {
         "would remove"
     } else {

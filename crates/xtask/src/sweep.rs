@@ -23,12 +23,21 @@ use crate::progress::Progress;
 /// (points of one layer and path train together), with a progress bar each.
 pub struct SweepTrainer {
     scheduler: sae::SweepScheduler,
+    /// Each point's params (its key's), by name.
+    params: BTreeMap<String, serde_json::Value>,
+    /// The points this process has trained (their results are held).
+    trained_here: Mutex<BTreeSet<String>>,
     /// Reference-path points run on the first CUDA device.
     pub cuda: bool,
 }
 
 impl SweepTrainer {
     pub fn new(sweep: &SaeSweep) -> Arc<SweepTrainer> {
+        let params = sweep
+            .points()
+            .into_iter()
+            .map(|p| (p.name, p.params))
+            .collect();
         let points = sweep
             .points()
             .into_iter()
@@ -42,6 +51,8 @@ impl SweepTrainer {
             .collect();
         Arc::new(SweepTrainer {
             scheduler: sae::SweepScheduler::new(points),
+            params,
+            trained_here: Mutex::new(BTreeSet::new()),
             cuda: sweep.device == TrainerDevice::Cuda,
         })
     }
@@ -50,7 +61,27 @@ impl SweepTrainer {
         self.scheduler.set_pending(names);
     }
 
-    pub fn trained(&self, point: &Point, train: sae::TrainData) -> Result<Trained, StageError> {
+    /// Whether this process trained the point named `name` (and holds it).
+    pub fn trained_here(&self, name: &str) -> bool {
+        self.trained_here
+            .lock()
+            .expect("no panics while locked")
+            .contains(name)
+    }
+
+    /// The params of the point named `name`.
+    pub fn params_of(&self, name: &str) -> Option<&serde_json::Value> {
+        self.params.get(name)
+    }
+
+    /// The trained `point`; `on_trained` hears of each point of its group
+    /// the moment it has trained (to keep it before the group is done).
+    pub fn trained(
+        &self,
+        point: &Point,
+        train: sae::TrainData,
+        on_trained: &(dyn Fn(&str, &Trained) + Sync),
+    ) -> Result<Trained, StageError> {
         let path = if point.reference_path {
             let device = if self.cuda {
                 Device::new_cuda(0)?
@@ -62,18 +93,30 @@ impl SweepTrainer {
             sae::TrainPath::Fast
         };
         let bars: Mutex<BTreeMap<String, Progress>> = Mutex::new(BTreeMap::new());
-        let trained = self.scheduler.trained(&point.name, train, &path, &|event| {
-            let mut bars = bars.lock().expect("no panics while locked");
-            let bar = bars
-                .entry(event.point.to_string())
-                .or_insert_with(|| Progress::new(event.point, event.steps_total as u64, "steps"));
-            bar.set(event.step as u64, || {
-                format!(
-                    "epoch {}/{} loss {:.3} L0 {:.1}",
-                    event.epoch, event.epochs, event.loss, event.l0
-                )
-            });
-        });
+        let trained = self.scheduler.trained(
+            &point.name,
+            train,
+            &path,
+            &|event| {
+                let mut bars = bars.lock().expect("no panics while locked");
+                let bar = bars.entry(event.point.to_string()).or_insert_with(|| {
+                    Progress::new(event.point, event.steps_total as u64, "steps")
+                });
+                bar.set(event.step as u64, || {
+                    format!(
+                        "epoch {}/{} loss {:.3} L0 {:.1}",
+                        event.epoch, event.epochs, event.loss, event.l0
+                    )
+                });
+            },
+            &|name, trained| {
+                self.trained_here
+                    .lock()
+                    .expect("no panics while locked")
+                    .insert(name.to_string());
+                on_trained(name, trained);
+            },
+        );
         bars.into_inner()
             .expect("no panics while locked")
             .values()

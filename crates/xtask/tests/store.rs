@@ -283,6 +283,108 @@ fn a_store_whose_bookkeeping_cannot_be_written_still_serves_cached_results() {
     assert!(xtask(store, &["verify"]).ok);
 }
 
+/// The SHA-256 of each SAE's weights in `store`, by key.
+fn sae_digests(store: &Path) -> std::collections::BTreeMap<String, String> {
+    std::fs::read_dir(store.join("sae"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().join("manifest.json").is_file())
+        .map(|e| {
+            let bytes = std::fs::read(e.path().join("sae_weights.safetensors")).unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn an_interrupted_sweep_keeps_its_finished_points_and_the_rerun_gives_the_same_bits() {
+    // Two small points finish early; the wide one is still training when
+    // the run is stopped.
+    let sweep = [
+        "--set",
+        "sae.d_sae=[64, 128, 8192]",
+        "--set",
+        "sae.epochs=6",
+    ];
+    let store = testkit::copy_of(built_store());
+    let store = store.path();
+    let mut args = vec!["all"];
+    args.extend(sweep);
+    // A committed point's kept copy is gone: none is left from building the store.
+    assert!(
+        !store.join(".finished").exists()
+            || std::fs::read_dir(store.join(".finished")).unwrap().count() == 0
+    );
+    let mut child = command(store, &args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = until_sae_runs(&mut child);
+    let finished = store.join(".finished");
+    let count = || {
+        std::fs::read_dir(&finished)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let started = Instant::now();
+    while count() < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the small points never finished"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut said).unwrap();
+    assert!(
+        said.contains("every SAE point that finished training (the next run uses it"),
+        "{said}"
+    );
+    assert_eq!(count(), 2, "the wide point had not finished");
+    // The rerun reads the two back and trains only the third.
+    let rerun = xtask(store, &args);
+    assert!(rerun.ok, "{}", rerun.stderr);
+    for small in ["d64", "d128"] {
+        let line = rerun
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("sae/") && l.contains(&format!("/{small}/")))
+            .unwrap();
+        assert!(line.contains("(kept from an interrupted run)"), "{line}");
+    }
+    let wide = rerun
+        .stdout
+        .lines()
+        .find(|l| l.contains("/d8192/"))
+        .unwrap();
+    assert!(
+        wide.contains(" ran ") && !wide.contains("kept from"),
+        "{wide}"
+    );
+    // The same bits as a run never interrupted.
+    let clean = testkit::copy_of(built_store());
+    assert!(xtask(clean.path(), &args).ok);
+    let (resumed, uninterrupted) = (sae_digests(store), sae_digests(clean.path()));
+    assert_eq!(resumed.len(), 4, "{resumed:?}");
+    assert_eq!(resumed, uninterrupted);
+    // Once committed, the kept copies are gone.
+    assert_eq!(count(), 0);
+}
+
 /// Reads a spawned run's stderr until its SAE stage starts; the rest stays readable.
 fn until_sae_runs(child: &mut std::process::Child) -> BufReader<std::process::ChildStderr> {
     let mut stderr = BufReader::new(child.stderr.take().unwrap());

@@ -51,6 +51,7 @@ pub fn build(config: &Config, ctx: &Context) -> Pipeline {
         stages.push(Box::new(sae::SaeStage {
             point,
             trainer: sweep.clone(),
+            store_root: ctx.store_root.clone(),
         }));
     }
     stages.push(Box::new(analysis::AnalysisStage {
@@ -86,10 +87,21 @@ impl Pipeline {
                 p.kind == "sae" && (options.targets.is_empty() || named(&options.targets, p))
             })
             .filter(|p| named(&options.force, p) || !matches!(p.state, artifacts::State::Fresh(_)))
+            // Kept by an interrupted run: read back by its own stage, not retrained.
+            .filter(|p| !sae::finished_dir(store.root(), &p.key).is_dir())
             .map(|p| p.name)
             .collect();
         self.sweep.set_pending(pending);
-        Ok(graph.run(store, options, on_event)?)
+        // A point's kept copy goes once its artifact is committed (or found).
+        let forget_kept = |event: Event<'_>| {
+            if let Event::Finished(outcome) = &event {
+                if let Some(m) = outcome.manifest().filter(|m| m.stage == "sae") {
+                    let _ = std::fs::remove_dir_all(sae::finished_dir(store.root(), &m.key));
+                }
+            }
+            on_event(event);
+        };
+        Ok(graph.run(store, options, &forget_kept)?)
     }
 }
 

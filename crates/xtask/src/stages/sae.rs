@@ -3,13 +3,14 @@
 //! the data stepping every point on each batch, then each is committed as its
 //! own artifact with its final metrics on train and test.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use activations::{ActivationStore, VerifyMode};
-use artifacts::{Stage, StageError, StageInputs};
+use artifacts::{Key, KeySpec, Stage, StageError, StageInputs};
 use candle_core::Device;
 use mlp::Mlp;
+use sae::Trained;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -20,6 +21,113 @@ use crate::sweep::SweepTrainer;
 pub struct SaeStage {
     pub point: Point,
     pub trainer: Arc<SweepTrainer>,
+    /// Where finished points are kept until committed ([`FINISHED`]).
+    pub store_root: PathBuf,
+}
+
+/// `<store>/.finished/<key>/`: each sweep point's SAE folder and training
+/// record, written the moment it has trained (its group may train on), so
+/// an interrupted sweep loses no finished point: the next run's stage for
+/// that key reads it back instead of training. `gc` removes an entry once
+/// its artifact exists.
+pub const FINISHED: &str = ".finished";
+
+pub fn finished_dir(store_root: &Path, key: &Key) -> PathBuf {
+    store_root.join(FINISHED).join(key.as_str())
+}
+
+/// The key the graph gives the point with `params` reading these inputs.
+fn point_key(params: &Value, inputs: &StageInputs) -> Key {
+    KeySpec {
+        stage: "sae".into(),
+        fingerprint: env!("SAELAB_FP_SAE").into(),
+        params: json!({ "sae": params }),
+        inputs: ["activations", "mlp"]
+            .into_iter()
+            .map(|role| (role.to_string(), inputs.manifest(role).key.clone()))
+            .collect(),
+    }
+    .key()
+}
+
+/// Writes a finished point into its [`FINISHED`] folder, whole or not at all
+/// (a temporary folder renamed into place). Best effort: a store that cannot
+/// take it (read-only) only loses the protection.
+fn keep_finished(store_root: &Path, key: &Key, trained: &Trained, origin: &sae::Origin) {
+    let dir = finished_dir(store_root, key);
+    let Some(parent) = dir.parent() else {
+        return;
+    };
+    let tmp = parent.join(format!(".tmp-{key}-{}", std::process::id()));
+    let written = std::fs::create_dir_all(&tmp)
+        .map_err(|e| e.to_string())
+        .and_then(|()| sae::save(&trained.sae, &tmp, origin).map_err(|e| e.to_string()))
+        .and_then(|()| {
+            sae::TrainingRecord::of(trained)
+                .save(&tmp)
+                .map_err(|e| e.to_string())
+        })
+        .and_then(|()| std::fs::rename(&tmp, &dir).map_err(|e| e.to_string()));
+    if written.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+}
+
+/// A point kept by [`keep_finished`], or `None` (absent or unreadable).
+fn load_finished(store_root: &Path, key: &Key) -> Option<Trained> {
+    let dir = finished_dir(store_root, key);
+    let sae = sae::load(&dir).ok()?;
+    let record = sae::TrainingRecord::load(&dir).ok()?;
+    Some(Trained {
+        sae,
+        curve: record.curve,
+        latents: record.latents,
+        resamples: record.resamples,
+        steps: record.steps,
+        seconds: record.seconds,
+    })
+}
+
+/// `gc`'s share for finished points: an entry goes once its artifact exists
+/// (it was committed), or when `keep` does not reach it and it is older than
+/// `options` keep; returns what was (or would be) removed.
+pub fn collect_finished(
+    store_root: &Path,
+    keep: &std::collections::BTreeSet<(String, Key)>,
+    options: artifacts::GcOptions,
+) -> std::io::Result<Vec<PathBuf>> {
+    let old = |path: &Path| match options.keep_newer_than_s {
+        None => true,
+        Some(limit) => std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_none_or(|age| age.as_secs() >= limit),
+    };
+    let root = store_root.join(FINISHED);
+    let Ok(entries) = std::fs::read_dir(&root) else {
+        return Ok(Vec::new());
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let stale = match Key::parse(&name) {
+            Some(key) => {
+                store_root.join("sae").join(key.as_str()).exists()
+                    || (!keep.contains(&("sae".to_string(), key)) && old(&path))
+            }
+            // A temporary folder of a killed writer.
+            None => name.starts_with(".tmp-"),
+        };
+        if stale {
+            if !options.dry_run {
+                std::fs::remove_dir_all(&path)?;
+            }
+            removed.push(path);
+        }
+    }
+    Ok(removed)
 }
 
 /// `metrics.json` of an SAE artifact (also its manifest's metrics): written
@@ -93,11 +201,27 @@ impl Stage for SaeStage {
         };
         let (d_in, d_out) = (self.point.cfg.d_in, self.point.cfg.d_out());
         let data = sae::TrainData::transcoding(&train, d_in, train_target, d_out);
-        let trained = self.trainer.trained(&self.point, data)?;
         let origin = sae::Origin {
             model_name: format!("saelab-mlp-{}", inputs.manifest("mlp").key),
             hook_name: layer.clone(),
             hook_name_out: targets.is_some().then(|| output.clone()),
+        };
+        let key = point_key(&self.point.params, inputs);
+        // Trained in this run: held in memory. Else perhaps kept by one
+        // that was interrupted.
+        let kept = (!self.trainer.trained_here(&self.point.name))
+            .then(|| load_finished(&self.store_root, &key))
+            .flatten();
+        let from_before = kept.is_some();
+        let trained = match kept {
+            Some(trained) => trained,
+            // Its group shares its layers, so its origin.
+            None => self.trainer.trained(&self.point, data, &|name, trained| {
+                if let Some(params) = self.trainer.params_of(name) {
+                    let key = point_key(params, inputs);
+                    keep_finished(&self.store_root, &key, trained, &origin);
+                }
+            })?,
         };
         sae::save(&trained.sae, out, &origin)?;
         sae::TrainingRecord::of(&trained).save(out)?;
@@ -122,13 +246,18 @@ impl Stage for SaeStage {
             // Points of a sweep train together, so the stage's own wall time
             // is the group's for the first point and ~0 for the rest.
             headline: format!(
-                "L0 {:.1}, EV {:.3}, dead {}/{}, CE recovered {:.3}, trained in {:.1} s",
+                "L0 {:.1}, EV {:.3}, dead {}/{}, CE recovered {:.3}, trained in {:.1} s{}",
                 on_test.l0,
                 on_test.explained_variance,
                 on_train.dead,
                 trained.sae.d_sae(),
                 downstream.ce_recovered_zero,
-                trained.seconds
+                trained.seconds,
+                if from_before {
+                    " (kept from an interrupted run)"
+                } else {
+                    ""
+                }
             ),
             train: on_train,
             test: on_test,
