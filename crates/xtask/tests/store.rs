@@ -355,10 +355,32 @@ fn an_interrupted_sweep_keeps_its_finished_points_and_the_rerun_gives_the_same_b
         "{said}"
     );
     assert_eq!(count(), 2, "the wide point had not finished");
-    // The rerun reads the two back and trains only the third.
+    // A kept copy whose bytes changed is not used: that point trains again.
+    let kept: Vec<std::path::PathBuf> = std::fs::read_dir(&finished)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let d64 = kept
+        .iter()
+        .find(|dir| {
+            let cfg = std::fs::read_to_string(dir.join("cfg.json")).unwrap();
+            cfg.contains("\"d_sae\": 64,")
+        })
+        .expect("the d64 point was kept");
+    let weights = d64.join("sae_weights.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&weights, bytes).unwrap();
+    // The rerun reads the other back and trains the two others.
     let rerun = xtask(store, &args);
     assert!(rerun.ok, "{}", rerun.stderr);
-    for small in ["d64", "d128"] {
+    let d64_line = rerun.stdout.lines().find(|l| l.contains("/d64/")).unwrap();
+    assert!(
+        d64_line.contains(" ran ") && !d64_line.contains("kept from"),
+        "{d64_line}"
+    );
+    for small in ["d128"] {
         let line = rerun
             .stdout
             .lines()

@@ -67,15 +67,44 @@ fn keep_finished(store_root: &Path, key: &Key, trained: &Trained, origin: &sae::
                 .save(&tmp)
                 .map_err(|e| e.to_string())
         })
+        .and_then(|()| {
+            // Last: what the files must hash to when read back.
+            let digests = file_digests(&tmp)?;
+            let text = serde_json::to_string(&digests).map_err(|e| e.to_string())?;
+            std::fs::write(tmp.join(KEPT_DIGESTS), text).map_err(|e| e.to_string())
+        })
         .and_then(|()| std::fs::rename(&tmp, &dir).map_err(|e| e.to_string()));
     if written.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
 }
 
-/// A point kept by [`keep_finished`], or `None` (absent or unreadable).
+/// In a kept point's folder: the SHA-256 of each of its other files.
+const KEPT_DIGESTS: &str = "digests.json";
+
+/// File name -> SHA-256 of every file in `dir` but [`KEPT_DIGESTS`].
+fn file_digests(dir: &Path) -> Result<std::collections::BTreeMap<String, String>, String> {
+    let mut digests = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| e.to_string())? {
+        let entry = entry.map_err(|e| e.to_string())?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name != KEPT_DIGESTS {
+            let digest = artifacts::sha256_file(&entry.path()).map_err(|e| e.to_string())?;
+            digests.insert(name, digest);
+        }
+    }
+    Ok(digests)
+}
+
+/// A point kept by [`keep_finished`] whose files still hash as they did when
+/// kept, or `None` (absent, changed or unreadable: it is trained again).
 fn load_finished(store_root: &Path, key: &Key) -> Option<Trained> {
     let dir = finished_dir(store_root, key);
+    let recorded: std::collections::BTreeMap<String, String> =
+        serde_json::from_slice(&std::fs::read(dir.join(KEPT_DIGESTS)).ok()?).ok()?;
+    if file_digests(&dir).ok()? != recorded {
+        return None;
+    }
     let sae = sae::load(&dir).ok()?;
     let record = sae::TrainingRecord::load(&dir).ok()?;
     Some(Trained {
