@@ -477,20 +477,26 @@ fn gc_options(dry_run: bool) -> GcOptions {
     }
 }
 
+/// Two builds of stage `a`; what a config of the second reaches, and the
+/// keys of the first (unreached) and the second.
+fn two_builds_keeping_the_second(store: &Store) -> (BTreeSet<(String, Key)>, Key, Key) {
+    let (a1, a2) = (toy("a", 1, &[]), toy("a", 2, &[]));
+    run_all(store, &[&a1]);
+    run_all(store, &[&a2]);
+    let keep: BTreeSet<_> = Graph::new(&[&a2])
+        .unwrap()
+        .plan(store)
+        .into_iter()
+        .map(|p| (p.kind, p.key))
+        .collect();
+    (keep, key_of(&[&a1], store, "a"), key_of(&[&a2], store, "a"))
+}
+
 #[test]
 fn gc_removes_what_no_config_reaches() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let (a1, a2) = (toy("a", 1, &[]), toy("a", 2, &[]));
-    run_all(&store, &[&a1]);
-    run_all(&store, &[&a2]);
-    let keep: BTreeSet<_> = Graph::new(&[&a2])
-        .unwrap()
-        .plan(&store)
-        .into_iter()
-        .map(|p| (p.kind, p.key))
-        .collect();
-    let old = key_of(&[&a1], &store, "a");
+    let (keep, old, _) = two_builds_keeping_the_second(&store);
     // Built just now: a 7-day age limit keeps it.
     let recent = store
         .gc(
@@ -539,16 +545,7 @@ fn gc_removes_what_no_config_reaches() {
 fn gc_removes_lock_files_whose_artifact_is_gone_unless_held() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let (a1, a2) = (toy("a", 1, &[]), toy("a", 2, &[]));
-    run_all(&store, &[&a1]);
-    run_all(&store, &[&a2]);
-    let keep: BTreeSet<_> = Graph::new(&[&a2])
-        .unwrap()
-        .plan(&store)
-        .into_iter()
-        .map(|p| (p.kind, p.key))
-        .collect();
-    let (old, new) = (key_of(&[&a1], &store, "a"), key_of(&[&a2], &store, "a"));
+    let (keep, old, new) = two_builds_keeping_the_second(&store);
     let locks = dir.path().join(".locks");
     let lock_files = || {
         let mut names: Vec<String> = fs::read_dir(&locks)

@@ -14,6 +14,9 @@ use super::verdict::{
     architecture, contests, family_verdict, feature_wins, live_fraction, run_verdict,
     sweep_verdict, FEW_LIVE,
 };
+use crate::digit_probe::DigitProbe;
+use crate::probe::ProbeResult;
+use crate::stats::MiSummary;
 use crate::types::{AnalysisConfig, RunInfo, SaeSummary};
 
 /// The neurons' layer for the table's last row: the first SAE's, or what the
@@ -44,6 +47,37 @@ fn f3(v: f64) -> String {
     format!("{v:.3}")
 }
 
+/// The label-information cells both kinds of row share: best and live-mean
+/// binary and binned MI, the best detector and its AUROC, each probe's test
+/// accuracy at `ks`, and (`digit`) the per-digit probe at k = 1.
+fn label_cells(
+    mi: &MiSummary,
+    probes: &[ProbeResult],
+    digit_probes: &[DigitProbe],
+    ks: &[usize],
+    digit: bool,
+) -> String {
+    let detector = mi.best_detector.as_ref();
+    let mut cells: Vec<String> = vec![
+        f3(mi.max_mi_bits),
+        f3(mi.live_mean_mi_bits),
+        f3(mi.max_mi_binned_bits),
+        f3(mi.live_mean_mi_binned_bits),
+        detector.map_or(String::new(), |(_, d)| format!("{}, {:.3}", d.class, d.f1)),
+        detector.map_or(String::new(), |(_, d)| f3(d.auroc)),
+    ];
+    cells.extend(ks.iter().map(|k| {
+        probes
+            .iter()
+            .find(|p| p.k == *k)
+            .map_or(String::new(), |p| f3(p.test_accuracy))
+    }));
+    if digit {
+        cells.push(f3(crate::digit_probe::mean_accuracy(digit_probes, 1)));
+    }
+    cells.iter().map(|c| format!("<td>{c}</td>")).collect()
+}
+
 /// One row per SAE and one for the neurons: every number with its split.
 fn verdict_table(summaries: &[SaeSummary]) -> String {
     let Some(first) = summaries.first() else {
@@ -65,15 +99,14 @@ fn verdict_table(summaries: &[SaeSummary]) -> String {
     }
     out.push_str("</tr>");
     for s in summaries {
-        let f = &s.features;
-        let live = f.units - f.dead;
+        let live = s.features.units - s.features.dead;
         let few = live_fraction(s) < FEW_LIVE;
-        let detector = f.best_detector.as_ref();
         let m = &s.metrics;
+        let delta = |d: Option<f64>| d.map_or(String::new(), |d| format!("{d:+.4}"));
         let _ = write!(
             out,
             "<tr{}><td><a href=\"{}/{SAE_PAGE}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{live} ({:.0}%)</td><td>{:.1}</td><td>{:.4}{}</td>\
-<td>{:.4}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>",
+<td>{:.4}</td><td>{}</td><td>{}</td>{}</tr>",
             if few { " class=\"few\"" } else { "" },
             escape(&s.name),
             escape(&s.name),
@@ -85,71 +118,21 @@ fn verdict_table(summaries: &[SaeSummary]) -> String {
             m.explained_variance,
             if is_transcoder(s) { "&dagger;" } else { "" },
             m.ce_recovered,
-            s.downstream.map_or(String::new(), |d| format!("{:+.4}", d.spliced_loss - d.clean_loss)),
-            s.downstream.map_or(String::new(), |d| format!("{:+.4}", m.spliced_accuracy - d.clean_accuracy)),
-            f3(f.max_mi_bits),
-            f3(f.live_mean_mi_bits),
-            f3(f.max_mi_binned_bits),
-            f3(f.live_mean_mi_binned_bits),
-            detector.map_or(String::new(), |(_, d)| format!("{}, {:.3}", d.class, d.f1)),
-            detector.map_or(String::new(), |(_, d)| f3(d.auroc)),
+            delta(s.downstream.map(|d| d.spliced_loss - d.clean_loss)),
+            delta(s.downstream.map(|d| m.spliced_accuracy - d.clean_accuracy)),
+            label_cells(&s.features, &s.feature_probes, &s.feature_digit_probes, &ks, digit),
         );
-        for k in &ks {
-            let acc = s.feature_probes.iter().find(|p| p.k == *k);
-            let _ = write!(
-                out,
-                "<td>{}</td>",
-                acc.map_or(String::new(), |p| f3(p.test_accuracy))
-            );
-        }
-        if digit {
-            let _ = write!(
-                out,
-                "<td>{}</td>",
-                f3(crate::digit_probe::mean_accuracy(
-                    &s.feature_digit_probes,
-                    1
-                ))
-            );
-        }
-        out.push_str("</tr>");
     }
     let n = &first.neurons;
-    let detector = n.best_detector.as_ref();
     let _ = write!(
         out,
-        "<tr class=\"neurons\"><td>MLP {} neurons</td><td></td><td>neurons</td><td>{}</td><td>{} ({:.0}%)</td><td></td><td></td><td></td><td></td><td></td>\
-<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>",
+        "<tr class=\"neurons\"><td>MLP {} neurons</td><td></td><td>neurons</td><td>{}</td><td>{} ({:.0}%)</td><td></td><td></td><td></td><td></td><td></td>{}</tr></table></div>",
         escape(&neuron_layer(summaries)),
         n.units,
         n.units - n.dead,
         100.0 * (n.units - n.dead) as f64 / n.units.max(1) as f64,
-        f3(n.max_mi_bits),
-        f3(n.live_mean_mi_bits),
-        f3(n.max_mi_binned_bits),
-        f3(n.live_mean_mi_binned_bits),
-        detector.map_or(String::new(), |(_, d)| format!("{}, {:.3}", d.class, d.f1)),
-        detector.map_or(String::new(), |(_, d)| f3(d.auroc)),
+        label_cells(n, &first.neuron_probes, &first.neuron_digit_probes, &ks, digit),
     );
-    for k in &ks {
-        let acc = first.neuron_probes.iter().find(|p| p.k == *k);
-        let _ = write!(
-            out,
-            "<td>{}</td>",
-            acc.map_or(String::new(), |p| f3(p.test_accuracy))
-        );
-    }
-    if digit {
-        let _ = write!(
-            out,
-            "<td>{}</td>",
-            f3(crate::digit_probe::mean_accuracy(
-                &first.neuron_digit_probes,
-                1
-            ))
-        );
-    }
-    out.push_str("</tr></table></div>");
     let measures: Vec<String> = contests(first).into_iter().map(|c| c.measure).collect();
     let _ = write!(
         out,
