@@ -109,6 +109,46 @@ pub fn render(
         &digit_grid(input, feature, &active),
         &stem("digits"),
     )?);
+    let mut top_rows: Vec<(usize, f32, u8)> =
+        active.iter().map(|&(r, v)| (r, v, labels[r])).collect();
+    top_rows.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    top_rows.truncate(TOP_ROWS);
+    // The detector's false negatives: rows of its class the feature misses.
+    let misses = input.stats.detector.as_ref().map(|d| {
+        let fired: std::collections::HashSet<usize> = active.iter().map(|&(r, _)| r).collect();
+        let class_rows: Vec<usize> = (0..labels.len())
+            .filter(|&r| labels[r] == d.class)
+            .collect();
+        let missed: Vec<usize> = class_rows
+            .iter()
+            .copied()
+            .filter(|r| !fired.contains(r))
+            .collect();
+        (missed.len(), class_rows.len(), missed)
+    });
+    if let Some((_, _, missed)) = &misses {
+        if !missed.is_empty() {
+            let pixels = input.layer.train_pixels;
+            let grid = DigitGrid {
+                title: format!(
+                    "feature {feature}: its detector's false negatives (digits {} it does not fire on, first {})",
+                    input.stats.detector.as_ref().map_or(0, |d| d.class),
+                    missed.len().min(input.cfg.digits_per_group.max(1))
+                ),
+                columns: input.cfg.digits_per_group.max(1),
+                tiles: missed
+                    .iter()
+                    .take(input.cfg.digits_per_group.max(1))
+                    .map(|&r| Tile {
+                        caption: format!("#{r}"),
+                        pixels: pixels[r * 784..(r + 1) * 784].iter().map(|&p| p as f32).collect(),
+                    })
+                    .collect(),
+            };
+            images.push(plots::save_digit_grid(&grid, &stem("misses"))?);
+        }
+    }
+    let misses = misses.map(|(n, of, missed)| (n, of, missed.into_iter().take(TOP_ROWS).collect()));
 
     let values: Vec<f64> = active.iter().map(|&(_, v)| v as f64).collect();
     let (bins, width) = plots::histogram(&values, 30);
@@ -233,6 +273,8 @@ pub fn render(
     Ok(Dashboard {
         feature,
         reason: reason.to_string(),
+        top_rows,
+        misses,
         mi_bits: input.stats.mi_bits,
         mi_binned_bits: input.stats.mi_binned_bits,
         freq_train: input.stats.freq_train,
@@ -355,6 +397,8 @@ fn logit_effect(
 
 /// How many units or features each neighbour list of a dashboard shows.
 const NEIGHBOURS: usize = 5;
+/// Top activations and false negatives listed by dataset index.
+const TOP_ROWS: usize = 10;
 
 /// The `n` largest of `(index, value)` by |value|, ties by index.
 fn top_by_magnitude(values: impl Iterator<Item = (usize, f64)>, n: usize) -> Vec<(usize, f64)> {

@@ -193,6 +193,14 @@ pub struct Dashboard {
     pub feature: usize,
     /// Why it was chosen (one of [`crate::dashboard::pick`]'s criteria).
     pub reason: String,
+    /// Its top activations on train: (dataset index, value, label), highest first.
+    #[serde(default)]
+    pub top_rows: Vec<(usize, f32, u8)>,
+    /// Its detector's false negatives: train rows of the detected class where
+    /// it does not fire, how many of that class's rows, and the first few
+    /// dataset indices (drawn in the `misses` image).
+    #[serde(default)]
+    pub misses: Option<(usize, usize, Vec<usize>)>,
     pub mi_bits: f64,
     pub mi_binned_bits: f64,
     pub freq_train: f64,

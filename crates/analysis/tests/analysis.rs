@@ -612,6 +612,62 @@ fn analysis_writes_tables_plots_and_a_report_that_renders() {
     shown.dedup();
     assert_eq!(shown.len(), 5);
     assert_eq!(s.dashboards[0].logit_effect.len(), CLASSES);
+    // Each dashboard's top activations and its detector's misses, recomputed
+    // from feature_acts.parquet.
+    let acts = tables::read_parquet(&s.dir.join("feature_acts.parquet")).unwrap();
+    let mut checked_misses = 0;
+    for d in &s.dashboards {
+        let mine = acts
+            .clone()
+            .lazy()
+            .filter(
+                col("split")
+                    .eq(lit("train"))
+                    .and(col("feature").eq(lit(d.feature as u32))),
+            )
+            .sort(
+                ["value"],
+                SortMultipleOptions::default().with_order_descending(true),
+            )
+            .collect()
+            .unwrap();
+        let rows: Vec<u32> = mine
+            .column("row")
+            .unwrap()
+            .u32()
+            .unwrap()
+            .into_no_null_iter()
+            .collect();
+        let values: Vec<f32> = mine
+            .column("value")
+            .unwrap()
+            .f32()
+            .unwrap()
+            .into_no_null_iter()
+            .collect();
+        let mut expected: Vec<(usize, f32)> = rows
+            .iter()
+            .zip(&values)
+            .map(|(&r, &v)| (r as usize, v))
+            .collect();
+        expected.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let shown: Vec<(usize, f32)> = d.top_rows.iter().map(|&(r, v, _)| (r, v)).collect();
+        assert_eq!(shown, expected[..shown.len().min(expected.len())].to_vec());
+        assert!(d.top_rows.iter().all(|&(r, _, y)| f.train_labels[r] == y));
+        let (Some((missed, of, first)), Some(det)) = (&d.misses, &d.detector) else {
+            continue;
+        };
+        let class_rows = f.train_labels.iter().filter(|&&y| y == det.class).count();
+        let fired_in_class = rows
+            .iter()
+            .filter(|&&r| f.train_labels[r as usize] == det.class)
+            .count();
+        assert_eq!((*of, *missed), (class_rows, class_rows - fired_in_class));
+        assert!((1.0 - *missed as f64 / *of as f64 - det.recall).abs() < 1e-12);
+        assert!(first
+            .iter()
+            .all(|&r| f.train_labels[r] == det.class && !rows.contains(&(r as u32))));
+    }
     let probes = tables::read_parquet(&s.dir.join("probes.parquet")).unwrap();
     assert_eq!(probes.height(), 4);
 

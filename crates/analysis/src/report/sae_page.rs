@@ -195,6 +195,34 @@ Its effect on each class logit (with it minus without it, mean over {} rows): {}
         pairs("unit", &d.correlated_units, |r| format!("r = {r:+.3}")),
         pairs("feature", &d.nearest_features, |c| format!("cos {c:.3}")),
     );
+    if !d.top_rows.is_empty() {
+        let rows: Vec<String> = d
+            .top_rows
+            .iter()
+            .map(|(r, v, y)| format!("#{r} ({v:.3}, digit {y})"))
+            .collect();
+        let _ = write!(
+            html,
+            "<p>Top activations on train (dataset index, value, label): {}.</p>",
+            rows.join(", ")
+        );
+    }
+    if let (Some((missed, of, first)), Some(det)) = (&d.misses, &d.detector) {
+        let _ = write!(
+            html,
+            "<p>Its detector misses {missed} of the {of} train rows of digit {} (recall {:.3}){}.</p>",
+            det.class,
+            1.0 - *missed as f64 / (*of).max(1) as f64,
+            if first.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; the first: {}",
+                    first.iter().map(|r| format!("#{r}")).collect::<Vec<_>>().join(", ")
+                )
+            }
+        );
+    }
     for png in &d.images {
         let name = png
             .file_stem()
