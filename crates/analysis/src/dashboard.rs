@@ -83,8 +83,9 @@ pub struct DashboardInput<'a> {
     pub reads: &'a LayerData<'a>,
     /// The layer its output replaces, for the logit effect.
     pub writes: &'a str,
-    /// The train rows' non-zero activations.
+    /// The train and test rows' non-zero activations.
     pub acts_train: &'a crate::tables::SparseActs,
+    pub acts_test: &'a crate::tables::SparseActs,
     pub stats: &'a UnitStats,
     pub counts: &'a UnitCounts,
     pub cfg: &'a AnalysisConfig,
@@ -152,20 +153,43 @@ pub fn render(
 
     let values: Vec<f64> = active.iter().map(|&(_, v)| v as f64).collect();
     let (bins, width) = plots::histogram(&values, 30);
+    // Both splits as shares of their rows, on the train bins, so a feature
+    // that fires differently on test shows it.
+    let (train_rows, test_rows) = (
+        labels.len().max(1) as f64,
+        input.layer.test_labels.len().max(1) as f64,
+    );
+    let active_test: Vec<(usize, f32)> = input.acts_test.column(feature);
+    let mut test_share = vec![0.0; bins.len()];
+    if let (Some(first), true) = (bins.first(), width > 0.0) {
+        let lo = first.0 - width / 2.0;
+        for &(_, v) in &active_test {
+            let b = (((v as f64 - lo) / width).max(0.0) as usize).min(bins.len() - 1);
+            test_share[b] += 1.0 / test_rows;
+        }
+    }
     images.push(
         plots::save_figure(
             &Figure {
                 title: format!(
-                    "feature {feature}: activation where active ({} rows)",
-                    active.len()
+                    "feature {feature}: activation where active (train {} rows, test {})",
+                    active.len(),
+                    active_test.len()
                 ),
                 x_label: "activation".into(),
-                y_label: "train rows".into(),
-                layers: vec![Layer {
-                    name: "all".into(),
-                    mark: Mark::Bars { width },
-                    points: bins.clone(),
-                }],
+                y_label: "share of the split's rows".into(),
+                layers: vec![
+                    Layer {
+                        name: "train".into(),
+                        mark: Mark::Bars { width },
+                        points: bins.iter().map(|&(x, c)| (x, c / train_rows)).collect(),
+                    },
+                    Layer {
+                        name: "test".into(),
+                        mark: Mark::Lines,
+                        points: bins.iter().map(|b| b.0).zip(test_share).collect(),
+                    },
+                ],
                 ..Default::default()
             },
             &stem("acts"),
