@@ -1,5 +1,8 @@
 //! Tests of the analysis crate: statistics against hand-made answers and an
 //! independent polars computation, tables, probes, plots, report and queries.
+//!
+//! Over 600 lines: the cases share one synthetic fixture and the headless
+//! Chromium helpers; the report's checks read the summaries its analysis made.
 
 use std::path::{Path, PathBuf};
 

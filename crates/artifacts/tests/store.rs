@@ -1,5 +1,8 @@
 //! The store and the runner with toy stages: what reruns, what a killed or
 //! concurrent writer leaves behind, and what gc removes.
+//!
+//! Over 600 lines: the toy stages and the child-process helpers serve every
+//! case here.
 
 use std::collections::BTreeSet;
 use std::fs;

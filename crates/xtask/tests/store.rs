@@ -1,6 +1,9 @@
 //! The store as a hostile but realistic user meets it: bytes flipped in place,
 //! bookkeeping that cannot be written, a run stopped by a signal, and gc
 //! beside a run. Every damage is done to a copy of one store built once.
+//!
+//! Over 600 lines: every case shares that store and the signal helpers;
+//! split, each file would rebuild the store.
 
 mod support;
 
