@@ -299,3 +299,50 @@ impl Stage for SaeStage {
         Ok(serde_json::to_value(&metrics)?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gc_lets_kept_points_go_once_committed_unreached_and_old_or_half_written() {
+        let store = tempfile::tempdir().unwrap();
+        let root = store.path();
+        let key = |k: &str| Key::parse(k).unwrap();
+        let (committed, reached, unreached) = (
+            key("00000000000000aa"),
+            key("00000000000000bb"),
+            key("00000000000000cc"),
+        );
+        for k in [&committed, &reached, &unreached] {
+            std::fs::create_dir_all(finished_dir(root, k)).unwrap();
+        }
+        std::fs::create_dir_all(root.join("sae").join(committed.as_str())).unwrap();
+        let tmp = root.join(FINISHED).join(".tmp-00000000000000dd-42");
+        std::fs::create_dir_all(&tmp).unwrap();
+        let keep: std::collections::BTreeSet<(String, Key)> =
+            [("sae".to_string(), reached.clone())].into();
+        let options = |dry_run, keep_newer_than_s| artifacts::GcOptions {
+            keep_newer_than_s,
+            dry_run,
+        };
+        // Just written: an unreached entry is kept for its age, as artifacts are.
+        let mut removed = collect_finished(root, &keep, options(true, Some(86_400))).unwrap();
+        removed.sort();
+        let mut expected = vec![finished_dir(root, &committed), tmp.clone()];
+        expected.sort();
+        assert_eq!(removed, expected);
+        assert!(tmp.exists(), "a dry run removes nothing");
+        // Whatever its age: the unreached one goes too; the reached one stays.
+        let removed = collect_finished(root, &keep, options(false, None)).unwrap();
+        assert_eq!(removed.len(), 3);
+        assert!(finished_dir(root, &reached).exists());
+        for gone in [
+            finished_dir(root, &committed),
+            finished_dir(root, &unreached),
+            tmp,
+        ] {
+            assert!(!gone.exists(), "{}", gone.display());
+        }
+    }
+}
