@@ -575,7 +575,7 @@ pub fn analyse_sweep(
     run_info: &crate::types::RunInfo,
     cfg: &AnalysisConfig,
     out_dir: &Path,
-    on_analysed: &(dyn Fn(usize, &SaeSummary) + Sync),
+    on_analysed: &dyn Fn(usize, &SaeSummary),
 ) -> Result<(PathBuf, Vec<SaeSummary>), AnalysisError> {
     let baseline = Baseline::compute(layer, cfg)?;
     for run in runs {

@@ -140,10 +140,7 @@ pub fn render(
                 tiles: missed
                     .iter()
                     .take(input.cfg.digits_per_group.max(1))
-                    .map(|&r| Tile {
-                        caption: format!("#{r}"),
-                        pixels: pixels[r * 784..(r + 1) * 784].iter().map(|&p| p as f32).collect(),
-                    })
+                    .map(|&r| digit_tile(pixels, r, format!("#{r}")))
                     .collect(),
             };
             images.push(plots::save_digit_grid(&grid, &stem("misses"))?);
@@ -317,6 +314,17 @@ pub fn render(
     })
 }
 
+/// Train image `row` as a tile captioned `caption`.
+fn digit_tile(pixels: &[u8], row: usize, caption: String) -> Tile {
+    Tile {
+        caption,
+        pixels: pixels[row * 784..(row + 1) * 784]
+            .iter()
+            .map(|&p| p as f32)
+            .collect(),
+    }
+}
+
 /// Top-activating digits at several activation quantiles, then the mean input image.
 fn digit_grid(input: &DashboardInput, feature: usize, active: &[(usize, f32)]) -> DigitGrid {
     let per_group = input.cfg.digits_per_group.max(1);
@@ -324,12 +332,8 @@ fn digit_grid(input: &DashboardInput, feature: usize, active: &[(usize, f32)]) -
     sorted.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     let pixels = input.layer.train_pixels;
     let labels = input.layer.train_labels;
-    let tile = |group: &str, (row, value): (usize, f32)| Tile {
-        caption: format!("{group} {value:.2} y{}", labels[row]),
-        pixels: pixels[row * 784..(row + 1) * 784]
-            .iter()
-            .map(|&p| p as f32)
-            .collect(),
+    let tile = |group: &str, (row, value): (usize, f32)| {
+        digit_tile(pixels, row, format!("{group} {value:.2} y{}", labels[row]))
     };
     let mut tiles = Vec::new();
     // Quantile q of the activation: ranks around (1 - q) * n in the descending order.
