@@ -41,6 +41,15 @@ impl SweepScheduler {
         *self.pending.lock().expect("no panics while locked") = names;
     }
 
+    /// Whether an earlier call trained the point `name` with its group and
+    /// holds its result.
+    pub fn holds(&self, name: &str) -> bool {
+        self.results
+            .lock()
+            .expect("no panics while locked")
+            .contains_key(name)
+    }
+
     /// The trained point `name`, training it and its group's pending points on
     /// `data` unless an earlier call already did. `on_trained` hears of each
     /// point of the group the moment it has trained.

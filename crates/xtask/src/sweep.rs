@@ -25,21 +25,18 @@ pub struct SweepTrainer {
     scheduler: sae::SweepScheduler,
     /// Each point's params (its key's), by name.
     params: BTreeMap<String, serde_json::Value>,
-    /// The points this process has trained (their results are held).
-    trained_here: Mutex<BTreeSet<String>>,
     /// Reference-path points run on the first CUDA device.
     pub cuda: bool,
 }
 
 impl SweepTrainer {
     pub fn new(sweep: &SaeSweep) -> Arc<SweepTrainer> {
-        let params = sweep
-            .points()
-            .into_iter()
-            .map(|p| (p.name, p.params))
+        let points = sweep.points();
+        let params = points
+            .iter()
+            .map(|p| (p.name.clone(), p.params.clone()))
             .collect();
-        let points = sweep
-            .points()
+        let points = points
             .into_iter()
             .map(|p| sae::ScheduledPoint {
                 group: format!("{}/{}/{}", p.layer, p.output, p.reference_path),
@@ -52,7 +49,6 @@ impl SweepTrainer {
         Arc::new(SweepTrainer {
             scheduler: sae::SweepScheduler::new(points),
             params,
-            trained_here: Mutex::new(BTreeSet::new()),
             cuda: sweep.device == TrainerDevice::Cuda,
         })
     }
@@ -61,12 +57,10 @@ impl SweepTrainer {
         self.scheduler.set_pending(names);
     }
 
-    /// Whether this process trained the point named `name` (and holds it).
-    pub fn trained_here(&self, name: &str) -> bool {
-        self.trained_here
-            .lock()
-            .expect("no panics while locked")
-            .contains(name)
+    /// Whether this process trained the point named `name` with an earlier
+    /// point of its group and holds it.
+    pub fn holds(&self, name: &str) -> bool {
+        self.scheduler.holds(name)
     }
 
     /// The params of the point named `name`.
@@ -109,13 +103,7 @@ impl SweepTrainer {
                     )
                 });
             },
-            &|name, trained| {
-                self.trained_here
-                    .lock()
-                    .expect("no panics while locked")
-                    .insert(name.to_string());
-                on_trained(name, trained);
-            },
+            on_trained,
         );
         bars.into_inner()
             .expect("no panics while locked")

@@ -236,9 +236,9 @@ impl Stage for SaeStage {
             hook_name_out: targets.is_some().then(|| output.clone()),
         };
         let key = point_key(&self.point.params, inputs);
-        // Trained in this run: held in memory. Else perhaps kept by one
-        // that was interrupted.
-        let kept = (!self.trainer.trained_here(&self.point.name))
+        // Trained in this run with an earlier point: held in memory. Else
+        // perhaps kept by a run that was interrupted.
+        let kept = (!self.trainer.holds(&self.point.name))
             .then(|| load_finished(&self.store_root, &key))
             .flatten();
         let from_before = kept.is_some();
