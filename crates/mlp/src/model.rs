@@ -157,6 +157,43 @@ impl Mlp {
         Ok(out)
     }
 
+    /// Per row r of raw `pixels`, the gradient with respect to its normalised
+    /// input of `site(x_r) . directions[r]`: which pixels push layer `site`
+    /// along that direction at that image (the ReLU gates of the image held).
+    /// `directions` is `[rows, width of site]`; returns `[rows, 784]`.
+    pub fn input_gradients(
+        &self,
+        pixels: &[u8],
+        site: &str,
+        directions: &[f32],
+    ) -> Result<Vec<f32>, MlpError> {
+        let rows = pixels.len() / INPUT;
+        let width = crate::layer_width(site).ok_or_else(|| {
+            MlpError::Input(format!(
+                "unknown layer {site}; layers are {}",
+                LAYER_NAMES.join(", ")
+            ))
+        })?;
+        if pixels.len() != rows * INPUT || directions.len() != rows * width {
+            return Err(MlpError::Input(format!(
+                "input gradients: {} pixels and {} direction values for {rows} rows of {site} (width {width})",
+                pixels.len(),
+                directions.len()
+            )));
+        }
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        let x = candle_core::Var::from_tensor(&self.input(pixels)?)?;
+        let layers = self.forward_all(x.as_tensor())?;
+        let along = Tensor::from_slice(directions, (rows, width), &self.device)?;
+        let grads = (&layers[site] * along)?.sum_all()?.backward()?;
+        let grad = grads
+            .get(x.as_tensor())
+            .expect("the input is a variable of the objective");
+        Ok(grad.flatten_all()?.to_vec1::<f32>()?)
+    }
+
     /// Mean cross-entropy and accuracy of `logits` [rows, 10] against `labels`.
     pub fn score(logits: &Tensor, labels: &[u8]) -> Result<Evaluation, MlpError> {
         let device = logits.device();
