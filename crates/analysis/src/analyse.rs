@@ -5,8 +5,10 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use crate::atlas::{self, Atlas};
 use crate::dashboard;
 use crate::digit_probe::{self, DigitProbe};
+use crate::feature_tables::FeatureTables;
 use crate::labelinfo;
 use crate::plots::{self, Figure, Layer, Mark};
 use crate::probe::{self, ProbeData, ProbeResult};
@@ -92,6 +94,30 @@ pub fn analyse_sae(
     cfg: &AnalysisConfig,
     out_dir: &Path,
 ) -> Result<SaeSummary, AnalysisError> {
+    let (mut summary, atlas) = analyse_one(layer, baseline, run, cfg, out_dir)?;
+    let start = Instant::now();
+    let atlases = [atlas];
+    crate::report::write_feature_pages(&atlases, &atlas::best_matches(&atlases)?)?;
+    summary.timings.pages_s += start.elapsed().as_secs_f64();
+    write_summary(&summary, out_dir)?;
+    Ok(summary)
+}
+
+fn write_summary(summary: &SaeSummary, out_dir: &Path) -> Result<(), AnalysisError> {
+    let json_path = out_dir.join("summary.json");
+    let json = serde_json::to_string_pretty(summary).expect("summary serialises");
+    std::fs::write(&json_path, json).map_err(AnalysisError::io(&json_path))
+}
+
+/// [`analyse_sae`] less its feature pages: the atlas they are written from,
+/// once every SAE of the run has one to match against.
+fn analyse_one(
+    layer: &LayerData,
+    baseline: &Baseline,
+    run: &SaeRun,
+    cfg: &AnalysisConfig,
+    out_dir: &Path,
+) -> Result<(SaeSummary, Atlas), AnalysisError> {
     layer.check()?;
     check_reads(run)?;
     std::fs::create_dir_all(out_dir).map_err(AnalysisError::io(out_dir))?;
@@ -177,6 +203,19 @@ pub fn analyse_sae(
     )?;
     timings.plots_s = start.elapsed().as_secs_f64();
 
+    let start = Instant::now();
+    let atlas = Atlas::build(
+        layer,
+        run,
+        &acts_train,
+        &acts_test,
+        &tables.stats,
+        &tables.train_counts,
+        cfg,
+        out_dir.to_path_buf(),
+    )?;
+    timings.pages_s = start.elapsed().as_secs_f64();
+
     let summary = SaeSummary {
         name: run.name.to_string(),
         params: crate::types::sweep_params(&run.layer_label(), &run.sae.cfg),
@@ -198,10 +237,7 @@ pub fn analyse_sae(
         dashboards,
         timings,
     };
-    let json_path = out_dir.join("summary.json");
-    let json = serde_json::to_string_pretty(&summary).expect("summary serialises");
-    std::fs::write(&json_path, json).map_err(AnalysisError::io(&json_path))?;
-    Ok(summary)
+    Ok((summary, atlas))
 }
 
 /// Dashboards for chosen features of one SAE, rendered into `out_dir` with a
@@ -295,83 +331,6 @@ fn encode_both(
         SparseActs::from_codes(&train?),
         SparseActs::from_codes(&test?),
     ))
-}
-
-/// The per-SAE DataFrames, built from the sparse encodings.
-pub struct FeatureTables {
-    pub stats: Vec<UnitStats>,
-    pub train_counts: UnitCounts,
-    pub features: polars::prelude::DataFrame,
-    pub feature_labels: polars::prelude::DataFrame,
-    pub feature_acts: polars::prelude::DataFrame,
-    pub neurons: polars::prelude::DataFrame,
-    pub nonzeros: usize,
-}
-
-impl FeatureTables {
-    /// All four tables from the non-zero activations of the train and test rows.
-    pub fn build(
-        sae: &sae::Sae,
-        baseline: &Baseline,
-        layer: &LayerData,
-        sparse_train: &SparseActs,
-        sparse_test: &SparseActs,
-        cfg: &AnalysisConfig,
-    ) -> Result<FeatureTables, AnalysisError> {
-        let d_sae = sae.d_sae();
-        let (train_counts, test_counts) = rayon::join(
-            || UnitCounts::from_sparse(sparse_train, d_sae, layer.train_labels),
-            || UnitCounts::from_sparse(sparse_test, d_sae, layer.test_labels),
-        );
-        let (train_counts, test_counts) = (train_counts?, test_counts?);
-        let info = labelinfo::label_info(sparse_train, layer.train_labels, d_sae, cfg.mi_bins);
-        let stats = stats::unit_stats(&train_counts, &test_counts, &info, cfg.min_support);
-        let decoder_norms: Vec<f64> = sae
-            .w_dec
-            .chunks_exact(sae.d_out())
-            .map(|row| row.iter().map(|&w| (w as f64).powi(2)).sum::<f64>().sqrt())
-            .collect();
-        let features = tables::unit_table("feature", &stats, Some(&decoder_norms))?;
-        let feature_labels = tables::feature_label_table(&train_counts)?;
-        let mut feature_acts =
-            tables::feature_acts_table("train", sparse_train, layer.train_labels)?;
-        feature_acts
-            .vstack_mut(&tables::feature_acts_table(
-                "test",
-                sparse_test,
-                layer.test_labels,
-            )?)
-            .map_err(AnalysisError::polars(
-                "stacking the train and test feature_acts",
-            ))?;
-        let neurons = tables::unit_table("neuron", &baseline.stats, None)?;
-        Ok(FeatureTables {
-            stats,
-            train_counts,
-            features,
-            feature_labels,
-            feature_acts,
-            neurons,
-            nonzeros: sparse_train.len() + sparse_test.len(),
-        })
-    }
-
-    /// Writes the four tables as `<name>.parquet`; returns their file names.
-    pub fn write(&mut self, out_dir: &Path) -> Result<Vec<PathBuf>, AnalysisError> {
-        let frames = [
-            ("features", &mut self.features),
-            ("feature_labels", &mut self.feature_labels),
-            ("feature_acts", &mut self.feature_acts),
-            ("neurons", &mut self.neurons),
-        ];
-        let mut names = Vec::new();
-        for (name, df) in frames {
-            let file = format!("{name}.parquet");
-            tables::write_parquet(df, &out_dir.join(&file))?;
-            names.push(PathBuf::from(file));
-        }
-        Ok(names)
-    }
 }
 
 fn rel(path: &Path, dir: &Path) -> PathBuf {
@@ -589,10 +548,20 @@ pub fn analyse_sweep(
     // One SAE at a time: each already splits its own work over the cores,
     // and two side by side measured no faster (zoo: 29 s against 30 s).
     let mut summaries = Vec::with_capacity(runs.len());
+    let mut atlases = Vec::with_capacity(runs.len());
     for run in runs {
-        let summary = analyse_sae(layer, &baseline, run, cfg, &out_dir.join(run.name))?;
+        let (summary, atlas) = analyse_one(layer, &baseline, run, cfg, &out_dir.join(run.name))?;
         on_analysed(summaries.len() + 1, &summary);
         summaries.push(summary);
+        atlases.push(atlas);
+    }
+    // Each SAE's feature pages name the best match in every other one.
+    let start = Instant::now();
+    crate::report::write_feature_pages(&atlases, &atlas::best_matches(&atlases)?)?;
+    let share = start.elapsed().as_secs_f64() / runs.len().max(1) as f64;
+    for summary in &mut summaries {
+        summary.timings.pages_s += share;
+        write_summary(summary, &summary.dir)?;
     }
     let report = crate::write_report(&summaries, run_info, cfg, out_dir)?;
     Ok((report, summaries))

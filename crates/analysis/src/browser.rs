@@ -1,8 +1,8 @@
 //! `features.html`: every live feature of one SAE in one page that needs no
 //! server: a table sortable by any column (click its header) and filterable
 //! (a text box; `col>x`, `col<x`, `col=x` or plain text), each row linking to
-//! the feature's dashboard in `report.html` where one was rendered, or saying
-//! the command that renders it (`cargo xtask dashboard --feature N`).
+//! the feature's own page (`features/<id>.html`) and to its dashboard on the
+//! SAE's page where one was rendered.
 
 use std::path::{Path, PathBuf};
 
@@ -87,16 +87,16 @@ th{{background:#eee;cursor:pointer;position:sticky;top:0}}input{{width:min(40em,
 Filter: <code>detector_class=7</code>, <code>freq_train&gt;0.01</code>, <code>purity&lt;=0.5</code> compare a column
 (<code>=</code>, <code>&lt;</code>, <code>&gt;</code>, <code>&lt;=</code>, <code>&gt;=</code>); <code>#454</code> or <code>454</code> is feature 454 exactly;
 other text matches any cell; several terms separated by spaces must all hold.
-A feature without a dashboard here gets one with <code>{command_html} --feature N</code>.</p>
+Each live feature opens its own page; <code>{command_html} --feature N</code> renders a feature's dashboard as PNG and SVG figures.</p>
 <p><input id="filter" placeholder="e.g. detector_class=7 detector_f1>0.3"> <label><input type="checkbox" id="dead"> show the {dead} dead features</label>
 <span id="count"></span> <span id="error" style="color:#b00"></span></p>
-<div class="scroll"><table><thead><tr>{header}<th>dashboard</th></tr></thead><tbody id="rows"></tbody></table></div>
+<div class="scroll"><table><thead><tr>{header}<th>page</th></tr></thead><tbody id="rows"></tbody></table></div>
 <script>
 const COLUMNS = {columns:?};
 const ROWS = {rows};
 const REPORT = {report:?};
 const NAME = {name:?};
-const COMMAND = {command_js};
+const PAGES = {pages:?};
 const DASHBOARD = COLUMNS.length, DEAD = COLUMNS.length + 1;
 let order = {{col: 2, desc: true}};
 function fmt(v, c) {{
@@ -138,8 +138,8 @@ function render() {{
   }});
   document.getElementById('rows').innerHTML = shown.map(r => '<tr' + (r[DEAD] ? ' style="color:#999"' : '') + ' id="feature-' + r[0] + '">' +
     r.slice(0, COLUMNS.length).map((v, c) => '<td>' + fmt(v, c) + '</td>').join('') +
-    '<td>' + (r[DEAD] ? 'never fires on train' : r[DASHBOARD] ? '<a href="' + REPORT + '#' + NAME + '-feature-' + r[0] + '">open</a>'
-      : '<code>' + COMMAND + ' --feature ' + r[0] + '</code>') + '</td></tr>').join('');
+    '<td>' + (r[DEAD] ? 'never fires on train' : '<a href="' + PAGES + '/' + r[0] + '.html">open</a>' +
+      (r[DASHBOARD] ? ' · <a href="' + REPORT + '#' + NAME + '-feature-' + r[0] + '">dashboard</a>' : '')) + '</td></tr>').join('');
   const total = dead ? ROWS.length : ROWS.filter(r => !r[DEAD]).length;
   document.getElementById('count').textContent = shown.length + ' of ' + total + (dead ? ' features' : ' live features');
 }}
@@ -160,9 +160,7 @@ render();
         report = report,
         dead = stats.len() - live,
         command_html = command.replace('&', "&amp;").replace('<', "&lt;"),
-        command_js = serde_json::to_string(&command.replace('&', "&amp;").replace('<', "&lt;"))
-            .expect("a string serialises")
-            .replace("</", "<\\/"),
+        pages = crate::report::FEATURE_DIR,
         header = header,
         columns = COLUMNS,
         rows = rows,

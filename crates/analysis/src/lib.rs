@@ -33,11 +33,13 @@
 //! - `sweep` (report folder): one row per SAE: `name`, `param_*`, metrics, MI stats.
 
 mod analyse;
+pub mod atlas;
 pub mod browser;
 pub mod dashboard;
 pub mod digit_probe;
 pub mod dying;
 mod error;
+mod feature_tables;
 pub mod labelinfo;
 pub mod plots;
 pub mod probe;
@@ -49,11 +51,10 @@ pub mod text_table;
 pub mod tpp;
 mod types;
 
-pub use analyse::{
-    analyse_sae, analyse_sweep, dashboards_on_demand, Baseline, FeatureTables, TABLES,
-};
+pub use analyse::{analyse_sae, analyse_sweep, dashboards_on_demand, Baseline, TABLES};
 pub use dashboard::Dashboard;
 pub use error::AnalysisError;
+pub use feature_tables::FeatureTables;
 pub use probe::{ProbeConfig, ProbeResult};
 pub use query::{
     activation_frame, activation_table_name, activation_tables, folder_tables, query,
@@ -62,7 +63,7 @@ pub use query::{
 pub use report::{
     contests, dashboard_page_name, family_verdict, feature_wins, log_ticks, probe_table,
     records_source, records_table, run_verdict, sweep_table, sweep_verdict, verdict, write_report,
-    Contest, Record, FEW_LIVE, SAE_PAGE, VENDOR_DIR,
+    Contest, Record, FEATURE_DIR, FEW_LIVE, SAE_PAGE, VENDOR_DIR,
 };
 pub use stats::{MiSummary, UnitCounts, UnitStats};
 pub use types::{

@@ -198,6 +198,16 @@ impl SparseActs {
             .collect()
     }
 
+    /// Every unit's `(row, value)` non-zeros in row order: [`Self::column`]
+    /// for all `width` units in one pass.
+    pub fn columns(&self, width: usize) -> Vec<Vec<(u32, f32)>> {
+        let mut columns = vec![Vec::new(); width];
+        for ((&u, &r), &v) in self.unit.iter().zip(&self.row).zip(&self.value) {
+            columns[u as usize].push((r, v));
+        }
+        columns
+    }
+
     pub fn len(&self) -> usize {
         self.row.len()
     }

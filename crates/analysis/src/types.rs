@@ -150,6 +150,9 @@ pub struct Timings {
     pub parquet_s: f64,
     pub probes_s: f64,
     pub plots_s: f64,
+    /// The feature pages: their data, then (in a sweep, a share of) writing them.
+    #[serde(default)]
+    pub pages_s: f64,
 }
 
 /// Everything the report needs about one analysed SAE. Paths are relative to its folder.

@@ -997,6 +997,91 @@ fn check_pages(report: &Path, summaries: &[analysis::SaeSummary]) {
         summaries.len()
     );
     check_feature_browser(&browser, &summaries[0]);
+    check_feature_pages(&browser, summaries);
+}
+
+/// A page for every live feature and none for a dead one; a page's top
+/// activations recomputed from `feature_acts.parquet`; its best match in the
+/// other SAE (the same weights under another L1 coefficient) is itself; in
+/// Chromium it loads every image with no error or remote request and fits
+/// a narrow window.
+fn check_feature_pages(browser: &Path, summaries: &[analysis::SaeSummary]) {
+    for s in summaries {
+        let features = tables::read_parquet(&s.dir.join("features.parquet")).unwrap();
+        let dead = features.column("dead").unwrap().bool().unwrap();
+        let live: Vec<usize> = (0..features.height())
+            .filter(|&f| !dead.get(f).unwrap())
+            .collect();
+        let mut pages: Vec<usize> = std::fs::read_dir(s.dir.join(analysis::FEATURE_DIR))
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                assert!(
+                    e.metadata().unwrap().len() < 200 << 10,
+                    "{e:?} is over 200 kB"
+                );
+                let name = e.file_name().into_string().unwrap();
+                name.strip_suffix(".html").unwrap().parse().unwrap()
+            })
+            .collect();
+        pages.sort();
+        assert_eq!(pages, live, "{}: a page per live feature", s.name);
+    }
+    let s = &summaries[0];
+    let acts = tables::read_parquet(&s.dir.join("feature_acts.parquet")).unwrap();
+    let feature = s.dashboards[0].feature;
+    let mine = acts
+        .lazy()
+        .filter(
+            col("split")
+                .eq(lit("train"))
+                .and(col("feature").eq(lit(feature as u32))),
+        )
+        .sort(
+            ["value", "row"],
+            SortMultipleOptions::default().with_order_descending_multi([true, false]),
+        )
+        .limit(analysis::atlas::TOP as u32)
+        .collect()
+        .unwrap();
+    let rows = mine.column("row").unwrap().u32().unwrap();
+    let labels = mine.column("label").unwrap().u8().unwrap();
+    let page_path = s
+        .dir
+        .join(analysis::FEATURE_DIR)
+        .join(format!("{feature}.html"));
+    let page = std::fs::read_to_string(&page_path).unwrap();
+    let mut at = 0;
+    for i in 0..rows.len() {
+        let caption = format!("#{} · {} · ", rows.get(i).unwrap(), labels.get(i).unwrap());
+        let found = page[at..]
+            .find(&caption)
+            .unwrap_or_else(|| panic!("{caption} is not on the page after the one before"));
+        at += found + caption.len();
+    }
+    let other = &summaries[1].name;
+    assert!(
+        page.contains(&format!(
+            "href=\"../../{other}/{}/{feature}.html\">feature {feature}</a>",
+            analysis::FEATURE_DIR
+        )),
+        "the best match in {other} is the same feature"
+    );
+    assert!(page.contains("href=\"../sae.html\"") && page.contains("href=\"../features.html\""));
+    let images = page.matches("<img ").count();
+    assert!(images > analysis::atlas::TOP, "{images} images");
+    for width in [900, 1400] {
+        let (dom, log) = render_in_chromium(browser, &page_path, width);
+        let check = format!("images={images} broken=0 errors=0 page=fits wide=0 charts=0 remote=0");
+        assert!(
+            dom.contains(&check),
+            "{} at {width} px: expected {check}: {}",
+            page_path.display(),
+            dom.lines().last().unwrap_or("")
+        );
+        let console: Vec<&str> = log.lines().filter(|l| l.contains(":CONSOLE")).collect();
+        assert!(console.is_empty(), "console output: {console:?}");
+    }
 }
 
 /// `features.html` of one SAE: every live feature listed, a header click sorts,

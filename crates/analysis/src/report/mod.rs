@@ -3,6 +3,7 @@
 //! rebuild it); each SAE has its page (`<name>/sae.html`) and its feature
 //! browser; images are files beside the pages, loaded when scrolled to.
 
+mod feature_page;
 mod figures;
 mod html;
 mod index;
@@ -12,6 +13,7 @@ mod verdict;
 
 use std::path::{Path, PathBuf};
 
+pub use feature_page::{write_feature_pages, FEATURE_DIR};
 pub use figures::{log_ticks, VENDOR_DIR};
 pub use sae_page::{dashboard_page_name, write_dashboard_page, SAE_PAGE};
 pub use tables::{probe_table, records_source, records_table, sweep_table, Record};
