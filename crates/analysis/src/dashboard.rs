@@ -89,6 +89,9 @@ pub struct DashboardInput<'a> {
     pub stats: &'a UnitStats,
     pub counts: &'a UnitCounts,
     pub cfg: &'a AnalysisConfig,
+    /// Draw its figures (PNG and SVG); without, only its numbers (the
+    /// analysis links its feature page, which draws them).
+    pub draw: bool,
 }
 
 /// Renders feature `feature`'s dashboard into `<out_dir>/dashboards/feature_<id>_*`.
@@ -106,10 +109,12 @@ pub fn render(
     let stem = |name: &str| dir.join(format!("feature_{feature}_{name}"));
     let mut images = Vec::new();
 
-    images.push(plots::save_digit_grid(
-        &digit_grid(input, feature, &active),
-        &stem("digits"),
-    )?);
+    if input.draw {
+        images.push(plots::save_digit_grid(
+            &digit_grid(input, feature, &active),
+            &stem("digits"),
+        )?);
+    }
     let mut top_rows: Vec<(usize, f32, u8)> =
         active.iter().map(|&(r, v)| (r, v, labels[r])).collect();
     top_rows.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -127,7 +132,7 @@ pub fn render(
             .collect();
         (missed.len(), class_rows.len(), missed)
     });
-    if let Some((_, _, missed)) = &misses {
+    if let (Some((_, _, missed)), true) = (&misses, input.draw) {
         if !missed.is_empty() {
             let pixels = input.layer.train_pixels;
             let grid = DigitGrid {
@@ -148,149 +153,153 @@ pub fn render(
     }
     let misses = misses.map(|(n, of, missed)| (n, of, missed.into_iter().take(TOP_ROWS).collect()));
 
-    let values: Vec<f64> = active.iter().map(|&(_, v)| v as f64).collect();
-    let (bins, width) = plots::histogram(&values, 30);
-    // Both splits as shares of their rows, on the train bins, so a feature
-    // that fires differently on test shows it.
-    let (train_rows, test_rows) = (
-        labels.len().max(1) as f64,
-        input.layer.test_labels.len().max(1) as f64,
-    );
-    let active_test: Vec<(usize, f32)> = input.acts_test.column(feature);
-    let mut test_share = vec![0.0; bins.len()];
-    if let (Some(first), true) = (bins.first(), width > 0.0) {
-        let lo = first.0 - width / 2.0;
-        for &(_, v) in &active_test {
-            let b = (((v as f64 - lo) / width).max(0.0) as usize).min(bins.len() - 1);
-            test_share[b] += 1.0 / test_rows;
+    if input.draw {
+        let values: Vec<f64> = active.iter().map(|&(_, v)| v as f64).collect();
+        let (bins, width) = plots::histogram(&values, 30);
+        // Both splits as shares of their rows, on the train bins, so a feature
+        // that fires differently on test shows it.
+        let (train_rows, test_rows) = (
+            labels.len().max(1) as f64,
+            input.layer.test_labels.len().max(1) as f64,
+        );
+        let active_test: Vec<(usize, f32)> = input.acts_test.column(feature);
+        let mut test_share = vec![0.0; bins.len()];
+        if let (Some(first), true) = (bins.first(), width > 0.0) {
+            let lo = first.0 - width / 2.0;
+            for &(_, v) in &active_test {
+                let b = (((v as f64 - lo) / width).max(0.0) as usize).min(bins.len() - 1);
+                test_share[b] += 1.0 / test_rows;
+            }
         }
-    }
-    images.push(
-        plots::save_figure(
-            &Figure {
-                title: format!(
-                    "feature {feature}: activation where active (train {} rows, test {})",
-                    active.len(),
-                    active_test.len()
-                ),
-                x_label: "activation".into(),
-                y_label: "share of the split's rows".into(),
-                layers: vec![
-                    Layer {
-                        name: "train".into(),
-                        mark: Mark::Bars { width },
-                        points: bins.iter().map(|&(x, c)| (x, c / train_rows)).collect(),
-                    },
-                    Layer {
-                        name: "test".into(),
-                        mark: Mark::Lines,
-                        points: bins.iter().map(|b| b.0).zip(test_share).collect(),
-                    },
-                ],
-                ..Default::default()
-            },
-            &stem("acts"),
-        )?[0]
-            .clone(),
-    );
-    let per_class = (0..CLASSES)
-        .map(|y| {
-            let class_values: Vec<f64> = active
-                .iter()
-                .filter(|&&(r, _)| labels[r] as usize == y)
-                .map(|&(_, v)| v as f64)
-                .collect();
-            let mut counts = vec![0.0; bins.len()];
-            if let (Some(first), true) = (bins.first(), width > 0.0) {
-                let lo = first.0 - width / 2.0;
-                for v in class_values {
-                    let b = (((v - lo) / width) as usize).min(bins.len() - 1);
-                    counts[b] += 1.0;
+        images.push(
+            plots::save_figure(
+                &Figure {
+                    title: format!(
+                        "feature {feature}: activation where active (train {} rows, test {})",
+                        active.len(),
+                        active_test.len()
+                    ),
+                    x_label: "activation".into(),
+                    y_label: "share of the split's rows".into(),
+                    layers: vec![
+                        Layer {
+                            name: "train".into(),
+                            mark: Mark::Bars { width },
+                            points: bins.iter().map(|&(x, c)| (x, c / train_rows)).collect(),
+                        },
+                        Layer {
+                            name: "test".into(),
+                            mark: Mark::Lines,
+                            points: bins.iter().map(|b| b.0).zip(test_share).collect(),
+                        },
+                    ],
+                    ..Default::default()
+                },
+                &stem("acts"),
+            )?[0]
+                .clone(),
+        );
+        let per_class = (0..CLASSES)
+            .map(|y| {
+                let class_values: Vec<f64> = active
+                    .iter()
+                    .filter(|&&(r, _)| labels[r] as usize == y)
+                    .map(|&(_, v)| v as f64)
+                    .collect();
+                let mut counts = vec![0.0; bins.len()];
+                if let (Some(first), true) = (bins.first(), width > 0.0) {
+                    let lo = first.0 - width / 2.0;
+                    for v in class_values {
+                        let b = (((v - lo) / width) as usize).min(bins.len() - 1);
+                        counts[b] += 1.0;
+                    }
                 }
-            }
-            Layer {
-                name: format!("digit {y}"),
-                mark: Mark::Lines,
-                points: bins.iter().zip(counts).map(|(b, c)| (b.0, c)).collect(),
-            }
-        })
-        .collect();
-    images.push(
-        plots::save_figure(
-            &Figure {
-                title: format!("feature {feature}: activation per class"),
-                x_label: "activation".into(),
-                y_label: "train rows".into(),
-                layers: per_class,
-                ..Default::default()
-            },
-            &stem("acts_by_class"),
-        )?[0]
-            .clone(),
-    );
-    let on = input.counts.active_of(feature);
-    let total: u64 = on.iter().sum();
-    images.push(
-        plots::save_figure(
-            &Figure {
-                title: format!("feature {feature}: P(label | active)"),
-                x_label: "digit".into(),
-                y_label: "P(y | A = 1)".into(),
-                layers: vec![
-                    Layer {
-                        name: "P(y | active)".into(),
-                        mark: Mark::Bars { width: 1.0 },
-                        points: (0..CLASSES)
-                            .map(|y| (y as f64, on[y] as f64 / total.max(1) as f64))
-                            .collect(),
-                    },
-                    Layer {
-                        name: "base rate P(y)".into(),
-                        mark: Mark::Lines,
-                        points: (0..CLASSES)
-                            .map(|y| {
-                                let rows = input.counts.rows.max(1) as f64;
-                                (y as f64, input.counts.label_totals[y] as f64 / rows)
-                            })
-                            .collect(),
-                    },
-                ],
-                ..Default::default()
-            },
-            &stem("labels"),
-        )?[0]
-            .clone(),
-    );
+                Layer {
+                    name: format!("digit {y}"),
+                    mark: Mark::Lines,
+                    points: bins.iter().zip(counts).map(|(b, c)| (b.0, c)).collect(),
+                }
+            })
+            .collect();
+        images.push(
+            plots::save_figure(
+                &Figure {
+                    title: format!("feature {feature}: activation per class"),
+                    x_label: "activation".into(),
+                    y_label: "train rows".into(),
+                    layers: per_class,
+                    ..Default::default()
+                },
+                &stem("acts_by_class"),
+            )?[0]
+                .clone(),
+        );
+        let on = input.counts.active_of(feature);
+        let total: u64 = on.iter().sum();
+        images.push(
+            plots::save_figure(
+                &Figure {
+                    title: format!("feature {feature}: P(label | active)"),
+                    x_label: "digit".into(),
+                    y_label: "P(y | A = 1)".into(),
+                    layers: vec![
+                        Layer {
+                            name: "P(y | active)".into(),
+                            mark: Mark::Bars { width: 1.0 },
+                            points: (0..CLASSES)
+                                .map(|y| (y as f64, on[y] as f64 / total.max(1) as f64))
+                                .collect(),
+                        },
+                        Layer {
+                            name: "base rate P(y)".into(),
+                            mark: Mark::Lines,
+                            points: (0..CLASSES)
+                                .map(|y| {
+                                    let rows = input.counts.rows.max(1) as f64;
+                                    (y as f64, input.counts.label_totals[y] as f64 / rows)
+                                })
+                                .collect(),
+                        },
+                    ],
+                    ..Default::default()
+                },
+                &stem("labels"),
+            )?[0]
+                .clone(),
+        );
+    }
     let rows: Vec<(usize, f32)> = active
         .iter()
         .take(input.cfg.logit_effect_rows)
         .copied()
         .collect();
     let logit_effect = logit_effect(input, feature, &rows)?;
-    images.push(
-        plots::save_figure(
-            &Figure {
-                title: format!(
-                    "feature {feature}: its effect on each class logit ({} rows)",
-                    rows.len()
-                ),
-                x_label: "class".into(),
-                y_label: "logit(with) - logit(without)".into(),
-                layers: vec![Layer {
-                    name: "effect".into(),
-                    mark: Mark::Bars { width: 1.0 },
-                    points: logit_effect
-                        .iter()
-                        .enumerate()
-                        .map(|(c, &d)| (c as f64, d))
-                        .collect(),
-                }],
-                ..Default::default()
-            },
-            &stem("logit_effect"),
-        )?[0]
-            .clone(),
-    );
+    if input.draw {
+        images.push(
+            plots::save_figure(
+                &Figure {
+                    title: format!(
+                        "feature {feature}: its effect on each class logit ({} rows)",
+                        rows.len()
+                    ),
+                    x_label: "class".into(),
+                    y_label: "logit(with) - logit(without)".into(),
+                    layers: vec![Layer {
+                        name: "effect".into(),
+                        mark: Mark::Bars { width: 1.0 },
+                        points: logit_effect
+                            .iter()
+                            .enumerate()
+                            .map(|(c, &d)| (c as f64, d))
+                            .collect(),
+                    }],
+                    ..Default::default()
+                },
+                &stem("logit_effect"),
+            )?[0]
+                .clone(),
+        );
+    }
     Ok(Dashboard {
         feature,
         reason: reason.to_string(),

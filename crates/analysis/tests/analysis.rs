@@ -1059,6 +1059,21 @@ fn check_feature_pages(browser: &Path, summaries: &[analysis::SaeSummary]) {
             .unwrap_or_else(|| panic!("{caption} is not on the page after the one before"));
         at += found + caption.len();
     }
+    // The page's logit effects (one product through the MLP's affine tail)
+    // against the dashboard's (every row through the MLP twice), as printed:
+    // 4 decimals, or 3 significant digits under 1e-3.
+    let dashboard = &s.dashboards[0];
+    for (c, &want) in dashboard.logit_effect.iter().enumerate() {
+        let key = format!("<title>logit {c}: ");
+        let at = page.find(&key).expect("a bar per class") + key.len();
+        let got: f64 = page[at..page[at..].find('<').unwrap() + at]
+            .parse()
+            .unwrap();
+        assert!(
+            (got - want).abs() <= 1e-4 + 1e-3 * want.abs(),
+            "logit {c}: page {got}, dashboard {want}"
+        );
+    }
     let other = &summaries[1].name;
     assert!(
         page.contains(&format!(

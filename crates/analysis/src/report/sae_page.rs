@@ -138,10 +138,12 @@ pub fn write_sae_page(
     }
     body.push_str(
         "</div><h2 id=\"dashboards\">Dashboards</h2><p>The top features by binary MI, binned MI, detector F1, purity (with support) and frequency, in that order; \
-a feature already shown for an earlier criterion is skipped and the next one of this criterion shown instead.</p>",
+a feature already shown for an earlier criterion is skipped and the next one of this criterion shown instead. \
+Each links its page, which draws it; <code>cargo xtask dashboard --sae NAME --feature N</code> draws one as PNG and SVG figures.</p>",
     );
     for d in &s.dashboards {
-        body.push_str(&dashboard_html(&s.name, d, &s.dir, &s.dir)?);
+        let page = format!("{}/{}.html", super::FEATURE_DIR, d.feature);
+        body.push_str(&dashboard_html(&s.name, d, Some(&page), &s.dir, &s.dir)?);
     }
     let path = s.dir.join(SAE_PAGE);
     std::fs::write(&path, page(&s.name, "", &body)).map_err(AnalysisError::io(&path))?;
@@ -156,18 +158,20 @@ fn pairs(what: &str, list: &[(usize, f64)], value: fn(f64) -> String) -> String 
         .join(", ")
 }
 
-/// One feature's dashboard as HTML: its numbers, neighbours and images (files
-/// in `dir`, links relative to `out_dir`); anchored `<name>-feature-<id>`.
+/// One feature's dashboard as HTML: its numbers, neighbours, a link to its
+/// feature `page` where it has one, and its images where drawn (files in
+/// `dir`, links relative to `out_dir`); anchored `<name>-feature-<id>`.
 pub fn dashboard_html(
     name: &str,
     d: &crate::types::Dashboard,
+    page: Option<&str>,
     dir: &Path,
     out_dir: &Path,
 ) -> Result<String, AnalysisError> {
     let mut html = String::new();
     let _ = write!(
         html,
-        "<h3 id=\"{}-feature-{}\">Feature {} (picked for: {})</h3>\
+        "<h3 id=\"{}-feature-{}\">Feature {} (picked for: {}){}</h3>\
 <p>Binary MI {:.3} bits, binned MI {:.3} bits, frequency {:.4} on train, purity {}, top label {}{}. \
 Its effect on each class logit (with it minus without it, mean over {} rows): {}.</p>\
 <p>Its decoder writes most to {}; it correlates most with {}; nearest features by decoder cosine: {}.</p><div class=\"grid\">",
@@ -175,6 +179,8 @@ Its effect on each class logit (with it minus without it, mean over {} rows): {}
         d.feature,
         d.feature,
         escape(&d.reason),
+        page.map(|p| format!(" &middot; <a href=\"{}\">its page</a>", escape(p)))
+            .unwrap_or_default(),
         d.mi_bits,
         d.mi_binned_bits,
         d.freq_train,
@@ -286,7 +292,7 @@ pub fn write_dashboard_page(
         let _ = write!(html, "<p>{}</p>", escape(note));
     }
     for d in dashboards {
-        html.push_str(&dashboard_html(name, d, dir, out_dir)?);
+        html.push_str(&dashboard_html(name, d, None, dir, out_dir)?);
     }
     html.push_str("</body></html>\n");
     let path = out_dir.join(dashboard_page_name(features));
