@@ -96,8 +96,9 @@ pub fn analyse_sae(
 ) -> Result<SaeSummary, AnalysisError> {
     let (mut summary, atlas) = analyse_one(layer, baseline, run, cfg, out_dir)?;
     let start = Instant::now();
-    let atlases = [atlas];
-    crate::report::write_feature_pages(&atlases, &atlas::best_matches(&atlases)?)?;
+    crate::report::write_feature_pages(&atlas)?;
+    let matchers = [atlas.matcher];
+    crate::report::fill_matches(&matchers, &atlas::best_matches(&matchers)?)?;
     summary.timings.pages_s += start.elapsed().as_secs_f64();
     write_summary(&summary, out_dir)?;
     Ok(summary)
@@ -550,16 +551,20 @@ pub fn analyse_sweep(
     // One SAE at a time: each already splits its own work over the cores,
     // and two side by side measured no faster (zoo: 29 s against 30 s).
     let mut summaries = Vec::with_capacity(runs.len());
-    let mut atlases = Vec::with_capacity(runs.len());
+    let mut matchers = Vec::with_capacity(runs.len());
     for run in runs {
-        let (summary, atlas) = analyse_one(layer, &baseline, run, cfg, &out_dir.join(run.name))?;
+        let (mut summary, atlas) =
+            analyse_one(layer, &baseline, run, cfg, &out_dir.join(run.name))?;
+        let start = Instant::now();
+        crate::report::write_feature_pages(&atlas)?;
+        summary.timings.pages_s += start.elapsed().as_secs_f64();
         on_analysed(summaries.len() + 1, &summary);
         summaries.push(summary);
-        atlases.push(atlas);
+        matchers.push(atlas.matcher);
     }
     // Each SAE's feature pages name the best match in every other one.
     let start = Instant::now();
-    crate::report::write_feature_pages(&atlases, &atlas::best_matches(&atlases)?)?;
+    crate::report::fill_matches(&matchers, &atlas::best_matches(&matchers)?)?;
     let share = start.elapsed().as_secs_f64() / runs.len().max(1) as f64;
     for summary in &mut summaries {
         summary.timings.pages_s += share;

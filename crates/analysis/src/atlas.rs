@@ -51,32 +51,38 @@ pub struct FeatureCard {
     pub nearest: Vec<(usize, f64)>,
 }
 
-/// Every live feature of one SAE, and what matching across SAEs needs.
+/// Every live feature of one SAE. Its pages are written at once; only its
+/// [`Matcher`] is kept until every SAE of the run has one.
 pub struct Atlas {
+    pub matcher: Matcher,
+    /// What the pixel view is the gradient of, in words.
+    pub pixel_view_of: String,
+    pub base_rate: [f64; CLASSES],
+    pub train_rows: usize,
+    pub test_rows: usize,
+    pub cards: Vec<FeatureCard>,
+    /// Raw MNIST train pixels of every row a card shows, by row.
+    pub tiles: std::collections::BTreeMap<usize, Vec<u8>>,
+}
+
+/// What matching one SAE's features against another's needs.
+pub struct Matcher {
     pub name: String,
     /// Its analysis folder; pages go to `<dir>/features/<id>.html`.
     pub dir: PathBuf,
     /// The layer its decoder writes: SAEs are matched only within one space.
     pub writes: String,
     pub d_out: usize,
-    /// What the pixel view is the gradient of, in words.
-    pub pixel_view_of: String,
-    pub base_rate: [f64; CLASSES],
-    pub train_rows: usize,
-    pub test_rows: usize,
     /// The live features, ascending, and their unit-length decoder rows `[live, d_out]`.
     pub live: Vec<usize>,
     pub unit_decoders: Vec<f32>,
-    pub cards: Vec<FeatureCard>,
-    /// Raw MNIST train pixels of every row a card shows, by row.
-    pub tiles: std::collections::BTreeMap<usize, Vec<u8>>,
 }
 
-/// One feature's best match in another SAE: its index in the run's atlases,
+/// One feature's best match in another SAE: that SAE's index in the run,
 /// and the matched live feature with the decoder cosine (`None`: that SAE
 /// writes another layer, or has no live feature).
 pub struct Match {
-    pub atlas: usize,
+    pub other: usize,
     pub best: Option<(usize, f64)>,
 }
 
@@ -184,32 +190,35 @@ impl Atlas {
             }
         }
         Ok(Atlas {
-            name: run.name.to_string(),
-            dir,
-            writes: run.writes.to_string(),
-            d_out,
+            matcher: Matcher {
+                name: run.name.to_string(),
+                dir,
+                writes: run.writes.to_string(),
+                d_out,
+                live,
+                unit_decoders,
+            },
             pixel_view_of,
             base_rate: std::array::from_fn(|y| {
                 counts.label_totals[y] as f64 / counts.rows.max(1) as f64
             }),
             train_rows,
             test_rows,
-            live,
-            unit_decoders,
             cards,
             tiles,
         })
     }
 }
 
-/// For every card, a [`Match`] per other atlas of the run (in `atlases` order).
-pub fn best_matches(atlases: &[Atlas]) -> Result<Vec<Vec<Vec<Match>>>, AnalysisError> {
-    let mut all: Vec<Vec<Vec<Match>>> = atlases
+/// For every live feature of every SAE, a [`Match`] per other SAE of the run
+/// (in `matchers` order).
+pub fn best_matches(matchers: &[Matcher]) -> Result<Vec<Vec<Vec<Match>>>, AnalysisError> {
+    let mut all: Vec<Vec<Vec<Match>>> = matchers
         .iter()
-        .map(|a| a.cards.iter().map(|_| Vec::new()).collect())
+        .map(|m| m.live.iter().map(|_| Vec::new()).collect())
         .collect();
-    for (i, mine) in atlases.iter().enumerate() {
-        for (j, other) in atlases.iter().enumerate() {
+    for (i, mine) in matchers.iter().enumerate() {
+        for (j, other) in matchers.iter().enumerate() {
             if i == j {
                 continue;
             }
@@ -226,10 +235,10 @@ pub fn best_matches(atlases: &[Atlas]) -> Result<Vec<Vec<Vec<Match>>>, AnalysisE
                 .map(|b| b.first().map(|&(k, c)| (other.live[k], c as f64)))
                 .collect()
             } else {
-                vec![None; mine.cards.len()]
+                vec![None; mine.live.len()]
             };
-            for (card, best) in all[i].iter_mut().zip(best) {
-                card.push(Match { atlas: j, best });
+            for (feature, best) in all[i].iter_mut().zip(best) {
+                feature.push(Match { other: j, best });
             }
         }
     }

@@ -11,7 +11,7 @@ use base64::Engine as _;
 use rayon::prelude::*;
 
 use super::html::{escape, number, page};
-use crate::atlas::{Atlas, FeatureCard, Match};
+use crate::atlas::{Atlas, FeatureCard, Match, Matcher};
 use crate::stats::CLASSES;
 use crate::AnalysisError;
 
@@ -23,37 +23,78 @@ const PAGE_STYLE: &str = ".tiles{display:flex;flex-wrap:wrap;gap:6px}.tiles figu
 .pixels{width:224px;height:224px;image-rendering:pixelated}.charts{display:flex;flex-wrap:wrap;gap:24px}\
 svg text{font:11px sans-serif}";
 
-/// Writes every card's page of every atlas; `matches` is [`crate::atlas::best_matches`]'s.
-/// Returns how many pages it wrote.
-pub fn write_feature_pages(
-    atlases: &[Atlas],
-    matches: &[Vec<Vec<Match>>],
-) -> Result<usize, AnalysisError> {
-    let mut written = 0;
-    for (atlas, matches) in atlases.iter().zip(matches) {
-        let dir = atlas.dir.join(FEATURE_DIR);
-        std::fs::create_dir_all(&dir).map_err(AnalysisError::io(&dir))?;
-        atlas.cards.par_iter().enumerate().try_for_each(
-            |(i, card)| -> Result<(), AnalysisError> {
-                let html = feature_html(atlases, atlas, i, card, &matches[i]);
-                let path: PathBuf = dir.join(format!("{}.html", card.feature));
-                std::fs::write(&path, html).map_err(AnalysisError::io(&path))
-            },
-        )?;
-        written += atlas.cards.len();
-    }
-    Ok(written)
+/// Where a page's best matches go once every SAE of the run is analysed.
+const MATCHES_MARKER: &str = "<!-- best matches -->";
+
+/// Writes every card's page of `atlas`, leaving a place for the best matches
+/// ([`fill_matches`]). Returns how many pages it wrote.
+pub fn write_feature_pages(atlas: &Atlas) -> Result<usize, AnalysisError> {
+    let dir = atlas.matcher.dir.join(FEATURE_DIR);
+    std::fs::create_dir_all(&dir).map_err(AnalysisError::io(&dir))?;
+    atlas
+        .cards
+        .par_iter()
+        .enumerate()
+        .try_for_each(|(i, card)| -> Result<(), AnalysisError> {
+            let html = feature_html(atlas, i, card);
+            let path: PathBuf = dir.join(format!("{}.html", card.feature));
+            std::fs::write(&path, html).map_err(AnalysisError::io(&path))
+        })?;
+    Ok(atlas.cards.len())
 }
 
-fn feature_html(
-    atlases: &[Atlas],
-    atlas: &Atlas,
-    index: usize,
-    card: &FeatureCard,
-    matches: &[Match],
-) -> String {
+/// Puts each page's best match in every other SAE of the run into the place
+/// [`write_feature_pages`] left; `matches` is [`crate::atlas::best_matches`]'s.
+pub fn fill_matches(
+    matchers: &[Matcher],
+    matches: &[Vec<Vec<Match>>],
+) -> Result<(), AnalysisError> {
+    for (mine, matches) in matchers.iter().zip(matches) {
+        let dir = mine.dir.join(FEATURE_DIR);
+        mine.live.par_iter().zip(matches).try_for_each(
+            |(&feature, matches)| -> Result<(), AnalysisError> {
+                let path = dir.join(format!("{feature}.html"));
+                let page = std::fs::read_to_string(&path).map_err(AnalysisError::io(&path))?;
+                let page = page.replacen(MATCHES_MARKER, &matches_html(matchers, mine, matches), 1);
+                std::fs::write(&path, page).map_err(AnalysisError::io(&path))
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// The table of best matches (nothing when the run has one SAE).
+fn matches_html(matchers: &[Matcher], mine: &Matcher, matches: &[Match]) -> String {
+    if matches.is_empty() {
+        return String::new();
+    }
+    let rows: String = matches
+        .iter()
+        .map(|m| {
+            let other = &matchers[m.other];
+            let cell = match m.best {
+                Some((g, c)) => format!(
+                    "<a href=\"../../{0}/{FEATURE_DIR}/{g}.html\">feature {g}</a></td><td>{1}",
+                    escape(&other.name),
+                    number(c)
+                ),
+                None if other.writes != mine.writes || other.d_out != mine.d_out => {
+                    format!("writes {}, another space</td><td>", escape(&other.writes))
+                }
+                None => "no live feature</td><td>".to_string(),
+            };
+            format!("<tr><td>{}</td><td>{cell}</td></tr>", escape(&other.name))
+        })
+        .collect();
+    format!(
+        "<h2>Best match in each other SAE of the run</h2><p>The live feature whose decoder row is closest (cosine), where the SAE writes the same layer.</p>\
+<div class=\"scroll\"><table><tr><th>SAE</th><th>feature</th><th>cosine</th></tr>{rows}</table></div>"
+    )
+}
+
+fn feature_html(atlas: &Atlas, index: usize, card: &FeatureCard) -> String {
     let f = card.feature;
-    let name = escape(&atlas.name);
+    let name = escape(&atlas.matcher.name);
     let mut body = String::new();
     let neighbour = |i: Option<usize>, text: &str| match i.and_then(|i| atlas.cards.get(i)) {
         Some(c) => format!(" · <a href=\"{0}.html\">{text} {0}</a>", c.feature),
@@ -138,33 +179,9 @@ fn feature_html(
             .map(|&(g, c)| format!("<li><a href=\"{g}.html\">feature {g}</a>: {}</li>", number(c)))
             .collect::<String>()
     );
-    if !matches.is_empty() {
-        let rows: String = matches
-            .iter()
-            .map(|m| {
-                let other = &atlases[m.atlas];
-                let cell = match m.best {
-                    Some((g, c)) => format!(
-                        "<a href=\"../../{0}/{FEATURE_DIR}/{g}.html\">feature {g}</a></td><td>{1}",
-                        escape(&other.name),
-                        number(c)
-                    ),
-                    None if other.writes != atlas.writes || other.d_out != atlas.d_out => {
-                        format!("writes {}, another space</td><td>", escape(&other.writes))
-                    }
-                    None => "no live feature</td><td>".to_string(),
-                };
-                format!("<tr><td>{}</td><td>{cell}</td></tr>", escape(&other.name))
-            })
-            .collect();
-        let _ = write!(
-            body,
-            "<h2>Best match in each other SAE of the run</h2><p>The live feature whose decoder row is closest (cosine), where the SAE writes the same layer.</p>\
-<div class=\"scroll\"><table><tr><th>SAE</th><th>feature</th><th>cosine</th></tr>{rows}</table></div>"
-        );
-    }
+    body.push_str(MATCHES_MARKER);
     page(
-        &format!("{}: feature {f}", atlas.name),
+        &format!("{}: feature {f}", atlas.matcher.name),
         &format!("<style>{PAGE_STYLE}</style>"),
         &body,
     )

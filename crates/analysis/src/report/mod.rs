@@ -13,7 +13,7 @@ mod verdict;
 
 use std::path::{Path, PathBuf};
 
-pub use feature_page::{write_feature_pages, FEATURE_DIR};
+pub use feature_page::{fill_matches, write_feature_pages, FEATURE_DIR};
 pub use figures::{log_ticks, VENDOR_DIR};
 pub use sae_page::{dashboard_page_name, write_dashboard_page, SAE_PAGE};
 pub use tables::{probe_table, records_source, records_table, sweep_table, Record};
