@@ -85,6 +85,10 @@ pub struct RunOptions {
     pub force: BTreeSet<String>,
     /// Run only these stages (names or kinds) and what they need; all when empty.
     pub targets: BTreeSet<String>,
+    /// Stage names to build after every other stage (and what reads them after
+    /// them): another process is building them, and this run should not wait
+    /// for it while it holds locks of its own.
+    pub defer: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -273,13 +277,21 @@ impl<'s> Graph<'s> {
         let wanted = (!options.targets.is_empty()).then(|| self.closure(&options.targets));
         let mut outcomes: Vec<Outcome> = Vec::new();
         let mut made: BTreeMap<String, (PathBuf, Manifest)> = BTreeMap::new();
-        let wanted_stages: Vec<(&dyn Stage, &Planned)> = self
+        let mut wanted_stages: Vec<(&dyn Stage, &Planned)> = self
             .stages
             .iter()
             .copied()
             .zip(&plan)
             .filter(|(stage, _)| wanted.as_ref().is_none_or(|w| w.contains(stage.name())))
             .collect();
+        // Deferred stages and everything downstream of them go last, in order.
+        let mut deferred = options.defer.clone();
+        for stage in &self.stages {
+            if stage.inputs().iter().any(|(_, up)| deferred.contains(up)) {
+                deferred.insert(stage.name().to_string());
+            }
+        }
+        wanted_stages.sort_by_key(|(stage, _)| deferred.contains(stage.name()));
         // Held until the run ends, so a concurrent gc cannot remove what it reads.
         let _held: Vec<_> = wanted_stages
             .iter()

@@ -68,10 +68,17 @@ pub struct Store {
     root: PathBuf,
 }
 
-/// Holds the per-key build lock until dropped.
+/// Holds the per-key build lock until dropped. Re-entrant within a process:
+/// a second lock of a key this process holds shares the first's file, and
+/// the lock is released when the last of them is dropped.
 pub struct KeyLock {
-    _file: File,
+    _file: std::sync::Arc<File>,
 }
+
+/// The build locks this process holds, by lock file: an flock taken twice
+/// through two open files of one process would wait for itself.
+static HELD_LOCKS: std::sync::Mutex<std::collections::BTreeMap<PathBuf, std::sync::Weak<File>>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
 
 /// A shared hold on an artifact a run reads or builds, until dropped: `gc`
 /// does not remove an artifact anyone holds. `None` inside where the store is
@@ -233,10 +240,36 @@ impl Store {
         key: &Key,
         on_wait: impl FnOnce(),
     ) -> Result<KeyLock, StoreError> {
+        let mut on_wait = Some(on_wait);
+        self.lock_key(stage, key, &mut || {
+            if let Some(on_wait) = on_wait.take() {
+                on_wait();
+            }
+            true
+        })
+        .map(|lock| lock.expect("a blocking lock always ends holding the key"))
+    }
+
+    /// The lock of `key` if no other process holds it; `None` at once if one does.
+    pub fn try_lock(&self, stage: &str, key: &Key) -> Result<Option<KeyLock>, StoreError> {
+        self.lock_key(stage, key, &mut || false)
+    }
+
+    /// Takes `key`'s lock; when another process holds it, `wait()` says
+    /// whether to block until it is free (or give up with `None`).
+    fn lock_key(
+        &self,
+        stage: &str,
+        key: &Key,
+        wait: &mut dyn FnMut() -> bool,
+    ) -> Result<Option<KeyLock>, StoreError> {
         let dir = self.root.join(LOCKS);
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let path = dir.join(format!("{stage}-{key}.lock"));
-        let mut on_wait = Some(on_wait);
+        let held = || HELD_LOCKS.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(file) = held().get(&path).and_then(std::sync::Weak::upgrade) {
+            return Ok(Some(KeyLock { _file: file }));
+        }
         loop {
             let file = File::options()
                 .create(true)
@@ -247,8 +280,8 @@ impl Store {
             match file.try_lock() {
                 Ok(()) => {}
                 Err(fs::TryLockError::WouldBlock) => {
-                    if let Some(on_wait) = on_wait.take() {
-                        on_wait();
+                    if !wait() {
+                        return Ok(None);
                     }
                     file.lock().map_err(io_err(&path))?;
                 }
@@ -257,7 +290,9 @@ impl Store {
             // `gc` removes a stale lock file while holding it: a lock taken
             // on a file no longer at `path` locks nothing, so take it again.
             if still_at(&file, &path) {
-                return Ok(KeyLock { _file: file });
+                let file = std::sync::Arc::new(file);
+                held().insert(path, std::sync::Arc::downgrade(&file));
+                return Ok(Some(KeyLock { _file: file }));
             }
         }
     }

@@ -156,6 +156,39 @@ fn targets_run_only_what_they_need_and_force_rebuilds() {
     );
 }
 
+/// A deferred stage and what reads it are built after every other stage,
+/// the rest in graph order.
+#[test]
+fn deferred_stages_and_their_readers_are_built_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (a, b, c, d) = (
+        toy("a", 1, &[]),
+        toy("b", 2, &["a"]),
+        toy("c", 3, &["a"]),
+        toy("d", 4, &["a"]),
+    );
+    let graph = Graph::new(&[&a, &b, &c, &d]).unwrap();
+    let defer_b = RunOptions {
+        defer: ["b".to_string()].into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        ran(&graph.run(&store, &defer_b, &|_| {}).unwrap()),
+        vec!["a", "c", "d", "b"]
+    );
+    let (e, f, g) = (toy("e", 5, &[]), toy("f", 6, &["e"]), toy("g", 7, &[]));
+    let graph = Graph::new(&[&e, &f, &g]).unwrap();
+    let defer_e = RunOptions {
+        defer: ["e".to_string()].into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        ran(&graph.run(&store, &defer_e, &|_| {}).unwrap()),
+        vec!["g", "e", "f"]
+    );
+}
+
 #[test]
 fn a_failed_stage_skips_its_dependants_only_and_stores_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -704,4 +737,40 @@ fn two_writers_at_once_build_once() {
         panic!("not fresh")
     };
     assert_eq!(m.files.len(), 20);
+}
+
+/// A key's build lock is re-entrant within a process (a sweep locks its
+/// points before training, then each point's stage locks it again) and is
+/// released when the last holder goes; `try_lock` gives up at once on a key
+/// another holder has. An flock on a second open file stands for another
+/// process: it conflicts with this process's lock even here.
+#[test]
+fn build_locks_are_reentrant_in_a_process_and_try_lock_never_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let key = Key::parse("0123456789abcdef").unwrap();
+    let path = dir.path().join(".locks").join(format!("sae-{key}.lock"));
+    let other = || fs::File::options().write(true).open(&path).unwrap();
+    let first = store.try_lock("sae", &key).unwrap().expect("a free key");
+    let waited = std::cell::Cell::new(false);
+    let second = store.lock("sae", &key, || waited.set(true)).unwrap();
+    assert!(!waited.get(), "this process already holds it");
+    assert!(matches!(
+        other().try_lock(),
+        Err(fs::TryLockError::WouldBlock)
+    ));
+    drop(first);
+    assert!(
+        matches!(other().try_lock(), Err(fs::TryLockError::WouldBlock)),
+        "held while one holder is left"
+    );
+    drop(second);
+    let outside = other();
+    outside.try_lock().expect("free once both are dropped");
+    assert!(
+        store.try_lock("sae", &key).unwrap().is_none(),
+        "try_lock gives up on a key held elsewhere"
+    );
+    drop(outside);
+    assert!(store.try_lock("sae", &key).unwrap().is_some());
 }

@@ -316,7 +316,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 &pipeline,
                 RunOptions {
                     force,
-                    targets: BTreeSet::new(),
+                    ..Default::default()
                 },
             )
         }
@@ -329,6 +329,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 RunOptions {
                     force,
                     targets: [stage].into(),
+                    ..Default::default()
                 },
             )
         }

@@ -5,7 +5,7 @@ use std::process::Stdio;
 
 mod support;
 
-use support::{command, finished, verdict, xtask, SAE};
+use support::{command, finished, verdict, xtask, Run, SAE};
 
 #[test]
 fn a_second_run_is_all_cached_and_status_explains_it() {
@@ -484,6 +484,52 @@ fn two_runs_at_once_build_each_stage_once() {
             "{stage}: {verdicts:?}"
         );
     }
+}
+
+/// Sweeps of `[0.001, 0.003]` and `[0.003, 0.01]` started together: each
+/// locks its points before training, so the shared point trains in one run
+/// and the other finds it built.
+#[test]
+fn overlapping_sweeps_at_once_train_their_shared_point_once() {
+    let store = tempfile::tempdir().unwrap();
+    assert!(xtask(store.path(), &["run", "extract"]).ok);
+    let spawn = |coeffs: &str| {
+        command(
+            store.path(),
+            &["run", "sae", "--set", &format!("sae.l1_coeff={coeffs}")],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+    };
+    let (a, b) = (spawn("[0.001, 0.003]"), spawn("[0.003, 0.01]"));
+    let (a, b) = (
+        finished(a.wait_with_output().unwrap()),
+        finished(b.wait_with_output().unwrap()),
+    );
+    let both = format!("{}\n{}\n{}\n{}", a.stdout, a.stderr, b.stdout, b.stderr);
+    assert!(a.ok && b.ok, "{both}");
+    // A point's progress lines ("<point>:  10% ...") are printed by the run that trains it.
+    let trained = |run: &Run, point: &str| {
+        run.stderr
+            .lines()
+            .any(|l| l.starts_with(&format!("{point}:")))
+    };
+    assert_eq!(
+        [trained(&a, SAE), trained(&b, SAE)],
+        if verdict(&a, SAE) == "ran" {
+            [true, false]
+        } else {
+            [false, true]
+        },
+        "{both}"
+    );
+    let mut verdicts = [verdict(&a, SAE), verdict(&b, SAE)];
+    verdicts.sort();
+    assert_eq!(verdicts, ["cached", "ran"], "{both}");
+    assert!(trained(&a, "sae/fc2.pre/l1-0.001/d1024/s0"), "{both}");
+    assert!(trained(&b, "sae/fc2.pre/l1-0.01/d1024/s0"), "{both}");
 }
 
 #[test]

@@ -8,8 +8,9 @@ pub mod mlp;
 pub mod mnist;
 pub mod sae;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use artifacts::{Event, Graph, Outcome, RunOptions, Stage, Store};
 
@@ -69,7 +70,11 @@ impl Pipeline {
     }
 
     /// Runs the graph, telling the SAE trainer first which points will be
-    /// built, so that it trains them together.
+    /// built, so that it trains them together. Each of those points is locked
+    /// before anything trains: a point another run holds is left to it, and
+    /// built (found, once that run commits it) after every other stage, so
+    /// two runs with overlapping sweeps train a shared point once and never
+    /// wait for each other while holding a lock.
     pub fn run(
         &self,
         store: &Store,
@@ -77,10 +82,10 @@ impl Pipeline {
         on_event: &dyn Fn(Event<'_>),
     ) -> anyhow::Result<Vec<Outcome>> {
         let graph = self.graph()?;
-        let named = |set: &std::collections::BTreeSet<String>, p: &artifacts::Planned| {
+        let named = |set: &BTreeSet<String>, p: &artifacts::Planned| {
             set.contains(&p.name) || set.contains(&p.kind)
         };
-        let pending = graph
+        let candidates: Vec<artifacts::Planned> = graph
             .plan(store)
             .into_iter()
             .filter(|p| {
@@ -89,19 +94,40 @@ impl Pipeline {
             .filter(|p| named(&options.force, p) || !matches!(p.state, artifacts::State::Fresh(_)))
             // Kept by an interrupted run: read back by its own stage, not retrained.
             .filter(|p| !sae::finished_dir(store.root(), &p.key).is_dir())
-            .map(|p| p.name)
             .collect();
+        let (mut pending, mut options) = (BTreeSet::new(), options.clone());
+        let mut own = BTreeMap::new();
+        for p in candidates {
+            match store.try_lock(&p.kind, &p.key) {
+                Ok(Some(lock)) => {
+                    own.insert(p.name.clone(), lock);
+                    pending.insert(p.name);
+                }
+                Ok(None) => {
+                    options.defer.insert(p.name);
+                }
+                // A store that cannot be locked: the point's own stage says why.
+                Err(_) => {
+                    pending.insert(p.name);
+                }
+            }
+        }
         self.sweep.set_pending(pending);
-        // A point's kept copy goes once its artifact is committed (or found).
-        let forget_kept = |event: Event<'_>| {
+        let own = Mutex::new(own);
+        // A point's kept copy goes once its artifact is committed (or found),
+        // and its lock once its stage is done, whatever the outcome.
+        let after_each = |event: Event<'_>| {
             if let Event::Finished(outcome) = &event {
                 if let Some(m) = outcome.manifest().filter(|m| m.stage == "sae") {
                     let _ = std::fs::remove_dir_all(sae::finished_dir(store.root(), &m.key));
                 }
+                own.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(outcome.name());
             }
             on_event(event);
         };
-        Ok(graph.run(store, options, &forget_kept)?)
+        Ok(graph.run(store, &options, &after_each)?)
     }
 }
 
