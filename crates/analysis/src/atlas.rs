@@ -172,7 +172,14 @@ impl Atlas {
                     .map(|c| &columns_train[c.feature][..c.logit_rows])
                     .collect();
                 let features: Vec<usize> = chunk.iter().map(|c| c.feature).collect();
-                let effects = logit_effects(layer, run, &x_hat, &features, &rows)?;
+                let effects = EffectBatch {
+                    layer,
+                    run,
+                    x_hat: &x_hat,
+                    features: &features,
+                    rows: &rows,
+                }
+                .effects()?;
                 for (card, effect) in chunk.iter_mut().zip(effects) {
                     card.logit_effect = effect;
                 }
@@ -331,122 +338,130 @@ fn reconstruct(sae: &sae::Sae, reads: &LayerData, acts: &SparseActs) -> Vec<f32>
         .collect()
 }
 
-/// Each feature's own effect, as sae_vis and Neuronpedia show it: mean over
-/// its `rows` of logits(x_hat) - logits(x_hat - act_f * W_dec[f]), per class.
-fn logit_effects(
-    layer: &LayerData,
-    run: &SaeRun,
-    x_hat: &[f32],
-    features: &[usize],
-    rows: &[&[(u32, f32)]],
-) -> Result<Vec<Vec<f64>>, AnalysisError> {
-    if rows.iter().all(|r| r.is_empty()) {
-        return Ok(vec![vec![0.0; CLASSES]; features.len()]);
-    }
-    match linear_tail_effects(layer, run, x_hat, features, rows)? {
-        Some(effects) => Ok(effects),
-        None => two_pass_effects(layer, run, x_hat, features, rows),
-    }
+/// Features whose logit effects are measured, each over its `rows` (with
+/// their activations), from the SAE's output `x_hat` of every train row.
+struct EffectBatch<'a> {
+    layer: &'a LayerData<'a>,
+    run: &'a SaeRun<'a>,
+    x_hat: &'a [f32],
+    features: &'a [usize],
+    rows: &'a [&'a [(u32, f32)]],
 }
 
-/// [`logit_effects`] by its definition: every row with the feature, then
-/// every row without it, through the rest of the MLP in one batch.
-fn two_pass_effects(
-    layer: &LayerData,
-    run: &SaeRun,
-    x_hat: &[f32],
-    features: &[usize],
-    rows: &[&[(u32, f32)]],
-) -> Result<Vec<Vec<f64>>, AnalysisError> {
-    let d_out = run.sae.d_out();
-    let total: usize = rows.iter().map(|r| r.len()).sum();
-    let mut values = Vec::with_capacity(2 * total * d_out);
-    for &rows in rows {
-        for &(r, _) in rows {
-            values.extend_from_slice(&x_hat[r as usize * d_out..(r as usize + 1) * d_out]);
+impl EffectBatch<'_> {
+    /// Each feature's own effect, as sae_vis and Neuronpedia show it: mean over
+    /// its `rows` of logits(x_hat) - logits(x_hat - act_f * W_dec[f]), per class.
+    fn effects(&self) -> Result<Vec<Vec<f64>>, AnalysisError> {
+        if self.rows.iter().all(|r| r.is_empty()) {
+            return Ok(vec![vec![0.0; CLASSES]; self.features.len()]);
+        }
+        match self.linear_tail()? {
+            Some(effects) => Ok(effects),
+            None => self.two_pass(),
         }
     }
-    for (&f, &rows) in features.iter().zip(rows) {
-        let direction = &run.sae.w_dec[f * d_out..(f + 1) * d_out];
-        for &(r, act) in rows {
-            let row = &x_hat[r as usize * d_out..(r as usize + 1) * d_out];
-            values.extend(row.iter().zip(direction).map(|(v, w)| v - act * w));
+
+    /// [`Self::effects`] by its definition: every row with the feature, then
+    /// every row without it, through the rest of the MLP in one batch.
+    fn two_pass(&self) -> Result<Vec<Vec<f64>>, AnalysisError> {
+        let EffectBatch {
+            layer,
+            run,
+            x_hat,
+            features,
+            rows,
+        } = *self;
+        let d_out = run.sae.d_out();
+        let total: usize = rows.iter().map(|r| r.len()).sum();
+        let mut values = Vec::with_capacity(2 * total * d_out);
+        for &rows in rows {
+            for &(r, _) in rows {
+                values.extend_from_slice(&x_hat[r as usize * d_out..(r as usize + 1) * d_out]);
+            }
         }
+        for (&f, &rows) in features.iter().zip(rows) {
+            let direction = &run.sae.w_dec[f * d_out..(f + 1) * d_out];
+            for &(r, act) in rows {
+                let row = &x_hat[r as usize * d_out..(r as usize + 1) * d_out];
+                values.extend(row.iter().zip(direction).map(|(v, w)| v - act * w));
+            }
+        }
+        let t = Tensor::from_vec(values, (2 * total, d_out), layer.mlp.device())?;
+        let logits = layer.mlp.logits_from(run.writes, &t)?;
+        let classes = logits.dim(1)?;
+        let logits = logits.flatten_all()?.to_vec1::<f32>()?;
+        let (with, without) = logits.split_at(total * classes);
+        let mut at = 0;
+        Ok(rows
+            .iter()
+            .map(|rows| {
+                let mut effect = vec![0.0f64; CLASSES];
+                for r in at..at + rows.len() {
+                    for (c, e) in effect.iter_mut().enumerate().take(classes) {
+                        *e += (with[r * classes + c] - without[r * classes + c]) as f64;
+                    }
+                }
+                at += rows.len();
+                effect
+                    .into_iter()
+                    .map(|e| e / rows.len().max(1) as f64)
+                    .collect()
+            })
+            .collect())
     }
-    let t = Tensor::from_vec(values, (2 * total, d_out), layer.mlp.device())?;
-    let logits = layer.mlp.logits_from(run.writes, &t)?;
-    let classes = logits.dim(1)?;
-    let logits = logits.flatten_all()?.to_vec1::<f32>()?;
-    let (with, without) = logits.split_at(total * classes);
-    let mut at = 0;
-    Ok(rows
-        .iter()
-        .map(|rows| {
-            let mut effect = vec![0.0f64; CLASSES];
-            for r in at..at + rows.len() {
-                for (c, e) in effect.iter_mut().enumerate().take(classes) {
-                    *e += (with[r * classes + c] - without[r * classes + c]) as f64;
+
+    /// [`Self::effects`] where the MLP is linear from `fc2.post` to the logits:
+    /// the mean change at `fc2.post` (relu(x_hat) - relu(x_hat - act * d) for an
+    /// SAE of `fc2.pre`; act * d for one of `fc2.post`) mapped once, instead of
+    /// every row through the tail twice. `None` for other layers.
+    fn linear_tail(&self) -> Result<Option<Vec<Vec<f64>>>, AnalysisError> {
+        let EffectBatch {
+            layer,
+            run,
+            x_hat,
+            features,
+            rows,
+        } = *self;
+        let gated = match run.writes {
+            "fc2.pre" => true,
+            "fc2.post" => false,
+            _ => return Ok(None),
+        };
+        let d_out = run.sae.d_out();
+        let mut changes = Vec::with_capacity(features.len() * d_out);
+        for (&f, &rows) in features.iter().zip(rows) {
+            let direction = &run.sae.w_dec[f * d_out..(f + 1) * d_out];
+            let mut sum = vec![0.0f64; d_out];
+            for &(r, act) in rows {
+                let row = &x_hat[r as usize * d_out..(r as usize + 1) * d_out];
+                for ((s, &v), &w) in sum.iter_mut().zip(row).zip(direction) {
+                    *s += if gated {
+                        (v.max(0.0) - (v - act * w).max(0.0)) as f64
+                    } else {
+                        (act * w) as f64
+                    };
                 }
             }
-            at += rows.len();
-            effect
-                .into_iter()
-                .map(|e| e / rows.len().max(1) as f64)
-                .collect()
-        })
-        .collect())
-}
-
-/// [`logit_effects`] where the MLP is linear from `fc2.post` to the logits:
-/// the mean change at `fc2.post` (relu(x_hat) - relu(x_hat - act * d) for an
-/// SAE of `fc2.pre`; act * d for one of `fc2.post`) mapped once, instead of
-/// every row through the tail twice. `None` for other layers.
-fn linear_tail_effects(
-    layer: &LayerData,
-    run: &SaeRun,
-    x_hat: &[f32],
-    features: &[usize],
-    rows: &[&[(u32, f32)]],
-) -> Result<Option<Vec<Vec<f64>>>, AnalysisError> {
-    let gated = match run.writes {
-        "fc2.pre" => true,
-        "fc2.post" => false,
-        _ => return Ok(None),
-    };
-    let d_out = run.sae.d_out();
-    let mut changes = Vec::with_capacity(features.len() * d_out);
-    for (&f, &rows) in features.iter().zip(rows) {
-        let direction = &run.sae.w_dec[f * d_out..(f + 1) * d_out];
-        let mut sum = vec![0.0f64; d_out];
-        for &(r, act) in rows {
-            let row = &x_hat[r as usize * d_out..(r as usize + 1) * d_out];
-            for ((s, &v), &w) in sum.iter_mut().zip(row).zip(direction) {
-                *s += if gated {
-                    (v.max(0.0) - (v - act * w).max(0.0)) as f64
-                } else {
-                    (act * w) as f64
-                };
-            }
+            let n = rows.len().max(1) as f64;
+            changes.extend(sum.iter().map(|s| (s / n) as f32));
         }
-        let n = rows.len().max(1) as f64;
-        changes.extend(sum.iter().map(|s| (s / n) as f32));
+        let device = layer.mlp.device();
+        let t = Tensor::from_vec(changes, (features.len(), d_out), device)?;
+        let zero = Tensor::zeros((1, d_out), candle_core::DType::F32, device)?;
+        // The tail is affine: subtracting its value at zero leaves the linear part.
+        let at_zero = layer.mlp.logits_from("fc2.post", &zero)?;
+        let effects = layer
+            .mlp
+            .logits_from("fc2.post", &t)?
+            .broadcast_sub(&at_zero)?
+            .to_vec2::<f32>()?;
+        Ok(Some(
+            effects
+                .into_iter()
+                .map(|e| e.into_iter().map(f64::from).collect())
+                .collect(),
+        ))
     }
-    let device = layer.mlp.device();
-    let t = Tensor::from_vec(changes, (features.len(), d_out), device)?;
-    let zero = Tensor::zeros((1, d_out), candle_core::DType::F32, device)?;
-    // The tail is affine: subtracting its value at zero leaves the linear part.
-    let at_zero = layer.mlp.logits_from("fc2.post", &zero)?;
-    let effects = layer
-        .mlp
-        .logits_from("fc2.post", &t)?
-        .broadcast_sub(&at_zero)?
-        .to_vec2::<f32>()?;
-    Ok(Some(
-        effects
-            .into_iter()
-            .map(|e| e.into_iter().map(f64::from).collect())
-            .collect(),
-    ))
 }
 
 /// Fills each card's pixel view: the input gradient of an SAE feature's
@@ -564,10 +579,15 @@ mod tests {
                 downstream: None,
                 dashboard_command: String::new(),
             };
-            let fast = linear_tail_effects(&layer, &run, &values, &features, &rows)
-                .unwrap()
-                .expect("a linear tail");
-            let slow = two_pass_effects(&layer, &run, &values, &features, &rows).unwrap();
+            let batch = EffectBatch {
+                layer: &layer,
+                run: &run,
+                x_hat: &values,
+                features: &features,
+                rows: &rows,
+            };
+            let fast = batch.linear_tail().unwrap().expect("a linear tail");
+            let slow = batch.two_pass().unwrap();
             let largest = slow.iter().flatten().fold(0.0f64, |m, v| m.max(v.abs()));
             assert!(
                 largest > 1e-3,
@@ -590,8 +610,13 @@ mod tests {
             downstream: None,
             dashboard_command: String::new(),
         };
-        assert!(linear_tail_effects(&layer, &run, &values, &features, &rows)
-            .unwrap()
-            .is_none());
+        let batch = EffectBatch {
+            layer: &layer,
+            run: &run,
+            x_hat: &values,
+            features: &features,
+            rows: &rows,
+        };
+        assert!(batch.linear_tail().unwrap().is_none());
     }
 }
