@@ -469,8 +469,10 @@ const out = document.createElement('pre'); out.id = 'image-check'; \
 const wide = [...document.body.querySelectorAll('*')].filter(e => !e.closest('.scroll, .chart') \
 && e.getBoundingClientRect().right > window.innerWidth + 1).length; \
 const page = document.documentElement.scrollWidth > window.innerWidth ? 'overflows' : 'fits'; \
+const table = document.getElementById('verdict-table'); \
+const first = table ? String(table.getBoundingClientRect().top < window.innerHeight) : 'none'; \
 out.textContent = 'images=' + imgs.length + ' broken=' + broken + ' errors=' + window.__errors \
-+ ' page=' + page + ' wide=' + wide + ' charts=' + charts + ' remote=' + remote; \
++ ' page=' + page + ' wide=' + wide + ' charts=' + charts + ' remote=' + remote + ' first=' + first; \
 document.body.appendChild(out); }, 500));</script>";
     let test_copy = report.with_file_name("report_check.html");
     let html = html
@@ -785,6 +787,14 @@ fn analysis_writes_tables_plots_and_a_report_that_renders() {
         assert!(
             page.contains("href=\"../report.html\"") && page.contains("href=\"features.parquet\"")
         );
+        let (best, _) = summary.features.best_detector.as_ref().unwrap();
+        assert!(
+            page.contains(&format!(
+                "<a href=\"{}/{best}.html\">{best}</a>",
+                analysis::FEATURE_DIR
+            )),
+            "the best detector opens its page"
+        );
         assert!(html.contains(&format!("href=\"{}/{}\"", summary.name, analysis::SAE_PAGE)));
     }
     // Over the sweep: the best feature of any SAE, recomputed here, against the best neuron.
@@ -964,14 +974,16 @@ fn check_pages(report: &Path, summaries: &[analysis::SaeSummary]) {
         eprintln!("note: chromium not found; skipped rendering the report");
         return;
     };
-    let pages: Vec<(PathBuf, usize)> = std::iter::once((report.to_path_buf(), charts))
-        .chain(
-            summaries
-                .iter()
-                .map(|s| (s.dir.join(analysis::SAE_PAGE), 0)),
-        )
-        .collect();
-    for (page, charts) in &pages {
+    // The index's verdict table starts on the first screen (1000 px high).
+    let pages: Vec<(PathBuf, usize, &str)> =
+        std::iter::once((report.to_path_buf(), charts, "true"))
+            .chain(
+                summaries
+                    .iter()
+                    .map(|s| (s.dir.join(analysis::SAE_PAGE), 0, "none")),
+            )
+            .collect();
+    for (page, charts, first) in &pages {
         let images = std::fs::read_to_string(page)
             .unwrap()
             .matches("<img ")
@@ -979,7 +991,7 @@ fn check_pages(report: &Path, summaries: &[analysis::SaeSummary]) {
         for width in [900, 1400] {
             let (dom, log) = render_in_chromium(&browser, page, width);
             let check = format!(
-                "images={images} broken=0 errors=0 page=fits wide=0 charts={charts} remote=0"
+                "images={images} broken=0 errors=0 page=fits wide=0 charts={charts} remote=0 first={first}"
             );
             assert!(
                 dom.contains(&check),
@@ -1087,7 +1099,9 @@ fn check_feature_pages(browser: &Path, summaries: &[analysis::SaeSummary]) {
     assert!(images > analysis::atlas::TOP, "{images} images");
     for width in [900, 1400] {
         let (dom, log) = render_in_chromium(browser, &page_path, width);
-        let check = format!("images={images} broken=0 errors=0 page=fits wide=0 charts=0 remote=0");
+        let check = format!(
+            "images={images} broken=0 errors=0 page=fits wide=0 charts=0 remote=0 first=none"
+        );
         assert!(
             dom.contains(&check),
             "{} at {width} px: expected {check}: {}",

@@ -51,11 +51,16 @@ fn summary_html(s: &SaeSummary, cfg: &AnalysisConfig) -> String {
                 .collect(),
         ),
     ];
-    for (label, mi, accs) in rows {
+    for (i, (label, mi, accs)) in rows.into_iter().enumerate() {
+        // The best feature opens its page (the first row is the features').
+        let unit = |u: usize| match i {
+            0 => format!("<a href=\"{}/{u}.html\">{u}</a>", super::FEATURE_DIR),
+            _ => u.to_string(),
+        };
         let detector = mi
             .best_detector
             .as_ref()
-            .map(|(u, d)| format!("{u}: {}, {:.3}, {:.3}", d.class, d.f1, d.auroc))
+            .map(|(u, d)| format!("{}: {}, {:.3}, {:.3}", unit(*u), d.class, d.f1, d.auroc))
             .unwrap_or_default();
         let live = mi.units - mi.dead;
         let _ = write!(
