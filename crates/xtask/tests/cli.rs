@@ -1,4 +1,7 @@
 //! `cargo xtask` end to end on the real MNIST files, each test in its own store.
+//!
+//! Over 600 lines: every case runs the binary the same way (`support`), and
+//! splitting them by theme would only split that one harness.
 
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
