@@ -795,6 +795,14 @@ fn analysis_writes_tables_plots_and_a_report_that_renders() {
             )),
             "the best detector opens its page"
         );
+        assert!(
+            html.contains(&format!(
+                "<a href=\"{}/{}/{best}.html\" title=\"feature {best}\">",
+                summary.name,
+                analysis::FEATURE_DIR
+            )),
+            "the index's best detector opens its page"
+        );
         assert!(html.contains(&format!("href=\"{}/{}\"", summary.name, analysis::SAE_PAGE)));
     }
     // Over the sweep: the best feature of any SAE, recomputed here, against the best neuron.

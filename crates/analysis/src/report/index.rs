@@ -49,21 +49,34 @@ fn f3(v: f64) -> String {
 
 /// The label-information cells both kinds of row share: best and live-mean
 /// binary and binned MI, the best detector and its AUROC, each probe's test
-/// accuracy at `ks`, and (`digit`) the per-digit probe at k = 1.
+/// accuracy at `ks`, and (`digit`) the per-digit probe at k = 1. An SAE's
+/// row (`sae`, its name) links its best detector to that feature's page.
 fn label_cells(
     mi: &MiSummary,
     probes: &[ProbeResult],
     digit_probes: &[DigitProbe],
     ks: &[usize],
     digit: bool,
+    sae: Option<&str>,
 ) -> String {
     let detector = mi.best_detector.as_ref();
+    let class_f1 = |(u, d): &(usize, crate::labelinfo::Detector)| {
+        let text = format!("{}, {:.3}", d.class, d.f1);
+        match sae {
+            Some(name) => format!(
+                "<a href=\"{}/{}/{u}.html\" title=\"feature {u}\">{text}</a>",
+                escape(name),
+                super::FEATURE_DIR
+            ),
+            None => text,
+        }
+    };
     let mut cells: Vec<String> = vec![
         f3(mi.max_mi_bits),
         f3(mi.live_mean_mi_bits),
         f3(mi.max_mi_binned_bits),
         f3(mi.live_mean_mi_binned_bits),
-        detector.map_or(String::new(), |(_, d)| format!("{}, {:.3}", d.class, d.f1)),
+        detector.map_or(String::new(), class_f1),
         detector.map_or(String::new(), |(_, d)| f3(d.auroc)),
     ];
     cells.extend(ks.iter().map(|k| {
@@ -120,7 +133,14 @@ fn verdict_table(summaries: &[SaeSummary]) -> String {
             m.ce_recovered,
             delta(s.downstream.map(|d| d.spliced_loss - d.clean_loss)),
             delta(s.downstream.map(|d| m.spliced_accuracy - d.clean_accuracy)),
-            label_cells(&s.features, &s.feature_probes, &s.feature_digit_probes, &ks, digit),
+            label_cells(
+                &s.features,
+                &s.feature_probes,
+                &s.feature_digit_probes,
+                &ks,
+                digit,
+                Some(&s.name)
+            ),
         );
     }
     let n = &first.neurons;
@@ -131,7 +151,7 @@ fn verdict_table(summaries: &[SaeSummary]) -> String {
         n.units,
         n.units - n.dead,
         100.0 * (n.units - n.dead) as f64 / n.units.max(1) as f64,
-        label_cells(n, &first.neuron_probes, &first.neuron_digit_probes, &ks, digit),
+        label_cells(n, &first.neuron_probes, &first.neuron_digit_probes, &ks, digit, None),
     );
     let measures: Vec<String> = contests(first).into_iter().map(|c| c.measure).collect();
     let _ = write!(
