@@ -177,7 +177,8 @@ impl Atlas {
                 let features: Vec<usize> = chunk.iter().map(|c| c.feature).collect();
                 let effects = EffectBatch {
                     layer,
-                    run,
+                    sae: run.sae,
+                    writes: run.writes,
                     x_hat: &x_hat,
                     features: &features,
                     rows: &rows,
@@ -341,20 +342,22 @@ fn reconstruct(sae: &sae::Sae, reads: &LayerData, acts: &SparseActs) -> Vec<f32>
         .collect()
 }
 
-/// Features whose logit effects are measured, each over its `rows` (with
-/// their activations), from the SAE's output `x_hat` of every train row.
-struct EffectBatch<'a> {
-    layer: &'a LayerData<'a>,
-    run: &'a SaeRun<'a>,
-    x_hat: &'a [f32],
-    features: &'a [usize],
-    rows: &'a [&'a [(u32, f32)]],
+/// Features whose logit effects are measured, each over its `rows` (index
+/// into `x_hat`, activation), from the SAE's output `x_hat` `[_, d_out]`.
+pub(crate) struct EffectBatch<'a> {
+    pub layer: &'a LayerData<'a>,
+    pub sae: &'a sae::Sae,
+    /// The layer its output replaces.
+    pub writes: &'a str,
+    pub x_hat: &'a [f32],
+    pub features: &'a [usize],
+    pub rows: &'a [&'a [(u32, f32)]],
 }
 
 impl EffectBatch<'_> {
     /// Each feature's own effect, as sae_vis and Neuronpedia show it: mean over
     /// its `rows` of logits(x_hat) - logits(x_hat - act_f * W_dec[f]), per class.
-    fn effects(&self) -> Result<Vec<Vec<f64>>, AnalysisError> {
+    pub fn effects(&self) -> Result<Vec<Vec<f64>>, AnalysisError> {
         if self.rows.iter().all(|r| r.is_empty()) {
             return Ok(vec![vec![0.0; CLASSES]; self.features.len()]);
         }
@@ -369,12 +372,13 @@ impl EffectBatch<'_> {
     fn two_pass(&self) -> Result<Vec<Vec<f64>>, AnalysisError> {
         let EffectBatch {
             layer,
-            run,
+            sae,
+            writes,
             x_hat,
             features,
             rows,
         } = *self;
-        let d_out = run.sae.d_out();
+        let d_out = sae.d_out();
         let total: usize = rows.iter().map(|r| r.len()).sum();
         let mut values = Vec::with_capacity(2 * total * d_out);
         for &rows in rows {
@@ -383,14 +387,14 @@ impl EffectBatch<'_> {
             }
         }
         for (&f, &rows) in features.iter().zip(rows) {
-            let direction = &run.sae.w_dec[f * d_out..(f + 1) * d_out];
+            let direction = &sae.w_dec[f * d_out..(f + 1) * d_out];
             for &(r, act) in rows {
                 let row = &x_hat[r as usize * d_out..(r as usize + 1) * d_out];
                 values.extend(row.iter().zip(direction).map(|(v, w)| v - act * w));
             }
         }
         let t = Tensor::from_vec(values, (2 * total, d_out), layer.mlp.device())?;
-        let logits = layer.mlp.logits_from(run.writes, &t)?;
+        let logits = layer.mlp.logits_from(writes, &t)?;
         let classes = logits.dim(1)?;
         let logits = logits.flatten_all()?.to_vec1::<f32>()?;
         let (with, without) = logits.split_at(total * classes);
@@ -420,20 +424,21 @@ impl EffectBatch<'_> {
     fn linear_tail(&self) -> Result<Option<Vec<Vec<f64>>>, AnalysisError> {
         let EffectBatch {
             layer,
-            run,
+            sae,
+            writes,
             x_hat,
             features,
             rows,
         } = *self;
-        let gated = match run.writes {
+        let gated = match writes {
             "fc2.pre" => true,
             "fc2.post" => false,
             _ => return Ok(None),
         };
-        let d_out = run.sae.d_out();
+        let d_out = sae.d_out();
         let mut changes = Vec::with_capacity(features.len() * d_out);
         for (&f, &rows) in features.iter().zip(rows) {
-            let direction = &run.sae.w_dec[f * d_out..(f + 1) * d_out];
+            let direction = &sae.w_dec[f * d_out..(f + 1) * d_out];
             let mut sum = vec![0.0f64; d_out];
             for &(r, act) in rows {
                 let row = &x_hat[r as usize * d_out..(r as usize + 1) * d_out];
@@ -571,20 +576,10 @@ mod tests {
         let rows: Vec<&[(u32, f32)]> = columns.iter().map(|c| c.as_slice()).collect();
         let features: Vec<usize> = (0..6).collect();
         for writes in ["fc2.pre", "fc2.post", "fc1.post"] {
-            let run = SaeRun {
-                name: "test",
-                sae: &sae,
-                reads: &layer,
-                writes,
-                curve: &[],
-                latents: None,
-                metrics: Default::default(),
-                downstream: None,
-                dashboard_command: String::new(),
-            };
             let batch = EffectBatch {
                 layer: &layer,
-                run: &run,
+                sae: &sae,
+                writes,
                 x_hat: &values,
                 features: &features,
                 rows: &rows,

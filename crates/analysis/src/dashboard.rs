@@ -5,8 +5,6 @@
 
 use std::path::Path;
 
-use candle_core::Tensor;
-
 use crate::plots::{self, DigitGrid, Figure, Layer, Mark, Tile};
 use crate::stats::{UnitCounts, UnitStats, CLASSES};
 pub use crate::types::Dashboard;
@@ -381,20 +379,17 @@ fn digit_grid(input: &DashboardInput, feature: usize, active: &[(usize, f32)]) -
     }
 }
 
-/// The feature's own effect, as sae_vis and Neuronpedia show it: mean over
-/// `rows` of logits(x_hat) - logits(x_hat - act_f * W_dec[f]), per class.
+/// The feature's own effect over `rows` ([`crate::atlas::EffectBatch`]),
+/// from the SAE's output on those rows, decoded from the codes already computed.
 fn logit_effect(
     input: &DashboardInput,
     feature: usize,
     rows: &[(usize, f32)],
 ) -> Result<Vec<f64>, AnalysisError> {
-    if rows.is_empty() {
-        return Ok(vec![0.0; CLASSES]);
-    }
-    let (d_in, d_out) = (input.sae.d_in(), input.sae.d_out());
-    // From the codes already computed: re-encoding 2048 rows of a 16384-wide SAE costs a second.
+    let d_in = input.sae.d_in();
+    // Re-encoding 2048 rows of a 16384-wide SAE costs a second; the codes are at hand.
     let acts = input.acts_train;
-    let mut x_hat = Vec::with_capacity(rows.len() * d_out);
+    let mut x_hat = Vec::with_capacity(rows.len() * input.sae.d_out());
     for &(row, _) in rows {
         let start = acts.row.partition_point(|&r| (r as usize) < row);
         let end = acts.row.partition_point(|&r| (r as usize) <= row);
@@ -405,31 +400,22 @@ fn logit_effect(
             &acts.value[start..end],
         ));
     }
-    let direction = &input.sae.w_dec[feature * d_out..(feature + 1) * d_out];
-    let mut ablated = x_hat.clone();
-    for (chunk, &(_, act)) in ablated.chunks_exact_mut(d_out).zip(rows) {
-        chunk
-            .iter_mut()
-            .zip(direction)
-            .for_each(|(v, w)| *v -= act * w);
+    // Row i of `x_hat` is the i-th of `rows`.
+    let local: Vec<(u32, f32)> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, &(_, act))| (i as u32, act))
+        .collect();
+    let effects = crate::atlas::EffectBatch {
+        layer: input.layer,
+        sae: input.sae,
+        writes: input.writes,
+        x_hat: &x_hat,
+        features: &[feature],
+        rows: &[&local],
     }
-    let device = input.layer.mlp.device();
-    let logits = |values: Vec<f32>| -> Result<Vec<Vec<f32>>, AnalysisError> {
-        let t = Tensor::from_vec(values, (rows.len(), d_out), device)?;
-        Ok(input
-            .layer
-            .mlp
-            .logits_from(input.writes, &t)?
-            .to_vec2::<f32>()?)
-    };
-    let (with, without) = (logits(x_hat)?, logits(ablated)?);
-    let mut effect = vec![0.0f64; CLASSES];
-    for (a, b) in with.iter().zip(&without) {
-        for c in 0..CLASSES.min(a.len()) {
-            effect[c] += (a[c] - b[c]) as f64;
-        }
-    }
-    Ok(effect.into_iter().map(|e| e / rows.len() as f64).collect())
+    .effects()?;
+    Ok(effects.into_iter().next().expect("one feature, one effect"))
 }
 
 /// How many units or features each neighbour list of a dashboard shows.

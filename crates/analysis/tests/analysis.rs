@@ -1079,9 +1079,9 @@ fn check_feature_pages(browser: &Path, summaries: &[analysis::SaeSummary]) {
             .unwrap_or_else(|| panic!("{caption} is not on the page after the one before"));
         at += found + caption.len();
     }
-    // The page's logit effects (one product through the MLP's affine tail)
-    // against the dashboard's (every row through the MLP twice), as printed:
-    // 4 decimals, or 3 significant digits under 1e-3.
+    // The page's logit effects (from every train row's reconstruction, in a
+    // batch of features) against the dashboard's (from its rows decoded
+    // alone), as printed: 4 decimals, or 3 significant digits under 1e-3.
     let dashboard = &s.dashboards[0];
     for (c, &want) in dashboard.logit_effect.iter().enumerate() {
         let key = format!("<title>logit {c}: ");
