@@ -101,7 +101,7 @@ fn drive_one<T>(
         name: "hook".to_string(),
         cfg: cfg.clone(),
     }];
-    let run = drive(&point, data, path, &|_| {}, None, limits)
+    let run = drive(&point, data, path, &|_| {}, None, None, limits)
         .pop()
         .expect("one result per point")?;
     take(run)

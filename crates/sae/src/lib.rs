@@ -41,6 +41,7 @@ mod kernels;
 mod latents;
 mod model;
 mod reference;
+mod resume;
 mod run;
 mod sweep;
 pub mod synthetic;
@@ -62,10 +63,11 @@ pub use model::{
     column_mean, decode_row, encode, encode_sparse, evaluate, evaluate_on, explained_variance,
     reconstruct, EvalMetrics, Sae, SparseCodes,
 };
+pub use resume::{Checkpoints, ResumePoint, RESUME_BUFFERS_FILE, RESUME_STATE_FILE};
 pub use sweep::{ScheduledPoint, SweepScheduler};
 pub use train::{
-    train_sweep, train_sweep_telling, CurvePoint, ProgressEvent, ProgressKind, ResampleEvent,
-    SweepPoint, TrainData, TrainPath, Trained, PROGRESS_EVERY_STEPS,
+    train_sweep, train_sweep_resuming, train_sweep_telling, CurvePoint, ProgressEvent,
+    ProgressKind, ResampleEvent, SweepPoint, TrainData, TrainPath, Trained, PROGRESS_EVERY_STEPS,
 };
 // Test hooks (gradients at one batch, per-step losses) for this crate's tests
 // and the real-data comparison in xtask: not part of the API.

@@ -13,6 +13,7 @@ use crate::duo::Exec;
 use crate::hooks::CheckedStep;
 use crate::latents::{self, LatentHistory, LatentSnapshot};
 use crate::model::{self, row_squared_errors, Sae, STREAM_RESAMPLE, STREAM_SHUFFLE};
+use crate::resume::{word, Checkpoints, ResumePoint, RunState};
 use crate::trainer::{AuxScale, FeatureReset, FiringTracker, Trainer};
 use crate::SaeError;
 
@@ -63,6 +64,12 @@ pub(crate) struct Run<'a> {
     /// The result, taken as soon as it trained where the caller asked to hear
     /// of each point at once (`Shared::on_trained`).
     pub(crate) trained: Option<crate::Trained>,
+    /// The epoch it starts at: past 0 when resumed (`resume.rs`).
+    pub(crate) start_epoch: usize,
+    /// The shuffle stream's position at `start_epoch` when resumed.
+    pub(crate) shuffle_word: Option<u128>,
+    /// Training time before it resumed.
+    pub(crate) seconds_before: f64,
 }
 
 /// The training rows as a run sees them.
@@ -82,6 +89,8 @@ pub(crate) struct Shared<'a> {
     pub(crate) progress: &'a (dyn Fn(&ProgressEvent) + Sync),
     /// Told of each point the moment it has trained (from its worker thread).
     pub(crate) on_trained: Option<&'a (dyn Fn(&str, &crate::Trained) + Sync)>,
+    /// Where runs resume from and how their state is kept (full runs only).
+    pub(crate) checkpoints: Option<&'a Checkpoints<'a>>,
     pub(crate) limits: Limits,
 }
 
@@ -362,10 +371,14 @@ pub(crate) fn drive_run<'d>(run: &mut Run, shared: &Shared, exec: &dyn Fn() -> E
     let rows = data.rows();
     let autoencoding = std::ptr::eq(data.input, data.target);
     let mut shuffle_rng = shuffle_seed.map(|seed| model::rng(seed, STREAM_SHUFFLE));
+    if let (Some(rng), Some(word)) = (&mut shuffle_rng, run.shuffle_word) {
+        rng.set_word_pos(word);
+    }
     let mut order: Vec<usize> = Vec::new();
     let mut gathered: Vec<f32> = Vec::new();
     let mut gathered_target: Vec<f32> = Vec::new();
-    for epoch in 0..run.cfg.epochs {
+    let mut last_saved = Instant::now();
+    for epoch in run.start_epoch..run.cfg.epochs {
         if !run.active_in(epoch, shared.limits) {
             break;
         }
@@ -408,8 +421,19 @@ pub(crate) fn drive_run<'d>(run: &mut Run, shared: &Shared, exec: &dyn Fn() -> E
         if run.failed.is_none() {
             run.end_epoch(epoch, shared);
         }
+        if let Some(checkpoints) = shared.checkpoints {
+            let last = epoch + 1 == run.cfg.epochs;
+            if run.failed.is_none() && !last && last_saved.elapsed() >= checkpoints.every {
+                let seconds = run.seconds_before + start.elapsed().as_secs_f64();
+                let shuffle_word = shuffle_rng.as_ref().map(|rng| rng.get_word_pos());
+                if let Some(point) = run.resume_point(epoch + 1, seconds, shuffle_word) {
+                    (checkpoints.save)(&point);
+                }
+                last_saved = Instant::now();
+            }
+        }
     }
-    run.seconds = start.elapsed().as_secs_f64();
+    run.seconds = run.seconds_before + start.elapsed().as_secs_f64();
     if let (Some(on_trained), None) = (shared.on_trained, &run.failed) {
         match crate::train::finished(run) {
             Ok(trained) => {
@@ -477,5 +501,88 @@ pub(crate) fn new_run<'a>(
         failed: None,
         seconds: 0.0,
         trained: None,
+        start_epoch: 0,
+        shuffle_word: None,
+        seconds_before: 0.0,
     })
+}
+
+/// [`new_run`], resumed from the point's state where `shared.checkpoints`
+/// has one that fits it (else from the start).
+pub(crate) fn new_or_resumed_run<'a>(
+    point: &'a SweepPoint,
+    shared: &Shared,
+    path: &TrainPath,
+    limits: Limits,
+) -> Result<Run<'a>, SaeError> {
+    let mut run = new_run(point, shared, path, limits)?;
+    let Some(resume) = shared.checkpoints.and_then(|c| (c.resume)(&point.name)) else {
+        return Ok(run);
+    };
+    match run.resume(&resume) {
+        Ok(()) => Ok(run),
+        // A state that does not fit is not used: train from the start.
+        Err(_) => new_run(point, shared, path, limits),
+    }
+}
+
+impl Run<'_> {
+    /// The run's state after `epochs_done` epochs, if its trainer can resume.
+    pub(crate) fn resume_point(
+        &mut self,
+        epochs_done: usize,
+        seconds: f64,
+        shuffle_word: Option<u128>,
+    ) -> Option<ResumePoint> {
+        let trainer = self.trainer.snapshot()?;
+        let (since_fired, dead) = self.tracker.parts();
+        Some(ResumePoint {
+            run: RunState {
+                format: 1,
+                point: self.name.to_string(),
+                cfg: self.cfg.clone(),
+                epochs_done,
+                steps: self.steps,
+                lr: self.lr,
+                seconds,
+                curve: self.curve.clone(),
+                snapshots: self.snapshots.clone(),
+                resamples: self.resamples.clone(),
+                since_fired: since_fired.to_vec(),
+                dead: dead.to_vec(),
+                resample_rng_word: self.resample_rng.get_word_pos().to_string(),
+                shuffle_rng_word: shuffle_word.map(|w| w.to_string()),
+                adam_t: trainer.adam_t,
+                batch_threshold: trainer.batch_threshold,
+            },
+            trainer,
+        })
+    }
+
+    /// Continues from `point`, a state of this point under the same config.
+    fn resume(&mut self, point: &ResumePoint) -> Result<(), String> {
+        let r = &point.run;
+        if r.point != self.name || r.cfg != *self.cfg {
+            return Err("the state is of another point or config".into());
+        }
+        if r.epochs_done == 0 || r.epochs_done >= self.cfg.epochs {
+            return Err(format!("epoch {} is not inside the run", r.epochs_done));
+        }
+        if r.shuffle_rng_word.is_some() != self.cfg.shuffle || r.curve.len() != r.epochs_done {
+            return Err("the state's shuffle stream or curve does not fit".into());
+        }
+        self.tracker.restore(&r.since_fired, &r.dead)?;
+        self.trainer.restore(&point.trainer)?;
+        self.resample_rng.set_word_pos(word(&r.resample_rng_word));
+        self.shuffle_word = r.shuffle_rng_word.as_deref().map(word);
+        self.start_epoch = r.epochs_done;
+        self.epoch = r.epochs_done;
+        self.steps = r.steps;
+        self.lr = r.lr;
+        self.seconds_before = r.seconds;
+        self.curve = r.curve.clone();
+        self.snapshots = r.snapshots.clone();
+        self.resamples = r.resamples.clone();
+        Ok(())
+    }
 }

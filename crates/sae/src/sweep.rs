@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
+use crate::resume::Checkpoints;
 use crate::train::{ProgressEvent, SweepPoint, TrainData, TrainPath, Trained};
 use crate::SaeError;
 
@@ -52,7 +53,8 @@ impl SweepScheduler {
 
     /// The trained point `name`, training it and its group's pending points on
     /// `data` unless an earlier call already did. `on_trained` hears of each
-    /// point of the group the moment it has trained.
+    /// point of the group the moment it has trained; `checkpoints` keeps and
+    /// resumes their states ([`crate::train_sweep_resuming`]).
     pub fn trained(
         &self,
         name: &str,
@@ -60,6 +62,7 @@ impl SweepScheduler {
         path: &TrainPath,
         progress: &(dyn Fn(&ProgressEvent) + Sync),
         on_trained: &(dyn Fn(&str, &Trained) + Sync),
+        checkpoints: Option<&Checkpoints>,
     ) -> Result<Trained, SaeError> {
         if let Some(done) = self
             .results
@@ -87,7 +90,14 @@ impl SweepScheduler {
             pending.remove(&p.name);
         }
         drop(pending);
-        let results = crate::train::train_sweep_telling(&group, data, path, progress, on_trained);
+        let results = crate::train::train_sweep_resuming(
+            &group,
+            data,
+            path,
+            progress,
+            on_trained,
+            checkpoints,
+        );
         let mut mine = None;
         let mut kept = self.results.lock().expect("no panics while locked");
         for (p, result) in group.into_iter().zip(results) {

@@ -11,8 +11,9 @@ use crate::error::check_paired;
 use crate::fast::FastTrainer;
 use crate::model::{self, Sae};
 use crate::reference::ReferenceTrainer;
+use crate::resume::Checkpoints;
 pub(crate) use crate::run::Run;
-use crate::run::{new_run, norm_scale, scaled, Shared, View};
+use crate::run::{new_or_resumed_run, norm_scale, scaled, Shared, View};
 use crate::trainer::{AuxScale, Trainer};
 use crate::SaeError;
 
@@ -154,6 +155,8 @@ pub struct Trained {
     pub resamples: Vec<ResampleEvent>,
     pub steps: usize,
     pub seconds: f64,
+    /// The epoch it resumed after, when it continued an interrupted run.
+    pub resumed_after_epoch: Option<usize>,
 }
 
 /// `dense`: the fast path with dormancy off (the same bits; every feature's
@@ -180,12 +183,19 @@ pub(crate) struct Limits {
     pub(crate) check_every: Option<usize>,
 }
 
+impl Limits {
+    pub(crate) fn is_full(&self) -> bool {
+        self.max_steps.is_none() && !self.record_losses && self.check_every.is_none()
+    }
+}
+
 pub(crate) fn drive<'a>(
     points: &'a [SweepPoint],
     data: TrainData,
     path: &TrainPath,
     progress: &'a (dyn Fn(&ProgressEvent) + Sync),
     on_trained: Option<&'a (dyn Fn(&str, &Trained) + Sync)>,
+    checkpoints: Option<&'a Checkpoints<'a>>,
     limits: Limits,
 ) -> Vec<Result<Run<'a>, SaeError>> {
     if let Err(e) = data.check() {
@@ -232,11 +242,13 @@ pub(crate) fn drive<'a>(
         scales,
         progress,
         on_trained,
+        // Only a full run resumes or is kept: test hooks stop short or record steps.
+        checkpoints: checkpoints.filter(|_| limits.is_full()),
         limits,
     };
     let mut slots: Vec<Result<Run, SaeError>> = points
         .iter()
-        .map(|p| new_run(p, &shared, path, limits))
+        .map(|p| new_or_resumed_run(p, &shared, path, limits))
         .collect();
     drive_all(
         slots.iter_mut().filter_map(|s| s.as_mut().ok()).collect(),
@@ -288,6 +300,7 @@ pub(crate) fn finished(run: &mut Run) -> Result<Trained, SaeError> {
         resamples: run.resamples.clone(),
         steps: run.steps,
         seconds: run.seconds,
+        resumed_after_epoch: (run.start_epoch > 0).then_some(run.start_epoch),
     })
 }
 
@@ -307,7 +320,7 @@ pub fn train_sweep(
     path: &TrainPath,
     progress: &(dyn Fn(&ProgressEvent) + Sync),
 ) -> Vec<Result<Trained, SaeError>> {
-    drive(points, data, path, progress, None, FULL)
+    drive(points, data, path, progress, None, None, FULL)
         .into_iter()
         .map(|r| r.and_then(finish))
         .collect()
@@ -323,8 +336,32 @@ pub fn train_sweep_telling(
     progress: &(dyn Fn(&ProgressEvent) + Sync),
     on_trained: &(dyn Fn(&str, &Trained) + Sync),
 ) -> Vec<Result<Trained, SaeError>> {
-    drive(points, data, path, progress, Some(on_trained), FULL)
-        .into_iter()
-        .map(|r| r.and_then(finish))
-        .collect()
+    train_sweep_resuming(points, data, path, progress, on_trained, None)
+}
+
+/// [`train_sweep_telling`], keeping each point's state every
+/// `checkpoints.every` as it trains and resuming each point that
+/// `checkpoints.resume` has a fitting state for (fast path; a reference-path
+/// point starts afresh). A resumed point ends with the same bits as an
+/// uninterrupted one.
+pub fn train_sweep_resuming(
+    points: &[SweepPoint],
+    data: TrainData,
+    path: &TrainPath,
+    progress: &(dyn Fn(&ProgressEvent) + Sync),
+    on_trained: &(dyn Fn(&str, &Trained) + Sync),
+    checkpoints: Option<&Checkpoints>,
+) -> Vec<Result<Trained, SaeError>> {
+    drive(
+        points,
+        data,
+        path,
+        progress,
+        Some(on_trained),
+        checkpoints,
+        FULL,
+    )
+    .into_iter()
+    .map(|r| r.and_then(finish))
+    .collect()
 }

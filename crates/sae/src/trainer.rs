@@ -87,6 +87,25 @@ pub(crate) trait Trainer: Send {
     fn uses_helper_thread(&self) -> bool {
         false
     }
+    /// Everything the next step reads, to resume from bit for bit; `None`
+    /// where the trainer cannot resume (the reference path).
+    fn snapshot(&mut self) -> Option<TrainerSnapshot> {
+        None
+    }
+    /// Continues from `snapshot` (taken by the same trainer kind on the same
+    /// config); on an error nothing has changed.
+    fn restore(&mut self, _snapshot: &TrainerSnapshot) -> Result<(), String> {
+        Err("this training path does not resume".into())
+    }
+}
+
+/// A trainer's state between two steps, as named f32 buffers (parameters
+/// and Adam moments) plus Adam's step count and BatchTopK's running threshold.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct TrainerSnapshot {
+    pub(crate) adam_t: usize,
+    pub(crate) batch_threshold: Option<f64>,
+    pub(crate) buffers: std::collections::BTreeMap<String, Vec<f32>>,
 }
 
 /// Steps since each feature last fired.
@@ -118,6 +137,26 @@ impl FiringTracker {
 
     pub fn dead_count(&self) -> usize {
         self.dead.iter().filter(|&&d| d).count()
+    }
+
+    /// Steps since each feature fired and whether it counts as dead.
+    pub(crate) fn parts(&self) -> (&[u64], &[bool]) {
+        (&self.since_fired, &self.dead)
+    }
+
+    /// Continues from [`FiringTracker::parts`] of a tracker of the same width.
+    pub(crate) fn restore(&mut self, since_fired: &[u64], dead: &[bool]) -> Result<(), String> {
+        if since_fired.len() != self.dead.len() || dead.len() != self.dead.len() {
+            return Err(format!(
+                "firing counters for {} and {} features, not {}",
+                since_fired.len(),
+                dead.len(),
+                self.dead.len()
+            ));
+        }
+        self.since_fired.copy_from_slice(since_fired);
+        self.dead.copy_from_slice(dead);
+        Ok(())
     }
 
     pub(crate) fn revive(&mut self, f: usize) {
@@ -196,6 +235,15 @@ impl RunningThreshold {
                 Some(t) => (1.0 - self.lr) * t + self.lr * smallest,
             });
         }
+    }
+
+    /// The running value (`None` before the first batch).
+    pub(crate) fn value(&self) -> Option<f64> {
+        self.value
+    }
+
+    pub(crate) fn set_value(&mut self, value: Option<f64>) {
+        self.value = value;
     }
 
     /// The threshold on every feature, as `Sae::threshold` holds it.

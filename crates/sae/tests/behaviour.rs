@@ -739,7 +739,7 @@ fn the_scheduler_trains_a_group_once_and_hands_each_point_its_own_result() {
         trained_points.lock().unwrap().insert(e.point.to_string());
     };
     let b = scheduler
-        .trained("b", rows, &TrainPath::Fast, &record, &|_, _| {})
+        .trained("b", rows, &TrainPath::Fast, &record, &|_, _| {}, None)
         .unwrap();
     assert_eq!(
         *trained_points.lock().unwrap(),
@@ -747,7 +747,7 @@ fn the_scheduler_trains_a_group_once_and_hands_each_point_its_own_result() {
     );
     trained_points.lock().unwrap().clear();
     let a = scheduler
-        .trained("a", rows, &TrainPath::Fast, &record, &|_, _| {})
+        .trained("a", rows, &TrainPath::Fast, &record, &|_, _| {}, None)
         .unwrap();
     assert!(
         trained_points.lock().unwrap().is_empty(),
@@ -759,13 +759,14 @@ fn the_scheduler_trains_a_group_once_and_hands_each_point_its_own_result() {
         assert_eq!(got.sae.w_dec, alone.sae.w_dec, "{}", p.point.name);
     }
     scheduler
-        .trained("c", rows, &TrainPath::Fast, &record, &|_, _| {})
+        .trained("c", rows, &TrainPath::Fast, &record, &|_, _| {}, None)
         .unwrap();
     assert_eq!(
         *trained_points.lock().unwrap(),
         ["c"].map(String::from).into()
     );
-    let unknown = match scheduler.trained("nope", rows, &TrainPath::Fast, &record, &|_, _| {}) {
+    let unknown = match scheduler.trained("nope", rows, &TrainPath::Fast, &record, &|_, _| {}, None)
+    {
         Ok(_) => panic!("an unknown point trained"),
         Err(e) => e.to_string(),
     };

@@ -33,6 +33,7 @@ mod encode;
 mod feature_pass;
 mod layout;
 mod rest;
+mod snapshot;
 mod step;
 #[cfg(test)]
 mod tests;
@@ -45,7 +46,7 @@ use crate::kernels::AdamStep;
 use crate::model::{transpose, Sae};
 use crate::trainer::{
     AuxScale, FeatureReset, FiringTracker, Gradients, RunningThreshold, StepStats, Trainer,
-    TrainerState,
+    TrainerSnapshot, TrainerState,
 };
 use crate::SaeError;
 
@@ -400,5 +401,13 @@ impl Trainer for FastTrainer {
 
     fn uses_helper_thread(&self) -> bool {
         true
+    }
+
+    fn snapshot(&mut self) -> Option<TrainerSnapshot> {
+        Some(self.take_snapshot())
+    }
+
+    fn restore(&mut self, snapshot: &TrainerSnapshot) -> Result<(), String> {
+        self.restore_snapshot(snapshot)
     }
 }

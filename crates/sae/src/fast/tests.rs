@@ -1,4 +1,4 @@
-//! The fast path's own invariants: dormancy and two threads change no bit.
+//! The fast path's own invariants: dormancy, two threads and a snapshot change no bit.
 
 use super::*;
 use crate::duo::Duo;
@@ -191,4 +191,45 @@ fn two_threads_and_one_give_the_same_bits() {
         let parallel = Duo::scope(|duo| run(&cfg, &data, &target, 20, Exec::Duo(duo)));
         assert_eq!(serial, parallel);
     }
+}
+
+#[test]
+fn a_snapshot_with_features_at_rest_is_the_dense_state() {
+    let data = synthetic::sparse_directions(256, 16, 12, 2, 0.05, 5);
+    let cfg = SaeConfig {
+        d_in: 16,
+        d_sae: 96,
+        architecture: Architecture::l1(3e-2),
+        batch_size: 32,
+        ..SaeConfig::default()
+    };
+    let sae = Sae::init(&cfg, &data).unwrap();
+    let aux = AuxScale::of(&data, cfg.d_in);
+    let steps = 4000;
+    let (_, mut dense) = run_trainer(
+        FastTrainer::new(&sae, aux).without_dormancy(),
+        &cfg,
+        &data,
+        &data,
+        steps,
+        Exec::Serial,
+    );
+    let (_, mut resting) = run_trainer(
+        FastTrainer::new(&sae, aux),
+        &cfg,
+        &data,
+        &data,
+        steps,
+        Exec::Serial,
+    );
+    let at_rest: usize = resting.halves.iter().map(|h| h.rest.resting_count()).sum();
+    assert!(at_rest > 0, "features rest, their second moments lagging");
+    assert!(dense.take_snapshot() == resting.take_snapshot());
+    // And a trainer restored from it steps on with the same bits.
+    let snapshot = resting.take_snapshot();
+    let mut restored = FastTrainer::new(&sae, aux);
+    restored.restore_snapshot(&snapshot).unwrap();
+    let (after_restore, _) = run_trainer(restored, &cfg, &data, &data, 300, Exec::Serial);
+    let (after_dense, _) = run_trainer(dense, &cfg, &data, &data, 300, Exec::Serial);
+    assert_eq!(after_restore, after_dense);
 }
