@@ -269,6 +269,9 @@ fn unit_rows(matrix: &[f32], width: usize, which: &[usize]) -> Vec<f32> {
         .collect()
 }
 
+/// The most products [`top_cosines`] holds at once.
+pub const BLOCK_PRODUCTS: usize = 1 << 24;
+
 /// For each row of `a` (`[na, d]`), the `k` rows of `b` with the largest dot
 /// product, largest first (ties by index); with `skip_same`, row i of `b` is
 /// never row i's own match (`a` and `b` are the same matrix).
@@ -285,11 +288,12 @@ pub fn top_cosines(
     }
     let device = candle_core::Device::Cpu;
     let bt = Tensor::from_slice(b, (nb, d), &device)?.t()?;
-    // Blocks of rows, so that a 16384-feature SAE needs 256 MB, not 1 GB.
-    const BLOCK: usize = 4096;
+    // Blocks of at most 16M products (64 MB, twice with the copy out), so
+    // that memory grows with the width of `b`, not its square.
+    let block = (BLOCK_PRODUCTS / nb).clamp(1, 4096);
     let mut out = Vec::with_capacity(na);
-    for start in (0..na).step_by(BLOCK) {
-        let rows = BLOCK.min(na - start);
+    for start in (0..na).step_by(block) {
+        let rows = block.min(na - start);
         let block = Tensor::from_slice(&a[start * d..(start + rows) * d], (rows, d), &device)?;
         let dots = block.matmul(&bt)?.to_vec2::<f32>()?;
         let block_top: Vec<Vec<(usize, f32)>> = dots

@@ -22,8 +22,8 @@ pub use graph::{
 pub use key::{Key, KeySpec};
 pub use manifest::{FileEntry, Manifest};
 pub use store::{
-    folder_bytes, remove_own_staging, sha256_file, write_durably, Check, GcOptions, GcReport,
-    KeyLock, Store, StoreError, UseLock, Verify, MANIFEST,
+    folder_bytes, remove_own_staging, sha256_file, try_remove_own_staging, write_durably, Check,
+    GcOptions, GcReport, KeyLock, Store, StoreError, UseLock, Verify, MANIFEST,
 };
 
 /// saelab's version, recorded in every manifest.

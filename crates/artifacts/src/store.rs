@@ -144,6 +144,17 @@ pub fn remove_own_staging() -> Vec<PathBuf> {
     removed
 }
 
+/// [`remove_own_staging`] where the registry may be held by the very thread
+/// that failed (an allocation failure): gives up rather than wait.
+pub fn try_remove_own_staging() -> Option<Vec<PathBuf>> {
+    let mut own = OWN_STAGING.try_lock().ok()?;
+    let removed: Vec<PathBuf> = own.drain(..).filter(|p| p.exists()).collect();
+    for path in &removed {
+        let _ = fs::remove_dir_all(path);
+    }
+    Some(removed)
+}
+
 fn forget_staging(path: &Path) {
     OWN_STAGING
         .lock()

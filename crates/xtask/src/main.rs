@@ -12,6 +12,7 @@ mod config;
 #[cfg(test)]
 mod fingerprint;
 mod on_demand;
+mod out_of_memory;
 mod preflight;
 mod progress;
 mod runs;
@@ -64,6 +65,10 @@ struct Cli {
     /// Any count gives the same bits.
     #[arg(long, global = true, value_name = "N")]
     threads: Option<String>,
+    /// Keep each training SAE point's whole state at the end of an epoch at
+    /// most this often, so an interrupted run resumes it (to the same bits).
+    #[arg(long, global = true, value_name = "SECONDS", default_value_t = 30.0)]
+    checkpoint_every: f64,
     #[command(subcommand)]
     command: Command,
 }
@@ -269,6 +274,13 @@ fn open(cli: &Cli) -> Result<Session> {
             })
         });
     let store = Store::open(&store_root)?;
+    if !(cli.checkpoint_every >= 0.0 && cli.checkpoint_every.is_finite()) {
+        bail!(
+            "--checkpoint-every is {}: it must be a number of seconds, 0 or more",
+            cli.checkpoint_every
+        );
+    }
+    let _ = STORE_ROOT.set(store_root.clone());
     Ok(Session {
         config: loaded.config,
         file_default: loaded.file_default,
@@ -277,6 +289,7 @@ fn open(cli: &Cli) -> Result<Session> {
             mnist_dir,
             store_root,
             flags: global_flags(cli),
+            checkpoint_every: std::time::Duration::from_secs_f64(cli.checkpoint_every),
         },
         store,
         holds: std::sync::Mutex::new(Vec::new()),
@@ -489,6 +502,17 @@ fn check_stage_names(graph: &Graph<'_>, names: &[String]) -> Result<()> {
 /// The stage this process is building, for the line an interrupt prints.
 static BUILDING: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
 
+#[global_allocator]
+static ALLOCATOR: out_of_memory::Watched = out_of_memory::Watched;
+
+/// The stage being built now, if any; never waits (an allocation failure
+/// may strike while the lock is held).
+fn building_now() -> Option<String> {
+    BUILDING.try_lock().ok().and_then(|b| b.clone())
+}
+/// The store this command uses, for the interrupt's account of what it kept.
+static STORE_ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
 /// Ctrl-C and SIGTERM: remove this run's staging folders, say what was cut
 /// short, and exit at once (130). Finished artifacts are committed atomically,
 /// so stopping between two writes loses nothing already stored.
@@ -500,8 +524,20 @@ fn stop_cleanly_on_interrupt() {
             Some(stage) => format!("while building {stage}"),
             None => "between stages".to_string(),
         };
+        let states = STORE_ROOT
+            .get()
+            .map(|root| stages::kept::describe_checkpoints(root))
+            .unwrap_or_default();
+        let resumed = if states.is_empty() {
+            "no SAE point in training had a state kept yet".to_string()
+        } else {
+            format!(
+                "SAE points in training resume from their last kept state (in .checkpoints/): {}",
+                states.join("; ")
+            )
+        };
         eprintln!(
-            "\ninterrupted {what}: removed {} staging folder(s); every artifact already built is kept, and every SAE point that finished training (the next run uses it, in .finished/); points still training start over",
+            "\ninterrupted {what}: removed {} staging folder(s). Kept: every artifact already built, and every SAE point that finished training (the next run uses it, in .finished/). {resumed}; the epochs since are lost, and a point with no kept state starts over.",
             removed.len()
         );
         std::process::exit(130);
@@ -824,8 +860,8 @@ fn gc(session: &Session, graph: &Graph<'_>, options: artifacts::GcOptions) -> Re
     }
     let mut report = session.store.gc(&keep, options).context("gc")?;
     on_demand::collect_dashboards(&session.store, &mut report, options.dry_run)?;
-    let finished = stages::sae::collect_finished(session.store.root(), &keep, options)
-        .context("gc: finished points")?;
+    let finished = stages::kept::collect_kept(session.store.root(), &keep, options)
+        .context("gc: kept SAE points and training states")?;
     report.removed.extend(finished);
     let verb = if options.dry_run {
         "would remove"

@@ -1,49 +1,150 @@
 //! What is checked before a run builds anything, beyond the config itself:
-//! a named MNIST folder, and whether the sweep can fit in memory.
+//! a named MNIST folder, and whether the SAE sweep fits in memory.
 
 use anyhow::{bail, Result};
 
 use crate::{stages, sweep, Session};
 
-/// Refuses, before anything runs, a sweep whose two largest points (one per
-/// core) cannot be trained at once in this machine's memory, by a lower
-/// bound ([`sweep::Point::training_bytes`]): a config that could only end in
-/// an allocation failure is named instead.
-pub fn check_memory(session: &Session) -> Result<()> {
-    let Some(total) = memory_total_bytes() else {
+/// MNIST's rows (train and test): every layer the store caches has them.
+const ROWS: u64 = 70_000;
+const TRAIN_ROWS: u64 = 60_000;
+/// The process before any stage's data: binary, thread stacks, allocator.
+const BASE_BYTES: u64 = 16_000_000;
+
+/// Set to `off` to skip the memory check (an estimate that misjudges a machine).
+pub const MEMORY_CHECK_ENV: &str = "SAELAB_MEMORY_CHECK";
+
+/// An estimate of the peak memory of training `point` alone: the trainer's
+/// weights with Adam's two moments, the encoder's packed copy and the
+/// gradients (5 copies), two batch-by-d_sae buffers, and when it runs past
+/// one epoch the copy a kept training state takes (3 more), all f32.
+pub fn point_training_bytes(point: &sweep::Point) -> u64 {
+    let c = &point.cfg;
+    let skip = match c.transcoder {
+        Some(t) if t.skip => (c.d_in * t.d_out) as u64,
+        _ => 0,
+    };
+    let weights = c.d_sae as u64 * (c.d_in + c.d_out()) as u64 + skip;
+    let copies = if c.epochs > 1 { 8 } else { 5 };
+    4 * (copies * weights + 2 * c.batch_size as u64 * c.d_sae as u64)
+}
+
+/// An estimate of the SAE stage's peak: its layers' activations (mapped and
+/// copied, train and test; a normalised copy of train where a point
+/// normalises) and the points that train at once, one per thread.
+pub fn sae_stage_bytes(points: &[sweep::Point], threads: usize) -> u64 {
+    let mut layers: Vec<(&str, usize)> = Vec::new();
+    for p in points {
+        layers.push((&p.layer, p.cfg.d_in));
+        layers.push((&p.output, p.cfg.d_out()));
+    }
+    layers.sort();
+    layers.dedup();
+    let width: u64 = layers.iter().map(|(_, w)| *w as u64).sum();
+    let normalised = points
+        .iter()
+        .any(|p| p.cfg.normalize_activations == sae::NormalizeActivations::ExpectedAverageOnlyIn);
+    let data = 4 * width * (2 * ROWS + if normalised { TRAIN_ROWS } else { 0 });
+    let mut each: Vec<u64> = points.iter().map(point_training_bytes).collect();
+    each.sort_by_key(|b| std::cmp::Reverse(*b));
+    BASE_BYTES + data + each.iter().take(threads.max(1)).sum::<u64>()
+}
+
+/// The analysis's fixed share, measured with the default run: MNIST's
+/// images, the MLP, the neuron baseline's probes, polars and the report.
+const ANALYSIS_BASE_BYTES: u64 = 300_000_000;
+
+/// What the analysis estimate needs of one trained SAE.
+pub struct AnalysedSae {
+    pub d_in: usize,
+    pub d_out: usize,
+    pub d_sae: usize,
+    /// Features that fired on the training rows.
+    pub live: usize,
+    /// Mean active features per row.
+    pub l0: f64,
+}
+
+/// An estimate of the analysis stage's peak: the fixed share, the cached
+/// layers it copies (`width`: their summed widths; mapped and copied), every
+/// SAE's weights and decoder matcher, and the largest working set of one
+/// SAE analysed at a time: its codes on every row (twice: by row and by
+/// feature), its reconstruction of the train rows, a feature card per live
+/// feature, and the decoder-cosine block.
+pub fn analysis_bytes(width: usize, saes: &[AnalysedSae]) -> u64 {
+    let held: u64 = saes
+        .iter()
+        .map(|s| 4 * s.d_sae as u64 * (s.d_in + 2 * s.d_out) as u64)
+        .sum();
+    let working = saes
+        .iter()
+        .map(|s| {
+            let codes = 16.0 * ROWS as f64 * s.l0.max(0.0);
+            let x_hat = 4 * TRAIN_ROWS * s.d_out as u64;
+            let cards = 8_000 * s.live as u64;
+            let cosines = 8 * analysis::atlas::BLOCK_PRODUCTS.min(s.live * s.live) as u64;
+            codes as u64 + x_hat + cards + cosines
+        })
+        .max()
+        .unwrap_or(0);
+    ANALYSIS_BASE_BYTES + 8 * ROWS * width as u64 + held + working
+}
+
+/// Refuses an analysis that cannot fit ([`analysis_bytes`]), naming the
+/// widest SAE's key and the estimate.
+pub fn check_analysis_memory(widest: &str, d_sae: usize, needed: u64) -> Result<(), String> {
+    if std::env::var(MEMORY_CHECK_ENV).is_ok_and(|v| v == "off") {
+        return Ok(());
+    }
+    let Some((available, what)) = memory_available() else {
         return Ok(());
     };
-    let mut points: Vec<(u64, sweep::Point)> = session
-        .config
-        .sae
-        .points()
-        .into_iter()
-        .map(|p| (p.training_bytes(), p))
-        .collect();
-    points.sort_by_key(|(bytes, _)| std::cmp::Reverse(*bytes));
-    let at_once: u64 = points.iter().take(2).map(|(bytes, _)| bytes).sum();
-    if let Some((largest, point)) = points.first() {
-        if at_once > total {
-            let gb = |b: u64| b as f64 / 1e9;
-            let beside = if points.len() > 1 {
-                format!(", {:.1} GB with the point trained beside it", gb(at_once))
-            } else {
-                String::new()
-            };
-            bail!(
-                "sae.d_sae = {} needs at least {:.1} GB to train point {}{beside}, more than this machine's {:.1} GB of memory",
-                point.cfg.d_sae,
-                gb(*largest),
-                point.name,
-                gb(total)
-            );
-        }
+    if needed > available {
+        let gb = |b: u64| b as f64 / 1e9;
+        return Err(format!(
+            "sae.d_sae = {d_sae} (point {widest}): the analysis needs about {:.1} GB, more than {what} of {:.1} GB; lower sae.d_sae, or set {MEMORY_CHECK_ENV}=off if this estimate is wrong here",
+            gb(needed),
+            gb(available)
+        ));
     }
     Ok(())
 }
 
-/// This machine's memory, where the system says it (Linux: /proc/meminfo).
-fn memory_total_bytes() -> Option<u64> {
+/// Refuses, before anything runs, a sweep whose SAE stage cannot fit in this
+/// machine's memory (or the process's address-space limit) by
+/// [`sae_stage_bytes`], naming the key and the estimate: a config that could
+/// only end in an allocation failure.
+pub fn check_memory(session: &Session) -> Result<()> {
+    if std::env::var(MEMORY_CHECK_ENV).is_ok_and(|v| v == "off") {
+        return Ok(());
+    }
+    let Some((available, what)) = memory_available() else {
+        return Ok(());
+    };
+    let points = session.config.sae.points();
+    let threads = rayon::current_num_threads().min(points.len());
+    let needed = sae_stage_bytes(&points, threads);
+    if needed > available {
+        let largest = points
+            .iter()
+            .max_by_key(|p| point_training_bytes(p))
+            .expect("a sweep has a point");
+        let gb = |b: u64| b as f64 / 1e9;
+        bail!(
+            "sae.d_sae = {} needs about {:.1} GB to train (point {}, {} at once, with its activations), more than {what} of {:.1} GB; lower sae.d_sae or sae.batch_size, train fewer points at once (--threads 1), or set {MEMORY_CHECK_ENV}=off if this estimate is wrong here",
+            largest.cfg.d_sae,
+            gb(needed),
+            largest.name,
+            threads,
+            gb(available)
+        );
+    }
+    Ok(())
+}
+
+/// The smaller of this machine's memory and the process's address-space
+/// limit, where the system says them (Linux: /proc), with what it is.
+fn memory_available() -> Option<(u64, &'static str)> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
     let kib: u64 = meminfo
         .lines()
@@ -53,7 +154,21 @@ fn memory_total_bytes() -> Option<u64> {
         .trim()
         .parse()
         .ok()?;
-    Some(kib * 1024)
+    let total = (kib * 1024, "this machine's memory");
+    let limit = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|limits| {
+            let line = limits
+                .lines()
+                .find(|l| l.starts_with("Max address space"))?
+                .to_string();
+            line.split_whitespace().nth(3)?.parse::<u64>().ok()
+        })
+        .map(|bytes| (bytes, "the address-space limit (ulimit -v)"));
+    Some(match limit {
+        Some(limit) if limit.0 < total.0 => limit,
+        _ => total,
+    })
 }
 
 /// A named MNIST folder is used or refused, cached store or not.

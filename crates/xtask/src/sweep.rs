@@ -69,12 +69,14 @@ impl SweepTrainer {
     }
 
     /// The trained `point`; `on_trained` hears of each point of its group
-    /// the moment it has trained (to keep it before the group is done).
+    /// the moment it has trained (to keep it before the group is done), and
+    /// `checkpoints` keeps and resumes their training states.
     pub fn trained(
         &self,
         point: &Point,
         train: sae::TrainData,
         on_trained: &(dyn Fn(&str, &Trained) + Sync),
+        checkpoints: &sae::Checkpoints,
     ) -> Result<Trained, StageError> {
         let path = if point.reference_path {
             let device = if self.cuda {
@@ -104,6 +106,7 @@ impl SweepTrainer {
                 });
             },
             on_trained,
+            Some(checkpoints),
         );
         bars.into_inner()
             .expect("no panics while locked")
@@ -370,22 +373,6 @@ pub struct Point {
     /// writes them: the stage's params, so `status` and `explain` speak in
     /// config keys. `cfg` is a function of these and the code.
     pub params: serde_json::Value,
-}
-
-impl Point {
-    /// A lower bound on the memory training this point holds at once: its
-    /// weights with their gradients and Adam's two moments, a packed copy of
-    /// the encoder, and two batch-by-width buffers (pre-activations and their
-    /// gradients), all f32. What every trainer needs whatever it skips.
-    pub fn training_bytes(&self) -> u64 {
-        let c = &self.cfg;
-        let skip = match c.transcoder {
-            Some(t) if t.skip => (c.d_in * t.d_out) as u64,
-            _ => 0,
-        };
-        let weights = c.d_sae as u64 * (c.d_in + c.d_out()) as u64 + skip;
-        4 * (5 * weights + 2 * c.batch_size as u64 * c.d_sae as u64)
-    }
 }
 
 impl SaeSweep {

@@ -350,10 +350,14 @@ fn bad_config_is_refused_in_one_sentence_that_names_the_key() {
             "mlp.epochs = -3 is out of range: it must be a whole number >= 0",
         ),
         (&["--preset", "fast"], "--preset fast: "),
+        (
+            &["--checkpoint-every=-1"],
+            "--checkpoint-every is -1: it must be a number of seconds, 0 or more",
+        ),
         // A sweep that cannot fit in memory, named before anything runs.
         (
             &["--set", "sae.d_sae=1000000000"],
-            "sae.d_sae = 1000000000 needs at least",
+            "sae.d_sae = 1000000000 needs about ",
         ),
         // Values that used to slip through.
         (

@@ -303,14 +303,16 @@ fn sae_digests(store: &Path) -> std::collections::BTreeMap<String, String> {
 }
 
 #[test]
-fn an_interrupted_sweep_keeps_its_finished_points_and_the_rerun_gives_the_same_bits() {
+fn an_interrupted_sweep_keeps_its_finished_points_resumes_the_rest_and_gives_the_same_bits() {
     // Two small points finish early; the wide one is still training when
-    // the run is stopped.
+    // the run is stopped, with its state kept after each epoch.
     let sweep = [
         "--set",
         "sae.d_sae=[64, 128, 8192]",
         "--set",
         "sae.epochs=6",
+        "--checkpoint-every",
+        "0",
     ];
     let store = testkit::copy_of(built_store());
     let store = store.path();
@@ -337,11 +339,20 @@ fn an_interrupted_sweep_keeps_its_finished_points_and_the_rerun_gives_the_same_b
             })
             .unwrap_or(0)
     };
+    let checkpoints = store.join(".checkpoints");
+    // The wide point's kept state (the small ones' go once they finish).
+    let wide_state = || {
+        std::fs::read_dir(&checkpoints).ok().and_then(|d| {
+            d.flatten()
+                .map(|e| e.path().join("state.json"))
+                .find(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains("\"d_sae\":8192")))
+        })
+    };
     let started = Instant::now();
-    while count() < 2 {
+    while count() < 2 || wide_state().is_none() {
         assert!(
             started.elapsed() < Duration::from_secs(120),
-            "the small points never finished"
+            "the small points never finished, or the wide one kept no state"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -357,6 +368,7 @@ fn an_interrupted_sweep_keeps_its_finished_points_and_the_rerun_gives_the_same_b
         said.contains("every SAE point that finished training (the next run uses it"),
         "{said}"
     );
+    assert!(said.contains("/d8192/s0 after epoch "), "{said}");
     assert_eq!(count(), 2, "the wide point had not finished");
     // A kept copy whose bytes changed is not used: that point trains again.
     let kept: Vec<std::path::PathBuf> = std::fs::read_dir(&finished)
@@ -397,7 +409,7 @@ fn an_interrupted_sweep_keeps_its_finished_points_and_the_rerun_gives_the_same_b
         .find(|l| l.contains("/d8192/"))
         .unwrap();
     assert!(
-        wide.contains(" ran ") && !wide.contains("kept from"),
+        wide.contains(" ran ") && wide.contains("(resumed after epoch "),
         "{wide}"
     );
     // The same bits as a run never interrupted.
@@ -406,8 +418,9 @@ fn an_interrupted_sweep_keeps_its_finished_points_and_the_rerun_gives_the_same_b
     let (resumed, uninterrupted) = (sae_digests(store), sae_digests(clean.path()));
     assert_eq!(resumed.len(), 4, "{resumed:?}");
     assert_eq!(resumed, uninterrupted);
-    // Once committed, the kept copies are gone.
+    // Once committed, the kept copies and states are gone.
     assert_eq!(count(), 0);
+    assert!(wide_state().is_none());
 }
 
 /// Reads a spawned run's stderr until its SAE stage starts; the rest stays readable.
@@ -664,4 +677,61 @@ fn a_read_only_command_holds_what_it_reads_against_gc() {
         "{}",
         String::from_utf8_lossy(&finished.stderr)
     );
+}
+
+#[test]
+fn a_sweep_too_large_is_refused_first_and_an_allocation_that_fails_anyway_names_its_stage() {
+    let store = testkit::copy_of(built_store());
+    let store = store.path();
+    // 4 million features: about 2 GB per weight matrix.
+    let wide = ["run", "sae", "--set", "sae.d_sae=[4000000]"];
+    // Under a 4 GB address-space limit, the estimate refuses it before anything runs.
+    let limited = |check: Option<&str>| {
+        let cmd = command(store, &wide);
+        let mut shell = std::process::Command::new("sh");
+        shell
+            .arg("-c")
+            .arg("ulimit -v 4000000 && exec \"$@\"")
+            .arg("sh")
+            .arg(cmd.get_program())
+            .args(cmd.get_args());
+        for (key, value) in cmd.get_envs() {
+            if let Some(value) = value {
+                shell.env(key, value);
+            }
+        }
+        if let Some(check) = check {
+            shell.env("SAELAB_MEMORY_CHECK", check);
+        }
+        shell.output().unwrap()
+    };
+    let refused = limited(None);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("sae.d_sae = 4000000 needs about ")
+            && said.contains("the address-space limit (ulimit -v)"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("running"),
+        "refused before any stage: {said}"
+    );
+    // With the check off, the allocation fails: one line names the stage,
+    // and its staging folder is gone.
+    let failed = limited(Some("off"));
+    let said = String::from_utf8_lossy(&failed.stderr);
+    assert_eq!(failed.status.code(), Some(137), "{said}");
+    assert!(
+        said.contains(
+            "out of memory while building sae/fc2.pre/l1-0.003/d4000000/s0: an allocation of "
+        ) && said.contains("removed 1 staging folder(s)"),
+        "{said}"
+    );
+    let staging: Vec<String> = std::fs::read_dir(store.join("sae"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".staging"))
+        .collect();
+    assert!(staging.is_empty(), "{staging:?}");
 }

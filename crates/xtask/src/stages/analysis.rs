@@ -109,6 +109,46 @@ pub fn report_layers(points: &[Point]) -> Vec<&str> {
     layers
 }
 
+impl AnalysisStage {
+    /// Refuses, before it loads anything large, an analysis whose estimate
+    /// (`preflight::analysis_bytes`, from each SAE's width, live features and
+    /// L0) cannot fit in memory.
+    fn check_memory(
+        &self,
+        inputs: &StageInputs,
+        store: &ActivationStore,
+        layers: &[&str],
+    ) -> Result<(), StageError> {
+        let mut saes = Vec::new();
+        for point in &self.points {
+            let m: SaeMetricsFile = super::read_json(inputs.dir(&point.name), METRICS_FILE)?;
+            saes.push(crate::preflight::AnalysedSae {
+                d_in: point.cfg.d_in,
+                d_out: point.cfg.d_out(),
+                d_sae: point.cfg.d_sae,
+                live: point.cfg.d_sae.saturating_sub(m.train.dead),
+                l0: m.test.l0,
+            });
+        }
+        let mut copied: Vec<&str> = self.points.iter().map(|p| p.layer.as_str()).collect();
+        copied.extend(layers);
+        copied.sort();
+        copied.dedup();
+        let mut width = 0;
+        for layer in copied {
+            width += store.layer("train", layer)?.width();
+        }
+        let needed = crate::preflight::analysis_bytes(width, &saes);
+        let widest = self
+            .points
+            .iter()
+            .max_by_key(|p| p.cfg.d_sae)
+            .expect("an analysis has a point");
+        crate::preflight::check_analysis_memory(&widest.name, widest.cfg.d_sae, needed)
+            .map_err(StageError::from)
+    }
+}
+
 impl Stage for AnalysisStage {
     fn name(&self) -> &str {
         "analysis"
@@ -148,6 +188,7 @@ impl Stage for AnalysisStage {
         };
         let store = ActivationStore::open_dir(inputs.dir("activations"), VerifyMode::Sizes)?;
         let layers = report_layers(&self.points);
+        self.check_memory(inputs, &store, &layers)?;
         let mut copies: BTreeMap<&str, LayerCopy> = BTreeMap::new();
         for name in self
             .points

@@ -4,6 +4,7 @@
 
 pub mod analysis;
 pub mod extract;
+pub mod kept;
 pub mod mlp;
 pub mod mnist;
 pub mod sae;
@@ -26,6 +27,8 @@ pub struct Context {
     /// This command's `--config`, `--preset` and `--set` flags, for the
     /// report's rebuild commands.
     pub flags: String,
+    /// How often a training SAE point's state is kept (`--checkpoint-every`).
+    pub checkpoint_every: std::time::Duration,
 }
 
 /// The stages a config asks for, upstream first, and the trainer its SAE points share.
@@ -53,6 +56,7 @@ pub fn build(config: &Config, ctx: &Context) -> Pipeline {
             point,
             trainer: sweep.clone(),
             store_root: ctx.store_root.clone(),
+            checkpoint_every: ctx.checkpoint_every,
         }));
     }
     stages.push(Box::new(analysis::AnalysisStage {
@@ -93,7 +97,7 @@ impl Pipeline {
             })
             .filter(|p| named(&options.force, p) || !matches!(p.state, artifacts::State::Fresh(_)))
             // Kept by an interrupted run: read back by its own stage, not retrained.
-            .filter(|p| !sae::finished_dir(store.root(), &p.key).is_dir())
+            .filter(|p| !kept::finished_dir(store.root(), &p.key).is_dir())
             .collect();
         let (mut pending, mut options) = (BTreeSet::new(), options.clone());
         let mut own = BTreeMap::new();
@@ -119,7 +123,8 @@ impl Pipeline {
         let after_each = |event: Event<'_>| {
             if let Event::Finished(outcome) = &event {
                 if let Some(m) = outcome.manifest().filter(|m| m.stage == "sae") {
-                    let _ = std::fs::remove_dir_all(sae::finished_dir(store.root(), &m.key));
+                    let _ = std::fs::remove_dir_all(kept::finished_dir(store.root(), &m.key));
+                    let _ = std::fs::remove_dir_all(kept::checkpoint_dir(store.root(), &m.key));
                 }
                 own.lock()
                     .unwrap_or_else(|e| e.into_inner())

@@ -10,10 +10,10 @@ use activations::{ActivationStore, VerifyMode};
 use artifacts::{Key, KeySpec, Stage, StageError, StageInputs};
 use candle_core::Device;
 use mlp::Mlp;
-use sae::Trained;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::kept;
 use super::mlp::load_weights;
 use crate::sweep::Point;
 use crate::sweep::SweepTrainer;
@@ -21,19 +21,10 @@ use crate::sweep::SweepTrainer;
 pub struct SaeStage {
     pub point: Point,
     pub trainer: Arc<SweepTrainer>,
-    /// Where finished points are kept until committed ([`FINISHED`]).
+    /// Where finished points and training states are kept until committed (`kept`).
     pub store_root: PathBuf,
-}
-
-/// `<store>/.finished/<key>/`: each sweep point's SAE folder and training
-/// record, written the moment it has trained (its group may train on), so
-/// an interrupted sweep loses no finished point: the next run's stage for
-/// that key reads it back instead of training. `gc` removes an entry once
-/// its artifact exists.
-pub const FINISHED: &str = ".finished";
-
-pub fn finished_dir(store_root: &Path, key: &Key) -> PathBuf {
-    store_root.join(FINISHED).join(key.as_str())
+    /// How often a training point's state is kept (`--checkpoint-every`).
+    pub checkpoint_every: std::time::Duration,
 }
 
 /// The key the graph gives the point with `params` reading these inputs.
@@ -48,115 +39,6 @@ fn point_key(params: &Value, inputs: &StageInputs) -> Key {
             .collect(),
     }
     .key()
-}
-
-/// Writes a finished point into its [`FINISHED`] folder, whole or not at all
-/// (a temporary folder renamed into place). Best effort: a store that cannot
-/// take it (read-only) only loses the protection.
-fn keep_finished(store_root: &Path, key: &Key, trained: &Trained, origin: &sae::Origin) {
-    let dir = finished_dir(store_root, key);
-    let Some(parent) = dir.parent() else {
-        return;
-    };
-    let tmp = parent.join(format!(".tmp-{key}-{}", std::process::id()));
-    let written = std::fs::create_dir_all(&tmp)
-        .map_err(|e| e.to_string())
-        .and_then(|()| sae::save(&trained.sae, &tmp, origin).map_err(|e| e.to_string()))
-        .and_then(|()| {
-            sae::TrainingRecord::of(trained)
-                .save(&tmp)
-                .map_err(|e| e.to_string())
-        })
-        .and_then(|()| {
-            // Last: what the files must hash to when read back.
-            let digests = file_digests(&tmp)?;
-            let text = serde_json::to_string(&digests).map_err(|e| e.to_string())?;
-            std::fs::write(tmp.join(KEPT_DIGESTS), text).map_err(|e| e.to_string())
-        })
-        .and_then(|()| std::fs::rename(&tmp, &dir).map_err(|e| e.to_string()));
-    if written.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-}
-
-/// In a kept point's folder: the SHA-256 of each of its other files.
-const KEPT_DIGESTS: &str = "digests.json";
-
-/// File name -> SHA-256 of every file in `dir` but [`KEPT_DIGESTS`].
-fn file_digests(dir: &Path) -> Result<std::collections::BTreeMap<String, String>, String> {
-    let mut digests = std::collections::BTreeMap::new();
-    for entry in std::fs::read_dir(dir).map_err(|e| e.to_string())? {
-        let entry = entry.map_err(|e| e.to_string())?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name != KEPT_DIGESTS {
-            let digest = artifacts::sha256_file(&entry.path()).map_err(|e| e.to_string())?;
-            digests.insert(name, digest);
-        }
-    }
-    Ok(digests)
-}
-
-/// A point kept by [`keep_finished`] whose files still hash as they did when
-/// kept, or `None` (absent, changed or unreadable: it is trained again).
-fn load_finished(store_root: &Path, key: &Key) -> Option<Trained> {
-    let dir = finished_dir(store_root, key);
-    let recorded: std::collections::BTreeMap<String, String> =
-        serde_json::from_slice(&std::fs::read(dir.join(KEPT_DIGESTS)).ok()?).ok()?;
-    if file_digests(&dir).ok()? != recorded {
-        return None;
-    }
-    let sae = sae::load(&dir).ok()?;
-    let record = sae::TrainingRecord::load(&dir).ok()?;
-    Some(Trained {
-        sae,
-        curve: record.curve,
-        latents: record.latents,
-        resamples: record.resamples,
-        steps: record.steps,
-        seconds: record.seconds,
-    })
-}
-
-/// `gc`'s share for finished points: an entry goes once its artifact exists
-/// (it was committed), or when `keep` does not reach it and it is older than
-/// `options` keep; returns what was (or would be) removed.
-pub fn collect_finished(
-    store_root: &Path,
-    keep: &std::collections::BTreeSet<(String, Key)>,
-    options: artifacts::GcOptions,
-) -> std::io::Result<Vec<PathBuf>> {
-    let old = |path: &Path| match options.keep_newer_than_s {
-        None => true,
-        Some(limit) => std::fs::metadata(path)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_none_or(|age| age.as_secs() >= limit),
-    };
-    let root = store_root.join(FINISHED);
-    let Ok(entries) = std::fs::read_dir(&root) else {
-        return Ok(Vec::new());
-    };
-    let mut removed = Vec::new();
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let stale = match Key::parse(&name) {
-            Some(key) => {
-                store_root.join("sae").join(key.as_str()).exists()
-                    || (!keep.contains(&("sae".to_string(), key)) && old(&path))
-            }
-            // A temporary folder of a killed writer.
-            None => name.starts_with(".tmp-"),
-        };
-        if stale {
-            if !options.dry_run {
-                std::fs::remove_dir_all(&path)?;
-            }
-            removed.push(path);
-        }
-    }
-    Ok(removed)
 }
 
 /// `metrics.json` of an SAE artifact (also its manifest's metrics): written
@@ -239,18 +121,32 @@ impl Stage for SaeStage {
         // Trained in this run with an earlier point: held in memory. Else
         // perhaps kept by a run that was interrupted.
         let kept = (!self.trainer.holds(&self.point.name))
-            .then(|| load_finished(&self.store_root, &key))
+            .then(|| kept::load_finished(&self.store_root, &key))
             .flatten();
         let from_before = kept.is_some();
+        let key_of = |name: &str| self.trainer.params_of(name).map(|p| point_key(p, inputs));
+        let root = &self.store_root;
         let trained = match kept {
             Some(trained) => trained,
-            // Its group shares its layers, so its origin.
-            None => self.trainer.trained(&self.point, data, &|name, trained| {
-                if let Some(params) = self.trainer.params_of(name) {
-                    let key = point_key(params, inputs);
-                    keep_finished(&self.store_root, &key, trained, &origin);
-                }
-            })?,
+            None => self.trainer.trained(
+                &self.point,
+                data,
+                // Its group shares its layers, so its origin.
+                &|name, trained| {
+                    if let Some(key) = key_of(name) {
+                        kept::keep_finished(root, &key, trained, &origin);
+                    }
+                },
+                &sae::Checkpoints {
+                    resume: &|name| key_of(name).and_then(|key| kept::load_checkpoint(root, &key)),
+                    save: &|state| {
+                        if let Some(key) = key_of(state.point()) {
+                            kept::keep_checkpoint(root, &key, state);
+                        }
+                    },
+                    every: self.checkpoint_every,
+                },
+            )?,
         };
         sae::save(&trained.sae, out, &origin)?;
         sae::TrainingRecord::of(&trained).save(out)?;
@@ -282,10 +178,13 @@ impl Stage for SaeStage {
                 trained.sae.d_sae(),
                 downstream.ce_recovered_zero,
                 trained.seconds,
-                if from_before {
-                    " (kept from an interrupted run)"
-                } else {
-                    ""
+                match (from_before, trained.resumed_after_epoch) {
+                    (true, _) => " (kept from an interrupted run)".to_string(),
+                    (false, Some(epoch)) => format!(
+                        " (resumed after epoch {epoch}/{} of an interrupted run)",
+                        self.point.cfg.epochs
+                    ),
+                    (false, None) => String::new(),
                 }
             ),
             train: on_train,
@@ -297,52 +196,5 @@ impl Stage for SaeStage {
         };
         super::write_json(out, METRICS_FILE, &metrics)?;
         Ok(serde_json::to_value(&metrics)?)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn gc_lets_kept_points_go_once_committed_unreached_and_old_or_half_written() {
-        let store = tempfile::tempdir().unwrap();
-        let root = store.path();
-        let key = |k: &str| Key::parse(k).unwrap();
-        let (committed, reached, unreached) = (
-            key("00000000000000aa"),
-            key("00000000000000bb"),
-            key("00000000000000cc"),
-        );
-        for k in [&committed, &reached, &unreached] {
-            std::fs::create_dir_all(finished_dir(root, k)).unwrap();
-        }
-        std::fs::create_dir_all(root.join("sae").join(committed.as_str())).unwrap();
-        let tmp = root.join(FINISHED).join(".tmp-00000000000000dd-42");
-        std::fs::create_dir_all(&tmp).unwrap();
-        let keep: std::collections::BTreeSet<(String, Key)> =
-            [("sae".to_string(), reached.clone())].into();
-        let options = |dry_run, keep_newer_than_s| artifacts::GcOptions {
-            keep_newer_than_s,
-            dry_run,
-        };
-        // Just written: an unreached entry is kept for its age, as artifacts are.
-        let mut removed = collect_finished(root, &keep, options(true, Some(86_400))).unwrap();
-        removed.sort();
-        let mut expected = vec![finished_dir(root, &committed), tmp.clone()];
-        expected.sort();
-        assert_eq!(removed, expected);
-        assert!(tmp.exists(), "a dry run removes nothing");
-        // Whatever its age: the unreached one goes too; the reached one stays.
-        let removed = collect_finished(root, &keep, options(false, None)).unwrap();
-        assert_eq!(removed.len(), 3);
-        assert!(finished_dir(root, &reached).exists());
-        for gone in [
-            finished_dir(root, &committed),
-            finished_dir(root, &unreached),
-            tmp,
-        ] {
-            assert!(!gone.exists(), "{}", gone.display());
-        }
     }
 }
