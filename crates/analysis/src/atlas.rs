@@ -123,6 +123,8 @@ impl Atlas {
                     .collect();
                 top.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
                 top.truncate(TOP);
+                // Else each card keeps room for every active row.
+                top.shrink_to_fit();
                 let hist_max = active.iter().map(|&(_, v)| v as f64).fold(0.0, f64::max);
                 let histogram = |column: &[(u32, f32)], rows: usize| {
                     let mut bins = vec![0.0; BINS];
@@ -313,6 +315,8 @@ pub fn top_cosines(
                     order.truncate(k);
                     order.sort_by(|x, y| y.1.total_cmp(&x.1).then(x.0.cmp(&y.0)));
                 }
+                // Else every row keeps room for all of `b` (52 GB at 57k live features).
+                order.shrink_to_fit();
                 order
             })
             .collect();

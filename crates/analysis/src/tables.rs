@@ -201,7 +201,10 @@ impl SparseActs {
     /// Every unit's `(row, value)` non-zeros in row order: [`Self::column`]
     /// for all `width` units in one pass.
     pub fn columns(&self, width: usize) -> Vec<Vec<(u32, f32)>> {
-        let mut columns = vec![Vec::new(); width];
+        // Each column's exact size first: no room left over from doubling.
+        let mut sizes = vec![0usize; width];
+        self.unit.iter().for_each(|&u| sizes[u as usize] += 1);
+        let mut columns: Vec<Vec<(u32, f32)>> = sizes.into_iter().map(Vec::with_capacity).collect();
         for ((&u, &r), &v) in self.unit.iter().zip(&self.row).zip(&self.value) {
             columns[u as usize].push((r, v));
         }
