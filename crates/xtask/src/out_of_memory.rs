@@ -44,13 +44,24 @@ unsafe impl GlobalAlloc for Watched {
     }
 }
 
+thread_local! {
+    static REPORTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Says what failed and exits. Small allocations still succeed after a
-/// large one failed; a failure while saying so falls through to Rust's own
-/// message (the flag is set first).
+/// large one failed. Another thread failing meanwhile waits for the exit
+/// (else Rust's own abort would cut the message short); a failure while
+/// saying so falls through to Rust's own message.
 fn failed(size: usize) {
     if REPORTED.swap(true, Ordering::SeqCst) {
-        return;
+        if REPORTING.with(|r| r.get()) {
+            return;
+        }
+        loop {
+            std::thread::park();
+        }
     }
+    REPORTING.with(|r| r.set(true));
     let stage = crate::building_now().unwrap_or_else(|| "between stages".into());
     let removed = match artifacts::try_remove_own_staging() {
         Some(removed) => format!("removed {} staging folder(s)", removed.len()),

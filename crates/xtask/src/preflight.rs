@@ -15,9 +15,10 @@ const BASE_BYTES: u64 = 16_000_000;
 pub const MEMORY_CHECK_ENV: &str = "SAELAB_MEMORY_CHECK";
 
 /// An estimate of the peak memory of training `point` alone: the trainer's
-/// weights with Adam's two moments, the encoder's packed copy and the
-/// gradients (5 copies), two batch-by-d_sae buffers, and when it runs past
-/// one epoch the copy a kept training state takes (3 more), all f32.
+/// weights with Adam's two moments, the encoder's packed copy, the
+/// gradients and the exported SAE (6 copies), two batch-by-d_sae buffers,
+/// and when it runs past one epoch the copy a kept training state takes (3
+/// more), all f32.
 pub fn point_training_bytes(point: &sweep::Point) -> u64 {
     let c = &point.cfg;
     let skip = match c.transcoder {
@@ -25,7 +26,7 @@ pub fn point_training_bytes(point: &sweep::Point) -> u64 {
         _ => 0,
     };
     let weights = c.d_sae as u64 * (c.d_in + c.d_out()) as u64 + skip;
-    let copies = if c.epochs > 1 { 8 } else { 5 };
+    let copies = if c.epochs > 1 { 9 } else { 6 };
     4 * (copies * weights + 2 * c.batch_size as u64 * c.d_sae as u64)
 }
 
@@ -50,9 +51,13 @@ pub fn sae_stage_bytes(points: &[sweep::Point], threads: usize) -> u64 {
     BASE_BYTES + data + each.iter().take(threads.max(1)).sum::<u64>()
 }
 
-/// The analysis's fixed share, measured with the default run: MNIST's
+/// The analysis's fixed share, fitted to the default run's peak: MNIST's
 /// images, the MLP, the neuron baseline's probes, polars and the report.
-const ANALYSIS_BASE_BYTES: u64 = 300_000_000;
+const ANALYSIS_BASE_BYTES: u64 = 200_000_000;
+/// Per non-zero activation at the analysis's peak (measured at d_sae 65536,
+/// L0 1324): its sparse code (12 bytes) and its row of `feature_acts`
+/// before that table is written.
+const ANALYSIS_BYTES_PER_ACTIVE: f64 = 44.0;
 
 /// What the analysis estimate needs of one trained SAE.
 pub struct AnalysedSae {
@@ -68,9 +73,9 @@ pub struct AnalysedSae {
 /// An estimate of the analysis stage's peak: the fixed share, the cached
 /// layers it copies (`width`: their summed widths; mapped and copied), every
 /// SAE's weights and decoder matcher, and the largest working set of one
-/// SAE analysed at a time: its codes on every row (twice: by row and by
-/// feature), its reconstruction of the train rows, a feature card per live
-/// feature, and the decoder-cosine block.
+/// SAE analysed at a time: its codes on every row with their table, its
+/// reconstruction of the train rows, a feature card per live feature, and
+/// the decoder-cosine block.
 pub fn analysis_bytes(width: usize, saes: &[AnalysedSae]) -> u64 {
     let held: u64 = saes
         .iter()
@@ -79,7 +84,7 @@ pub fn analysis_bytes(width: usize, saes: &[AnalysedSae]) -> u64 {
     let working = saes
         .iter()
         .map(|s| {
-            let codes = 16.0 * ROWS as f64 * s.l0.max(0.0);
+            let codes = ANALYSIS_BYTES_PER_ACTIVE * ROWS as f64 * s.l0.max(0.0);
             let x_hat = 4 * TRAIN_ROWS * s.d_out as u64;
             let cards = 8_000 * s.live as u64;
             let cosines = 8 * analysis::atlas::BLOCK_PRODUCTS.min(s.live * s.live) as u64;
@@ -102,7 +107,7 @@ pub fn check_analysis_memory(widest: &str, d_sae: usize, needed: u64) -> Result<
     if needed > available {
         let gb = |b: u64| b as f64 / 1e9;
         return Err(format!(
-            "sae.d_sae = {d_sae} (point {widest}): the analysis needs about {:.1} GB, more than {what} of {:.1} GB; lower sae.d_sae, or set {MEMORY_CHECK_ENV}=off if this estimate is wrong here",
+            "sae.d_sae = {d_sae} (point {widest}): the analysis needs about {:.2} GB, more than {what} of {:.2} GB; lower sae.d_sae, or set {MEMORY_CHECK_ENV}=off if this estimate is wrong here",
             gb(needed),
             gb(available)
         ));
@@ -130,8 +135,13 @@ pub fn check_memory(session: &Session) -> Result<()> {
             .max_by_key(|p| point_training_bytes(p))
             .expect("a sweep has a point");
         let gb = |b: u64| b as f64 / 1e9;
+        let fewer = if threads > 1 {
+            ", train fewer points at once (--threads 1)"
+        } else {
+            ""
+        };
         bail!(
-            "sae.d_sae = {} needs about {:.1} GB to train (point {}, {} at once, with its activations), more than {what} of {:.1} GB; lower sae.d_sae or sae.batch_size, train fewer points at once (--threads 1), or set {MEMORY_CHECK_ENV}=off if this estimate is wrong here",
+            "sae.d_sae = {} needs about {:.1} GB to train (point {}, {} at once, with its activations), more than {what} of {:.1} GB; lower sae.d_sae or sae.batch_size{fewer}, or set {MEMORY_CHECK_ENV}=off if this estimate is wrong here",
             largest.cfg.d_sae,
             gb(needed),
             largest.name,

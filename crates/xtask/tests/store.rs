@@ -683,15 +683,13 @@ fn a_read_only_command_holds_what_it_reads_against_gc() {
 fn a_sweep_too_large_is_refused_first_and_an_allocation_that_fails_anyway_names_its_stage() {
     let store = testkit::copy_of(built_store());
     let store = store.path();
-    // 4 million features: about 2 GB per weight matrix.
-    let wide = ["run", "sae", "--set", "sae.d_sae=[4000000]"];
-    // Under a 4 GB address-space limit, the estimate refuses it before anything runs.
-    let limited = |check: Option<&str>| {
-        let cmd = command(store, &wide);
+    // `args` under an address-space limit of `kib` KiB.
+    let limited = |args: &[&str], kib: u64, check: Option<&str>| {
+        let cmd = command(store, args);
         let mut shell = std::process::Command::new("sh");
         shell
             .arg("-c")
-            .arg("ulimit -v 4000000 && exec \"$@\"")
+            .arg(format!("ulimit -v {kib} && exec \"$@\""))
             .arg("sh")
             .arg(cmd.get_program())
             .args(cmd.get_args());
@@ -705,7 +703,10 @@ fn a_sweep_too_large_is_refused_first_and_an_allocation_that_fails_anyway_names_
         }
         shell.output().unwrap()
     };
-    let refused = limited(None);
+    // 4 million features: about 2 GB per weight matrix. Under a 4 GB
+    // address-space limit, the estimate refuses it before anything runs.
+    let wide = ["run", "sae", "--set", "sae.d_sae=[4000000]"];
+    let refused = limited(&wide, 4_000_000, None);
     let said = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(1), "{said}");
     assert!(
@@ -719,7 +720,7 @@ fn a_sweep_too_large_is_refused_first_and_an_allocation_that_fails_anyway_names_
     );
     // With the check off, the allocation fails: one line names the stage,
     // and its staging folder is gone.
-    let failed = limited(Some("off"));
+    let failed = limited(&wide, 4_000_000, Some("off"));
     let said = String::from_utf8_lossy(&failed.stderr);
     assert_eq!(failed.status.code(), Some(137), "{said}");
     assert!(
@@ -728,10 +729,25 @@ fn a_sweep_too_large_is_refused_first_and_an_allocation_that_fails_anyway_names_
         ) && said.contains("removed 1 staging folder(s)"),
         "{said}"
     );
-    let staging: Vec<String> = std::fs::read_dir(store.join("sae"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(".staging"))
-        .collect();
-    assert!(staging.is_empty(), "{staging:?}");
+    let staging = |kind: &str| -> Vec<String> {
+        std::fs::read_dir(store.join(kind))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".staging"))
+            .collect()
+    };
+    assert!(staging("sae").is_empty(), "{:?}", staging("sae"));
+    // The analysis checks its own estimate (from the SAE's live features
+    // and L0) before it loads anything: about 0.4 GB, over a 0.33 GB limit.
+    let analysis = ["run", "analysis", "--force", "--threads", "1"];
+    let refused = limited(&analysis, 330_000, None);
+    let said = String::from_utf8_lossy(&refused.stdout);
+    assert!(
+        said.contains(&format!(
+            "sae.d_sae = 1024 (point {SAE}): the analysis needs about "
+        )) && said.contains("the address-space limit (ulimit -v) of 0.34 GB"),
+        "{said}{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(staging("analysis").is_empty(), "{:?}", staging("analysis"));
 }

@@ -109,44 +109,42 @@ pub fn report_layers(points: &[Point]) -> Vec<&str> {
     layers
 }
 
-impl AnalysisStage {
-    /// Refuses, before it loads anything large, an analysis whose estimate
-    /// (`preflight::analysis_bytes`, from each SAE's width, live features and
-    /// L0) cannot fit in memory.
-    fn check_memory(
-        &self,
-        inputs: &StageInputs,
-        store: &ActivationStore,
-        layers: &[&str],
-    ) -> Result<(), StageError> {
-        let mut saes = Vec::new();
-        for point in &self.points {
-            let m: SaeMetricsFile = super::read_json(inputs.dir(&point.name), METRICS_FILE)?;
-            saes.push(crate::preflight::AnalysedSae {
-                d_in: point.cfg.d_in,
-                d_out: point.cfg.d_out(),
-                d_sae: point.cfg.d_sae,
-                live: point.cfg.d_sae.saturating_sub(m.train.dead),
-                l0: m.test.l0,
-            });
-        }
-        let mut copied: Vec<&str> = self.points.iter().map(|p| p.layer.as_str()).collect();
-        copied.extend(layers);
-        copied.sort();
-        copied.dedup();
-        let mut width = 0;
-        for layer in copied {
-            width += store.layer("train", layer)?.width();
-        }
-        let needed = crate::preflight::analysis_bytes(width, &saes);
-        let widest = self
-            .points
-            .iter()
-            .max_by_key(|p| p.cfg.d_sae)
-            .expect("an analysis has a point");
-        crate::preflight::check_analysis_memory(&widest.name, widest.cfg.d_sae, needed)
-            .map_err(StageError::from)
+/// The analysis's estimated peak memory (`preflight::analysis_bytes`) from
+/// each SAE's width, live features and L0 (`metrics.json` in the folder
+/// `dir_of` gives each point), with the widest point.
+pub fn memory_estimate<'p>(
+    points: &'p [Point],
+    dir_of: &dyn Fn(&Point) -> Option<PathBuf>,
+) -> Result<(u64, &'p Point), StageError> {
+    let mut saes = Vec::new();
+    let mut widths: BTreeMap<&str, usize> = BTreeMap::new();
+    for point in points {
+        let dir = dir_of(point).ok_or_else(|| format!("{} is not built yet", point.name))?;
+        let m: SaeMetricsFile = super::read_json(&dir, METRICS_FILE)?;
+        saes.push(crate::preflight::AnalysedSae {
+            d_in: point.cfg.d_in,
+            d_out: point.cfg.d_out(),
+            d_sae: point.cfg.d_sae,
+            live: point.cfg.d_sae.saturating_sub(m.train.dead),
+            l0: m.test.l0,
+        });
+        widths.insert(&point.layer, point.cfg.d_in);
+        widths.entry(&point.output).or_insert(point.cfg.d_out());
     }
+    // The layers it copies: each point's input and each report's layer.
+    let mut copied: Vec<&str> = points.iter().map(|p| p.layer.as_str()).collect();
+    copied.extend(report_layers(points));
+    copied.sort();
+    copied.dedup();
+    let width = copied
+        .iter()
+        .map(|l| widths.get(l).copied().unwrap_or(0))
+        .sum();
+    let widest = points
+        .iter()
+        .max_by_key(|p| p.cfg.d_sae)
+        .ok_or("an analysis has a point")?;
+    Ok((crate::preflight::analysis_bytes(width, &saes), widest))
 }
 
 impl Stage for AnalysisStage {
@@ -172,6 +170,10 @@ impl Stage for AnalysisStage {
         inputs
     }
     fn run(&self, inputs: &StageInputs, out: &Path) -> Result<Value, StageError> {
+        // Before anything is loaded: refused if it cannot fit.
+        let (needed, widest) =
+            memory_estimate(&self.points, &|p| Some(inputs.dir(&p.name).to_path_buf()))?;
+        crate::preflight::check_analysis_memory(&widest.name, widest.cfg.d_sae, needed)?;
         let data = load_mnist(inputs.dir("mnist"))?;
         let model = mlp::Mlp::new(&load_weights(inputs.dir("mlp"))?, &Device::Cpu)?;
         let mlp_metrics: MlpMetricsFile = super::read_json(inputs.dir("mlp"), MLP_METRICS_FILE)?;
@@ -188,7 +190,6 @@ impl Stage for AnalysisStage {
         };
         let store = ActivationStore::open_dir(inputs.dir("activations"), VerifyMode::Sizes)?;
         let layers = report_layers(&self.points);
-        self.check_memory(inputs, &store, &layers)?;
         let mut copies: BTreeMap<&str, LayerCopy> = BTreeMap::new();
         for name in self
             .points
