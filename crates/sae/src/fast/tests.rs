@@ -131,8 +131,9 @@ fn dormancy_changes_no_bit() {
     assert!(woken > 0);
 }
 
-#[test]
-fn a_larger_step_ends_every_rest_even_before_its_certificate() {
+/// Data, an L1 config and its initial SAE on which features come to rest
+/// within 4000 of [`run_trainer`]'s steps.
+fn resting_setup() -> (Vec<f32>, SaeConfig, Sae) {
     let data = synthetic::sparse_directions(256, 16, 12, 2, 0.05, 5);
     let cfg = SaeConfig {
         d_in: 16,
@@ -142,15 +143,19 @@ fn a_larger_step_ends_every_rest_even_before_its_certificate() {
         ..SaeConfig::default()
     };
     let sae = Sae::init(&cfg, &data).unwrap();
+    (data, cfg, sae)
+}
+
+fn resting(t: &FastTrainer) -> usize {
+    t.halves.iter().map(|h| h.rest.resting_count()).sum()
+}
+
+#[test]
+fn a_larger_step_ends_every_rest_even_before_its_certificate() {
+    let (data, cfg, sae) = resting_setup();
     let trainer = FastTrainer::new(&sae, AuxScale::of(&data, cfg.d_in));
     // 4000 steps; the helper's rate rises at 3000, then settles at 1.5e-3.
     let (_, mut trainer) = run_trainer(trainer, &cfg, &data, &data, 4000, Exec::Serial);
-    let resting = |t: &FastTrainer| {
-        t.halves
-            .iter()
-            .map(|h| h.rest.resting_count())
-            .sum::<usize>()
-    };
     assert!(resting(&trainer) > 0);
     // Rests whose reach is still waiting for its batch have no certificate.
     trainer.halves.iter_mut().for_each(|h| {
@@ -195,15 +200,7 @@ fn two_threads_and_one_give_the_same_bits() {
 
 #[test]
 fn a_snapshot_with_features_at_rest_is_the_dense_state() {
-    let data = synthetic::sparse_directions(256, 16, 12, 2, 0.05, 5);
-    let cfg = SaeConfig {
-        d_in: 16,
-        d_sae: 96,
-        architecture: Architecture::l1(3e-2),
-        batch_size: 32,
-        ..SaeConfig::default()
-    };
-    let sae = Sae::init(&cfg, &data).unwrap();
+    let (data, cfg, sae) = resting_setup();
     let aux = AuxScale::of(&data, cfg.d_in);
     let steps = 4000;
     let (_, mut dense) = run_trainer(
@@ -214,7 +211,7 @@ fn a_snapshot_with_features_at_rest_is_the_dense_state() {
         steps,
         Exec::Serial,
     );
-    let (_, mut resting) = run_trainer(
+    let (_, mut sparse) = run_trainer(
         FastTrainer::new(&sae, aux),
         &cfg,
         &data,
@@ -222,11 +219,13 @@ fn a_snapshot_with_features_at_rest_is_the_dense_state() {
         steps,
         Exec::Serial,
     );
-    let at_rest: usize = resting.halves.iter().map(|h| h.rest.resting_count()).sum();
-    assert!(at_rest > 0, "features rest, their second moments lagging");
-    assert!(dense.take_snapshot() == resting.take_snapshot());
+    assert!(
+        resting(&sparse) > 0,
+        "features rest, their second moments lagging"
+    );
+    assert!(dense.take_snapshot() == sparse.take_snapshot());
     // And a trainer restored from it steps on with the same bits.
-    let snapshot = resting.take_snapshot();
+    let snapshot = sparse.take_snapshot();
     let mut restored = FastTrainer::new(&sae, aux);
     restored.restore_snapshot(&snapshot).unwrap();
     let (after_restore, _) = run_trainer(restored, &cfg, &data, &data, 300, Exec::Serial);
