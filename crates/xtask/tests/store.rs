@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use support::{built_store, command, verdict, xtask, Run, SAE};
+use support::{built_store, command, under_address_limit, verdict, xtask, Run, SAE};
 
 /// The one artifact folder of `kind` in `store`.
 fn artifact(store: &Path, kind: &str) -> PathBuf {
@@ -685,23 +685,11 @@ fn a_sweep_too_large_is_refused_first_and_an_allocation_that_fails_anyway_names_
     let store = store.path();
     // `args` under an address-space limit of `kib` KiB.
     let limited = |args: &[&str], kib: u64, check: Option<&str>| {
-        let cmd = command(store, args);
-        let mut shell = std::process::Command::new("sh");
-        shell
-            .arg("-c")
-            .arg(format!("ulimit -v {kib} && exec \"$@\""))
-            .arg("sh")
-            .arg(cmd.get_program())
-            .args(cmd.get_args());
-        for (key, value) in cmd.get_envs() {
-            if let Some(value) = value {
-                shell.env(key, value);
-            }
-        }
+        let mut cmd = under_address_limit(&command(store, args), kib);
         if let Some(check) = check {
-            shell.env("SAELAB_MEMORY_CHECK", check);
+            cmd.env("SAELAB_MEMORY_CHECK", check);
         }
-        shell.output().unwrap()
+        cmd.output().unwrap()
     };
     // 4 million features: about 2 GB per weight matrix. Under a 4 GB
     // address-space limit, the estimate refuses it before anything runs.

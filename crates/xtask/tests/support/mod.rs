@@ -38,6 +38,23 @@ pub fn command(store: &Path, args: &[&str]) -> Command {
     cmd
 }
 
+/// `cmd` run by a shell under an address-space limit of `kib` KiB (`ulimit -v`).
+pub fn under_address_limit(cmd: &Command, kib: u64) -> Command {
+    let mut shell = Command::new("sh");
+    shell
+        .arg("-c")
+        .arg(format!("ulimit -v {kib} && exec \"$@\""))
+        .arg("sh")
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (key, value) in cmd.get_envs() {
+        if let Some(value) = value {
+            shell.env(key, value);
+        }
+    }
+    shell
+}
+
 pub fn xtask(store: &Path, args: &[&str]) -> Run {
     finished(command(store, args).output().unwrap())
 }
