@@ -348,8 +348,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Stages => {
             stages_list(&graph);
+            // On stderr: stdout stays the table, for scripts.
             for line in memory_estimates(&session, &graph) {
-                println!("{line}");
+                eprintln!("{line}");
             }
             Ok(ExitCode::SUCCESS)
         }

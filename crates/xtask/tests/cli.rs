@@ -44,6 +44,13 @@ fn a_second_run_is_all_cached_and_status_explains_it() {
         .filter_map(|l| l.split_whitespace().next())
         .collect();
     assert_eq!(names, ["mnist", "mlp", "extract", SAE, "analysis"]);
+    // Beside it, on stderr, both stages' peak-memory estimates (every SAE is built).
+    assert!(
+        listed.stderr.contains("memory estimate: SAE stage ")
+            && listed.stderr.contains("memory estimate: analysis 0."),
+        "{}",
+        listed.stderr
+    );
     // `--output` writes the file in every text format, and prints nothing else.
     for (format, expected) in [("csv", "n\n1024\n"), ("table", "1024")] {
         let file = store.path().join(format!("out.{format}"));
