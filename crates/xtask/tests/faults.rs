@@ -352,17 +352,18 @@ fn main() {
                 for entry in std::fs::read_dir(testkit::mnist_dir()).unwrap().flatten() {
                     std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
                 }
-                let first = std::fs::read_dir(&dir)
+                // An MNIST file, whatever else the folder holds (a SHA256SUMS).
+                let labels = std::fs::read_dir(&dir)
                     .unwrap()
                     .flatten()
                     .map(|e| e.path())
-                    .min()
+                    .find(|p| p.to_string_lossy().contains("t10k-labels"))
                     .unwrap();
-                flip_byte(&first, false);
+                flip_byte(&labels, false);
                 refused(
                     s,
                     &["all", "--mnist-dir", dir.to_str().unwrap()],
-                    &first.file_name().unwrap().to_string_lossy(),
+                    &labels.file_name().unwrap().to_string_lossy(),
                 )
             }),
         ),
