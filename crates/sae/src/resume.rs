@@ -20,7 +20,7 @@ use crate::{CurvePoint, ResampleEvent, SaeConfig, SaeError};
 pub const RESUME_STATE_FILE: &str = "state.json";
 /// The trainer's buffers: `state.safetensors`.
 pub const RESUME_BUFFERS_FILE: &str = "state.safetensors";
-const FORMAT: u32 = 1;
+pub(crate) const FORMAT: u32 = 1;
 
 /// A sweep's checkpointing: where each point resumes from and how its
 /// state is kept as it trains.

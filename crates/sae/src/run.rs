@@ -13,7 +13,7 @@ use crate::duo::Exec;
 use crate::hooks::CheckedStep;
 use crate::latents::{self, LatentHistory, LatentSnapshot};
 use crate::model::{self, row_squared_errors, Sae, STREAM_RESAMPLE, STREAM_SHUFFLE};
-use crate::resume::{word, Checkpoints, ResumePoint, RunState};
+use crate::resume::{word, Checkpoints, ResumePoint, RunState, FORMAT};
 use crate::trainer::{AuxScale, FeatureReset, FiringTracker, Trainer};
 use crate::SaeError;
 
@@ -538,7 +538,7 @@ impl Run<'_> {
         let (since_fired, dead) = self.tracker.parts();
         Some(ResumePoint {
             run: RunState {
-                format: 1,
+                format: FORMAT,
                 point: self.name.to_string(),
                 cfg: self.cfg.clone(),
                 epochs_done,

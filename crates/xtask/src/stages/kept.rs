@@ -134,21 +134,24 @@ pub fn load_checkpoint(store_root: &Path, key: &Key) -> Option<sae::ResumePoint>
 }
 
 /// One line per kept checkpoint: the point and how far it had trained.
+/// Reads each state's JSON only (an interrupt is no time to hash and parse
+/// every buffer).
 pub fn describe_checkpoints(store_root: &Path) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(store_root.join(CHECKPOINTS)) else {
         return Vec::new();
     };
     let mut lines: Vec<String> = entries
         .flatten()
-        .filter_map(|e| Key::parse(&e.file_name().to_string_lossy()))
-        .filter_map(|key| load_checkpoint(store_root, &key))
-        .map(|state| {
-            format!(
+        .filter(|e| Key::parse(&e.file_name().to_string_lossy()).is_some())
+        .filter_map(|e| {
+            let text = std::fs::read(e.path().join(sae::RESUME_STATE_FILE)).ok()?;
+            let state: serde_json::Value = serde_json::from_slice(&text).ok()?;
+            Some(format!(
                 "{} after epoch {}/{}",
-                state.point(),
-                state.epochs_done(),
-                state.epochs()
-            )
+                state["point"].as_str()?,
+                state["epochs_done"].as_u64()?,
+                state["cfg"]["epochs"].as_u64()?
+            ))
         })
         .collect();
     lines.sort();
