@@ -344,7 +344,8 @@ fn an_interrupted_sweep_keeps_its_finished_points_resumes_the_rest_and_gives_the
     let wide_state = || {
         std::fs::read_dir(&checkpoints).ok().and_then(|d| {
             d.flatten()
-                .map(|e| e.path().join("state.json"))
+                // A slot of a key's folder, renamed into place whole.
+                .flat_map(|e| ["a", "b"].map(|slot| e.path().join(slot).join("state.json")))
                 .find(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains("\"d_sae\":8192")))
         })
     };

@@ -3,9 +3,11 @@
 //! - `<store>/.finished/<key>/`: a point that has trained (its SAE folder and
 //!   training record), written the moment it finished while its group
 //!   trains on; its stage reads it back instead of training.
-//! - `<store>/.checkpoints/<key>/`: a point still training, its whole state
-//!   (`sae::ResumePoint`) at the end of an epoch, every `--checkpoint-every`
-//!   seconds; the next run resumes it from there, to the same bits.
+//! - `<store>/.checkpoints/<key>/{a,b}/`: a point still training, its whole
+//!   state (`sae::ResumePoint`) at the end of an epoch, every
+//!   `--checkpoint-every` seconds, in two slots written in turn (one whole
+//!   state is always in place); the next run resumes from the later one, to
+//!   the same bits.
 //!
 //! Each folder is written whole or not at all (a temporary folder renamed
 //! into place) with the SHA-256 of every file, and is used only while those
@@ -118,19 +120,40 @@ pub fn load_finished(store_root: &Path, key: &Key) -> Option<Trained> {
     })
 }
 
-/// Keeps a training point's state, replacing its older one.
+/// The two slots a point's states alternate between, so that one whole
+/// state is always in place while the next is written.
+const SLOTS: [&str; 2] = ["a", "b"];
+
+/// The epochs a slot's state had trained, from its JSON alone.
+fn slot_epochs(slot: &Path) -> Option<(u64, String, u64)> {
+    let text = std::fs::read(slot.join(sae::RESUME_STATE_FILE)).ok()?;
+    let state: serde_json::Value = serde_json::from_slice(&text).ok()?;
+    Some((
+        state["epochs_done"].as_u64()?,
+        state["point"].as_str()?.to_string(),
+        state["cfg"]["epochs"].as_u64()?,
+    ))
+}
+
+/// Keeps a training point's state in the slot that does not hold its latest.
 pub fn keep_checkpoint(store_root: &Path, key: &Key, state: &sae::ResumePoint) {
-    write_whole(&checkpoint_dir(store_root, key), |tmp| {
+    let dir = checkpoint_dir(store_root, key);
+    let epochs = |slot: &str| slot_epochs(&dir.join(slot)).map(|(e, _, _)| e);
+    let older = if epochs("a") <= epochs("b") { "a" } else { "b" };
+    write_whole(&dir.join(older), |tmp| {
         state.save(tmp).map_err(|e| e.to_string())
     });
 }
 
-/// The state kept by [`keep_checkpoint`], if its files still hash as written.
+/// The latest state kept by [`keep_checkpoint`] whose files still hash as written.
 pub fn load_checkpoint(store_root: &Path, key: &Key) -> Option<sae::ResumePoint> {
     let dir = checkpoint_dir(store_root, key);
-    intact(&dir)
-        .then(|| sae::ResumePoint::load(&dir).ok())
-        .flatten()
+    SLOTS
+        .iter()
+        .map(|slot| dir.join(slot))
+        .filter(|slot| intact(slot))
+        .filter_map(|slot| sae::ResumePoint::load(&slot).ok())
+        .max_by_key(|state| state.epochs_done())
 }
 
 /// One line per kept checkpoint: the point and how far it had trained.
@@ -144,14 +167,11 @@ pub fn describe_checkpoints(store_root: &Path) -> Vec<String> {
         .flatten()
         .filter(|e| Key::parse(&e.file_name().to_string_lossy()).is_some())
         .filter_map(|e| {
-            let text = std::fs::read(e.path().join(sae::RESUME_STATE_FILE)).ok()?;
-            let state: serde_json::Value = serde_json::from_slice(&text).ok()?;
-            Some(format!(
-                "{} after epoch {}/{}",
-                state["point"].as_str()?,
-                state["epochs_done"].as_u64()?,
-                state["cfg"]["epochs"].as_u64()?
-            ))
+            let slots = SLOTS
+                .iter()
+                .filter_map(|slot| slot_epochs(&e.path().join(slot)));
+            let (done, point, epochs) = slots.max()?;
+            Some(format!("{point} after epoch {done}/{epochs}"))
         })
         .collect();
     lines.sort();
