@@ -561,15 +561,15 @@ fn stop_cleanly_on_interrupt() {
             .map(|root| stages::kept::describe_checkpoints(root))
             .unwrap_or_default();
         let resumed = if states.is_empty() {
-            "no SAE point in training had a state kept yet".to_string()
+            "No SAE point in training had a state kept yet: what they trained is lost.".to_string()
         } else {
             format!(
-                "SAE points in training resume from their last kept state (in .checkpoints/): {}",
+                "SAE points in training resume from their last kept state (in .checkpoints/): {}; the epochs since are lost, and a point with no kept state starts over.",
                 states.join("; ")
             )
         };
         eprintln!(
-            "\ninterrupted {what}: removed {} staging folder(s). Kept: every artifact already built, and every SAE point that finished training (the next run uses it, in .finished/). {resumed}; the epochs since are lost, and a point with no kept state starts over.",
+            "\ninterrupted {what}: removed {} staging folder(s). Kept: every artifact already built, and every SAE point that finished training (the next run uses it, in .finished/). {resumed}",
             removed.len()
         );
         std::process::exit(130);

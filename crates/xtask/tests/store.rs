@@ -465,7 +465,7 @@ fn sigterm_stops_the_run_at_once_says_what_it_cut_short_and_leaves_no_staging() 
     );
     assert!(
         rest.contains(&format!(
-            "interrupted while building {SAE}: removed 1 staging folder(s); every artifact already built is kept"
+            "interrupted while building {SAE}: removed 1 staging folder(s). Kept: every artifact already built"
         )),
         "{rest}"
     );
