@@ -75,10 +75,6 @@ impl ResumePoint {
         self.run.epochs_done
     }
 
-    pub fn epochs(&self) -> usize {
-        self.run.cfg.epochs
-    }
-
     /// Writes [`RESUME_STATE_FILE`] and [`RESUME_BUFFERS_FILE`] into `dir`.
     pub fn save(&self, dir: &Path) -> Result<(), SaeError> {
         std::fs::create_dir_all(dir).map_err(|source| io(dir, source))?;
@@ -97,10 +93,8 @@ impl ResumePoint {
         safetensors::serialize_to_file(views, None, &path)
             .map_err(|e| bad(&path, e.to_string()))?;
         let path = dir.join(RESUME_STATE_FILE);
-        let mut run = self.run.clone();
-        run.adam_t = self.trainer.adam_t;
-        run.batch_threshold = self.trainer.batch_threshold;
-        let json = serde_json::to_string(&run).expect("a run state serialises");
+        // `run` carries the trainer's scalars (set by `Run::resume_point`).
+        let json = serde_json::to_string(&self.run).expect("a run state serialises");
         std::fs::write(&path, json).map_err(|source| io(&path, source))
     }
 
