@@ -145,15 +145,21 @@ pub fn keep_checkpoint(store_root: &Path, key: &Key, state: &sae::ResumePoint) {
     });
 }
 
-/// The latest state kept by [`keep_checkpoint`] whose files still hash as written.
+/// The latest state kept by [`keep_checkpoint`] whose files still hash as
+/// written: slots are tried latest first (by their JSON), so only the one
+/// used is hashed and read whole.
 pub fn load_checkpoint(store_root: &Path, key: &Key) -> Option<sae::ResumePoint> {
     let dir = checkpoint_dir(store_root, key);
-    SLOTS
+    let mut slots: Vec<(u64, PathBuf)> = SLOTS
         .iter()
         .map(|slot| dir.join(slot))
-        .filter(|slot| intact(slot))
-        .filter_map(|slot| sae::ResumePoint::load(&slot).ok())
-        .max_by_key(|state| state.epochs_done())
+        .filter_map(|slot| Some((slot_epochs(&slot)?.0, slot)))
+        .collect();
+    slots.sort_by_key(|(epochs, _)| std::cmp::Reverse(*epochs));
+    slots
+        .into_iter()
+        .filter(|(_, slot)| intact(slot))
+        .find_map(|(_, slot)| sae::ResumePoint::load(&slot).ok())
 }
 
 /// One line per kept checkpoint: the point and how far it had trained.
