@@ -349,7 +349,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Stages => {
             stages_list(&graph);
             // On stderr: stdout stays the table, for scripts.
-            for line in memory_estimates(&session, &graph) {
+            for line in preflight::memory_estimates(&session, &graph) {
                 eprintln!("{line}");
             }
             Ok(ExitCode::SUCCESS)
@@ -463,34 +463,6 @@ fn stages_list(graph: &Graph<'_>) {
         ]);
     }
     print_table(&rows);
-}
-
-/// The SAE stage's estimated peak memory, and the analysis's once every
-/// SAE it reads is built (it needs their live features and L0).
-fn memory_estimates(session: &Session, graph: &Graph<'_>) -> Vec<String> {
-    let points = session.config.sae.points();
-    let threads = rayon::current_num_threads().min(points.len());
-    let gb = |b: u64| b as f64 / 1e9;
-    let mut lines = vec![format!(
-        "memory estimate: SAE stage {:.2} GB at peak ({threads} point(s) at once)",
-        gb(preflight::sae_stage_bytes(&points, threads))
-    )];
-    let built: std::collections::BTreeMap<String, PathBuf> = graph
-        .plan(&session.store)
-        .into_iter()
-        .filter(|p| matches!(p.state, State::Fresh(_)))
-        .map(|p| {
-            let dir = session.store.root().join(&p.kind).join(p.key.as_str());
-            (p.name, dir)
-        })
-        .collect();
-    lines.push(
-        match stages::analysis::memory_estimate(&points, &|p| built.get(&p.name).cloned()) {
-            Ok((bytes, _)) => format!("memory estimate: analysis {:.2} GB at peak", gb(bytes)),
-            Err(_) => "memory estimate: analysis, once every SAE is built".to_string(),
-        },
-    );
-    lines
 }
 
 /// The current config's report(s); `open` hands the first to the desktop's browser.

@@ -1,5 +1,6 @@
 //! What is checked before a run builds anything, beyond the config itself:
-//! a named MNIST folder, and whether the SAE sweep fits in memory.
+//! a named MNIST folder, and whether the SAE sweep fits in memory (with the
+//! estimates `stages` prints).
 
 use anyhow::{bail, Result};
 
@@ -103,10 +104,7 @@ pub fn analysis_bytes(width: usize, saes: &[AnalysedSae]) -> u64 {
 /// Refuses an analysis that cannot fit ([`analysis_bytes`]), naming the
 /// widest SAE's key and the estimate.
 pub fn check_analysis_memory(widest: &str, d_sae: usize, needed: u64) -> Result<(), String> {
-    if std::env::var(MEMORY_CHECK_ENV).is_ok_and(|v| v == "off") {
-        return Ok(());
-    }
-    let Some((available, what)) = memory_available() else {
+    let Some((available, what)) = memory_limit() else {
         return Ok(());
     };
     if needed > available {
@@ -125,10 +123,7 @@ pub fn check_analysis_memory(widest: &str, d_sae: usize, needed: u64) -> Result<
 /// [`sae_stage_bytes`], naming the key and the estimate: a config that could
 /// only end in an allocation failure.
 pub fn check_memory(session: &Session) -> Result<()> {
-    if std::env::var(MEMORY_CHECK_ENV).is_ok_and(|v| v == "off") {
-        return Ok(());
-    }
-    let Some((available, what)) = memory_available() else {
+    let Some((available, what)) = memory_limit() else {
         return Ok(());
     };
     let points = session.config.sae.points();
@@ -155,6 +150,15 @@ pub fn check_memory(session: &Session) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// What the estimates are checked against ([`memory_available`]); `None`
+/// when the check is off ([`MEMORY_CHECK_ENV`]) or the system does not say.
+fn memory_limit() -> Option<(u64, &'static str)> {
+    if std::env::var(MEMORY_CHECK_ENV).is_ok_and(|v| v == "off") {
+        return None;
+    }
+    memory_available()
 }
 
 /// The smaller of this machine's memory and the process's address-space
@@ -184,6 +188,34 @@ fn memory_available() -> Option<(u64, &'static str)> {
         Some(limit) if limit.0 < total.0 => limit,
         _ => total,
     })
+}
+
+/// The SAE stage's estimated peak memory, and the analysis's once every
+/// SAE it reads is built (it needs their live features and L0).
+pub fn memory_estimates(session: &Session, graph: &artifacts::Graph<'_>) -> Vec<String> {
+    let points = session.config.sae.points();
+    let threads = rayon::current_num_threads().min(points.len());
+    let gb = |b: u64| b as f64 / 1e9;
+    let mut lines = vec![format!(
+        "memory estimate: SAE stage {:.2} GB at peak ({threads} point(s) at once)",
+        gb(sae_stage_bytes(&points, threads))
+    )];
+    let built: std::collections::BTreeMap<String, std::path::PathBuf> = graph
+        .plan(&session.store)
+        .into_iter()
+        .filter(|p| matches!(p.state, artifacts::State::Fresh(_)))
+        .map(|p| {
+            let dir = session.store.root().join(&p.kind).join(p.key.as_str());
+            (p.name, dir)
+        })
+        .collect();
+    lines.push(
+        match stages::analysis::memory_estimate(&points, &|p| built.get(&p.name).cloned()) {
+            Ok((bytes, _)) => format!("memory estimate: analysis {:.2} GB at peak", gb(bytes)),
+            Err(_) => "memory estimate: analysis, once every SAE is built".to_string(),
+        },
+    );
+    lines
 }
 
 /// A named MNIST folder is used or refused, cached store or not.
