@@ -65,13 +65,15 @@ impl LayerProbes {
     }
 }
 
-/// Each row's non-zeros among `latents`, as (row, latent, value).
-fn active_among(acts: &SparseActs, latents: &[usize]) -> Vec<(usize, usize, f32)> {
+/// Each row's non-zeros among `latents` (of `d_sae`), as (row, latent, value).
+fn active_among(acts: &SparseActs, latents: &[usize], d_sae: usize) -> Vec<(usize, usize, f32)> {
+    let mut chosen = vec![false; d_sae];
+    latents.iter().for_each(|&f| chosen[f] = true);
     acts.row
         .iter()
         .zip(&acts.unit)
         .zip(&acts.value)
-        .filter(|((_, &u), _)| latents.contains(&(u as usize)))
+        .filter(|((_, &u), _)| chosen.get(u as usize) == Some(&true))
         .map(|((&r, &u), &v)| (r as usize, u as usize, v))
         .collect()
 }
@@ -100,37 +102,16 @@ pub fn tpp(
             (pos.iter().chain(&neg).copied().collect(), pos.len())
         })
         .collect();
-    // Accuracy of probe j on its test rows, with `removed` (row -> values) taken off.
-    let accuracy = |j: usize, removed: &std::collections::HashMap<usize, Vec<f64>>| -> f64 {
-        let (rows, positives) = &test_sets[j];
-        let probe = &probes.probes[j].1;
-        let mut row_values = vec![0.0f64; width];
-        let correct = rows
-            .iter()
-            .enumerate()
-            .filter(|&(i, &r)| {
-                for (v, &x) in row_values.iter_mut().zip(&test[r * width..(r + 1) * width]) {
-                    *v = x as f64;
-                }
-                if let Some(off) = removed.get(&r) {
-                    row_values.iter_mut().zip(off).for_each(|(v, o)| *v -= o);
-                }
-                (probe.probability(&row_values) > 0.5) == (i < *positives)
-            })
-            .count();
-        correct as f64 / rows.len().max(1) as f64
-    };
-    let none = std::collections::HashMap::new();
-    let clean: Vec<f64> = (0..probes.probes.len())
-        .map(|j| accuracy(j, &none))
-        .collect();
-    // Each latent's effect on each digit's probe, over that digit's train rows.
-    let effects: Vec<Vec<f64>> = probes
+    // Each probe is linear before its sigmoid, so ablating `a W_dec[f]` from
+    // a row moves probe j's logit by exactly `-a (W_dec[f] . u_j)`, with u_j
+    // its direction on raw values: the ablated accuracies need only the clean
+    // logits and these projections, not the ablated rows.
+    let along: Vec<Vec<f64>> = probes
         .probes
         .iter()
-        .map(|(digit, probe)| {
+        .map(|(_, probe)| {
             let u = probe.raw_direction();
-            let along: Vec<f64> = (0..d_sae)
+            (0..d_sae)
                 .map(|f| {
                     w_dec[f * width..(f + 1) * width]
                         .iter()
@@ -138,7 +119,47 @@ pub fn tpp(
                         .map(|(&w, u)| w as f64 * u)
                         .sum()
                 })
-                .collect();
+                .collect()
+        })
+        .collect();
+    // Probe j's logit on each of its test rows.
+    let clean_logits: Vec<Vec<f64>> = probes
+        .probes
+        .par_iter()
+        .zip(&test_sets)
+        .map(|((_, probe), (rows, _))| {
+            let mut row_values = vec![0.0f64; width];
+            rows.iter()
+                .map(|&r| {
+                    for (v, &x) in row_values.iter_mut().zip(&test[r * width..(r + 1) * width]) {
+                        *v = x as f64;
+                    }
+                    probe.logit(&row_values)
+                })
+                .collect()
+        })
+        .collect();
+    // Accuracy of probe j on its test rows, each row's logit moved by `shift[row]`.
+    let accuracy = |j: usize, shift: &[f64]| -> f64 {
+        let (rows, positives) = &test_sets[j];
+        let correct = rows
+            .iter()
+            .zip(&clean_logits[j])
+            .enumerate()
+            .filter(|&(i, (&r, &logit))| (logit + shift[r] > 0.0) == (i < *positives))
+            .count();
+        correct as f64 / rows.len().max(1) as f64
+    };
+    let unmoved = vec![0.0f64; test_labels.len()];
+    let clean: Vec<f64> = (0..probes.probes.len())
+        .map(|j| accuracy(j, &unmoved))
+        .collect();
+    // Each latent's effect on each digit's probe, over that digit's train rows.
+    let effects: Vec<Vec<f64>> = probes
+        .probes
+        .iter()
+        .zip(&along)
+        .map(|((digit, _), along)| {
             let (pos, _) = balanced(train_labels, train_rows, *digit);
             let mut is_pos = vec![false; train_labels.len()];
             pos.iter().for_each(|&r| is_pos[r] = true);
@@ -169,15 +190,14 @@ pub fn tpp(
                 let mut order: Vec<usize> = (0..d_sae).filter(|&f| effect[f] > 0.0).collect();
                 order.sort_by(|&a, &b| effect[b].total_cmp(&effect[a]).then(a.cmp(&b)));
                 order.truncate(n);
-                let mut removed: std::collections::HashMap<usize, Vec<f64>> = Default::default();
-                for (r, f, a) in active_among(acts_test, &order) {
-                    let off = removed.entry(r).or_insert_with(|| vec![0.0; width]);
-                    for (o, &w) in off.iter_mut().zip(&w_dec[f * width..(f + 1) * width]) {
-                        *o += a as f64 * w as f64;
+                let ablated = active_among(acts_test, &order, d_sae);
+                let mut shift = vec![0.0f64; test_labels.len()];
+                for (j, along) in along.iter().enumerate() {
+                    shift.fill(0.0);
+                    for &(r, f, a) in &ablated {
+                        shift[r] -= a as f64 * along[f];
                     }
-                }
-                for j in 0..effects.len() {
-                    let drop = clean[j] - accuracy(j, &removed);
+                    let drop = clean[j] - accuracy(j, &shift);
                     if j == i {
                         intended += drop;
                     } else {
