@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
+pub use crate::baseline::Baseline;
 
 use crate::atlas::{self, Atlas};
 use crate::dashboard;
@@ -14,65 +14,8 @@ use crate::plots::{self, Figure, Layer, Mark};
 use crate::probe::{self, ProbeData, ProbeResult};
 use crate::stats::{self, MiSummary, UnitCounts, UnitStats};
 use crate::tables::{self, SparseActs};
-use crate::tpp::LayerProbes;
 use crate::types::{AnalysisConfig, LayerData, SaeRun, SaeSummary, Timings};
 use crate::AnalysisError;
-
-/// The MLP neurons' statistics and probes: the baseline SAE features are compared with.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Baseline {
-    pub layer: String,
-    pub stats: Vec<UnitStats>,
-    pub mi: MiSummary,
-    pub probes: Vec<ProbeResult>,
-    /// SAEBench's one-digit-against-the-rest probes (`digit_probe`).
-    pub digit_probes: Vec<DigitProbe>,
-    /// A probe per digit on the layer's own values, which TPP perturbs.
-    pub layer_probes: LayerProbes,
-}
-
-impl Baseline {
-    /// Statistics of every neuron of `layer` (active = positive, i.e. post-ReLU > 0) and its probes.
-    pub fn compute(layer: &LayerData, cfg: &AnalysisConfig) -> Result<Baseline, AnalysisError> {
-        layer.check()?;
-        let sparse_train = SparseActs::from_dense(layer.train, layer.width);
-        let train = UnitCounts::from_sparse(&sparse_train, layer.width, layer.train_labels)?;
-        let test = UnitCounts::count(layer.test, layer.width, layer.test_labels)?;
-        let info =
-            labelinfo::label_info(&sparse_train, layer.train_labels, layer.width, cfg.mi_bins);
-        let stats = stats::unit_stats(&train, &test, &info, cfg.min_support);
-        let relu = |v: &[f32]| v.iter().map(|x| x.max(0.0)).collect::<Vec<f32>>();
-        let (train_relu, test_relu) = (relu(layer.train), relu(layer.test));
-        let data = ProbeData {
-            train: probe::Columns::Dense {
-                values: &train_relu,
-                width: layer.width,
-            },
-            test: probe::Columns::Dense {
-                values: &test_relu,
-                width: layer.width,
-            },
-            train_labels: layer.train_labels,
-            test_labels: layer.test_labels,
-        };
-        let probes = probe::k_sparse_probes(&data, &stats::rank_by_mi(&stats), &cfg.probe)?;
-        let digit_probes = digit_probe::digit_probes(&data, layer.width, cfg.probe.train_rows);
-        let layer_probes = LayerProbes::fit(
-            layer.train,
-            layer.width,
-            layer.train_labels,
-            cfg.probe.train_rows,
-        );
-        Ok(Baseline {
-            layer_probes,
-            layer: layer.layer.to_string(),
-            mi: MiSummary::of(&stats),
-            stats,
-            probes,
-            digit_probes,
-        })
-    }
-}
 
 /// File names of the tables in an SAE's folder.
 pub const TABLES: [&str; 5] = [
@@ -130,18 +73,121 @@ fn analyse_one(
     timings.encode_s = start.elapsed().as_secs_f64();
 
     let start = Instant::now();
-    let mut tables = FeatureTables::build(run.sae, baseline, layer, &acts_train, &acts_test, cfg)?;
+    let FeatureTables {
+        stats,
+        train_counts,
+        frames,
+        nonzeros,
+    } = FeatureTables::build(run.sae, baseline, layer, &acts_train, &acts_test, cfg)?;
     timings.tables_s = start.elapsed().as_secs_f64();
 
-    let start = Instant::now();
-    let mut table_paths = tables.write(out_dir)?;
-    timings.parquet_s = start.elapsed().as_secs_f64();
+    // The parquet files are written while the probes train: writing is
+    // mostly one thread's work, and rayon gives the probes the other core.
+    let ((written, parquet_s), probed) = rayon::join(
+        || {
+            let start = Instant::now();
+            (frames.write(out_dir), start.elapsed().as_secs_f64())
+        },
+        || {
+            let start = Instant::now();
+            let probed = probe_sae(layer, baseline, run, cfg, &stats, &acts_train, &acts_test);
+            (probed, start.elapsed().as_secs_f64())
+        },
+    );
+    let mut table_paths = written?;
+    timings.parquet_s = parquet_s;
+    let ((feature_probes, feature_digit_probes, tpp), probes_s) = (probed.0?, probed.1);
+    let mut probe_df = crate::report::probe_table(&feature_probes, &baseline.probes)?;
+    let probes_path = out_dir.join("probes.parquet");
+    tables::write_parquet(&mut probe_df, &probes_path)?;
+    table_paths.push(PathBuf::from("probes.parquet"));
+    timings.probes_s = probes_s;
 
-    let start = Instant::now();
-    let ranking = stats::rank_by_mi(&tables.stats);
+    // The plots and dashboards beside the feature atlas: both mostly serial.
+    let (drawn, atlas) = rayon::join(
+        || {
+            let start = Instant::now();
+            let drawn = draw_sae(
+                layer,
+                baseline,
+                run,
+                cfg,
+                &stats,
+                &train_counts,
+                &feature_probes,
+                &acts_train,
+                &acts_test,
+                out_dir,
+            );
+            (drawn, start.elapsed().as_secs_f64())
+        },
+        || {
+            let start = Instant::now();
+            let atlas = Atlas::build(
+                layer,
+                run,
+                &acts_train,
+                &acts_test,
+                &stats,
+                &train_counts,
+                cfg,
+                out_dir.to_path_buf(),
+            );
+            (atlas, start.elapsed().as_secs_f64())
+        },
+    );
+    let (plots, dashboards) = drawn.0?;
+    timings.plots_s = drawn.1;
+    let (atlas, pages_s) = atlas;
+    let atlas = atlas?;
+    timings.pages_s = pages_s;
+
+    let summary = SaeSummary {
+        name: run.name.to_string(),
+        params: crate::types::sweep_params(&run.layer_label(), &run.sae.cfg),
+        layer: run.layer_label(),
+        d_sae: run.sae.d_sae(),
+        metrics: run.metrics.clone(),
+        downstream: run.downstream,
+        features: MiSummary::of(&stats),
+        neurons: baseline.mi.clone(),
+        feature_probes,
+        neuron_probes: baseline.probes.clone(),
+        feature_digit_probes,
+        neuron_digit_probes: baseline.digit_probes.clone(),
+        tpp,
+        nonzeros,
+        dir: out_dir.to_path_buf(),
+        tables: table_paths,
+        plots,
+        dashboards,
+        timings,
+    };
+    Ok((summary, atlas))
+}
+
+/// An SAE's k-sparse probes, one-digit probes and (for an SAE of the layer
+/// the probes read) TPP.
+type SaeProbes = (
+    Vec<ProbeResult>,
+    Vec<DigitProbe>,
+    Vec<crate::tpp::TppResult>,
+);
+
+/// [`SaeProbes`] of one SAE.
+fn probe_sae(
+    layer: &LayerData,
+    baseline: &Baseline,
+    run: &SaeRun,
+    cfg: &AnalysisConfig,
+    stats: &[UnitStats],
+    acts_train: &SparseActs,
+    acts_test: &SparseActs,
+) -> Result<SaeProbes, AnalysisError> {
+    let ranking = stats::rank_by_mi(stats);
     let probe_data = ProbeData {
-        train: probe::Columns::Sparse(&acts_train),
-        test: probe::Columns::Sparse(&acts_test),
+        train: probe::Columns::Sparse(acts_train),
+        test: probe::Columns::Sparse(acts_test),
         train_labels: layer.train_labels,
         test_labels: layer.test_labels,
     };
@@ -153,8 +199,8 @@ fn analyse_one(
         crate::tpp::tpp(
             &baseline.layer_probes,
             &run.sae.w_dec,
-            &acts_train,
-            &acts_test,
+            acts_train,
+            acts_test,
             layer.test,
             layer.train_labels,
             layer.test_labels,
@@ -163,15 +209,25 @@ fn analyse_one(
     } else {
         Vec::new()
     };
-    let mut probe_df = crate::report::probe_table(&feature_probes, &baseline.probes)?;
-    let probes_path = out_dir.join("probes.parquet");
-    tables::write_parquet(&mut probe_df, &probes_path)?;
-    table_paths.push(PathBuf::from("probes.parquet"));
-    timings.probes_s = start.elapsed().as_secs_f64();
+    Ok((feature_probes, feature_digit_probes, tpp))
+}
 
-    let start = Instant::now();
-    let plots = sae_plots(run, &tables.stats, baseline, &feature_probes, out_dir)?;
-    let features = dashboard::pick(&tables.stats, cfg);
+/// An SAE's plots, the dashboards of its chosen features and its feature browser.
+#[allow(clippy::too_many_arguments)]
+fn draw_sae(
+    layer: &LayerData,
+    baseline: &Baseline,
+    run: &SaeRun,
+    cfg: &AnalysisConfig,
+    stats: &[UnitStats],
+    train_counts: &UnitCounts,
+    feature_probes: &[ProbeResult],
+    acts_train: &SparseActs,
+    acts_test: &SparseActs,
+    out_dir: &Path,
+) -> Result<(Vec<PathBuf>, Vec<dashboard::Dashboard>), AnalysisError> {
+    let plots = sae_plots(run, stats, baseline, feature_probes, out_dir)?;
+    let features = dashboard::pick(stats, cfg);
     let dashboards = features
         .iter()
         .map(|(feature, reason)| {
@@ -181,10 +237,10 @@ fn analyse_one(
                     sae: run.sae,
                     reads: run.reads,
                     writes: run.writes,
-                    acts_train: &acts_train,
-                    acts_test: &acts_test,
-                    stats: &tables.stats[*feature],
-                    counts: &tables.train_counts,
+                    acts_train,
+                    acts_test,
+                    stats: &stats[*feature],
+                    counts: train_counts,
                     cfg,
                     draw: false,
                 },
@@ -197,49 +253,13 @@ fn analyse_one(
     let shown: Vec<usize> = dashboards.iter().map(|d| d.feature).collect();
     crate::browser::write_browser(
         run.name,
-        &tables.stats,
+        stats,
         &shown,
         crate::SAE_PAGE,
         &run.dashboard_command,
         out_dir,
     )?;
-    timings.plots_s = start.elapsed().as_secs_f64();
-
-    let start = Instant::now();
-    let atlas = Atlas::build(
-        layer,
-        run,
-        &acts_train,
-        &acts_test,
-        &tables.stats,
-        &tables.train_counts,
-        cfg,
-        out_dir.to_path_buf(),
-    )?;
-    timings.pages_s = start.elapsed().as_secs_f64();
-
-    let summary = SaeSummary {
-        name: run.name.to_string(),
-        params: crate::types::sweep_params(&run.layer_label(), &run.sae.cfg),
-        layer: run.layer_label(),
-        d_sae: run.sae.d_sae(),
-        metrics: run.metrics.clone(),
-        downstream: run.downstream,
-        features: MiSummary::of(&tables.stats),
-        neurons: baseline.mi.clone(),
-        feature_probes,
-        neuron_probes: baseline.probes.clone(),
-        feature_digit_probes,
-        neuron_digit_probes: baseline.digit_probes.clone(),
-        tpp,
-        nonzeros: tables.nonzeros,
-        dir: out_dir.to_path_buf(),
-        tables: table_paths,
-        plots,
-        dashboards,
-        timings,
-    };
-    Ok((summary, atlas))
+    Ok((plots, dashboards))
 }
 
 /// Dashboards for chosen features of one SAE, rendered into `out_dir` with a
@@ -527,19 +547,26 @@ impl SaeSummary {
     }
 }
 
-/// The whole job in one call: the neuron baseline, [`analyse_sae`] for every run
-/// into `out_dir/<run name>` (`on_analysed` hears of each as it ends, with how
-/// many are done), then [`crate::write_report`] into `out_dir`.
+/// The whole job in one call, given the neurons' [`Baseline`] on `layer`:
+/// [`analyse_sae`] for every run into `out_dir/<run name>` (`on_analysed`
+/// hears of each as it ends, with how many are done), then
+/// [`crate::write_report`] into `out_dir`.
 /// Returns the report's path and the summaries.
 pub fn analyse_sweep(
     layer: &LayerData,
+    baseline: &Baseline,
     runs: &[SaeRun],
     run_info: &crate::types::RunInfo,
     cfg: &AnalysisConfig,
     out_dir: &Path,
     on_analysed: &dyn Fn(usize, &SaeSummary),
 ) -> Result<(PathBuf, Vec<SaeSummary>), AnalysisError> {
-    let baseline = Baseline::compute(layer, cfg)?;
+    if baseline.layer != layer.layer {
+        return Err(AnalysisError::Input(format!(
+            "the neuron baseline is of {}, not of {}",
+            baseline.layer, layer.layer
+        )));
+    }
     for run in runs {
         if run.name.is_empty() || run.name.contains(['/', '\\']) || run.name.starts_with('.') {
             return Err(AnalysisError::Input(format!(
@@ -553,8 +580,7 @@ pub fn analyse_sweep(
     let mut summaries = Vec::with_capacity(runs.len());
     let mut matchers = Vec::with_capacity(runs.len());
     for run in runs {
-        let (mut summary, atlas) =
-            analyse_one(layer, &baseline, run, cfg, &out_dir.join(run.name))?;
+        let (mut summary, atlas) = analyse_one(layer, baseline, run, cfg, &out_dir.join(run.name))?;
         let start = Instant::now();
         crate::report::write_feature_pages(&atlas)?;
         summary.timings.pages_s += start.elapsed().as_secs_f64();

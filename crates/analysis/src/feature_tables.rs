@@ -3,22 +3,28 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::analyse::Baseline;
+use crate::baseline::Baseline;
 use crate::labelinfo;
 use crate::stats::{self, UnitCounts, UnitStats};
 use crate::tables::{self, SparseActs};
 use crate::types::{AnalysisConfig, LayerData};
 use crate::AnalysisError;
 
-/// The per-SAE DataFrames, built from the sparse encodings.
+/// The per-SAE statistics and DataFrames, built from the sparse encodings.
 pub struct FeatureTables {
     pub stats: Vec<UnitStats>,
     pub train_counts: UnitCounts,
+    pub frames: TableFrames,
+    pub nonzeros: usize,
+}
+
+/// The four tables, apart from the statistics so that they can be written
+/// while the statistics are read.
+pub struct TableFrames {
     pub features: polars::prelude::DataFrame,
     pub feature_labels: polars::prelude::DataFrame,
     pub feature_acts: polars::prelude::DataFrame,
     pub neurons: polars::prelude::DataFrame,
-    pub nonzeros: usize,
 }
 
 impl FeatureTables {
@@ -61,29 +67,33 @@ impl FeatureTables {
         Ok(FeatureTables {
             stats,
             train_counts,
-            features,
-            feature_labels,
-            feature_acts,
-            neurons,
+            frames: TableFrames {
+                features,
+                feature_labels,
+                feature_acts,
+                neurons,
+            },
             nonzeros: sparse_train.len() + sparse_test.len(),
         })
     }
+}
 
+impl TableFrames {
     /// Writes the four tables as `<name>.parquet`, each frame dropped once
     /// written (`feature_acts` has a row per non-zero activation: 93 million
     /// at d_sae 65536 and L0 1324); returns their file names.
-    pub fn write(&mut self, out_dir: &Path) -> Result<Vec<PathBuf>, AnalysisError> {
+    pub fn write(self, out_dir: &Path) -> Result<Vec<PathBuf>, AnalysisError> {
         let frames = [
-            ("features", &mut self.features),
-            ("feature_labels", &mut self.feature_labels),
-            ("feature_acts", &mut self.feature_acts),
-            ("neurons", &mut self.neurons),
+            ("features", self.features),
+            ("feature_labels", self.feature_labels),
+            ("feature_acts", self.feature_acts),
+            ("neurons", self.neurons),
         ];
         let mut names = Vec::new();
-        for (name, df) in frames {
+        for (name, mut df) in frames {
             let file = format!("{name}.parquet");
-            tables::write_parquet(df, &out_dir.join(&file))?;
-            *df = polars::prelude::DataFrame::empty();
+            tables::write_parquet(&mut df, &out_dir.join(&file))?;
+            drop(df);
             names.push(PathBuf::from(file));
         }
         Ok(names)

@@ -34,6 +34,7 @@
 
 mod analyse;
 pub mod atlas;
+mod baseline;
 pub mod browser;
 pub mod dashboard;
 pub mod digit_probe;

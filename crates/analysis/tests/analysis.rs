@@ -318,7 +318,7 @@ fn tables_agree_with_statistics_and_round_trip_through_parquet() {
     {
         assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{a} vs {b}");
     }
-    let mut built = analysis::FeatureTables::build(
+    let built = analysis::FeatureTables::build(
         &f.sae,
         &baseline,
         &layer,
@@ -328,7 +328,7 @@ fn tables_agree_with_statistics_and_round_trip_through_parquet() {
     )
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    built.write(dir.path()).unwrap();
+    built.frames.write(dir.path()).unwrap();
 
     let features = tables::read_parquet(&dir.path().join("features.parquet")).unwrap();
     assert_eq!(features.height(), 64);
@@ -566,11 +566,38 @@ fn analysis_writes_tables_plots_and_a_report_that_renders() {
         mlp_test: Some((0.31, 0.9123)),
     };
     let heard = std::sync::Mutex::new(Vec::new());
-    let (report, summaries) =
-        analysis::analyse_sweep(&layer, &runs, &run_info, &cfg, dir.path(), &|done, s| {
-            heard.lock().unwrap().push((done, s.name.clone()))
-        })
-        .unwrap();
+    let baseline = Baseline::compute(&layer, &cfg).unwrap();
+    // A baseline of another layer is refused before anything is written.
+    let elsewhere = Baseline {
+        layer: "fc1.pre".into(),
+        ..baseline.clone()
+    };
+    let refused = analysis::analyse_sweep(
+        &layer,
+        &elsewhere,
+        &runs,
+        &run_info,
+        &cfg,
+        &dir.path().join("refused"),
+        &|_, _| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        refused.contains("the neuron baseline is of fc1.pre, not of"),
+        "{refused}"
+    );
+    assert!(!dir.path().join("refused").exists());
+    let (report, summaries) = analysis::analyse_sweep(
+        &layer,
+        &baseline,
+        &runs,
+        &run_info,
+        &cfg,
+        dir.path(),
+        &|done, s| heard.lock().unwrap().push((done, s.name.clone())),
+    )
+    .unwrap();
     assert_eq!(
         heard.into_inner().unwrap(),
         [(1, "l1_small".to_string()), (2, "l1_large".to_string())]

@@ -29,7 +29,14 @@ pub const STAGES: &[(&str, &[&str])] = &[
             "xtask/src/sweep.rs",
         ],
     ),
-    ("ANALYSIS", &["analysis", "xtask/src/stages/analysis.rs"]),
+    (
+        "ANALYSIS",
+        &[
+            "analysis",
+            "xtask/src/stages/analysis.rs",
+            "xtask/src/stages/neurons.rs",
+        ],
+    ),
 ];
 
 /// Each stage's fingerprint (first 8 bytes of a SHA-256, hex) over the

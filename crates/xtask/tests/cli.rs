@@ -8,14 +8,14 @@ use std::process::Stdio;
 
 mod support;
 
-use support::{command, finished, verdict, xtask, Run, SAE};
+use support::{command, finished, verdict, xtask, Run, NEURONS, SAE};
 
 #[test]
 fn a_second_run_is_all_cached_and_status_explains_it() {
     let store = tempfile::tempdir().unwrap();
     let first = xtask(store.path(), &["all"]);
     assert!(first.ok, "{}\n{}", first.stdout, first.stderr);
-    for stage in ["mnist", "mlp", "extract", SAE, "analysis"] {
+    for stage in ["mnist", "mlp", "extract", SAE, NEURONS, "analysis"] {
         assert_eq!(verdict(&first, stage), "ran");
     }
     let report = first
@@ -29,7 +29,7 @@ fn a_second_run_is_all_cached_and_status_explains_it() {
     );
     assert!(first.stdout.contains("MLP test accuracy: "));
     let second = xtask(store.path(), &["all"]);
-    for stage in ["mnist", "mlp", "extract", SAE, "analysis"] {
+    for stage in ["mnist", "mlp", "extract", SAE, NEURONS, "analysis"] {
         assert_eq!(verdict(&second, stage), "cached");
     }
     // `report` prints the same path the run did; `stages` lists every stage name.
@@ -43,7 +43,7 @@ fn a_second_run_is_all_cached_and_status_explains_it() {
         .skip(1)
         .filter_map(|l| l.split_whitespace().next())
         .collect();
-    assert_eq!(names, ["mnist", "mlp", "extract", SAE, "analysis"]);
+    assert_eq!(names, ["mnist", "mlp", "extract", SAE, NEURONS, "analysis"]);
     // Beside it, on stderr, both stages' peak-memory estimates (every SAE is built).
     assert!(
         listed.stderr.contains("memory estimate: SAE stage ")
@@ -279,23 +279,23 @@ fn a_param_change_reruns_exactly_what_is_downstream() {
 
     // gc keeps what the config reaches, and (by default) anything built in
     // the last 7 days; --all removes the rest: the lr=0.002 MLP, its two
-    // extractions, their two SAEs and two analyses.
+    // extractions, their two SAEs, two neuron baselines and two analyses.
     let recent = xtask(store.path(), &["gc", "--dry-run"]);
     assert!(
         recent.stdout.contains("would remove 0 folder(s)")
-            && recent.stdout.contains("7 built in the last 7 day(s)"),
+            && recent.stdout.contains("9 built in the last 7 day(s)"),
         "{}",
         recent.stdout
     );
     let dry = xtask(store.path(), &["gc", "--all", "--dry-run"]);
     assert!(
-        dry.stdout.contains("would remove 7 folder(s)"),
+        dry.stdout.contains("would remove 9 folder(s)"),
         "{}",
         dry.stdout
     );
     let gone = xtask(store.path(), &["gc", "--all"]);
     assert!(
-        gone.stdout.contains("removed 7 folder(s)"),
+        gone.stdout.contains("removed 9 folder(s)"),
         "{}",
         gone.stdout
     );
@@ -303,7 +303,7 @@ fn a_param_change_reruns_exactly_what_is_downstream() {
     assert_eq!(verdict(&after, "extract"), "cached");
     // `--force` without a stage rebuilds every stage.
     let everything = xtask(store.path(), &["all", "--force"]);
-    for stage in ["mnist", "mlp", "extract", SAE, "analysis"] {
+    for stage in ["mnist", "mlp", "extract", SAE, NEURONS, "analysis"] {
         assert_eq!(verdict(&everything, stage), "ran", "{}", everything.stdout);
     }
 }

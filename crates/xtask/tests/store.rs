@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use support::{built_store, command, under_address_limit, verdict, xtask, Run, SAE};
+use support::{built_store, command, under_address_limit, verdict, xtask, Run, NEURONS, SAE};
 
 /// The one artifact folder of `kind` in `store`.
 fn artifact(store: &Path, kind: &str) -> PathBuf {
@@ -81,7 +81,7 @@ fn a_flipped_label_byte_is_found_named_and_rebuilt_with_everything_built_from_it
         "{}",
         status.stdout
     );
-    for downstream in [SAE, "analysis"] {
+    for downstream in [SAE, NEURONS, "analysis"] {
         assert_eq!(
             state(&status, downstream),
             "stale: built from extract, which is corrupt"
@@ -108,6 +108,7 @@ fn a_flipped_label_byte_is_found_named_and_rebuilt_with_everything_built_from_it
         ("mlp", "cached"),
         ("extract", "ran"),
         (SAE, "ran"),
+        (NEURONS, "ran"),
         ("analysis", "ran"),
     ] {
         assert_eq!(verdict(&repaired, stage), expected, "{stage}");
@@ -267,7 +268,7 @@ fn a_store_whose_bookkeeping_cannot_be_written_still_serves_cached_results() {
     }
     let cached = xtask(store, &["all"]);
     assert!(cached.ok, "{}\n{}", cached.stdout, cached.stderr);
-    for stage in ["mnist", "mlp", "extract", SAE, "analysis"] {
+    for stage in ["mnist", "mlp", "extract", SAE, NEURONS, "analysis"] {
         assert_eq!(verdict(&cached, stage), "cached");
     }
     let status = xtask(store, &["status"]);

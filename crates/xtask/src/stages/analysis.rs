@@ -167,6 +167,10 @@ impl Stage for AnalysisStage {
             ("activations".into(), "extract".into()),
         ];
         inputs.extend(self.points.iter().map(|p| (p.name.clone(), p.name.clone())));
+        inputs.extend(report_layers(&self.points).into_iter().map(|layer| {
+            let name = super::neurons::stage_name(layer);
+            (name.clone(), name)
+        }));
         inputs
     }
     fn run(&self, inputs: &StageInputs, out: &Path) -> Result<Value, StageError> {
@@ -254,15 +258,20 @@ impl Stage for AnalysisStage {
             // A line per SAE where stderr is not a terminal, a bar where it is.
             let progress =
                 Progress::new(&format!("analysis of {layer}"), runs.len() as u64, "SAEs");
+            let baseline =
+                super::neurons::read_baseline(inputs.dir(&super::neurons::stage_name(layer)))?;
+            let since = std::cell::Cell::new(std::time::Instant::now());
             let (report, summaries) = analysis::analyse_sweep(
                 layer_data,
+                &baseline,
                 &runs,
                 &run_info,
                 &self.cfg,
                 &folder,
+                // Wall time since the last SAE (its parts overlap, so their sum overstates it).
                 &|done, s| {
-                    let t = &s.timings;
-                    let seconds = t.encode_s + t.tables_s + t.parquet_s + t.probes_s + t.plots_s;
+                    let seconds = since.replace(std::time::Instant::now()).elapsed();
+                    let seconds = seconds.as_secs_f64();
                     progress.set(done as u64, || format!("{} in {seconds:.1} s", s.name));
                 },
             )?;

@@ -7,6 +7,7 @@ pub mod extract;
 pub mod kept;
 pub mod mlp;
 pub mod mnist;
+pub mod neurons;
 pub mod sae;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -58,6 +59,13 @@ pub fn build(config: &Config, ctx: &Context) -> Pipeline {
             store_root: ctx.store_root.clone(),
             checkpoint_every: ctx.checkpoint_every,
         }));
+    }
+    let points = config.sae.points();
+    for layer in analysis::report_layers(&points) {
+        stages.push(Box::new(neurons::NeuronsStage::new(
+            layer,
+            &config.analysis,
+        )));
     }
     stages.push(Box::new(analysis::AnalysisStage {
         points: config.sae.points(),

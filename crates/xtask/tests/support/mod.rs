@@ -9,6 +9,8 @@ use std::sync::OnceLock;
 
 /// The default config's one SAE.
 pub const SAE: &str = "sae/fc2.pre/l1-0.003/d1024/s0";
+/// The neuron baseline its analysis compares it with.
+pub const NEURONS: &str = "neurons/fc2.pre";
 
 pub struct Run {
     pub ok: bool,
