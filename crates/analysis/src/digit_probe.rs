@@ -191,14 +191,9 @@ impl Logistic {
     }
 }
 
-/// The most rows one gemm call sums over: gemm splits longer sums in blocks
-/// sized from the cache it detects, so the bits would follow the machine.
-/// Longer sums are split here, in equal fixed blocks added in order.
-const GEMM_ROWS: usize = 512;
-
 /// The log-loss's gradient and Hessian (`[k+1, k+1]`, the bias last) at
 /// `theta`, summed over the rows of `z`. The Hessian `V^T diag(p(1-p)) V` is
-/// one gemm: the layer probes' 129 x 129 Hessians, summed row by row, were
+/// one gemm (`sae::matmul`): the layer probes' 129 x 129 Hessians, summed row by row, were
 /// most of the baseline's time.
 fn newton_terms(z: &[f64], y: &[bool], theta: &[f64], k: usize) -> (Vec<f64>, Vec<f64>) {
     let n = k + 1;
@@ -224,38 +219,16 @@ fn newton_terms(z: &[f64], y: &[bool], theta: &[f64], k: usize) -> (Vec<f64>, Ve
         }
     }
     let mut hess = vec![0.0f64; n * n];
-    if rows == 0 {
-        return (grad, hess);
-    }
-    let block = rows.div_ceil(rows.div_ceil(GEMM_ROWS));
-    for start in (0..rows).step_by(block) {
-        let terms = block.min(rows - start);
-        // SAFETY: hess is [n, n]; the block reads rows start..start + terms of
-        // the two [rows, n] buffers, all in bounds.
-        unsafe {
-            gemm::gemm(
-                n,
-                n,
-                terms,
-                hess.as_mut_ptr(),
-                1,
-                n as isize,
-                start > 0,
-                weighted.as_ptr().add(start * n),
-                n as isize,
-                1,
-                inputs.as_ptr().add(start * n),
-                1,
-                n as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
-    }
+    // Fixed blocks of at most 512 rows (gemm would size them from the cache).
+    sae::matmul(
+        &mut hess,
+        n,
+        n,
+        rows,
+        false,
+        sae::MatRef::transposed(&weighted, n),
+        sae::MatRef::row_major(&inputs, n),
+    );
     (grad, hess)
 }
 

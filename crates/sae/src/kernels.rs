@@ -6,14 +6,30 @@
 
 /// A strided read-only matrix view for [`matmul`].
 #[derive(Clone, Copy)]
-pub(crate) struct MatRef<'a> {
-    pub data: &'a [f32],
+pub struct MatRef<'a, T = f32> {
+    pub data: &'a [T],
     pub row_stride: usize,
     pub col_stride: usize,
 }
 
-impl<'a> MatRef<'a> {
-    pub fn row_major(data: &'a [f32], cols: usize) -> Self {
+/// The element types [`matmul`] multiplies (gemm's own, with their 0 and 1).
+pub trait Scalar: Copy + 'static {
+    const ZERO: Self;
+    const ONE: Self;
+}
+
+impl Scalar for f32 {
+    const ZERO: f32 = 0.0;
+    const ONE: f32 = 1.0;
+}
+
+impl Scalar for f64 {
+    const ZERO: f64 = 0.0;
+    const ONE: f64 = 1.0;
+}
+
+impl<'a, T> MatRef<'a, T> {
+    pub fn row_major(data: &'a [T], cols: usize) -> Self {
         MatRef {
             data,
             row_stride: cols,
@@ -22,7 +38,7 @@ impl<'a> MatRef<'a> {
     }
 
     /// The transpose of a row-major `[rows, cols]` buffer.
-    pub fn transposed(data: &'a [f32], cols: usize) -> Self {
+    pub fn transposed(data: &'a [T], cols: usize) -> Self {
         MatRef {
             data,
             row_stride: 1,
@@ -46,14 +62,14 @@ const K_BLOCK_MAX: usize = 512;
 /// `dst[m, n] (row-major) = (accumulate ? dst : 0) + lhs[m, k] @ rhs[k, n]`,
 /// single-threaded. A sum over more than 512 terms is taken in equal blocks
 /// of at most 512, added in order: the same bits on every machine.
-pub(crate) fn matmul(
-    dst: &mut [f32],
+pub fn matmul<T: Scalar>(
+    dst: &mut [T],
     m: usize,
     n: usize,
     k: usize,
     accumulate: bool,
-    lhs: MatRef<'_>,
-    rhs: MatRef<'_>,
+    lhs: MatRef<'_, T>,
+    rhs: MatRef<'_, T>,
 ) {
     assert!(dst.len() >= m * n, "matmul destination too small");
     lhs.check(m, k);
@@ -63,7 +79,7 @@ pub(crate) fn matmul(
     }
     if k == 0 {
         if !accumulate {
-            dst[..m * n].fill(0.0);
+            dst[..m * n].fill(T::ZERO);
         }
         return;
     }
@@ -87,8 +103,8 @@ pub(crate) fn matmul(
                 rhs.data.as_ptr().add(start * rhs.row_stride),
                 rhs.col_stride as isize,
                 rhs.row_stride as isize,
-                1.0,
-                1.0,
+                T::ONE,
+                T::ONE,
                 false,
                 false,
                 false,

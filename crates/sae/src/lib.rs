@@ -58,6 +58,8 @@ pub use config::{
     ResampleConfig, ResampleSchedule, SaeConfig, Transcoder,
 };
 pub use error::SaeError;
+/// Fixed-block gemm, shared with the analysis's probes: the same bits on every machine.
+pub use kernels::{matmul, MatRef, Scalar};
 pub use latents::{LatentHistory, LatentSnapshot, PROBE_ROWS};
 pub use model::{
     column_mean, decode_row, encode, encode_sparse, evaluate, evaluate_on, explained_variance,
