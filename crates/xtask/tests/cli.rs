@@ -243,6 +243,21 @@ fn report_before_a_run_says_what_to_do_and_an_unknown_stage_lists_the_stages() {
 fn a_param_change_reruns_exactly_what_is_downstream() {
     let store = tempfile::tempdir().unwrap();
     assert!(xtask(store.path(), &["all"]).ok);
+    // A display setting of the analysis leaves the neurons' baseline as it is;
+    // a probe setting rebuilds it.
+    let display = xtask(
+        store.path(),
+        &["all", "--set", "analysis.digits_per_group=4"],
+    );
+    assert_eq!(
+        (verdict(&display, NEURONS), verdict(&display, "analysis")),
+        ("cached".into(), "ran".into())
+    );
+    let probes = xtask(store.path(), &["all", "--set", "analysis.probe.ks=[1, 2]"]);
+    assert_eq!(
+        (verdict(&probes, NEURONS), verdict(&probes, SAE)),
+        ("ran".into(), "cached".into())
+    );
     let lr = xtask(store.path(), &["all", "--set", "mlp.lr=0.002"]);
     assert_eq!(
         (
@@ -279,23 +294,25 @@ fn a_param_change_reruns_exactly_what_is_downstream() {
 
     // gc keeps what the config reaches, and (by default) anything built in
     // the last 7 days; --all removes the rest: the lr=0.002 MLP, its two
-    // extractions, their two SAEs, two neuron baselines and two analyses.
+    // extractions, their two SAEs, two neuron baselines and two analyses, and
+    // the default run's analyses with other display and probe settings and
+    // the baseline of the latter.
     let recent = xtask(store.path(), &["gc", "--dry-run"]);
     assert!(
         recent.stdout.contains("would remove 0 folder(s)")
-            && recent.stdout.contains("9 built in the last 7 day(s)"),
+            && recent.stdout.contains("12 built in the last 7 day(s)"),
         "{}",
         recent.stdout
     );
     let dry = xtask(store.path(), &["gc", "--all", "--dry-run"]);
     assert!(
-        dry.stdout.contains("would remove 9 folder(s)"),
+        dry.stdout.contains("would remove 12 folder(s)"),
         "{}",
         dry.stdout
     );
     let gone = xtask(store.path(), &["gc", "--all"]);
     assert!(
-        gone.stdout.contains("removed 9 folder(s)"),
+        gone.stdout.contains("removed 12 folder(s)"),
         "{}",
         gone.stdout
     );
