@@ -32,6 +32,11 @@ pub struct Evaluation {
     pub accuracy: f64,
 }
 
+/// A black pixel's normalised value: what the `input` layer is measured from.
+fn black_pixel() -> f32 {
+    mnist::normalise(&[0])[0]
+}
+
 impl Mlp {
     pub fn new(weights: &Weights, device: &Device) -> Result<Mlp, MlpError> {
         let tensors = weights.to_tensors(device)?;
@@ -97,12 +102,13 @@ impl Mlp {
 
     /// The forward pass, keeping every named intermediate.
     pub fn forward_all(&self, x: &Tensor) -> Result<Layers, MlpError> {
+        let input = x.affine(1.0, -(black_pixel() as f64))?;
         let fc1_pre = self.fc1(x)?;
         let fc1_post = fc1_pre.relu()?;
         let fc2_pre = self.fc2.forward(&fc1_post)?;
         let fc2_post = fc2_pre.relu()?;
         let logits = self.fc3.forward(&fc2_post)?;
-        Ok([fc1_pre, fc1_post, fc2_pre, fc2_post, logits]
+        Ok([input, fc1_pre, fc1_post, fc2_pre, fc2_post, logits]
             .into_iter()
             .enumerate()
             .map(|(i, t)| (LAYER_NAMES[i], t))
@@ -142,6 +148,10 @@ impl Mlp {
     /// reconstruction spliced in place of `fc2.pre`).
     pub fn logits_from(&self, name: &str, value: &Tensor) -> Result<Tensor, MlpError> {
         let out = match name {
+            crate::INPUT_LAYER => {
+                let x = value.affine(1.0, black_pixel() as f64)?;
+                self.logits_from("fc1.pre", &self.fc1(&x)?)?
+            }
             "fc1.pre" => self.logits_from("fc1.post", &value.relu()?)?,
             "fc1.post" => self.logits_from("fc2.pre", &self.fc2.forward(value)?)?,
             "fc2.pre" => self.logits_from("fc2.post", &value.relu()?)?,

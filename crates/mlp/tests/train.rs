@@ -497,6 +497,32 @@ fn forward_layers_agree_with_a_hand_computation() {
         .unwrap_err()
         .to_string()
         .contains("unknown layer fc9"));
+
+    // The input layer: the normalised pixels less a black pixel's value, so
+    // zero wherever the image is black; spliced back, it gives the logits.
+    let black = mnist::normalise(&[0])[0];
+    let pixels = &data.test.images.pixels[784..2 * 784];
+    let got = layers["input"].get(1).unwrap().to_vec1::<f32>().unwrap();
+    for ((&g, &x), &p) in got.iter().zip(&input).zip(pixels) {
+        assert_eq!(g, x - black);
+        assert_eq!(p == 0, g == 0.0);
+    }
+    let spliced = model.logits_from("input", &layers["input"]).unwrap();
+    let diff = (spliced - &layers["logits"])
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(diff < 1e-4, "{diff}");
+    // The gradient of d . input with respect to the normalised pixels is d.
+    let direction: Vec<f32> = (0..2 * 784).map(|i| ((i * 37) % 11) as f32 - 5.0).collect();
+    let grads = model
+        .input_gradients(&data.test.images.pixels[..2 * 784], "input", &direction)
+        .unwrap();
+    assert_eq!(grads, direction);
 }
 
 #[test]
