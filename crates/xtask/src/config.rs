@@ -55,7 +55,12 @@ impl Default for Config {
 impl Default for ExtractConfig {
     fn default() -> Self {
         ExtractConfig {
-            layers: mlp::LAYER_NAMES.iter().map(|s| s.to_string()).collect(),
+            // Every layer but the input (784 wide), which is cached when asked for.
+            layers: mlp::LAYER_NAMES
+                .iter()
+                .filter(|&&l| l != mlp::INPUT_LAYER)
+                .map(|s| s.to_string())
+                .collect(),
             rows_per_shard: 16384,
         }
     }
@@ -574,10 +579,26 @@ mod tests {
                 "matched",
                 "practitioner",
                 "resample",
+                "t1",
                 "topk",
                 "zoo"
             ]
         );
+        // t1: one transcoder from the cached pixels to fc1.post, in practitioner's regime.
+        let t1 = &loaded.presets["t1"];
+        assert!(t1.extract.layers.iter().any(|l| l == mlp::INPUT_LAYER));
+        assert!(!loaded
+            .config
+            .extract
+            .layers
+            .iter()
+            .any(|l| l == mlp::INPUT_LAYER));
+        let points = t1.sae.points();
+        assert_eq!(
+            points.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+            ["sae/input_to_fc1.post/transcoder-l1-0.5/d1024/s0"]
+        );
+        assert_eq!((points[0].cfg.d_in, points[0].cfg.d_out()), (784, 128));
         // living-zoo is practitioner's regime with every architecture.
         let (zoo, regime) = (
             &loaded.presets["living-zoo"].sae,
@@ -837,7 +858,7 @@ mod tests {
             ("[extract]\nlayers = [\"fc1.pre\"]\n", &[], "sae.layer names \"fc2.pre\", but extract.layers = [\"fc1.pre\"] does not cache it: add it to extract.layers"),
             // Transcoders: their layers, their architecture and their init.
             ("", &["sae.architecture=[\"skip\"]"], "sae.architecture[0]: unknown architecture `skip`, expected one of `l1`, `topk`, `norm_weighted_l1`, `batchtopk`, `matryoshka_batchtopk`, `jumprelu`, `gated`, `transcoder`, `skip_transcoder`"),
-            ("", &["sae.transcoder_output=\"fc9\""], "sae.transcoder_output names \"fc9\", which is not a layer; layers are fc1.pre, fc1.post, fc2.pre, fc2.post, logits"),
+            ("", &["sae.transcoder_output=\"fc9\""], "sae.transcoder_output names \"fc9\", which is not a layer; layers are input, fc1.pre, fc1.post, fc2.pre, fc2.post, logits"),
             ("", &["sae.transcoder_output=\"fc1.post\""], "sae.transcoder_output = \"fc1.post\" is sae.transcoder_input: a transcoder predicts another layer than it reads"),
             ("[extract]\nlayers = [\"fc2.pre\", \"fc2.post\"]\n[sae]\narchitecture = [\"transcoder\"]\n", &[], "sae.transcoder_input names \"fc1.post\", but extract.layers = [\"fc2.pre\", \"fc2.post\"] does not cache it: add it to extract.layers"),
             ("[sae]\narchitecture = [\"transcoder\"]\ntranscoder_output = \"logits\"\nencoder_init = \"tied\"\n", &[], "sae.encoder_init = \"tied\" is out of range: it must be \"uniform\" for a transcoder whose widths differ (d_in 128, d_out 10): a tied encoder is the decoder transposed (in sweep point sae/fc1.post_to_logits/transcoder-l1-0.003/d1024/s0)"),
