@@ -231,15 +231,20 @@ fn finish(mut table: Table, source: &str) -> Result<Config> {
 /// runs rather than after the stages that precede the one that would fail.
 fn check_across_sections(config: &Config) -> Result<()> {
     let sae = &config.sae;
-    let transcoder_layers = [
-        ("transcoder_input", &sae.transcoder_input),
-        ("transcoder_output", &sae.transcoder_output),
-    ];
-    let read = sae.layer.iter().map(|l| ("layer", l)).chain(
-        transcoder_layers
-            .into_iter()
-            .filter(|_| sae.has_transcoders()),
-    );
+    let transcoder_layers = sae
+        .transcoder_input
+        .iter()
+        .map(|l| ("transcoder_input", l))
+        .chain(
+            sae.transcoder_output
+                .iter()
+                .map(|l| ("transcoder_output", l)),
+        );
+    let read = sae
+        .layer
+        .iter()
+        .map(|l| ("layer", l))
+        .chain(transcoder_layers.filter(|_| sae.has_transcoders()));
     for (key, layer) in read {
         if !config.extract.layers.contains(layer) {
             bail!(
@@ -571,6 +576,7 @@ mod tests {
             names,
             [
                 "adam",
+                "circuits",
                 "dead-features",
                 "family",
                 "l1-sweep",
@@ -579,26 +585,34 @@ mod tests {
                 "matched",
                 "practitioner",
                 "resample",
-                "t1",
                 "topk",
                 "zoo"
             ]
         );
-        // t1: one transcoder from the cached pixels to fc1.post, in practitioner's regime.
-        let t1 = &loaded.presets["t1"];
-        assert!(t1.extract.layers.iter().any(|l| l == mlp::INPUT_LAYER));
+        // circuits: a transcoder per sublayer, the first from the cached pixels.
+        let circuits = &loaded.presets["circuits"];
+        assert!(circuits
+            .extract
+            .layers
+            .iter()
+            .any(|l| l == mlp::INPUT_LAYER));
         assert!(!loaded
             .config
             .extract
             .layers
             .iter()
             .any(|l| l == mlp::INPUT_LAYER));
-        let points = t1.sae.points();
+        let points = circuits.sae.points();
         assert_eq!(
             points.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
-            ["sae/input_to_fc1.post/transcoder-l1-0.5/d1024/s0"]
+            [
+                "sae/input_to_fc1.post/transcoder-l1-0.5/d1024/s0",
+                "sae/fc1.post_to_fc2.post/transcoder-l1-0.5/d1024/s0"
+            ]
         );
-        assert_eq!((points[0].cfg.d_in, points[0].cfg.d_out()), (784, 128));
+        let widths: Vec<(usize, usize)> =
+            points.iter().map(|p| (p.cfg.d_in, p.cfg.d_out())).collect();
+        assert_eq!(widths, [(784, 128), (128, 128)]);
         // living-zoo is practitioner's regime with every architecture.
         let (zoo, regime) = (
             &loaded.presets["living-zoo"].sae,
@@ -840,7 +854,7 @@ mod tests {
             }
         }
         // Each refusal is one sentence naming the key as written and the value.
-        let exact: [(&str, &[&str], &str); 19] = [
+        let exact: [(&str, &[&str], &str); 21] = [
             ("[mlp]\nepochs = -3\n", &[], "mlp.epochs = -3 is out of range: it must be a whole number >= 0"),
             ("", &["sae.seed=[0, -1]"], "sae.seed holds -1, which is out of range: every value must be a whole number >= 0"),
             ("", &["sae.clip_grad_norm=-1"], "sae.clip_grad_norm = -1 is out of range: it must be a finite number >= 0 (0: off) (in sweep point sae/fc2.pre/l1-0.003/d1024/s0)"),
@@ -860,6 +874,8 @@ mod tests {
             ("", &["sae.architecture=[\"skip\"]"], "sae.architecture[0]: unknown architecture `skip`, expected one of `l1`, `topk`, `norm_weighted_l1`, `batchtopk`, `matryoshka_batchtopk`, `jumprelu`, `gated`, `transcoder`, `skip_transcoder`"),
             ("", &["sae.transcoder_output=\"fc9\""], "sae.transcoder_output names \"fc9\", which is not a layer; layers are input, fc1.pre, fc1.post, fc2.pre, fc2.post, logits"),
             ("", &["sae.transcoder_output=\"fc1.post\""], "sae.transcoder_output = \"fc1.post\" is sae.transcoder_input: a transcoder predicts another layer than it reads"),
+            ("", &["sae.transcoder_input=[\"input\", \"fc1.post\"]"], "sae.transcoder_input = [\"input\", \"fc1.post\"] and sae.transcoder_output = [\"fc2.post\"] must pair up: as many outputs as inputs, at least one"),
+            ("", &["sae.transcoder_input=[\"input\", \"fc2.post\"]", "sae.transcoder_output=[\"fc1.post\", \"fc1.pre\"]"], "sae.transcoder_output[1] = \"fc1.pre\" comes before sae.transcoder_input[1] = \"fc2.post\" in the network (input -> fc1.pre -> fc1.post -> fc2.pre -> fc2.post -> logits): a transcoder predicts a later layer from an earlier one"),
             ("[extract]\nlayers = [\"fc2.pre\", \"fc2.post\"]\n[sae]\narchitecture = [\"transcoder\"]\n", &[], "sae.transcoder_input names \"fc1.post\", but extract.layers = [\"fc2.pre\", \"fc2.post\"] does not cache it: add it to extract.layers"),
             ("[sae]\narchitecture = [\"transcoder\"]\ntranscoder_output = \"logits\"\nencoder_init = \"tied\"\n", &[], "sae.encoder_init = \"tied\" is out of range: it must be \"uniform\" for a transcoder whose widths differ (d_in 128, d_out 10): a tied encoder is the decoder transposed (in sweep point sae/fc1.post_to_logits/transcoder-l1-0.003/d1024/s0)"),
         ];

@@ -123,10 +123,12 @@ impl SweepTrainer {
 pub struct SaeSweep {
     pub layer: Vec<String>,
     pub architecture: Vec<ArchitectureChoice>,
-    /// Transcoder points read this layer ...
-    pub transcoder_input: String,
-    /// ... and predict this one (fc2's sublayer by default).
-    pub transcoder_output: String,
+    /// Transcoder points read these layers ...
+    pub transcoder_input: Vec<String>,
+    /// ... and predict these, paired by position (fc2's sublayer by default;
+    /// `["input", "fc1.post"]` and `["fc1.post", "fc2.post"]` replace both
+    /// sublayers of the MLP).
+    pub transcoder_output: Vec<String>,
     /// The architecture of transcoder points: any SAE architecture (a sweep axis).
     pub transcoder_architecture: Vec<sae::ArchitectureKind>,
     /// For the l1, norm_weighted_l1 and gated architectures.
@@ -320,8 +322,8 @@ impl Default for SaeSweep {
         SaeSweep {
             layer: vec!["fc2.pre".into()],
             architecture: vec![ArchitectureChoice::Sae(notebook.architecture.kind())],
-            transcoder_input: "fc1.post".into(),
-            transcoder_output: "fc2.post".into(),
+            transcoder_input: vec!["fc1.post".into()],
+            transcoder_output: vec!["fc2.post".into()],
             transcoder_architecture: vec![notebook.architecture.kind()],
             l1_coeff: axes.l1_coeff,
             k: axes.k,
@@ -418,10 +420,16 @@ impl SaeSweep {
                 self.batch_size
             );
         }
-        let named = self.layer.iter().map(|l| ("layer", l)).chain([
-            ("transcoder_input", &self.transcoder_input),
-            ("transcoder_output", &self.transcoder_output),
-        ]);
+        let named = self.layer.iter().map(|l| ("layer", l)).chain(
+            self.transcoder_input
+                .iter()
+                .map(|l| ("transcoder_input", l))
+                .chain(
+                    self.transcoder_output
+                        .iter()
+                        .map(|l| ("transcoder_output", l)),
+                ),
+        );
         for (key, layer) in named {
             if mlp::layer_width(layer).is_none() {
                 bail!(
@@ -430,20 +438,36 @@ impl SaeSweep {
                 );
             }
         }
-        if self.transcoder_input == self.transcoder_output {
+        let pairs = self.transcoder_input.len();
+        if pairs == 0 || self.transcoder_output.len() != pairs {
             bail!(
-                "sae.transcoder_output = {:?} is sae.transcoder_input: a transcoder predicts another layer than it reads",
+                "sae.transcoder_input = {:?} and sae.transcoder_output = {:?} must pair up: as many outputs as inputs, at least one",
+                self.transcoder_input,
                 self.transcoder_output
             );
         }
+        // One pair names its keys plainly; several, with the pair's index.
+        let key = |name: &str, i: usize| {
+            if pairs == 1 {
+                format!("sae.{name}")
+            } else {
+                format!("sae.{name}[{i}]")
+            }
+        };
         let position = |layer: &str| mlp::LAYER_NAMES.iter().position(|l| *l == layer);
-        if position(&self.transcoder_output) < position(&self.transcoder_input) {
-            bail!(
-                "sae.transcoder_output = {:?} comes before sae.transcoder_input = {:?} in the network ({}): a transcoder predicts a later layer from an earlier one",
-                self.transcoder_output,
-                self.transcoder_input,
-                mlp::LAYER_NAMES.join(" -> ")
-            );
+        for (i, (input, output)) in self.transcoder_pairs().enumerate() {
+            let (input_key, output_key) = (key("transcoder_input", i), key("transcoder_output", i));
+            if input == output {
+                bail!(
+                    "{output_key} = {output:?} is {input_key}: a transcoder predicts another layer than it reads"
+                );
+            }
+            if position(output) < position(input) {
+                bail!(
+                    "{output_key} = {output:?} comes before {input_key} = {input:?} in the network ({}): a transcoder predicts a later layer from an earlier one",
+                    mlp::LAYER_NAMES.join(" -> ")
+                );
+            }
         }
         if self.warms_up_or_decays() && self.lr_gamma != 1.0 {
             bail!(
@@ -491,6 +515,14 @@ impl SaeSweep {
     }
 
     /// Whether any point is a transcoder (its layers must be extracted).
+    /// Each transcoder's (input, output) layers.
+    pub fn transcoder_pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.transcoder_input
+            .iter()
+            .zip(&self.transcoder_output)
+            .map(|(i, o)| (i.as_str(), o.as_str()))
+    }
+
     pub fn has_transcoders(&self) -> bool {
         self.architecture.iter().any(|v| v.skip().is_some())
     }
@@ -512,14 +544,16 @@ impl SaeSweep {
                 }
             }
         }
-        for &choice in self.architecture.iter().filter(|c| c.skip().is_some()) {
-            for &kind in &self.transcoder_architecture {
-                units.push(Unit {
-                    input: &self.transcoder_input,
-                    output: &self.transcoder_output,
-                    choice,
-                    kind,
-                });
+        for (input, output) in self.transcoder_pairs() {
+            for &choice in self.architecture.iter().filter(|c| c.skip().is_some()) {
+                for &kind in &self.transcoder_architecture {
+                    units.push(Unit {
+                        input,
+                        output,
+                        choice,
+                        kind,
+                    });
+                }
             }
         }
         let mut out = Vec::new();
