@@ -231,15 +231,7 @@ fn finish(mut table: Table, source: &str) -> Result<Config> {
 /// runs rather than after the stages that precede the one that would fail.
 fn check_across_sections(config: &Config) -> Result<()> {
     let sae = &config.sae;
-    let transcoder_layers = sae
-        .transcoder_input
-        .iter()
-        .map(|l| ("transcoder_input", l))
-        .chain(
-            sae.transcoder_output
-                .iter()
-                .map(|l| ("transcoder_output", l)),
-        );
+    let transcoder_layers = sae.transcoder_layers();
     let read = sae
         .layer
         .iter()

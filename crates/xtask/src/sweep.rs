@@ -420,16 +420,11 @@ impl SaeSweep {
                 self.batch_size
             );
         }
-        let named = self.layer.iter().map(|l| ("layer", l)).chain(
-            self.transcoder_input
-                .iter()
-                .map(|l| ("transcoder_input", l))
-                .chain(
-                    self.transcoder_output
-                        .iter()
-                        .map(|l| ("transcoder_output", l)),
-                ),
-        );
+        let named = self
+            .layer
+            .iter()
+            .map(|l| ("layer", l))
+            .chain(self.transcoder_layers());
         for (key, layer) in named {
             if mlp::layer_width(layer).is_none() {
                 bail!(
@@ -515,6 +510,19 @@ impl SaeSweep {
     }
 
     /// Whether any point is a transcoder (its layers must be extracted).
+    /// Every layer the transcoder keys name, with its key.
+    pub fn transcoder_layers(&self) -> impl Iterator<Item = (&'static str, &String)> {
+        let inputs = self
+            .transcoder_input
+            .iter()
+            .map(|l| ("transcoder_input", l));
+        inputs.chain(
+            self.transcoder_output
+                .iter()
+                .map(|l| ("transcoder_output", l)),
+        )
+    }
+
     /// Each transcoder's (input, output) layers.
     pub fn transcoder_pairs(&self) -> impl Iterator<Item = (&str, &str)> {
         self.transcoder_input
