@@ -1,4 +1,8 @@
 //! One SAE's analysis: tables, probes, plots and dashboards in one folder.
+//!
+//! Just over 600 lines: one SAE's steps (`analyse_one`, its probes, its
+//! plots) and the sweep that runs them share private pieces; the neurons'
+//! baseline lives in `baseline.rs`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
