@@ -36,6 +36,7 @@ mod analyse;
 pub mod atlas;
 mod baseline;
 pub mod browser;
+mod circuit_tables;
 pub mod dashboard;
 pub mod digit_probe;
 pub mod dying;
@@ -53,6 +54,7 @@ pub mod tpp;
 mod types;
 
 pub use analyse::{analyse_sae, analyse_sweep, dashboards_on_demand, Baseline, TABLES};
+pub use circuit_tables::{write_circuit_tables, CIRCUIT_TABLES};
 pub use dashboard::Dashboard;
 pub use error::AnalysisError;
 pub use feature_tables::FeatureTables;

@@ -24,6 +24,8 @@ pub struct Config {
     pub extract: ExtractConfig,
     pub sae: SaeSweep,
     pub analysis: analysis::AnalysisConfig,
+    /// How the `circuits` stage prunes its graphs (circuit-tracer's shares).
+    pub circuits: circuits::PruneOptions,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -48,6 +50,7 @@ impl Default for Config {
             extract: ExtractConfig::default(),
             sae: SaeSweep::default(),
             analysis: analysis::AnalysisConfig::default(),
+            circuits: circuits::PruneOptions::default(),
         }
     }
 }
@@ -223,6 +226,10 @@ fn finish(mut table: Table, source: &str) -> Result<Config> {
         .validate()
         .map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
     validate_analysis(&config.analysis).map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
+    config
+        .circuits
+        .validate()
+        .map_err(|e| anyhow::anyhow!("{source}: circuits.{e}"))?;
     check_across_sections(&config).map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
     Ok(config)
 }

@@ -37,6 +37,11 @@ pub const STAGES: &[(&str, &[&str])] = &[
             "xtask/src/stages/neurons.rs",
         ],
     ),
+    // The circuits stage's tables are written by the analysis crate.
+    (
+        "CIRCUITS",
+        &["circuits", "analysis", "xtask/src/stages/circuits.rs"],
+    ),
 ];
 
 /// Each stage's fingerprint (first 8 bytes of a SHA-256, hex) over the
@@ -157,14 +162,18 @@ mod tests {
             text.push_str("\n// an edit\n");
             std::fs::write(path, text).unwrap();
         };
-        let cases: [(&str, &[&str]); 5] = [
+        let cases: [(&str, &[&str]); 6] = [
             ("mlp/src/lib.rs", &["MLP"]),
             ("mlp/src/model.rs", &["EXTRACT", "MLP"]),
             ("sae/src/kernels.rs", &["EXTRACT", "MLP", "SAE"]),
             ("xtask/src/sweep.rs", &["EXTRACT", "MLP", "SAE"]),
             (
+                "circuits/src/graph.rs",
+                &["CIRCUITS", "EXTRACT", "MLP", "SAE"],
+            ),
+            (
                 "analysis/Cargo.toml",
-                &["ANALYSIS", "EXTRACT", "MLP", "SAE"],
+                &["ANALYSIS", "CIRCUITS", "EXTRACT", "MLP", "SAE"],
             ),
         ];
         for (file, expected) in cases {

@@ -3,6 +3,7 @@
 //! reading inputs and writing the artifact's files.
 
 pub mod analysis;
+pub mod circuits;
 pub mod extract;
 pub mod kept;
 pub mod mlp;
@@ -66,6 +67,9 @@ pub fn build(config: &Config, ctx: &Context) -> Pipeline {
             layer,
             &config.analysis,
         )));
+    }
+    for stage in circuits::stages(&points, &config.circuits) {
+        stages.push(Box::new(stage));
     }
     stages.push(Box::new(analysis::AnalysisStage {
         points: config.sae.points(),
