@@ -64,9 +64,9 @@ pub use query::{
     report_tables, OutputFormat, TableSource,
 };
 pub use report::{
-    contests, dashboard_page_name, family_verdict, feature_wins, log_ticks, probe_table,
-    records_source, records_table, run_verdict, sweep_table, sweep_verdict, verdict, write_report,
-    Contest, Record, FEATURE_DIR, FEW_LIVE, SAE_PAGE, VENDOR_DIR,
+    circuit_page, contests, dashboard_page_name, family_verdict, feature_wins, log_ticks,
+    probe_table, records_source, records_table, run_verdict, sweep_table, sweep_verdict, verdict,
+    write_report, CircuitPage, Contest, Record, FEATURE_DIR, FEW_LIVE, SAE_PAGE, VENDOR_DIR,
 };
 pub use stats::{MiSummary, UnitCounts, UnitStats};
 pub use types::{

@@ -364,7 +364,7 @@ impl Replacement {
     /// Every row of the `input` layer (`[rows, 784]` f32) through the MLP
     /// and the replacement.
     pub fn trace(&self, input: &[f32]) -> Result<Vec<Trace>, CircuitError> {
-        if input.len() % INPUT != 0 {
+        if !input.len().is_multiple_of(INPUT) {
             return Err(CircuitError::Input(format!(
                 "the input layer has {INPUT} values per row; {} values are not whole rows",
                 input.len()

@@ -8,6 +8,7 @@
 //! glue goes to its own module (`preflight`, `on_demand`, `runs`, `bench`).
 
 mod bench;
+mod circuit;
 mod config;
 #[cfg(test)]
 mod fingerprint;
@@ -156,6 +157,25 @@ enum Command {
         /// The SAE point, as `cargo xtask stages` lists it [default: the sweep's first].
         #[arg(long, value_name = "STAGE")]
         sae: Option<String>,
+    },
+    /// Draw one attribution graph: a test image's (--image N) or a digit's,
+    /// the mean over its test images (--digit D), through the transcoders of
+    /// a circuit (or, with --neurons, the MLP's own neurons). Writes
+    /// circuit-tracer's graph JSON and an offline HTML page into the store's
+    /// .circuits/ folder and prints their paths.
+    Circuit {
+        /// A test image, 0 to 9999.
+        #[arg(long, required_unless_present = "digit", conflicts_with = "digit")]
+        image: Option<usize>,
+        /// A digit, 0 to 9: the mean graph of its test images.
+        #[arg(long)]
+        digit: Option<u8>,
+        /// The MLP's graph with its ReLU gates frozen, neurons as nodes.
+        #[arg(long)]
+        neurons: bool,
+        /// The circuits stage, as `cargo xtask stages` lists it [default: the first].
+        #[arg(long)]
+        circuit: Option<String>,
     },
     /// Measure a stage's speed: mlp or sae.
     Bench {
@@ -426,6 +446,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
             format,
             output,
         } => query(&session, &graph, &sql, format, output),
+        Command::Circuit {
+            image,
+            digit,
+            neurons,
+            circuit,
+        } => {
+            let subject = match (image, digit) {
+                (Some(i), _) => circuit::Subject::Image(i),
+                (None, Some(d)) => circuit::Subject::Digit(d),
+                (None, None) => bail!("name what to draw: --image N or --digit D"),
+            };
+            let kind = if neurons {
+                circuits::GraphKind::Neurons
+            } else {
+                circuits::GraphKind::Transcoders
+            };
+            let drawn = circuit::draw(&session, &graph, circuit.as_deref(), subject, kind)?;
+            println!("{}", drawn.html.display());
+            println!("{}", drawn.json.display());
+            eprintln!("{} ({})", drawn.summary, drawn.stage);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench { target } => {
             preflight::check_named_mnist_dir(&session)?;
             bench::run(target, &session.config, &session.ctx, &session.store)?;
@@ -704,8 +746,8 @@ fn query(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Every table `query` can read for this config: the analysis tables, the
-/// cached activations and `runs`.
+/// Every table `query` can read for this config: the analysis tables, each
+/// circuit's, the cached activations and `runs`.
 fn query_tables(
     session: &Session,
     graph: &Graph<'_>,
@@ -725,6 +767,19 @@ fn query_tables(
             String::new()
         };
         for (name, source) in analysis::report_tables(folder)? {
+            tables.push((format!("{name}{suffix}"), source));
+        }
+    }
+    // Each circuit's tables (`circuit_images`, ...), suffixed when there are several.
+    let circuits = stages::circuits::stages(&session.config.sae.points(), &session.config.circuits);
+    for (i, circuit) in circuits.iter().enumerate() {
+        let (dir, _) = fresh(session, graph, &circuit.name)?;
+        let suffix = if circuits.len() > 1 {
+            format!("_{i}")
+        } else {
+            String::new()
+        };
+        for (name, source) in analysis::folder_tables(&dir)? {
             tables.push((format!("{name}{suffix}"), source));
         }
     }
