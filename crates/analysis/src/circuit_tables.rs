@@ -2,7 +2,12 @@
 //! - `circuit_images`: two rows per test image (`graph` = `transcoders` or
 //!   `neurons`): `image`, `label`, `predicted`, `active`,
 //!   `features_by_influence`, `features_kept`, `errors_kept`, `edges_kept`,
-//!   `replacement_score`, `completeness_score`.
+//!   `replacement_score`, `completeness_score`, and for transcoder graphs
+//!   `faithfulness_circuit`, `_complement`, `_random` (null for neurons).
+//! - `circuit_ablations`: every feature (and neuron) of the first
+//!   `ablation_images` images ablated alone: `image`, `graph`, `layer`,
+//!   `feature`, `target` (the top class), `predicted` (by the graph) and
+//!   `actual` (in the MLP) change of the target's logit node.
 //! - `circuit_nodes`: every node of each digit's mean graph: `digit`, `graph`,
 //!   `node` (its label), `kind`, `layer`, `index`, `value` (mean over the
 //!   digit's images), `influence`, `cumulative`, `kept`.
@@ -19,8 +24,9 @@ use polars::prelude::*;
 use crate::tables::write_parquet;
 use crate::AnalysisError;
 
-pub const CIRCUIT_TABLES: [&str; 4] = [
+pub const CIRCUIT_TABLES: [&str; 5] = [
     "circuit_images",
+    "circuit_ablations",
     "circuit_nodes",
     "circuit_edges",
     "circuit_splice",
@@ -73,6 +79,24 @@ pub fn write_circuit_tables(study: &Study, dir: &Path) -> Result<(), AnalysisErr
         col(
             "completeness_score",
             im.iter().map(|r| r.completeness_score).collect(),
+        ),
+        col(
+            "faithfulness_circuit",
+            im.iter()
+                .map(|r| r.faithfulness.map(|f| f.circuit))
+                .collect(),
+        ),
+        col(
+            "faithfulness_complement",
+            im.iter()
+                .map(|r| r.faithfulness.map(|f| f.complement))
+                .collect(),
+        ),
+        col(
+            "faithfulness_random",
+            im.iter()
+                .map(|r| r.faithfulness.map(|f| f.random))
+                .collect(),
         ),
     ])?;
     write_parquet(&mut images, &dir.join("circuit_images.parquet"))?;
@@ -131,6 +155,17 @@ pub fn write_circuit_tables(study: &Study, dir: &Path) -> Result<(), AnalysisErr
         col("weight", weight),
     ])?;
     write_parquet(&mut edges, &dir.join("circuit_edges.parquet"))?;
+    let ab = &study.ablations;
+    let mut ablations = frame(vec![
+        col("image", ab.iter().map(|a| a.image).collect()),
+        col("graph", ab.iter().map(|a| a.graph.name()).collect()),
+        col("layer", ab.iter().map(|a| a.layer as u32).collect()),
+        col("feature", ab.iter().map(|a| a.feature).collect()),
+        col("target", ab.iter().map(|a| a.target as u32).collect()),
+        col("predicted", ab.iter().map(|a| a.predicted).collect()),
+        col("actual", ab.iter().map(|a| a.actual).collect()),
+    ])?;
+    write_parquet(&mut ablations, &dir.join("circuit_ablations.parquet"))?;
     let sp = &study.splice;
     let mut splice = frame(vec![
         col("replaced", sp.iter().map(|r| r.replaced.clone()).collect()),

@@ -64,12 +64,13 @@ pub use query::{
     report_tables, OutputFormat, TableSource,
 };
 pub use report::{
-    circuit_page, contests, dashboard_page_name, family_verdict, feature_wins, log_ticks,
-    probe_table, records_source, records_table, run_verdict, sweep_table, sweep_verdict, verdict,
-    write_report, CircuitPage, Contest, Record, FEATURE_DIR, FEW_LIVE, SAE_PAGE, VENDOR_DIR,
+    circuit_page, circuits_verdict, contests, dashboard_page_name, family_verdict, feature_wins,
+    log_ticks, probe_table, records_source, records_table, run_verdict, sweep_table, sweep_verdict,
+    verdict, write_circuits_report, write_report, CircuitPage, Contest, Record, CIRCUITS_PAGE,
+    FEATURE_DIR, FEW_LIVE, SAE_PAGE, VENDOR_DIR,
 };
 pub use stats::{MiSummary, UnitCounts, UnitStats};
 pub use types::{
-    headline, sweep_params, AnalysisConfig, Downstream, LayerData, RunInfo, SaeMetrics, SaeRun,
-    SaeSummary, Timings,
+    headline, sweep_params, AnalysisConfig, CircuitLink, Downstream, LayerData, RunInfo,
+    SaeMetrics, SaeRun, SaeSummary, Timings,
 };

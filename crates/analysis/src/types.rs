@@ -267,4 +267,16 @@ pub struct RunInfo {
     pub mlp_losses: Vec<f32>,
     /// The MLP's test cross-entropy and accuracy.
     pub mlp_test: Option<(f64, f64)>,
+    /// The run's circuits (the MLP replaced by transcoders), for the report's
+    /// Circuits section.
+    pub circuits: Vec<CircuitLink>,
+}
+
+/// A circuits artifact as the report shows it: its answer and its page.
+#[derive(Clone, Debug, Default)]
+pub struct CircuitLink {
+    pub name: String,
+    pub verdict: String,
+    /// `circuits.html`, relative to the report's folder.
+    pub page: String,
 }

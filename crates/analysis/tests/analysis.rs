@@ -564,6 +564,7 @@ fn analysis_writes_tables_plots_and_a_report_that_renders() {
         built: "2026-12-06 12:00 UTC".into(),
         mlp_losses: vec![2.3, 1.0, 0.5, 0.4],
         mlp_test: Some((0.31, 0.9123)),
+        circuits: Vec::new(),
     };
     let heard = std::sync::Mutex::new(Vec::new());
     let baseline = Baseline::compute(&layer, &cfg).unwrap();

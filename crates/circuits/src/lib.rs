@@ -16,6 +16,7 @@
 
 mod aggregate;
 mod graph;
+mod intervene;
 mod network;
 mod prune;
 mod schema;
@@ -24,11 +25,12 @@ mod study;
 
 pub use aggregate::{digit_graph, DigitGraph};
 pub use graph::{Graph, LogitTargets, Node, NodeId};
+pub use intervene::{Ablation, Agreement, Faithfulness};
 pub use network::{Codes, Network, Replacement, Trace};
 pub use prune::{influence, prune, scores, PruneOptions, Pruned, Scores};
 pub use schema::{circuit_tracer_json, SchemaInfo};
 pub use splice::{splice_metrics, SpliceRow};
-pub use study::{study, DigitCircuit, GraphKind, ImageScores, Study};
+pub use study::{study, CircuitsConfig, DigitCircuit, GraphKind, ImageScores, Study};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CircuitError {

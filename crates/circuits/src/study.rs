@@ -7,10 +7,59 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregate::digit_graph;
 use crate::graph::{Graph, LogitTargets};
+use crate::intervene::{Ablation, Agreement, Faithfulness};
 use crate::network::Replacement;
 use crate::prune::{prune, scores, PruneOptions, Pruned, Scores};
 use crate::splice::{splice_metrics, SpliceRow};
 use crate::CircuitError;
+
+/// The `[circuits]` settings.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CircuitsConfig {
+    /// circuit-tracer's shares: nodes kept to this share of the influence ...
+    pub node_threshold: f64,
+    /// ... then edges to this share of the edge scores.
+    pub edge_threshold: f64,
+    /// The first this-many test images have every active feature (and
+    /// neuron) ablated once, predicted by the graph and measured in the MLP.
+    pub ablation_images: usize,
+    /// Random feature sets of a circuit's sizes per image: faithfulness's baseline.
+    pub random_draws: usize,
+}
+
+impl Default for CircuitsConfig {
+    fn default() -> Self {
+        let prune = PruneOptions::default();
+        CircuitsConfig {
+            node_threshold: prune.node_threshold,
+            edge_threshold: prune.edge_threshold,
+            ablation_images: 1000,
+            random_draws: 5,
+        }
+    }
+}
+
+impl CircuitsConfig {
+    pub fn prune(&self) -> PruneOptions {
+        PruneOptions {
+            node_threshold: self.node_threshold,
+            edge_threshold: self.edge_threshold,
+        }
+    }
+
+    /// One sentence naming the key (without its section) that is out of range.
+    pub fn validate(&self) -> Result<(), String> {
+        self.prune().validate()?;
+        if !(1..=100).contains(&self.random_draws) {
+            return Err(format!(
+                "random_draws is {}; it must be between 1 and 100",
+                self.random_draws
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// Which model a graph reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +106,10 @@ pub struct ImageScores {
     pub edges_kept: u32,
     pub replacement_score: f64,
     pub completeness_score: f64,
+    /// Transcoder graphs only: the replacement with only the kept features,
+    /// only the dropped ones, and random sets of the kept sizes (1: the
+    /// whole replacement, 0: none of its features).
+    pub faithfulness: Option<Faithfulness>,
 }
 
 impl ImageScores {
@@ -85,6 +138,7 @@ impl ImageScores {
             edges_kept: p.edges_kept() as u32,
             replacement_score: s.replacement,
             completeness_score: s.completeness,
+            faithfulness: None,
         }
     }
 }
@@ -107,6 +161,27 @@ pub struct Study {
     pub digits: Vec<DigitCircuit>,
     /// Over every image.
     pub splice: Vec<SpliceRow>,
+    /// Every feature and neuron of the first `ablation_images` images, ablated.
+    pub ablations: Vec<Ablation>,
+}
+
+impl Study {
+    /// Predicted against actual ablation effects, per graph and layer.
+    pub fn agreement(&self) -> Vec<(GraphKind, u8, Agreement)> {
+        let mut out = Vec::new();
+        for kind in [GraphKind::Transcoders, GraphKind::Neurons] {
+            for layer in 0..2u8 {
+                let rows = self
+                    .ablations
+                    .iter()
+                    .filter(|a| a.graph == kind && a.layer == layer);
+                if rows.clone().next().is_some() {
+                    out.push((kind, layer, Agreement::of(rows)));
+                }
+            }
+        }
+        out
+    }
 }
 
 fn argmax(v: &[f64]) -> u8 {
@@ -118,9 +193,10 @@ pub fn study(
     r: &Replacement,
     input: &[f32],
     labels: &[u8],
-    options: PruneOptions,
+    config: CircuitsConfig,
 ) -> Result<Study, CircuitError> {
-    options.validate().map_err(CircuitError::Input)?;
+    config.validate().map_err(CircuitError::Input)?;
+    let options = config.prune();
     if input.len() != labels.len() * mlp::INPUT {
         return Err(CircuitError::Input(format!(
             "{} labels need {} input values; got {}",
@@ -132,6 +208,7 @@ pub fn study(
     let mut images = Vec::with_capacity(2 * labels.len());
     let mut digits = Vec::new();
     let mut splice: Vec<(SpliceRow, usize)> = Vec::new();
+    let mut ablations = Vec::new();
     for digit in 0..mlp::CLASSES as u8 {
         let which: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == digit).collect();
         if which.is_empty() {
@@ -142,26 +219,41 @@ pub fn study(
             .flat_map(|&i| input[i * mlp::INPUT..(i + 1) * mlp::INPUT].iter().copied())
             .collect();
         let traces = r.trace(&rows)?;
-        let scored: Vec<[ImageScores; 2]> = traces
+        type Scored = ([ImageScores; 2], Vec<Ablation>);
+        let scored: Vec<Scored> = traces
             .par_iter()
             .zip(&which)
-            .map(|(t, &i)| -> Result<[ImageScores; 2], CircuitError> {
+            .map(|(t, &i)| -> Result<Scored, CircuitError> {
                 let predicted = argmax(&t.real.logits);
-                let one = |kind, g: Graph| -> Result<ImageScores, CircuitError> {
+                let ablate = i < config.ablation_images;
+                let mut ablated = Vec::new();
+                let mut one = |kind, g: Graph| -> Result<ImageScores, CircuitError> {
                     let p = prune(&g, options)?;
                     let s = scores(&g)?;
-                    Ok(ImageScores::of(i as u32, digit, predicted, kind, &g, &p, s))
+                    let mut row = ImageScores::of(i as u32, digit, predicted, kind, &g, &p, s);
+                    if kind == GraphKind::Transcoders {
+                        row.faithfulness =
+                            Some(r.faithfulness(t, &g, &p, config.random_draws, i as u64)?);
+                    }
+                    if ablate {
+                        ablated.extend(r.ablations(i as u32, t, &g, kind));
+                    }
+                    Ok(row)
                 };
-                Ok([
+                let rows = [
                     one(GraphKind::Transcoders, r.graph(t, LogitTargets::default()))?,
                     one(
                         GraphKind::Neurons,
                         r.network.graph(&t.input, LogitTargets::default()),
                     )?,
-                ])
+                ];
+                Ok((rows, ablated))
             })
             .collect::<Result<_, _>>()?;
-        images.extend(scored.into_iter().flatten());
+        for (rows, ablated) in scored {
+            images.extend(rows);
+            ablations.extend(ablated);
+        }
         let inputs: Vec<Vec<f64>> = traces.iter().map(|t| t.input.clone()).collect();
         for (kind, mean) in [
             (GraphKind::Transcoders, digit_graph(r, digit, &traces)),
@@ -182,10 +274,12 @@ pub fn study(
         }
     }
     images.sort_by_key(|s| (s.image, s.graph == GraphKind::Neurons));
+    ablations.sort_by_key(|a| (a.image, a.graph == GraphKind::Neurons, a.layer, a.feature));
     Ok(Study {
         images,
         digits,
         splice: pooled(splice),
+        ablations,
     })
 }
 

@@ -105,7 +105,7 @@ pub fn draw(
             r.network.digit_graph(*d, &inputs).graph
         }
     };
-    let pruned = circuits::prune(&g, session.config.circuits)?;
+    let pruned = circuits::prune(&g, session.config.circuits.prune())?;
     let scores = circuits::scores(&g)?;
     let stem = match kind {
         GraphKind::Transcoders => stem,

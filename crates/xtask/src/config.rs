@@ -24,8 +24,8 @@ pub struct Config {
     pub extract: ExtractConfig,
     pub sae: SaeSweep,
     pub analysis: analysis::AnalysisConfig,
-    /// How the `circuits` stage prunes its graphs (circuit-tracer's shares).
-    pub circuits: circuits::PruneOptions,
+    /// The `circuits` stage: pruning shares (circuit-tracer's), ablations, faithfulness.
+    pub circuits: circuits::CircuitsConfig,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -50,7 +50,7 @@ impl Default for Config {
             extract: ExtractConfig::default(),
             sae: SaeSweep::default(),
             analysis: analysis::AnalysisConfig::default(),
-            circuits: circuits::PruneOptions::default(),
+            circuits: circuits::CircuitsConfig::default(),
         }
     }
 }

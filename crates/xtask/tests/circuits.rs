@@ -71,6 +71,32 @@ fn every_test_image_gets_its_graphs_and_one_is_drawn_on_demand() {
     }
     let digits = query("SELECT DISTINCT digit FROM circuit_edges WHERE graph = 'transcoders'");
     assert_eq!(digits.len(), 10);
+    // Ablations of the first 1000 images; T2's and fc2's are exact.
+    let ablations = query("SELECT graph, layer, count(*) AS n, max(abs(predicted - actual)) AS worst, count(DISTINCT image) AS images FROM circuit_ablations GROUP BY graph, layer ORDER BY graph, layer");
+    assert_eq!(ablations.len(), 4, "{ablations:?}");
+    for row in &ablations {
+        assert_eq!(row[4], "1000", "{row:?}");
+        if row[1] == "1" {
+            assert!(row[3].parse::<f64>().unwrap() < 1e-9, "{row:?}");
+        }
+    }
+    let faithful = query("SELECT count(faithfulness_circuit) AS n, median(faithfulness_circuit) AS c FROM circuit_images WHERE graph = 'transcoders'");
+    assert_eq!(faithful[0][0], "10000");
+    // The report has a Circuits section whose link reaches the circuits page.
+    let report = circuits(store.path(), &["report"]);
+    let report = std::path::PathBuf::from(report.stdout.lines().last().unwrap());
+    let index = std::fs::read_to_string(&report).unwrap();
+    let link = index
+        .split("id=\"circuits\"")
+        .nth(1)
+        .and_then(|rest| rest.split("href=\"").nth(1))
+        .and_then(|rest| rest.split('"').next())
+        .expect("a Circuits section with a link");
+    let page = std::fs::read_to_string(report.parent().unwrap().join(link)).unwrap();
+    assert!(
+        page.contains("nodes for 80%") && page.contains("digit-3.html"),
+        "{link}"
+    );
 
     let drawn = circuits(store.path(), &["circuit", "--image", "7"]);
     assert!(drawn.ok, "{}", drawn.stderr);

@@ -257,6 +257,18 @@ pub fn render(
         escape(&run.version),
         escape(&run.reproduce)
     );
+    if !run.circuits.is_empty() {
+        body.push_str("<h2 id=\"circuits\">Circuits</h2><p>How does the MLP reach its answer, in features? Both sublayers replaced by transcoders, every test image's attribution graph against the MLP's own (neurons, gates frozen).</p>");
+        for c in &run.circuits {
+            let _ = write!(
+                body,
+                "<p class=\"verdict\">{}</p><p><a href=\"{}\">{}: per digit, its graphs, the checks against the real MLP</a></p>",
+                escape(&c.verdict),
+                escape(&c.page),
+                escape(&c.name)
+            );
+        }
+    }
     let (head, figures) = figures_html(interactive, out_dir);
     let _ = write!(body, "<h2 id=\"figures\">Figures</h2>{figures}");
     body.push_str("<h2 id=\"across\">Across architectures</h2><ul>");

@@ -4,6 +4,7 @@
 //! browser; images are files beside the pages, loaded when scrolled to.
 
 mod circuit_page;
+mod circuits_page;
 mod feature_page;
 mod figures;
 mod html;
@@ -15,6 +16,7 @@ mod verdict;
 use std::path::{Path, PathBuf};
 
 pub use circuit_page::{circuit_page, CircuitPage};
+pub use circuits_page::{circuits_verdict, write_circuits_report, CIRCUITS_PAGE};
 pub use feature_page::{fill_matches, write_feature_pages, FEATURE_DIR};
 pub use figures::{log_ticks, VENDOR_DIR};
 pub use sae_page::{dashboard_page_name, write_dashboard_page, SAE_PAGE};

@@ -64,6 +64,8 @@ pub struct AnalysisStage {
     /// builds it, for the report's rebuild commands (not a param: two
     /// commands that reach the same key share one report).
     pub flags: String,
+    /// The circuits stages whose answers the report shows.
+    pub circuits: Vec<String>,
 }
 
 /// The folder a layer's report goes to inside the artifact.
@@ -171,6 +173,7 @@ impl Stage for AnalysisStage {
             let name = super::neurons::stage_name(layer);
             (name.clone(), name)
         }));
+        inputs.extend(self.circuits.iter().map(|c| (c.clone(), c.clone())));
         inputs
     }
     fn run(&self, inputs: &StageInputs, out: &Path) -> Result<Value, StageError> {
@@ -191,6 +194,11 @@ impl Stage for AnalysisStage {
             ),
             mlp_test: Some((mlp_metrics.test.loss, mlp_metrics.test.accuracy)),
             mlp_losses: mlp_metrics.step_losses,
+            circuits: self
+                .circuits
+                .iter()
+                .map(|name| super::circuits::link(name, inputs.dir(name)))
+                .collect::<Result<_, _>>()?,
         };
         let store = ActivationStore::open_dir(inputs.dir("activations"), VerifyMode::Sizes)?;
         let layers = report_layers(&self.points);

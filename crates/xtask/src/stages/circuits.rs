@@ -18,7 +18,7 @@ pub struct CircuitsStage {
     pub name: String,
     pub t1: String,
     pub t2: String,
-    pub options: circuits::PruneOptions,
+    pub options: circuits::CircuitsConfig,
 }
 
 /// A point's name less `sae/<layers>/`: what a T1 and a T2 of one circuit share.
@@ -31,7 +31,7 @@ fn settings(point: &Point) -> &str {
 }
 
 /// One circuit per T1 point and T2 point of the same settings.
-pub fn stages(points: &[Point], options: &circuits::PruneOptions) -> Vec<CircuitsStage> {
+pub fn stages(points: &[Point], options: &circuits::CircuitsConfig) -> Vec<CircuitsStage> {
     let reads = |p: &Point, i: &str, o: &str| p.layer == i && p.output == o;
     let mut out = Vec::new();
     for t1 in points
@@ -81,6 +81,7 @@ impl Stage for CircuitsStage {
         let study = circuits::study(&replacement, &input, &data.test.labels.labels, self.options)?;
         let seconds = start.elapsed().as_secs_f64();
         analysis::write_circuit_tables(&study, out)?;
+        analysis::write_circuits_report(&study, out, &self.name)?;
         let summary = summary(&study, seconds);
         super::write_json(out, SUMMARY_FILE, &summary)?;
         let (tc, nn) = (&summary["transcoders"], &summary["neurons"]);
@@ -97,6 +98,21 @@ impl Stage for CircuitsStage {
             "summary": summary,
         }))
     }
+}
+
+/// A circuits artifact (in `dir`) as a report in `<store>/analysis/<key>/<layer>/`
+/// links it: its answer, and its page relative to the report.
+pub fn link(name: &str, dir: &Path) -> Result<analysis::CircuitLink, StageError> {
+    let summary: Value = super::read_json(dir, SUMMARY_FILE)?;
+    let verdict = summary["verdict"]
+        .as_str()
+        .ok_or_else(|| format!("{}: no verdict in {SUMMARY_FILE}", dir.display()))?;
+    let key = dir.file_name().unwrap_or_default().to_string_lossy();
+    Ok(analysis::CircuitLink {
+        name: name.to_string(),
+        verdict: verdict.to_string(),
+        page: format!("../../../circuits/{key}/{}", analysis::CIRCUITS_PAGE),
+    })
 }
 
 /// The MLP and the two transcoders a circuits artifact reads.
@@ -148,8 +164,38 @@ fn summary(study: &Study, seconds: f64) -> Value {
             })
         })
         .collect();
+    let agreement: Vec<Value> = study
+        .agreement()
+        .into_iter()
+        .map(|(kind, layer, a)| {
+            json!({
+                "graph": kind.name(),
+                "layer": kind.layer_names()[layer as usize],
+                "pairs": a.pairs,
+                "r2": a.r2,
+                "sign_agreement": a.sign_agreement,
+                "spearman": a.spearman,
+            })
+        })
+        .collect();
+    // Medians: a ratio over an image whose logit barely moves is an outlier.
+    let faithful: Vec<_> = study.images.iter().filter_map(|r| r.faithfulness).collect();
+    let median_of = |f: &dyn Fn(&circuits::Faithfulness) -> f64| {
+        let mut v: Vec<f64> = faithful.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let faithfulness = json!({
+        "images": faithful.len(),
+        "median_circuit": median_of(&|f| f.circuit),
+        "median_complement": median_of(&|f| f.complement),
+        "median_random": median_of(&|f| f.random),
+    });
     json!({
+        "verdict": analysis::circuits_verdict(study),
         "seconds": seconds,
+        "ablation_agreement": agreement,
+        "faithfulness": faithfulness,
         "ms_per_image": 1000.0 * seconds / (study.images.len() / 2).max(1) as f64,
         "transcoders": of_kind(GraphKind::Transcoders, &all),
         "neurons": of_kind(GraphKind::Neurons, &all),

@@ -68,10 +68,13 @@ pub fn build(config: &Config, ctx: &Context) -> Pipeline {
             &config.analysis,
         )));
     }
-    for stage in circuits::stages(&points, &config.circuits) {
+    let circuit_stages = circuits::stages(&points, &config.circuits);
+    let circuit_names = circuit_stages.iter().map(|c| c.name.clone()).collect();
+    for stage in circuit_stages {
         stages.push(Box::new(stage));
     }
     stages.push(Box::new(analysis::AnalysisStage {
+        circuits: circuit_names,
         points: config.sae.points(),
         cfg: config.analysis.clone(),
         flags: ctx.flags.clone(),
