@@ -209,7 +209,13 @@ enum QueryFormat {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let mut cli = Cli::parse_from(&args);
+    // clap keeps one side's occurrences of a global list (those after the
+    // subcommand win): every `--set` counts, in the order given.
+    cli.overrides = every_set(&args);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -217,6 +223,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The values of every `--set VALUE` and `--set=VALUE` in `args`, in order,
+/// up to a `--`.
+fn every_set(args: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut args = args.iter().take_while(|a| a.as_str() != "--");
+    while let Some(arg) = args.next() {
+        if arg == "--set" {
+            out.extend(args.next().cloned());
+        } else if let Some(value) = arg.strip_prefix("--set=") {
+            out.push(value.to_string());
+        }
+    }
+    out
 }
 
 /// Sizes the rayon pool, which the trainers and encoders share, from
@@ -918,7 +939,7 @@ fn gc(session: &Session, graph: &Graph<'_>, options: artifacts::GcOptions) -> Re
         );
     }
     let mut report = session.store.gc(&keep, options).context("gc")?;
-    on_demand::collect_dashboards(&session.store, &mut report, options.dry_run)?;
+    on_demand::collect_drawn(&session.store, &mut report, options.dry_run)?;
     let finished = stages::kept::collect_kept(session.store.root(), &keep, options)
         .context("gc: kept SAE points and training states")?;
     report.removed.extend(finished);
@@ -1001,6 +1022,26 @@ fn verify(session: &Session, graph: &Graph<'_>, all: bool) -> Result<ExitCode> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_set_counts_before_and_after_the_subcommand() {
+        let args: Vec<String> = [
+            "xtask",
+            "--set",
+            "a=1",
+            "run",
+            "x",
+            "--set=b=2",
+            "--set",
+            "c=3",
+            "--",
+            "--set",
+            "d=4",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(super::every_set(&args), ["a=1", "b=2", "c=3"]);
+    }
+
     #[test]
     fn an_error_prints_each_cause_once() {
         // As artifacts' Io error does: the message already holds its source.
