@@ -15,6 +15,10 @@ pub enum Target {
     /// Train the notebook's SAE on the cached fc2.pre activations: fast path
     /// (L1 and TopK), the candle reference for one epoch, and a 4-point sweep.
     Sae,
+    /// The config's first circuit (`--preset circuits`): one image's graph
+    /// (trace, both layers, pruning, scores) over 200 test images, then the
+    /// whole stage's computation over the 10000.
+    Circuits,
 }
 
 /// Builds (or finds cached) the stages `target` names and returns their artifact folders.
@@ -46,7 +50,72 @@ pub fn run(target: Target, config: &Config, ctx: &Context, store: &Store) -> Res
     match target {
         Target::Mlp => bench_mlp(config, ctx, store),
         Target::Sae => bench_sae(config, ctx, store),
+        Target::Circuits => bench_circuits(config, ctx, store),
     }
+}
+
+fn bench_circuits(config: &Config, ctx: &Context, store: &Store) -> Result<()> {
+    let circuit = stages::circuits::stages(&config.sae.points(), &config.circuits)
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow!("bench circuits needs a circuit: a T1 from `input` to fc1.post and a T2 from fc1.post to fc2.post (`--preset circuits`)"))?;
+    let data = stages::mlp::load_mnist(&prepare(config, ctx, store, "mnist")?)
+        .map_err(|e| anyhow!("{e}"))?;
+    let weights = stages::mlp::load_weights(&prepare(config, ctx, store, "mlp")?)
+        .map_err(|e| anyhow!("{e}"))?;
+    let t1 = sae::load(&prepare(config, ctx, store, &circuit.t1)?)?;
+    let t2 = sae::load(&prepare(config, ctx, store, &circuit.t2)?)?;
+    let r = circuits::Replacement::new(&weights, t1, t2)?;
+    let input = circuits::Network::input_rows(&data.test.images.pixels);
+    println!(
+        "circuits bench: {} ({} threads available)",
+        circuit.name,
+        rayon::current_num_threads()
+    );
+    let options = config.circuits.prune();
+    for kind in [
+        circuits::GraphKind::Transcoders,
+        circuits::GraphKind::Neurons,
+    ] {
+        let (mut times, mut nodes) = (Vec::new(), Vec::new());
+        for image in 0..200 {
+            let started = Instant::now();
+            let trace = r.trace(&input[image * mlp::INPUT..(image + 1) * mlp::INPUT])?;
+            let g = match kind {
+                circuits::GraphKind::Transcoders => {
+                    r.graph(&trace[0], circuits::LogitTargets::default())
+                }
+                circuits::GraphKind::Neurons => r
+                    .network
+                    .graph(&trace[0].input, circuits::LogitTargets::default()),
+            };
+            let pruned = circuits::prune(&g, options)?;
+            let scores = circuits::scores(&g)?;
+            std::hint::black_box((&pruned, &scores));
+            times.push(started.elapsed().as_secs_f64() * 1000.0);
+            nodes.push(g.len());
+        }
+        times.sort_by(f64::total_cmp);
+        let mean_nodes = nodes.iter().sum::<usize>() as f64 / nodes.len() as f64;
+        println!(
+            "  one image's {} graph (trace, edges, pruning, scores): median {:.2} ms, max {:.2} ms over 200 images; {mean_nodes:.0} nodes on average, adjacency {:.2} MiB",
+            kind.name(),
+            times[times.len() / 2],
+            times[times.len() - 1],
+            mean_nodes * mean_nodes * 8.0 / (1 << 20) as f64,
+        );
+    }
+    let started = Instant::now();
+    let study = circuits::study(&r, &input, &data.test.labels.labels, config.circuits)?;
+    println!(
+        "  every test image ({}: both graphs, faithfulness with {} random draws, ablations of {} images, digit graphs, splicing): {:.2} s; peak RSS {:.0} MiB",
+        study.images.len() / 2,
+        config.circuits.random_draws,
+        config.circuits.ablation_images,
+        started.elapsed().as_secs_f64(),
+        peak_rss_mib()
+    );
+    Ok(())
 }
 
 fn bench_mlp(config: &Config, ctx: &Context, store: &Store) -> Result<()> {

@@ -177,7 +177,7 @@ enum Command {
         #[arg(long)]
         circuit: Option<String>,
     },
-    /// Measure a stage's speed: mlp or sae.
+    /// Measure a stage's speed: mlp, sae or circuits.
     Bench {
         /// What to time: mlp (the MLP trainer) or sae (the SAE trainers).
         target: bench::Target,
