@@ -16,37 +16,42 @@ use crate::Session;
 /// The store's folder of on-demand dashboards, one folder per SAE key.
 const DASHBOARDS: &str = ".dashboards";
 
-/// `gc`'s share for on-demand dashboards: a folder whose SAE artifact is gone
-/// (or being removed by this gc) goes too, and is counted in `report`.
-pub fn collect_dashboards(
+/// `gc`'s share for what is drawn on demand: a dashboard folder (named by
+/// its SAE's key) or a circuit folder (`<T1 key>-<T2 key>`, `cargo xtask
+/// circuit`) goes when an SAE it was drawn from is gone (or being removed by
+/// this gc), and is counted in `report`.
+pub fn collect_drawn(
     store: &artifacts::Store,
     report: &mut artifacts::GcReport,
     dry_run: bool,
 ) -> Result<()> {
-    let root = store.root().join(DASHBOARDS);
-    let Ok(entries) = std::fs::read_dir(&root) else {
-        return Ok(());
-    };
     let removed_saes: Vec<PathBuf> = report
         .removed
         .iter()
         .filter(|p| p.parent().and_then(|k| k.file_name()) == Some("sae".as_ref()))
         .cloned()
         .collect();
-    for entry in entries.flatten() {
-        let folder = entry.path();
-        let key = entry.file_name();
-        let sae = store.root().join("sae").join(&key);
-        let orphan = !sae.exists() || removed_saes.contains(&sae);
-        if !orphan || !folder.is_dir() {
+    for drawn in [DASHBOARDS, crate::circuit::CIRCUITS_DIR] {
+        let Ok(entries) = std::fs::read_dir(store.root().join(drawn)) else {
             continue;
+        };
+        for entry in entries.flatten() {
+            let folder = entry.path();
+            let name = entry.file_name().to_string_lossy().to_string();
+            let orphan = name.split('-').any(|key| {
+                let sae = store.root().join("sae").join(key);
+                !sae.exists() || removed_saes.contains(&sae)
+            });
+            if !orphan || !folder.is_dir() {
+                continue;
+            }
+            report.removed_bytes += artifacts::folder_bytes(&folder);
+            if !dry_run {
+                std::fs::remove_dir_all(&folder)
+                    .with_context(|| format!("gc: cannot remove {}", folder.display()))?;
+            }
+            report.removed.push(folder);
         }
-        report.removed_bytes += artifacts::folder_bytes(&folder);
-        if !dry_run {
-            std::fs::remove_dir_all(&folder)
-                .with_context(|| format!("gc: cannot remove {}", folder.display()))?;
-        }
-        report.removed.push(folder);
     }
     Ok(())
 }

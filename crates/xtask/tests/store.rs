@@ -545,6 +545,11 @@ fn gc_keeps_the_file_default_every_preset_recent_work_and_what_a_run_holds() {
     ));
     let dashboards = store.join(".dashboards").join(sae.file_name().unwrap());
     assert!(dashboards.is_dir());
+    // A circuit drawn from it (`cargo xtask circuit` names the folder by its two transcoders' keys).
+    let key = sae.file_name().unwrap().to_str().unwrap();
+    let drawn = store.join(".circuits").join(format!("{key}-{key}"));
+    std::fs::create_dir_all(&drawn).unwrap();
+    std::fs::write(drawn.join("image-00000.json"), "{}").unwrap();
 
     // Built today: the default age limit keeps everything.
     let gc = ok(with_config(&store, &config, &["gc"]));
@@ -565,12 +570,13 @@ fn gc_keeps_the_file_default_every_preset_recent_work_and_what_a_run_holds() {
         analysis.to_str().unwrap(),
         sae.to_str().unwrap(),
         dashboards.to_str().unwrap(),
+        drawn.to_str().unwrap(),
     ];
     expected.sort();
     assert_eq!(doomed, expected, "{dry}");
-    assert!(dry.contains("would remove 3 folder(s)"), "{dry}");
+    assert!(dry.contains("would remove 4 folder(s)"), "{dry}");
     assert!(
-        sae.exists() && dashboards.exists(),
+        sae.exists() && dashboards.exists() && drawn.exists(),
         "a dry run removes nothing"
     );
 
@@ -602,8 +608,8 @@ fn gc_keeps_the_file_default_every_preset_recent_work_and_what_a_run_holds() {
         .unwrap();
     assert!(report.is_file(), "the run's report survived gc");
     assert!(
-        !sae.exists() && !analysis.exists() && !dashboards.exists(),
-        "the one-off sweep point went, with its dashboards"
+        !sae.exists() && !analysis.exists() && !dashboards.exists() && !drawn.exists(),
+        "the one-off sweep point went, with its dashboards and drawn circuits"
     );
     // The file's default and the preset are still all cached.
     for args in [&["all"][..], &["--preset", "wide", "all"]] {
