@@ -41,6 +41,31 @@ fn pick<'a>(all: &'a [CircuitsStage], name: Option<&str>) -> Result<&'a Circuits
     }
 }
 
+/// Where the report keeps T1's and T2's feature pages, relative to a page in
+/// `<store>/.circuits/<keys>/`, when the analysis is fresh and has them.
+fn feature_pages(
+    session: &Session,
+    graph: &Graph<'_>,
+    stage: &CircuitsStage,
+) -> [Option<(String, PathBuf)>; 2] {
+    // Only a fresh analysis: a stale one's pages may show other features.
+    let Ok((dir, _)) = crate::fresh(session, graph, "analysis") else {
+        return [None, None];
+    };
+    let points = session.config.sae.points();
+    [&stage.t1, &stage.t2].map(|name| {
+        let point = points.iter().find(|p| &p.name == name)?;
+        let layer = crate::stages::analysis::report_layer(point, &points);
+        let features = dir
+            .join(crate::stages::analysis::layer_folder(layer))
+            .join(crate::stages::analysis::run_folder(point))
+            .join(analysis::FEATURE_DIR);
+        let relative = features.strip_prefix(session.store.root()).ok()?;
+        let relative = format!("../../{}", relative.to_string_lossy());
+        features.is_dir().then_some((relative, features))
+    })
+}
+
 pub fn draw(
     session: &Session,
     graph: &Graph<'_>,
@@ -165,6 +190,10 @@ pub fn draw(
             title: &title,
             summary: &summary,
             layer_names: names,
+            feature_pages: match kind {
+                GraphKind::Transcoders => feature_pages(session, graph, stage),
+                GraphKind::Neurons => [None, None],
+            },
         },
     );
     let html_path = dir.join(format!("{stem}.html"));

@@ -22,6 +22,10 @@ pub struct CircuitPage<'a> {
     pub summary: &'a str,
     /// How each layer's features are called: `["T1", "T2"]`, `["fc1", "fc2"]`.
     pub layer_names: [&'a str; 2],
+    /// Per layer, the folder of its features' pages (`<id>.html`) relative
+    /// to this page, and where it is: a click on a feature opens its page,
+    /// where the report has one (live on train).
+    pub feature_pages: [Option<(String, std::path::PathBuf)>; 2],
 }
 
 fn column(id: NodeId) -> Option<usize> {
@@ -74,18 +78,27 @@ pub fn circuit_page(graph: &Graph, pruned: &Pruned, what: &CircuitPage) -> Strin
     let grid_exit = (20.0 + 28.0 * CELL, grid_y + 14.0 * CELL);
     let mut pixel_weight = [0.0f64; 784];
     let mut into_feature = vec![0.0f64; n];
-    let mut scale: f64 = 1e-12;
+    // Each column's edges (those ending there) scaled by their own largest,
+    // and the pixels' summed lines by theirs: the logits' edges are small
+    // next to the pixels' but matter as much.
+    let mut scale = [1e-12f64; 3];
+    let mut pixel_line_scale = 1e-12f64;
     for t in 0..n {
+        let Some(c) = column(graph.nodes[t].id) else {
+            continue;
+        };
         for s in 0..n {
             if edge(t, s) {
                 let w = graph.edge(t, s);
-                scale = scale.max(w.abs());
                 if let NodeId::Pixel(p) = graph.nodes[s].id {
                     pixel_weight[p as usize] += w;
                     into_feature[t] += w;
+                } else {
+                    scale[c] = scale[c].max(w.abs());
                 }
             }
         }
+        pixel_line_scale = pixel_line_scale.max(into_feature[t].abs());
     }
     let pixel_scale = pixel_weight.iter().fold(1e-12f64, |m, w| m.max(w.abs()));
     let mut svg = String::new();
@@ -122,6 +135,7 @@ pub fn circuit_page(graph: &Graph, pruned: &Pruned, what: &CircuitPage) -> Strin
     // Edges first, so the nodes sit on top.
     for t in 0..n {
         let Some((tx, ty)) = at[t] else { continue };
+        let scale = column(graph.nodes[t].id).map_or(1.0, |c| scale[c]);
         if into_feature[t] != 0.0 {
             let w = into_feature[t];
             let _ = write!(
@@ -129,8 +143,8 @@ pub fn circuit_page(graph: &Graph, pruned: &Pruned, what: &CircuitPage) -> Strin
                 "<line x1=\"{}\" y1=\"{}\" x2=\"{tx}\" y2=\"{ty}\" stroke=\"{}\" stroke-opacity=\"0.5\" stroke-width=\"{:.2}\"><title>pixels -&gt; {}: {w:.4}</title></line>",
                 grid_exit.0,
                 grid_exit.1,
-                colour(w, scale),
-                0.3 + 3.0 * (w.abs() / scale).min(1.0),
+                colour(w, pixel_line_scale),
+                0.3 + 3.0 * (w.abs() / pixel_line_scale).min(1.0),
                 escape(&graph.nodes[t].id.label(what.layer_names))
             );
         }
@@ -159,9 +173,20 @@ pub fn circuit_page(graph: &Graph, pruned: &Pruned, what: &CircuitPage) -> Strin
             NodeId::Logit(_) => format!("<circle cx=\"{x}\" cy=\"{y}\" r=\"6\" fill=\"#333\"/>"),
             _ => format!("<circle cx=\"{x}\" cy=\"{y}\" r=\"5\" fill=\"#f5a623\" stroke=\"#333\" stroke-width=\"0.5\"/>"),
         };
+        let link = match node.id {
+            NodeId::Feature { layer, index } => what.feature_pages[layer as usize]
+                .as_ref()
+                .filter(|(_, dir)| dir.join(format!("{index}.html")).is_file())
+                .map(|(relative, _)| format!("{relative}/{index}.html")),
+            _ => None,
+        };
+        let (open, close) = match &link {
+            Some(href) => (format!("<a href=\"{}\">", escape(href)), "</a>"),
+            None => (String::new(), ""),
+        };
         let _ = write!(
             svg,
-            "<g>{shape}<text x=\"{}\" y=\"{}\">{}</text><title>{}: value {:.4}, constant {:.4}, influence {:.4}</title></g>",
+            "{open}<g>{shape}<text x=\"{}\" y=\"{}\">{}</text><title>{}: value {:.4}, constant {:.4}, influence {:.4}</title></g>{close}",
             x + 9.0,
             y + 3.5,
             escape(&label),

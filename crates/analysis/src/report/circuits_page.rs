@@ -188,6 +188,7 @@ pub fn write_circuits_report(study: &Study, dir: &Path, title: &str) -> Result<(
                     title: &format!("Digit {} through the {}", c.digit, kind.name()),
                     summary: &summary,
                     layer_names: names,
+                    feature_pages: [None, None],
                 },
             );
             let path = dir.join(&file);

@@ -74,7 +74,7 @@ pub fn layer_folder(layer: &str) -> String {
 }
 
 /// A sweep point's folder name: its instance name without the `sae/` prefix.
-fn run_folder(point: &Point) -> String {
+pub fn run_folder(point: &Point) -> String {
     point.name.trim_start_matches("sae/").replace('/', "_")
 }
 
