@@ -605,8 +605,8 @@ mod tests {
         assert_eq!(
             points.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
             [
-                "sae/input_to_fc1.post/transcoder-l1-0.5/d1024/s0",
-                "sae/fc1.post_to_fc2.post/transcoder-l1-0.5/d1024/s0"
+                "sae/input_to_fc1.post/transcoder-topk-k32/d256/s0",
+                "sae/fc1.post_to_fc2.post/transcoder-topk-k32/d256/s0"
             ]
         );
         let widths: Vec<(usize, usize)> =

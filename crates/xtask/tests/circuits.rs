@@ -6,25 +6,23 @@ mod support;
 
 use support::{verdict, xtask, Run};
 
-const CIRCUIT: &str = "circuits/transcoder-l1-0.5/d256/s0";
+const CIRCUIT: &str = "circuits/transcoder-topk-k32/d256/s0";
 
-/// `args` with the circuits preset, small and quick. After the subcommand,
-/// where the support module's own `--set`s go: clap keeps one occurrence of
-/// a global list, the last.
+/// `args` with the circuits preset, quick, given before the
+/// subcommand as a user types them; the support module adds its quick
+/// settings after it, and every `--set` counts.
 fn circuits(store: &std::path::Path, args: &[&str]) -> Run {
-    let mut all = args.to_vec();
-    all.extend_from_slice(&[
+    let mut all = vec![
         "--preset",
         "circuits",
-        "--set",
-        "sae.d_sae=256",
         "--set",
         "sae.lr_warmup_steps=10",
         "--set",
         "sae.lr_decay_steps=20",
         "--set",
         "sae.sparsity_warmup_steps=10",
-    ]);
+    ];
+    all.extend_from_slice(args);
     xtask(store, &all)
 }
 
@@ -133,7 +131,7 @@ fn every_test_image_gets_its_graphs_and_one_is_drawn_on_demand() {
     for (args, says) in [
         (&["circuit", "--image", "10000"][..], "--image 10000: the test set has 10000 images, 0 to 9999"),
         (&["circuit", "--digit", "12"][..], "--digit 12: a digit is 0 to 9"),
-        (&["circuit", "--image", "1", "--circuit", "circuits/nope"][..], "--circuit circuits/nope: this config has no such circuit; it has circuits/transcoder-l1-0.5/d256/s0"),
+        (&["circuit", "--image", "1", "--circuit", "circuits/nope"][..], "--circuit circuits/nope: this config has no such circuit; it has circuits/transcoder-topk-k32/d256/s0"),
         (&["circuit", "--image", "1", "--set", "circuits.node_threshold=1.5"][..], "circuits.node_threshold is 1.5; it must be between 0 and 1"),
     ] {
         let refused = circuits(store.path(), args);
