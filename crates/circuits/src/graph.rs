@@ -107,7 +107,7 @@ impl Graph {
     }
 }
 
-fn softmax(logits: &[f64]) -> Vec<f64> {
+pub(crate) fn softmax(logits: &[f64]) -> Vec<f64> {
     let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     let exp: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
     let sum: f64 = exp.iter().sum();
@@ -143,6 +143,17 @@ struct LogitReader {
 }
 
 impl LogitReader {
+    /// The reader of an image's `logits` and the classes it explains, with their weights.
+    fn new(logits: &[f64], logit_targets: LogitTargets) -> (LogitReader, Vec<(u8, f64)>) {
+        let probs = softmax(logits);
+        let chosen = targets(&probs, logit_targets);
+        let reader = LogitReader {
+            probs,
+            classes: chosen.iter().map(|t| t.0).collect(),
+        };
+        (reader, chosen)
+    }
+
     /// `effects` is `W3 v` (10 values); returns one value per target class.
     fn read(&self, effects: &[f64]) -> impl Iterator<Item = f64> + '_ {
         let mean = dot(&self.probs, effects);
@@ -181,12 +192,19 @@ impl Builder {
     }
 }
 
-fn pixel_nodes(input: &[f64]) -> Vec<Node> {
+/// The lit (non-zero) pixels of an `input` row: (pixel, value).
+fn lit_pixels(input: &[f64]) -> Vec<(usize, f64)> {
     input
         .iter()
         .enumerate()
         .filter(|(_, &x)| x != 0.0)
-        .map(|(p, &x)| Node {
+        .map(|(p, &x)| (p, x))
+        .collect()
+}
+
+fn pixel_nodes(lit: &[(usize, f64)]) -> Vec<Node> {
+    lit.iter()
+        .map(|&(p, x)| Node {
             id: NodeId::Pixel(p as u16),
             value: x,
             constant: 0.0,
@@ -255,12 +273,7 @@ fn logit_nodes(
 impl Replacement {
     /// The replacement's attribution graph of one traced image.
     pub fn graph(&self, trace: &Trace, logit_targets: LogitTargets) -> Graph {
-        let probs = softmax(&trace.real.logits);
-        let chosen = targets(&probs, logit_targets);
-        let reader = LogitReader {
-            probs,
-            classes: chosen.iter().map(|t| t.0).collect(),
-        };
+        let (reader, chosen) = LogitReader::new(&trace.real.logits, logit_targets);
         let (d1, d2) = (self.t1.d_sae(), self.t2.d_sae());
         let mut nodes = feature_nodes(0, &trace.t1.features, &trace.t1.values);
         nodes.extend(feature_nodes(1, &trace.t2.features, &trace.t2.values));
@@ -271,9 +284,9 @@ impl Replacement {
                 constant: 0.0,
             });
         }
-        let pixels = pixel_nodes(&trace.input);
-        let n_pixels = pixels.len();
-        nodes.extend(pixels);
+        let pixel_list = lit_pixels(&trace.input);
+        let n_pixels = pixel_list.len();
+        nodes.extend(pixel_nodes(&pixel_list));
         let (logits, weights) = logit_nodes(&trace.real, &reader, &self.network.b3, &chosen);
         let n_logits = logits.len();
         nodes.extend(logits);
@@ -281,13 +294,6 @@ impl Replacement {
         let (e1_at, e2_at, pixel_start) = (n1 + n2, n1 + n2 + 1, n1 + n2 + 2);
         let logit_start = pixel_start + n_pixels;
         let mut b = Builder::new(nodes);
-        let pixel_list: Vec<(usize, f64)> = b.nodes[pixel_start..logit_start]
-            .iter()
-            .map(|n| match n.id {
-                NodeId::Pixel(p) => (p as usize, n.value),
-                _ => unreachable!("pixel nodes are pixels"),
-            })
-            .collect();
 
         // T1 features <- pixels.
         for (t, &j) in trace.t1.features.iter().enumerate() {
@@ -385,12 +391,7 @@ impl crate::Network {
     /// neurons of fc1 and fc2 as nodes, no error.
     pub fn graph(&self, input: &[f64], logit_targets: LogitTargets) -> Graph {
         let real = self.forward(input);
-        let probs = softmax(&real.logits);
-        let chosen = targets(&probs, logit_targets);
-        let reader = LogitReader {
-            probs,
-            classes: chosen.iter().map(|t| t.0).collect(),
-        };
+        let (reader, chosen) = LogitReader::new(&real.logits, logit_targets);
         let active = |h: &[f64]| -> (Vec<u32>, Vec<f64>) {
             h.iter()
                 .enumerate()
@@ -402,9 +403,9 @@ impl crate::Network {
         let (f2, v2) = active(&real.h2);
         let mut nodes = feature_nodes(0, &f1, &v1);
         nodes.extend(feature_nodes(1, &f2, &v2));
-        let pixels = pixel_nodes(input);
-        let n_pixels = pixels.len();
-        nodes.extend(pixels);
+        let pixel_list = lit_pixels(input);
+        let n_pixels = pixel_list.len();
+        nodes.extend(pixel_nodes(&pixel_list));
         let (logits, weights) = logit_nodes(&real, &reader, &self.b3, &chosen);
         let n_logits = logits.len();
         nodes.extend(logits);
@@ -412,13 +413,6 @@ impl crate::Network {
         let pixel_start = n1 + n2;
         let logit_start = pixel_start + n_pixels;
         let mut b = Builder::new(nodes);
-        let pixel_list: Vec<(usize, f64)> = b.nodes[pixel_start..logit_start]
-            .iter()
-            .map(|n| match n.id {
-                NodeId::Pixel(p) => (p as usize, n.value),
-                _ => unreachable!("pixel nodes are pixels"),
-            })
-            .collect();
         for (t, &i) in f1.iter().enumerate() {
             let i = i as usize;
             for (s, &(p, x)) in pixel_list.iter().enumerate() {

@@ -8,7 +8,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::graph::{Graph, NodeId};
+use crate::graph::{softmax, Graph, NodeId};
 use crate::network::{Codes, Replacement, Trace};
 use crate::prune::Pruned;
 use crate::study::GraphKind;
@@ -119,13 +119,6 @@ fn predicted_removal(g: &Graph, s: usize, logit: usize) -> f64 {
     -total
 }
 
-fn softmax(l: &[f64]) -> Vec<f64> {
-    let m = l.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    let e: Vec<f64> = l.iter().map(|x| (x - m).exp()).collect();
-    let s: f64 = e.iter().sum();
-    e.into_iter().map(|x| x / s).collect()
-}
-
 impl Replacement {
     /// Every active feature (or neuron) of `g`, `trace`'s graph of `kind`,
     /// ablated on its own: the change in the top logit node (the logit less
@@ -154,26 +147,11 @@ impl Replacement {
                 let a = g.nodes[s].value;
                 let logits = match (kind, layer) {
                     (GraphKind::Transcoders, 0) => {
-                        let row = &self.dec1[index as usize * mlp::HIDDEN..][..mlp::HIDDEN];
-                        let h1: Vec<f64> = trace
-                            .real
-                            .h1
-                            .iter()
-                            .zip(row)
-                            .map(|(h, d)| h - a * d)
-                            .collect();
+                        let h1 = less(&trace.real.h1, a, decoder_row(&self.dec1, index));
                         net.logits_from_h2(&net.fc2_post(&h1))
                     }
                     (GraphKind::Transcoders, _) => {
-                        let row = &self.dec2[index as usize * mlp::HIDDEN..][..mlp::HIDDEN];
-                        let h2: Vec<f64> = trace
-                            .real
-                            .h2
-                            .iter()
-                            .zip(row)
-                            .map(|(h, d)| h - a * d)
-                            .collect();
-                        net.logits_from_h2(&h2)
+                        net.logits_from_h2(&less(&trace.real.h2, a, decoder_row(&self.dec2, index)))
                     }
                     (GraphKind::Neurons, 0) => {
                         let mut h1 = trace.real.h1.clone();
@@ -294,6 +272,15 @@ pub struct Faithfulness {
     pub circuit: f64,
     pub complement: f64,
     pub random: f64,
+}
+
+fn decoder_row(dec: &[f64], feature: u32) -> &[f64] {
+    &dec[feature as usize * mlp::HIDDEN..][..mlp::HIDDEN]
+}
+
+/// `v - a * row`.
+fn less(v: &[f64], a: f64, row: &[f64]) -> Vec<f64> {
+    v.iter().zip(row).map(|(x, d)| x - a * d).collect()
 }
 
 fn restrict(codes: &Codes, keep: &[u32]) -> Codes {

@@ -30,7 +30,7 @@ fn log_softmax(logits: &[f64]) -> Vec<f64> {
     logits.iter().map(|l| l - log_sum).collect()
 }
 
-fn argmax(v: &[f64]) -> usize {
+pub(crate) fn argmax(v: &[f64]) -> usize {
     (0..v.len()).fold(0, |best, i| if v[i] > v[best] { i } else { best })
 }
 

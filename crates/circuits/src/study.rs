@@ -10,7 +10,7 @@ use crate::graph::{Graph, LogitTargets};
 use crate::intervene::{Ablation, Agreement, Faithfulness};
 use crate::network::Replacement;
 use crate::prune::{prune, scores, PruneOptions, Pruned, Scores};
-use crate::splice::{splice_metrics, SpliceRow};
+use crate::splice::{argmax, splice_metrics, SpliceRow};
 use crate::CircuitError;
 
 /// The `[circuits]` settings.
@@ -184,10 +184,6 @@ impl Study {
     }
 }
 
-fn argmax(v: &[f64]) -> u8 {
-    (0..v.len()).fold(0, |best, i| if v[i] > v[best] { i } else { best }) as u8
-}
-
 /// Every image of `input` (`[rows, 784]` rows of the `input` layer) with its label.
 pub fn study(
     r: &Replacement,
@@ -224,7 +220,7 @@ pub fn study(
             .par_iter()
             .zip(&which)
             .map(|(t, &i)| -> Result<Scored, CircuitError> {
-                let predicted = argmax(&t.real.logits);
+                let predicted = argmax(&t.real.logits) as u8;
                 let ablate = i < config.ablation_images;
                 let mut ablated = Vec::new();
                 let mut one = |kind, g: Graph| -> Result<ImageScores, CircuitError> {
