@@ -37,6 +37,7 @@ pub mod atlas;
 mod baseline;
 pub mod browser;
 mod circuit_tables;
+mod circuits_summary;
 pub mod dashboard;
 pub mod digit_probe;
 pub mod dying;
@@ -55,6 +56,9 @@ mod types;
 
 pub use analyse::{analyse_sae, analyse_sweep, dashboards_on_demand, Baseline, TABLES};
 pub use circuit_tables::{write_circuit_tables, CIRCUIT_TABLES};
+pub use circuits_summary::{
+    AgreementRow, CircuitsSummary, DigitSummary, FaithfulnessSummary, GraphSummary, PathRow,
+};
 pub use dashboard::Dashboard;
 pub use error::AnalysisError;
 pub use feature_tables::FeatureTables;
@@ -64,7 +68,7 @@ pub use query::{
     report_tables, OutputFormat, TableSource,
 };
 pub use report::{
-    circuit_page, circuits_verdict, contests, dashboard_page_name, family_verdict, feature_wins,
+    circuit_page, circuits_section, contests, dashboard_page_name, family_verdict, feature_wins,
     log_ticks, probe_table, records_source, records_table, run_verdict, sweep_table, sweep_verdict,
     verdict, write_circuits_report, write_report, CircuitPage, Contest, Record, CIRCUITS_PAGE,
     FEATURE_DIR, FEW_LIVE, SAE_PAGE, VENDOR_DIR,

@@ -272,11 +272,10 @@ pub struct RunInfo {
     pub circuits: Vec<CircuitLink>,
 }
 
-/// A circuits artifact as the report shows it: its answer and its page.
-#[derive(Clone, Debug, Default)]
+/// A circuits artifact as the report shows it: what it found, and where
+/// its folder is relative to the report's (ending in `/`).
+#[derive(Clone, Debug)]
 pub struct CircuitLink {
-    pub name: String,
-    pub verdict: String,
-    /// `circuits.html`, relative to the report's folder.
-    pub page: String,
+    pub summary: crate::CircuitsSummary,
+    pub folder: String,
 }

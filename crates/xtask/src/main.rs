@@ -5,7 +5,7 @@
 //!
 //! Over 600 lines because each command's glue (status, explain, query, gc,
 //! verify...) is a short function over the one `Session`; what grows beyond
-//! glue goes to its own module (`preflight`, `on_demand`, `runs`, `bench`).
+//! glue goes to its own module (`preflight`, `on_demand`, `circuit`, `runs`, `bench`).
 
 mod bench;
 mod circuit;

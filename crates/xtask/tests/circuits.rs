@@ -92,9 +92,25 @@ fn every_test_image_gets_its_graphs_and_one_is_drawn_on_demand() {
         .expect("a Circuits section with a link");
     let page = std::fs::read_to_string(report.parent().unwrap().join(link)).unwrap();
     assert!(
-        page.contains("nodes for 80%") && page.contains("digit-3.html"),
+        page.contains("Nodes for 80%") && page.contains("digit-3.html"),
         "{link}"
     );
+    // The section itself holds the per-digit table and the checks, its links reaching the digit pages.
+    let section = index
+        .split("id=\"circuits\"")
+        .nth(1)
+        .unwrap()
+        .split("id=\"figures\"")
+        .next()
+        .unwrap();
+    assert!(section.contains("faithfulness: circuit") && section.contains("sign agreement"));
+    for href in section
+        .split("href=\"")
+        .skip(1)
+        .filter_map(|r| r.split('"').next())
+    {
+        assert!(report.parent().unwrap().join(href).is_file(), "{href}");
+    }
 
     let drawn = circuits(store.path(), &["circuit", "--image", "7"]);
     assert!(drawn.ok, "{}", drawn.stderr);

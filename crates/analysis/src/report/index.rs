@@ -262,10 +262,11 @@ pub fn render(
         for c in &run.circuits {
             let _ = write!(
                 body,
-                "<p class=\"verdict\">{}</p><p><a href=\"{}\">{}: per digit, its graphs, the checks against the real MLP</a></p>",
-                escape(&c.verdict),
-                escape(&c.page),
-                escape(&c.name)
+                "<p>{} (<a href=\"{}{}\">on its own page</a>)</p>{}",
+                escape(&c.summary.name),
+                escape(&c.folder),
+                super::CIRCUITS_PAGE,
+                super::circuits_section(&c.summary, &c.folder)
             );
         }
     }

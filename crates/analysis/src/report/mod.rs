@@ -16,7 +16,7 @@ mod verdict;
 use std::path::{Path, PathBuf};
 
 pub use circuit_page::{circuit_page, CircuitPage};
-pub use circuits_page::{circuits_verdict, write_circuits_report, CIRCUITS_PAGE};
+pub use circuits_page::{circuits_section, write_circuits_report, CIRCUITS_PAGE};
 pub use feature_page::{fill_matches, write_feature_pages, FEATURE_DIR};
 pub use figures::{log_ticks, VENDOR_DIR};
 pub use sae_page::{dashboard_page_name, write_dashboard_page, SAE_PAGE};

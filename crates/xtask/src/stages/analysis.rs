@@ -197,7 +197,7 @@ impl Stage for AnalysisStage {
             circuits: self
                 .circuits
                 .iter()
-                .map(|name| super::circuits::link(name, inputs.dir(name)))
+                .map(|name| super::circuits::link(inputs.dir(name)))
                 .collect::<Result<_, _>>()?,
         };
         let store = ActivationStore::open_dir(inputs.dir("activations"), VerifyMode::Sizes)?;

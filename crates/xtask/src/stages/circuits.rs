@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use artifacts::{Stage, StageError, StageInputs};
-use circuits::{GraphKind, ImageScores, Replacement, Study};
+use circuits::Replacement;
 use serde_json::{json, Value};
 
 use super::mlp::{load_mnist, load_weights};
@@ -80,38 +80,33 @@ impl Stage for CircuitsStage {
         let start = Instant::now();
         let study = circuits::study(&replacement, &input, &data.test.labels.labels, self.options)?;
         let seconds = start.elapsed().as_secs_f64();
+        let summary =
+            analysis::CircuitsSummary::of(&self.name, &study, self.options.node_threshold, seconds);
         analysis::write_circuit_tables(&study, out)?;
-        analysis::write_circuits_report(&study, out, &self.name)?;
-        let summary = summary(&study, seconds);
+        analysis::write_circuits_report(&study, &summary, out)?;
         super::write_json(out, SUMMARY_FILE, &summary)?;
-        let (tc, nn) = (&summary["transcoders"], &summary["neurons"]);
+        let (tc, nn) = (&summary.transcoders, &summary.neurons);
         Ok(json!({
             "headline": format!(
-                "{} images in {seconds:.1} s: median {} transcoder features carry {:.0}% of the influence, {} neurons; replacement {:.3}, completeness {:.3}",
-                study.images.len() / 2,
-                tc["median_features_by_influence"],
+                "{} images in {seconds:.1} s: median {:.0} transcoder features carry {:.0}% of the influence, {:.0} neurons; replacement {:.3}, completeness {:.3}",
+                tc.images,
+                tc.median_nodes,
                 self.options.node_threshold * 100.0,
-                nn["median_features_by_influence"],
-                tc["mean_replacement_score"].as_f64().unwrap_or(f64::NAN),
-                tc["mean_completeness_score"].as_f64().unwrap_or(f64::NAN),
+                nn.median_nodes,
+                tc.mean_replacement_score,
+                tc.mean_completeness_score,
             ),
-            "summary": summary,
         }))
     }
 }
 
 /// A circuits artifact (in `dir`) as a report in `<store>/analysis/<key>/<layer>/`
 /// links it: its answer, and its page relative to the report.
-pub fn link(name: &str, dir: &Path) -> Result<analysis::CircuitLink, StageError> {
-    let summary: Value = super::read_json(dir, SUMMARY_FILE)?;
-    let verdict = summary["verdict"]
-        .as_str()
-        .ok_or_else(|| format!("{}: no verdict in {SUMMARY_FILE}", dir.display()))?;
+pub fn link(dir: &Path) -> Result<analysis::CircuitLink, StageError> {
     let key = dir.file_name().unwrap_or_default().to_string_lossy();
     Ok(analysis::CircuitLink {
-        name: name.to_string(),
-        verdict: verdict.to_string(),
-        page: format!("../../../circuits/{key}/{}", analysis::CIRCUITS_PAGE),
+        summary: super::read_json(dir, SUMMARY_FILE)?,
+        folder: format!("../../../circuits/{key}/"),
     })
 }
 
@@ -121,85 +116,4 @@ pub fn load_replacement(inputs: &StageInputs) -> Result<Replacement, StageError>
     let t1 = sae::load(inputs.dir("t1"))?;
     let t2 = sae::load(inputs.dir("t2"))?;
     Ok(Replacement::new(&weights, t1, t2)?)
-}
-
-fn median(mut v: Vec<u32>) -> u32 {
-    v.sort_unstable();
-    v.get(v.len() / 2).copied().unwrap_or(0)
-}
-
-/// Per graph kind and per digit: how many nodes carry the influence, and the scores.
-fn summary(study: &Study, seconds: f64) -> Value {
-    let of_kind = |kind: GraphKind, rows: &[&ImageScores]| {
-        let rows: Vec<&&ImageScores> = rows.iter().filter(|r| r.graph == kind).collect();
-        let n = rows.len().max(1) as f64;
-        let mean = |f: &dyn Fn(&ImageScores) -> f64| rows.iter().map(|r| f(r)).sum::<f64>() / n;
-        json!({
-            "images": rows.len(),
-            "median_features_by_influence": median(rows.iter().map(|r| r.features_by_influence).collect()),
-            "mean_features_by_influence": mean(&|r| r.features_by_influence as f64),
-            "mean_active": mean(&|r| r.active as f64),
-            "mean_edges_kept": mean(&|r| r.edges_kept as f64),
-            "mean_replacement_score": mean(&|r| r.replacement_score),
-            "mean_completeness_score": mean(&|r| r.completeness_score),
-        })
-    };
-    let all: Vec<&ImageScores> = study.images.iter().collect();
-    let digits: Vec<Value> = study
-        .digits
-        .iter()
-        .map(|d| {
-            let rows: Vec<&ImageScores> =
-                all.iter().copied().filter(|r| r.label == d.digit).collect();
-            json!({
-                "digit": d.digit,
-                "graph": d.kind.name(),
-                "images": d.images,
-                "nodes": d.graph.len(),
-                "features": d.graph.n_features,
-                "features_kept": d.pruned.features_kept(&d.graph),
-                "replacement_score": d.scores.replacement,
-                "completeness_score": d.scores.completeness,
-                "per_image": of_kind(d.kind, &rows),
-            })
-        })
-        .collect();
-    let agreement: Vec<Value> = study
-        .agreement()
-        .into_iter()
-        .map(|(kind, layer, a)| {
-            json!({
-                "graph": kind.name(),
-                "layer": kind.layer_names()[layer as usize],
-                "pairs": a.pairs,
-                "r2": a.r2,
-                "sign_agreement": a.sign_agreement,
-                "spearman": a.spearman,
-            })
-        })
-        .collect();
-    // Medians: a ratio over an image whose logit barely moves is an outlier.
-    let faithful: Vec<_> = study.images.iter().filter_map(|r| r.faithfulness).collect();
-    let median_of = |f: &dyn Fn(&circuits::Faithfulness) -> f64| {
-        let mut v: Vec<f64> = faithful.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-    };
-    let faithfulness = json!({
-        "images": faithful.len(),
-        "median_circuit": median_of(&|f| f.circuit),
-        "median_complement": median_of(&|f| f.complement),
-        "median_random": median_of(&|f| f.random),
-    });
-    json!({
-        "verdict": analysis::circuits_verdict(study),
-        "seconds": seconds,
-        "ablation_agreement": agreement,
-        "faithfulness": faithfulness,
-        "ms_per_image": 1000.0 * seconds / (study.images.len() / 2).max(1) as f64,
-        "transcoders": of_kind(GraphKind::Transcoders, &all),
-        "neurons": of_kind(GraphKind::Neurons, &all),
-        "digits": digits,
-        "splice": study.splice,
-    })
 }
