@@ -193,8 +193,8 @@ pub fn digit_graph(replacement: &Replacement, digit: u8, traces: &[Trace]) -> Di
 impl Network {
     /// The MLP's frozen-gate graph of `digit`, the mean over its images'
     /// `input` rows.
-    pub fn digit_graph(&self, digit: u8, inputs: &[Vec<f64>]) -> DigitGraph {
-        let mut ids = pixel_ids(inputs.iter().map(|i| i.as_slice()));
+    pub fn digit_graph(&self, digit: u8, inputs: &[&[f64]]) -> DigitGraph {
+        let mut ids = pixel_ids(inputs.iter().copied());
         for layer in 0..2u8 {
             ids.extend((0..mlp::HIDDEN as u32).map(|index| NodeId::Feature { layer, index }));
         }

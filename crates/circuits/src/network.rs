@@ -4,7 +4,7 @@
 
 use mlp::{CLASSES, HIDDEN, INPUT};
 use rayon::prelude::*;
-use sae::Sae;
+use sae::{MatRef, Sae};
 
 use crate::CircuitError;
 
@@ -190,29 +190,11 @@ pub struct Replacement {
     pub(crate) w3_s2_s1: Vec<f64>,
 }
 
-/// `a [m, k] @ b [k, n]`, both row-major, in f64.
-fn product(a: &[f64], b: &[f64], m: usize, k: usize, n: usize) -> Vec<f64> {
+/// `lhs [m, k] @ rhs [k, n]`, in f64.
+fn product(lhs: MatRef<'_, f64>, rhs: MatRef<'_, f64>, m: usize, k: usize, n: usize) -> Vec<f64> {
     let mut out = vec![0.0; m * n];
-    sae::matmul(
-        &mut out,
-        m,
-        n,
-        k,
-        false,
-        sae::MatRef::row_major(a, k),
-        sae::MatRef::row_major(b, n),
-    );
+    sae::matmul(&mut out, m, n, k, false, lhs, rhs);
     out
-}
-
-fn transpose(a: &[f64], rows: usize, cols: usize) -> Vec<f64> {
-    let mut t = vec![0.0; a.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            t[c * rows + r] = a[r * cols + c];
-        }
-    }
-    t
 }
 
 fn check_transcoder(sae: &Sae, name: &str, d_in: usize, d_out: usize) -> Result<(), CircuitError> {
@@ -243,9 +225,10 @@ impl Replacement {
         let enc2 = widen(&t2.w_enc);
         let skip1 = widen(&t1.w_skip);
         let skip2 = widen(&t2.w_skip);
+        // `MatRef::transposed` reads a row-major [rows, cols] buffer as its transpose.
         let w3_d2 = product(
-            &network.w3,
-            &transpose(&dec2, d2, HIDDEN),
+            MatRef::row_major(&network.w3, HIDDEN),
+            MatRef::transposed(&dec2, HIDDEN),
             CLASSES,
             HIDDEN,
             d2,
@@ -253,19 +236,43 @@ impl Replacement {
         let (w3_s2, w3_s2_d1) = if skip2.is_empty() {
             (Vec::new(), Vec::new())
         } else {
-            let w3_s2 = product(&network.w3, &skip2, CLASSES, HIDDEN, HIDDEN);
-            let w3_s2_d1 = product(&w3_s2, &transpose(&dec1, d1, HIDDEN), CLASSES, HIDDEN, d1);
+            let w3_s2 = product(
+                MatRef::row_major(&network.w3, HIDDEN),
+                MatRef::row_major(&skip2, HIDDEN),
+                CLASSES,
+                HIDDEN,
+                HIDDEN,
+            );
+            let w3_s2_d1 = product(
+                MatRef::row_major(&w3_s2, HIDDEN),
+                MatRef::transposed(&dec1, HIDDEN),
+                CLASSES,
+                HIDDEN,
+                d1,
+            );
             (w3_s2, w3_s2_d1)
         };
         let e2_s1 = if skip1.is_empty() {
             Vec::new()
         } else {
-            product(&transpose(&enc2, HIDDEN, d2), &skip1, d2, HIDDEN, INPUT)
+            product(
+                MatRef::transposed(&enc2, d2),
+                MatRef::row_major(&skip1, INPUT),
+                d2,
+                HIDDEN,
+                INPUT,
+            )
         };
         let w3_s2_s1 = if skip1.is_empty() || skip2.is_empty() {
             Vec::new()
         } else {
-            product(&w3_s2, &skip1, CLASSES, HIDDEN, INPUT)
+            product(
+                MatRef::row_major(&w3_s2, HIDDEN),
+                MatRef::row_major(&skip1, INPUT),
+                CLASSES,
+                HIDDEN,
+                INPUT,
+            )
         };
         Ok(Replacement {
             value1: ValuePath::of(&t1),

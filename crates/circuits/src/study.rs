@@ -250,7 +250,7 @@ pub fn study(
             images.extend(rows);
             ablations.extend(ablated);
         }
-        let inputs: Vec<Vec<f64>> = traces.iter().map(|t| t.input.clone()).collect();
+        let inputs: Vec<&[f64]> = traces.iter().map(|t| t.input.as_slice()).collect();
         for (kind, mean) in [
             (GraphKind::Transcoders, digit_graph(r, digit, &traces)),
             (GraphKind::Neurons, r.network.digit_graph(digit, &inputs)),

@@ -61,11 +61,12 @@ fn bench_circuits(config: &Config, ctx: &Context, store: &Store) -> Result<()> {
         .ok_or_else(|| anyhow!("bench circuits needs a circuit: a T1 from `input` to fc1.post and a T2 from fc1.post to fc2.post (`--preset circuits`)"))?;
     let data = stages::mlp::load_mnist(&prepare(config, ctx, store, "mnist")?)
         .map_err(|e| anyhow!("{e}"))?;
-    let weights = stages::mlp::load_weights(&prepare(config, ctx, store, "mlp")?)
-        .map_err(|e| anyhow!("{e}"))?;
-    let t1 = sae::load(&prepare(config, ctx, store, &circuit.t1)?)?;
-    let t2 = sae::load(&prepare(config, ctx, store, &circuit.t2)?)?;
-    let r = circuits::Replacement::new(&weights, t1, t2)?;
+    let r = stages::circuits::load_replacement(
+        &prepare(config, ctx, store, "mlp")?,
+        &prepare(config, ctx, store, &circuit.t1)?,
+        &prepare(config, ctx, store, &circuit.t2)?,
+    )
+    .map_err(|e| anyhow!("{e}"))?;
     let input = circuits::Network::input_rows(&data.test.images.pixels);
     println!(
         "circuits bench: {} ({} threads available)",

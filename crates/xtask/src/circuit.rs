@@ -8,10 +8,10 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use artifacts::Graph;
-use circuits::{GraphKind, LogitTargets, Replacement};
+use circuits::{GraphKind, LogitTargets};
 
 use crate::stages::circuits::{stages, CircuitsStage};
-use crate::stages::mlp::{load_mnist, load_weights};
+use crate::stages::mlp::load_mnist;
 use crate::Session;
 
 pub const CIRCUITS_DIR: &str = ".circuits";
@@ -80,8 +80,8 @@ pub fn draw(
     let (t1_dir, t1) = crate::fresh(session, graph, &stage.t1)?;
     let (t2_dir, t2) = crate::fresh(session, graph, &stage.t2)?;
     let data = load_mnist(&mnist_dir).map_err(anyhow::Error::msg)?;
-    let weights = load_weights(&mlp_dir).map_err(anyhow::Error::msg)?;
-    let r = Replacement::new(&weights, sae::load(&t1_dir)?, sae::load(&t2_dir)?)?;
+    let r = crate::stages::circuits::load_replacement(&mlp_dir, &t1_dir, &t2_dir)
+        .map_err(anyhow::Error::msg)?;
     let labels = &data.test.labels.labels;
     let pixels = &data.test.images.pixels;
     let (stem, title, digit_images) = match subject {
@@ -126,7 +126,7 @@ pub fn draw(
         }
         (Subject::Digit(d), GraphKind::Transcoders) => circuits::digit_graph(&r, *d, &traces).graph,
         (Subject::Digit(d), GraphKind::Neurons) => {
-            let inputs: Vec<Vec<f64>> = traces.iter().map(|t| t.input.clone()).collect();
+            let inputs: Vec<&[f64]> = traces.iter().map(|t| t.input.as_slice()).collect();
             r.network.digit_graph(*d, &inputs).graph
         }
     };

@@ -74,7 +74,7 @@ impl Stage for CircuitsStage {
         ]
     }
     fn run(&self, inputs: &StageInputs, out: &Path) -> Result<Value, StageError> {
-        let replacement = load_replacement(inputs)?;
+        let replacement = load_replacement(inputs.dir("mlp"), inputs.dir("t1"), inputs.dir("t2"))?;
         let data = load_mnist(inputs.dir("mnist"))?;
         let input = circuits::Network::input_rows(&data.test.images.pixels);
         let start = Instant::now();
@@ -110,10 +110,9 @@ pub fn link(dir: &Path) -> Result<analysis::CircuitLink, StageError> {
     })
 }
 
-/// The MLP and the two transcoders a circuits artifact reads.
-pub fn load_replacement(inputs: &StageInputs) -> Result<Replacement, StageError> {
-    let weights = load_weights(inputs.dir("mlp"))?;
-    let t1 = sae::load(inputs.dir("t1"))?;
-    let t2 = sae::load(inputs.dir("t2"))?;
-    Ok(Replacement::new(&weights, t1, t2)?)
+/// The MLP and the two transcoders a circuit reads, from their artifact
+/// folders (the stage's, `cargo xtask circuit`'s and the bench's one loader).
+pub fn load_replacement(mlp: &Path, t1: &Path, t2: &Path) -> Result<Replacement, StageError> {
+    let weights = load_weights(mlp)?;
+    Ok(Replacement::new(&weights, sae::load(t1)?, sae::load(t2)?)?)
 }
